@@ -1,0 +1,187 @@
+"""The HTTP adapter every provider shares: encode ▸ httpx ▸ decode, with errors translated once, here.
+
+A provider module only says which of its dialect's endpoints serves which operation, how
+many images one call may ask for, and which error table reads its answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from adapters.base import CallOptions, HttpProviderSettings
+from schemas.canonical import (
+    ErrorCode,
+    GatewayError,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    Operation,
+    ResponseFormat,
+)
+from schemas.dialect import BodyKind, Endpoint, ErrorTable, sniff_image
+
+__all__ = ["HttpAdapter"]
+
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: rare for these APIs; the retry policy's own backoff applies
+
+
+class HttpAdapter:
+    """A provider reached over HTTP through the dialect it speaks."""
+
+    errors: ClassVar[ErrorTable]
+    # Most images one upstream call may ask for; a larger n is split into concurrent calls.
+    max_n_per_call: ClassVar[int] = 1
+
+    def __init__(self, name: str, config: HttpProviderSettings, client: httpx.AsyncClient) -> None:
+        self.name = name
+        self.config = config
+        self.client = client
+        self.endpoints: Mapping[Operation, Endpoint[Any, Any]] = self.endpoints_for(config)
+        self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._image_hosts = frozenset({urlsplit(config.base_url).netloc, *config.image_hosts})
+
+    def endpoints_for(self, config: HttpProviderSettings) -> Mapping[Operation, Endpoint[Any, Any]]:
+        """The endpoint serving each operation this provider can do."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Nothing to release: the httpx client is shared and closed by the app."""
+
+    async def generate(self, request: ImageRequest, options: CallOptions) -> ImageResult:
+        endpoint = self.endpoints.get(request.operation)
+        if endpoint is None:
+            raise GatewayError(
+                ErrorCode.OPERATION_NOT_SUPPORTED,
+                f"provider {self.name} cannot do {request.operation.value}",
+                provider=self.name,
+            )
+        started = time.perf_counter()
+        parts = await asyncio.gather(*(self._call(endpoint, part, options) for part in self._split(request)))
+        result = parts[0]
+        for extra in parts[1:]:
+            result.images.extend(extra.images)
+        if request.response_format is ResponseFormat.B64_JSON:
+            await asyncio.gather(*(self._fetch(image, options) for image in result.images if image.url))
+        result.provider = self.name
+        result.timings.total = time.perf_counter() - started
+        return result
+
+    def _split(self, request: ImageRequest) -> list[ImageRequest]:
+        """One request per upstream call; each part keeps its own seed so results stay reproducible."""
+        if request.n <= self.max_n_per_call:
+            return [request]
+        parts = []
+        for offset in range(0, request.n, self.max_n_per_call):
+            count = min(self.max_n_per_call, request.n - offset)
+            seed = None if request.seed is None else request.seed + offset
+            parts.append(msgspec.structs.replace(request, n=count, seed=seed))
+        return parts
+
+    def _timeout(self, options: CallOptions) -> httpx.Timeout:
+        read = options.timeout or self.config.timeout.read
+        return httpx.Timeout(read, connect=self.config.timeout.connect)
+
+    async def _call(self, endpoint: Endpoint[Any, Any], request: ImageRequest, options: CallOptions) -> ImageResult:
+        wire = endpoint.from_canonical(request)
+        url = self.config.base_url + endpoint.path
+        try:
+            if endpoint.body_kind is BodyKind.MULTIPART:
+                data, files = endpoint.multipart_fields(wire)  # type: ignore[attr-defined]
+                response = await self.client.post(
+                    url, data=data, files=files, headers=self._auth, timeout=self._timeout(options)
+                )
+            else:
+                response = await self.client.post(
+                    url,
+                    content=msgspec.json.encode(wire),
+                    headers={**_JSON_HEADERS, **self._auth},
+                    timeout=self._timeout(options),
+                )
+        except httpx.TimeoutException as exc:
+            raise GatewayError(
+                ErrorCode.UPSTREAM_TIMEOUT, f"provider {self.name} did not answer in time", provider=self.name
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise GatewayError(
+                ErrorCode.UPSTREAM_ERROR,
+                f"provider {self.name} could not be reached: {type(exc).__name__}",
+                provider=self.name,
+            ) from exc
+        return self._decode(endpoint, request, response)
+
+    def _decode(self, endpoint: Endpoint[Any, Any], request: ImageRequest, response: httpx.Response) -> ImageResult:
+        if response.status_code >= 400:
+            error = self.errors.parse(response.status_code, response.content, _retry_after(response))
+            error.provider = self.name
+            raise error
+        content_type = response.headers.get("content-type", "")
+        if "json" not in content_type:
+            raise GatewayError(
+                ErrorCode.UPSTREAM_ERROR,
+                f"provider {self.name} answered {content_type or 'no content type'} instead of JSON",
+                provider=self.name,
+            )
+        try:
+            return endpoint.decode_response(response.content, request)
+        except GatewayError as error:
+            error.provider = self.name
+            raise
+
+    async def _fetch(self, image: GeneratedImage, options: CallOptions) -> None:
+        """Replace an upstream URL by its bytes: only from this provider's hosts, and only up to the cap."""
+        assert image.url is not None
+        if urlsplit(image.url).netloc not in self._image_hosts:
+            raise GatewayError(
+                ErrorCode.UPSTREAM_ERROR,
+                f"provider {self.name} returned an image URL on a host it is not allowed to serve from",
+                provider=self.name,
+            )
+        cap = self.config.max_image_bytes
+        try:
+            async with self.client.stream("GET", image.url, timeout=self._timeout(options)) as response:
+                if response.status_code != 200:
+                    raise GatewayError(
+                        ErrorCode.UPSTREAM_ERROR,
+                        f"provider {self.name} image URL answered {response.status_code}",
+                        provider=self.name,
+                    )
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > cap:
+                        raise GatewayError(
+                            ErrorCode.UPSTREAM_ERROR,
+                            f"provider {self.name} image is larger than {cap} bytes",
+                            provider=self.name,
+                        )
+                    chunks.append(chunk)
+        except httpx.TimeoutException as exc:
+            raise GatewayError(
+                ErrorCode.UPSTREAM_TIMEOUT, f"provider {self.name} image download timed out", provider=self.name
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise GatewayError(
+                ErrorCode.UPSTREAM_ERROR, f"provider {self.name} image download failed", provider=self.name
+            ) from exc
+        data = b"".join(chunks)
+        media_type = sniff_image(data)
+        if media_type is None:
+            raise GatewayError(
+                ErrorCode.UPSTREAM_ERROR, f"provider {self.name} image URL did not hold an image", provider=self.name
+            )
+        image.data, image.media_type, image.url = data, media_type, None

@@ -1,0 +1,89 @@
+"""The Litestar app factory and the lifespan that owns the shared resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from litestar import Litestar, Request, Response, get
+from litestar.openapi import OpenAPIConfig
+
+from adapters import Adapter, build_adapter
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import handle_exception
+from gateway.imagestore import DirectoryImageStore
+from gateway.router import Router
+from gateway.routes import dialect_handlers
+from gateway.state import Gateway
+from schemas.canonical import ErrorCode, GatewayError
+
+__all__ = ["create_app"]
+
+# One pool for every upstream: connections are reused across requests and providers.
+DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30.0)
+
+
+def build_adapters(config: GatewayConfig, client: httpx.AsyncClient) -> dict[str, Adapter]:
+    return {name: build_adapter(provider.__struct_config__.tag, name, provider, client)  # type: ignore[arg-type]
+            for name, provider in config.providers.items()}
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    config: GatewayConfig = app.state.config
+    client = httpx.AsyncClient(limits=DEFAULT_LIMITS, timeout=httpx.Timeout(120.0, connect=5.0))
+    adapters = build_adapters(config, client)
+    store = config.image_store
+    app.state.gateway = Gateway(
+        config=config,
+        client=client,
+        router=Router(config, adapters),
+        image_store=DirectoryImageStore(store.path, store.ttl_seconds, store.secret),
+    )
+    try:
+        yield
+    finally:
+        for adapter in adapters.values():
+            await adapter.aclose()
+        await client.aclose()
+
+
+@get("/health", sync_to_thread=False, tags=["ops"])
+def health() -> dict[str, str]:
+    """The process is alive and serving."""
+    return {"status": "ok"}
+
+
+@get("/ready", tags=["ops"])
+async def ready(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Config loaded and the router built: ready for traffic."""
+    gateway: Gateway = request.app.state.gateway
+    return {"status": "ready", "models": gateway.router.model_names}
+
+
+@get("/images/{name:str}", tags=["images"])
+async def stored_image(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+    """An image kept for a client that asked for a URL (valid for the store's TTL)."""
+    gateway: Gateway = request.app.state.gateway
+    found = await gateway.image_store.get(name)
+    if found is None:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, "no such image, or it has expired", status=404)
+    data, media_type = found
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+def create_app(config: GatewayConfig | None = None) -> Litestar:
+    """The gateway app for ``config`` (the built-in default when None)."""
+    config = config or load_config()
+    app = Litestar(
+        route_handlers=[health, ready, stored_image, *dialect_handlers()],
+        lifespan=[lifespan],
+        exception_handlers={Exception: handle_exception},
+        request_max_body_size=config.server.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="image-gateway", version="0.1.0", path="/docs"),
+        debug=False,
+    )
+    app.state.config = config
+    return app

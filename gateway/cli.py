@@ -1,0 +1,64 @@
+"""The command line: ``image-gateway serve`` and ``image-gateway check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else int(os.environ.get("PORT", config.server.port))
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.file)
+    if config is None:
+        return 1
+    print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} models)")
+    return 0
+
+
+def _load_or_report(path: str | None) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="image-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the gateway")
+    serve.add_argument("--config", help="YAML config file (default: the built-in one)")
+    serve.add_argument("--host", help="address to listen on (default: from the config)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: $PORT, else the config's)")
+    serve.set_defaults(run=_serve)
+    check = commands.add_parser("check-config", help="check a config file; prints what is wrong, exit 1")
+    check.add_argument("file")
+    check.set_defaults(run=_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The gateway's configuration: YAML with ``${ENV}`` values, checked by msgspec at start.
+
+An error names the file and the field (``$.providers.mel.base_url``) so that a bad
+config never gets as far as serving.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from schemas.canonical import Operation
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ConfigError",
+    "GatewayConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "TargetConfig",
+    "load_config",
+]
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
+DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
+DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the field."""
+
+
+class Timeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Seconds to connect to an upstream and to wait for its answer."""
+
+    connect: Seconds = 5.0
+    read: Seconds = 120.0
+
+
+class _Provider(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
+    """What every HTTP provider needs: where it is, its key, and how long to wait."""
+
+    base_url: str
+    api_key: str = ""
+    timeout: Timeouts = msgspec.field(default_factory=Timeouts)
+    # Hosts the gateway may fetch image URLs from when a client wants base64 (the base_url's host always may).
+    image_hosts: list[str] = []
+    max_image_bytes: PositiveInt = DEFAULT_MAX_IMAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^https?://[^/\s]+", self.base_url):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        self.base_url = self.base_url.rstrip("/")
+
+
+class MeliousProvider(_Provider, tag="melious"):
+    """Melious, OpenAI-compatible generations."""
+
+
+class NebulProvider(_Provider, tag="nebul"):
+    """Nebul: generations, edits and variations."""
+
+
+class PomeloProvider(_Provider, tag="pomelo"):
+    """Pomelo; each endpoint has its own shape, so a provider entry names the one it uses."""
+
+    endpoint: Literal["midjourney", "flux"] = "midjourney"
+
+
+class NebulaBlockProvider(_Provider, tag="nebulablock"):
+    """NebulaBlock; ``api`` picks the serverless ``/api/v1/images/generation`` or ``/v1/images/generate``."""
+
+    api: Literal["serverless", "v1"] = "v1"
+
+
+ProviderConfig = MeliousProvider | NebulProvider | PomeloProvider | NebulaBlockProvider
+
+
+class TargetConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One place a model can be served: a provider and that provider's name for the model.
+
+    The optional limits are this target's capabilities: a request beyond them skips the
+    target without a call.
+    """
+
+    provider: str
+    model: str
+    timeout: Seconds | None = None
+    max_width: PositiveInt | None = None
+    max_height: PositiveInt | None = None
+    max_n: PositiveInt | None = None
+    operations: list[Operation] | None = None
+
+
+class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A model clients may ask for, by its name or any alias, and its ordered targets."""
+
+    name: str
+    targets: Annotated[list[TargetConfig], msgspec.Meta(min_length=1)]
+    aliases: list[str] = []
+
+
+class ImageStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where images live that clients fetch by URL, and for how long."""
+
+    kind: Literal["directory"] = "directory"
+    path: str = "var/images"
+    ttl_seconds: PositiveInt = 3600
+    # Signs image ids; replicas that share a store must share it. Empty: random per process.
+    secret: str = ""
+    # The URL prefix clients reach this gateway at; empty: taken from each request.
+    public_base_url: str = ""
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The listening socket and the limits on what a client may send."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
+    log_prompts: bool = False
+
+
+class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The whole configuration file."""
+
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    image_store: ImageStoreConfig = msgspec.field(default_factory=ImageStoreConfig)
+    providers: dict[str, ProviderConfig] = {}
+    models: list[ModelConfig] = []
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for index, model in enumerate(self.models):
+            for name in (model.name, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"model name or alias {name!r} is used twice (models[{index}])")
+                seen.add(name)
+            for target in model.targets:
+                if target.provider not in self.providers:
+                    raise ValueError(
+                        f"models[{index}] ({model.name}) targets provider {target.provider!r}, "
+                        f"which is not under `providers`"
+                    )
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, path: str, environ: dict[str, str]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of the parsed YAML."""
+    if isinstance(value, dict):
+        return {key: _expand(item, f"{path}.{key}", environ) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, f"{path}[{index}]", environ) for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set (needed at `{path}`)")
+
+    return _ENV_RE.sub(substitute, value)
+
+
+def _check_providers(raw: Any) -> None:
+    """Check each provider alone, so an error's path names the provider (msgspec elides dict keys)."""
+    providers = raw.get("providers") if isinstance(raw, dict) else None
+    if not isinstance(providers, dict):
+        return
+    for name, value in providers.items():
+        try:
+            msgspec.convert(value, ProviderConfig)
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+            if " - at `$" not in message:
+                message += " - at `$`"
+            raise ConfigError(message.replace("`$", f"`$.providers.{name}", 1)) from exc
+
+
+def parse_config(text: str, source: str = "<string>", environ: dict[str, str] | None = None) -> GatewayConfig:
+    """Parse and check YAML text; a ``ConfigError`` names ``source`` and the field at fault."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    try:
+        expanded = _expand(raw, "$", dict(os.environ) if environ is None else environ)
+        _check_providers(expanded)
+        return msgspec.convert(expanded, GatewayConfig)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def load_config(path: str | Path | None = None) -> GatewayConfig:
+    """Load the file at ``path`` (the built-in default when None)."""
+    path = Path(path) if path else DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    return parse_config(text, str(path))

@@ -1,0 +1,65 @@
+"""Every failure, rendered in the envelope of the dialect the client spoke.
+
+Handlers carry their dialect's error table in ``opt["errors"]``; a request that matched
+no handler gets the OpenAI envelope, the most widely understood. A client never sees a
+stack trace: anything unexpected is logged here and answered as ``internal``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+from schemas import openai
+from schemas.canonical import ErrorCode, GatewayError
+from schemas.dialect import ErrorTable
+
+__all__ = ["handle_exception", "to_gateway_error"]
+
+log = structlog.get_logger("gateway.errors")
+
+
+def to_gateway_error(exc: Exception, max_body_bytes: int) -> GatewayError:
+    """Any exception → the canonical error a client should see."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, HTTPException):
+        if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+            return GatewayError(
+                ErrorCode.INVALID_REQUEST, f"request body is larger than {max_body_bytes} bytes", status=413
+            )
+        if isinstance(exc, NotFoundException):
+            return GatewayError(ErrorCode.INVALID_REQUEST, "no such route", status=404)
+        if exc.status_code == HTTP_405_METHOD_NOT_ALLOWED:
+            return GatewayError(ErrorCode.INVALID_REQUEST, "method not allowed on this route", status=405)
+        if exc.status_code < 500:
+            return GatewayError(ErrorCode.INVALID_REQUEST, str(exc.detail), status=exc.status_code)
+    log.error("unhandled_exception", exc_info=exc)
+    return GatewayError(ErrorCode.INTERNAL, "internal error")
+
+
+def error_table(request: Request[Any, Any, Any]) -> ErrorTable:
+    handler = request.scope.get("route_handler")
+    table = handler.opt.get("errors") if handler is not None else None
+    return table if isinstance(table, ErrorTable) else openai.ERRORS
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Litestar exception handler for every exception type."""
+    max_body = request.app.state.gateway.config.server.max_body_bytes if "gateway" in request.app.state else 0
+    error = to_gateway_error(exc, max_body)
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if error.provider:
+        headers["X-Gateway-Provider"] = error.provider
+    return Response(
+        error_table(request).render(error),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,79 @@
+"""Images kept for clients that asked for a URL while the backend gave bytes.
+
+Each image sits in a directory for ``ttl_seconds`` behind an id that carries its expiry
+and an HMAC signature: ids cannot be guessed, and an id is checked before the disk is
+touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from pathlib import Path
+
+__all__ = ["DirectoryImageStore"]
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_MEDIA_TYPES = {extension: media for media, extension in _EXTENSIONS.items()}
+SWEEP_INTERVAL_S = 60.0
+
+
+class DirectoryImageStore:
+    """Signed, expiring image files under one directory."""
+
+    def __init__(self, path: str | Path, ttl_seconds: int, secret: str = "") -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.ttl_seconds = ttl_seconds
+        self._key = (secret or secrets.token_hex(32)).encode()
+        self._last_sweep = 0.0
+
+    def _sign(self, token: str) -> str:
+        return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()[:32]
+
+    async def put(self, data: bytes, media_type: str = "image/png") -> str:
+        """Store ``data``; returns the file name clients fetch it by (``<id>.<ext>``)."""
+        expires = int(time.time()) + self.ttl_seconds
+        token = f"{expires:x}{secrets.token_urlsafe(18)}"
+        name = f"{token}.{self._sign(token)}.{_EXTENSIONS.get(media_type, 'png')}"
+        await asyncio.to_thread(self._write, name, data)
+        return name
+
+    def _write(self, name: str, data: bytes) -> None:
+        partial = self.path / f".{name}.partial"
+        partial.write_bytes(data)
+        partial.replace(self.path / name)
+        self._sweep_if_due()
+
+    async def get(self, name: str) -> tuple[bytes, str] | None:
+        """The bytes and media type of a stored image; None when the name is forged, unknown or expired."""
+        parts = name.split(".")
+        if len(parts) != 3 or not hmac.compare_digest(self._sign(parts[0]), parts[1]):
+            return None
+        try:
+            expires = int(parts[0][:8], 16)
+        except ValueError:
+            return None
+        if expires < time.time():
+            return None
+        try:
+            data = await asyncio.to_thread((self.path / name).read_bytes)
+        except OSError:
+            return None
+        return data, _MEDIA_TYPES.get(parts[2], "application/octet-stream")
+
+    def _sweep_if_due(self) -> None:
+        """Delete expired files, at most once a minute (runs in the writer's thread)."""
+        now = time.time()
+        if now - self._last_sweep < SWEEP_INTERVAL_S:
+            return
+        self._last_sweep = now
+        for file in self.path.iterdir():
+            try:
+                if int(file.name[:8], 16) < now:
+                    file.unlink(missing_ok=True)
+            except ValueError:
+                continue

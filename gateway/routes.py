@@ -1,0 +1,132 @@
+"""Every inbound route of DIALECTS.md: one handler per (mount point, dialect endpoint).
+
+A handler reads the client's dialect into the canonical request, hands it to the router,
+puts each image in the form the client asked for, and writes the dialect's answer. The
+handler's ``opt`` carries its dialect's error table, so any failure is rendered in the
+client's own envelope (see ``gateway.errors``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+from litestar import Request, Response
+from litestar.datastructures import UploadFile
+from litestar.handlers import HTTPRouteHandler
+from litestar.types import Method
+
+from gateway.state import Gateway
+from schemas import melious, nebul, nebulablock, openai, pomelo
+from schemas.canonical import ImageRequest, ImageResult, ResponseFormat
+from schemas.dialect import BodyKind, Endpoint, ErrorTable
+
+__all__ = ["MOUNTS", "Mount", "dialect_handlers"]
+
+JSON = "application/json"
+PROVIDER_HEADER = "X-Gateway-Provider"
+
+
+class Mount(NamedTuple):
+    """A dialect endpoint served under a path prefix."""
+
+    prefix: str
+    endpoint: Endpoint[Any, Any]
+    errors: ErrorTable
+    methods: tuple[Method, ...] = ("POST",)
+
+
+def _mounts() -> list[Mount]:
+    nb_serverless = (nebulablock.SERVERLESS, nebulablock.ERRORS, ("GET", "POST"))
+    only_one_dialect = [
+        (pomelo.MIDJOURNEY, pomelo.ERRORS, ("POST",)),
+        (pomelo.FLUX, pomelo.ERRORS, ("POST",)),
+        nb_serverless,
+        (nebulablock.V1, nebulablock.ERRORS, ("POST",)),
+    ]
+    mounts = [
+        Mount("/melious", melious.GENERATIONS, melious.ERRORS),
+        *(Mount("/nebul", endpoint, nebul.ERRORS) for endpoint in (nebul.GENERATIONS, nebul.EDITS, nebul.VARIATIONS)),
+        Mount("/pomelo", pomelo.MIDJOURNEY, pomelo.ERRORS),
+        Mount("/pomelo", pomelo.FLUX, pomelo.ERRORS),
+        Mount("/nebulablock", *nb_serverless),
+        Mount("/nebulablock", nebulablock.V1, nebulablock.ERRORS),
+        # The paths only one dialect uses are served at the root too.
+        *(Mount("", endpoint, errors, methods) for endpoint, errors, methods in only_one_dialect),
+        # The root /v1/images/* speaks the OpenAI family (Melious ∪ Nebul).
+        *(Mount("", e, openai.ERRORS) for e in (openai.GENERATIONS, openai.EDITS, openai.VARIATIONS)),
+    ]
+    return mounts
+
+
+MOUNTS: Sequence[Mount] = _mounts()
+IMAGE_FIELDS = frozenset({"image", "image[]"})
+
+
+async def read_form(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Multipart fields as a plain dict: text as str, ``image``/``image[]`` merged into a list of bytes."""
+    form = await request.form()
+    fields: dict[str, Any] = {}
+    images: list[bytes] = []
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            data = await value.read()
+            if key in IMAGE_FIELDS:
+                images.append(data)
+            else:
+                fields[key] = data
+        elif key in IMAGE_FIELDS:
+            images.append(value.encode())  # a text field where a file belongs: checked as an image later
+        else:
+            fields[key] = value
+    if images:
+        fields["image"] = images
+    return fields
+
+
+async def decode_request(endpoint: Endpoint[Any, Any], request: Request[Any, Any, Any]) -> ImageRequest:
+    if endpoint.body_kind is BodyKind.MULTIPART:
+        return endpoint.decode_form(await read_form(request))
+    return endpoint.decode_json(await request.body())
+
+
+async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, base_url: str) -> None:
+    """Give each image the form the client wants: a gateway URL for bytes when it asked for ``url``."""
+    if wanted is not ResponseFormat.URL:
+        return
+    for image in result.images:
+        if image.url is None:
+            data = image.as_bytes()
+            assert data is not None, "an image holds a URL, base64 or bytes"
+            name = await gateway.image_store.put(data, image.media_type)
+            image.url = f"{gateway.public_base_url or base_url}/images/{name}"
+
+
+def dialect_handler(mount: Mount) -> HTTPRouteHandler:
+    """The route handler serving one dialect endpoint at one mount point."""
+    endpoint = mount.endpoint
+
+    async def handle(request: Request[Any, Any, Any]) -> Response[bytes]:
+        gateway: Gateway = request.app.state.gateway
+        started = time.perf_counter()
+        canonical = await decode_request(endpoint, request)
+        result = await gateway.router.generate(canonical)
+        await deliver(gateway, result, canonical.response_format, str(request.base_url).rstrip("/"))
+        result.timings.total = time.perf_counter() - started
+        body = msgspec.json.encode(endpoint.encode_result(result, canonical))
+        return Response(body, media_type=JSON, headers={PROVIDER_HEADER: result.provider})
+
+    return HTTPRouteHandler(
+        path=mount.prefix + endpoint.path,
+        http_method=list(mount.methods),
+        name=f"{endpoint.dialect}:{mount.prefix or 'root'}:{endpoint.path}",
+        opt={"errors": mount.errors},
+        summary=f"{endpoint.dialect} {endpoint.operation.value}",
+        tags=[endpoint.dialect],
+    )(handle)
+
+
+def dialect_handlers() -> list[HTTPRouteHandler]:
+    return [dialect_handler(mount) for mount in MOUNTS]

@@ -1,0 +1,226 @@
+"""The canonical request, result and error taxonomy every dialect maps to and from.
+
+Nothing here knows which dialect a client spoke or which provider answered: the
+dialect modules beside this one translate their wire Structs into these types and back.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from typing import Annotated
+
+import msgspec
+
+__all__ = [
+    "EnvironmentImpact",
+    "ErrorCode",
+    "GatewayError",
+    "GeneratedImage",
+    "ImageRequest",
+    "ImageResult",
+    "Operation",
+    "ResponseFormat",
+    "Timings",
+    "Usage",
+]
+
+
+class Operation(enum.Enum):
+    """What the client asks of the model."""
+
+    GENERATE = "generate"
+    EDIT = "edit"
+    VARIATION = "variation"
+
+
+class ResponseFormat(enum.Enum):
+    """How the client wants each image handed back."""
+
+    URL = "url"
+    B64_JSON = "b64_json"
+
+
+class ErrorCode(enum.Enum):
+    """The one error taxonomy; each member knows its HTTP status and whether a retry may help."""
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_PROMPT = "invalid_prompt"
+    INVALID_SIZE = "invalid_size"
+    CONTENT_POLICY = "content_policy"
+    UNAUTHORIZED = "unauthorized"
+    MODEL_NOT_FOUND = "model_not_found"
+    OPERATION_NOT_SUPPORTED = "operation_not_supported"
+    INSUFFICIENT_QUOTA = "insufficient_quota"
+    RATE_LIMITED = "rate_limited"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    OVERLOADED = "overloaded"
+    INTERNAL = "internal"
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS[self]
+
+    @property
+    def retryable(self) -> bool:
+        return self in _RETRYABLE
+
+
+_HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.INVALID_PROMPT: 400,
+    ErrorCode.INVALID_SIZE: 400,
+    ErrorCode.CONTENT_POLICY: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.OPERATION_NOT_SUPPORTED: 400,
+    ErrorCode.INSUFFICIENT_QUOTA: 402,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UPSTREAM_ERROR: 502,
+    ErrorCode.UPSTREAM_TIMEOUT: 504,
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+_RETRYABLE = frozenset(
+    {ErrorCode.RATE_LIMITED, ErrorCode.UPSTREAM_ERROR, ErrorCode.UPSTREAM_TIMEOUT, ErrorCode.OVERLOADED}
+)
+
+
+class GatewayError(Exception):
+    """A failure with a canonical code; rendered into the client's dialect at the edge.
+
+    ``status`` overrides the code's HTTP status where the taxonomy is too coarse (413 for
+    a body over the limit). ``param`` names the offending field when one is known.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        param: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        provider: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.status = status if status is not None else code.http_status
+        self.retry_after = retry_after
+        self.provider = provider
+
+    @property
+    def retryable(self) -> bool:
+        return self.code.retryable
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.code.value!r}, {self.message!r}, status={self.status})"
+
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ImageRequest(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything any dialect can ask for, with that dialect's defaults already applied.
+
+    ``width``/``height`` of None mean "the backend's default" (Nebul's ``size: auto``).
+    ``images`` and ``mask`` hold raw bytes (decoded from base64 or multipart).
+    """
+
+    model: str
+    prompt: str | None = None
+    operation: Operation = Operation.GENERATE
+    negative_prompt: str | None = None
+    n: PositiveInt = 1
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    style: str | None = None
+    quality: str | None = None
+    background: str | None = None
+    output_format: str | None = None
+    response_format: ResponseFormat = ResponseFormat.URL
+    images: tuple[bytes, ...] = ()
+    mask: bytes | None = None
+    user: str | None = None
+
+    @property
+    def size(self) -> str | None:
+        """``WxH`` when both sides are known."""
+        if self.width is None or self.height is None:
+            return None
+        return f"{self.width}x{self.height}"
+
+
+class GeneratedImage(msgspec.Struct, kw_only=True):
+    """One image, held in the form it arrived in until a client needs another.
+
+    Exactly one of ``b64_json`` (base64 text), ``data`` (raw bytes) or ``url`` is the
+    source; converting between them is done on demand and only once.
+    """
+
+    b64_json: str | None = None
+    data: bytes | None = None
+    url: str | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    media_type: str = "image/png"
+
+    def as_b64(self) -> str | None:
+        """Base64 text of the image, without decoding when it already is base64."""
+        if self.b64_json is None and self.data is not None:
+            self.b64_json = base64.b64encode(self.data).decode("ascii")
+        return self.b64_json
+
+    def as_bytes(self) -> bytes | None:
+        """Raw bytes of the image, when it is held locally (not only as a URL)."""
+        if self.data is None and self.b64_json is not None:
+            self.data = base64.b64decode(self.b64_json)
+        return self.data
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    """Seconds spent; ``inference`` as the backend reported it, when it did."""
+
+    inference: float | None = None
+    total: float | None = None
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """Token and image counts, as far as the backend reports them."""
+
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    images_generated: int = 0
+
+
+class EnvironmentImpact(msgspec.Struct, kw_only=True):
+    """Melious's per-request footprint; None on results from backends that do not report it."""
+
+    carbon_g_co2: float
+    water_liters: float
+    energy_kwh: float
+    renewable_percent: float
+    provider_id: str
+    location: str
+
+
+class ImageResult(msgspec.Struct, kw_only=True):
+    """What a backend produced for one canonical request."""
+
+    images: list[GeneratedImage]
+    created: int
+    model: str
+    provider: str = ""
+    id: str | None = None
+    seed: int | None = None
+    timings: Timings = msgspec.field(default_factory=Timings)
+    usage: Usage = msgspec.field(default_factory=Usage)
+    environment_impact: EnvironmentImpact | None = None

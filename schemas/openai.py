@@ -1,0 +1,97 @@
+"""The root OpenAI family (``/v1/images/{generations,edits,variations}``): the union of Melious and Nebul.
+
+Requests take Nebul's fields (a superset of Melious's) with OpenAI's defaults; unknown
+fields the ``openai`` SDK may send (``style``, ``stream``, ...) are ignored. Responses are
+Nebul's ``ImageResponse`` plus Melious's ``environment_impact`` when the result has one.
+The endpoints are Nebul's, parametrised with these Structs; no provider speaks this
+dialect, but the outbound mappings work all the same, inherited from Nebul.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import msgspec
+
+from schemas import nebul
+from schemas.canonical import EnvironmentImpact, ImageRequest, ImageResult
+from schemas.melious import MeliousEnvironmentImpact
+
+__all__ = [
+    "EDITS",
+    "ERRORS",
+    "GENERATIONS",
+    "VARIATIONS",
+    "OpenAIEditRequest",
+    "OpenAIGenerationRequest",
+    "OpenAIImageResponse",
+    "OpenAIVariationRequest",
+]
+
+DEFAULT_MODEL = "flux-schnell"
+DEFAULT_RESPONSE_FORMAT: nebul.ResponseFormatName = "url"
+
+
+class OpenAIGenerationRequest(nebul.NebulGenerationRequest, kw_only=True, omit_defaults=True):
+    """Nebul's generation request with OpenAI's defaults: ``url`` images, Melious's default model."""
+
+    model: nebul.Model = DEFAULT_MODEL
+    response_format: nebul.ResponseFormatName = DEFAULT_RESPONSE_FORMAT
+
+
+class OpenAIEditRequest(nebul.NebulEditRequest, kw_only=True, omit_defaults=True):
+    """Nebul's edit request answering ``url`` images unless asked otherwise."""
+
+    response_format: nebul.ResponseFormatName = DEFAULT_RESPONSE_FORMAT
+
+
+class OpenAIVariationRequest(nebul.NebulVariationRequest, kw_only=True, omit_defaults=True):
+    """Nebul's variation request answering ``url`` images unless asked otherwise."""
+
+    response_format: nebul.ResponseFormatName = DEFAULT_RESPONSE_FORMAT
+
+
+class OpenAIImageResponse(nebul.NebulImageResponse, kw_only=True):
+    """Nebul's ``ImageResponse``; ``environment_impact`` is left out unless the backend reported one."""
+
+    environment_impact: MeliousEnvironmentImpact | msgspec.UnsetType = msgspec.UNSET
+
+
+class _WithEnvironmentImpact(nebul.NebulEndpoint[nebul.RequestT]):
+    """Carries Melious's ``environment_impact`` on top of Nebul's response, both ways."""
+
+    dialect = "openai"
+    response_type = OpenAIImageResponse
+
+    def encode_result(self, result: ImageResult, request: ImageRequest) -> OpenAIImageResponse:
+        response = cast(OpenAIImageResponse, super().encode_result(result, request))  # built from response_type
+        if result.environment_impact is not None:
+            response.environment_impact = msgspec.convert(
+                msgspec.to_builtins(result.environment_impact), MeliousEnvironmentImpact
+            )
+        return response
+
+    def decode_result(self, wire: nebul.NebulImageResponse, request: ImageRequest) -> ImageResult:
+        result = super().decode_result(wire, request)
+        if isinstance(wire, OpenAIImageResponse) and wire.environment_impact is not msgspec.UNSET:
+            result.environment_impact = msgspec.convert(msgspec.to_builtins(wire.environment_impact), EnvironmentImpact)
+        return result
+
+
+class Generations(_WithEnvironmentImpact[OpenAIGenerationRequest], nebul.Generations):
+    request_type = OpenAIGenerationRequest
+
+
+class Edits(_WithEnvironmentImpact[OpenAIEditRequest], nebul.Edits):
+    request_type = OpenAIEditRequest
+
+
+class Variations(_WithEnvironmentImpact[OpenAIVariationRequest], nebul.Variations):
+    request_type = OpenAIVariationRequest
+
+
+GENERATIONS = Generations()
+EDITS = Edits()
+VARIATIONS = Variations()
+
+ERRORS = nebul.ERRORS

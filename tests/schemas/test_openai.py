@@ -1,0 +1,319 @@
+"""The root OpenAI family: the union of Melious and Nebul, as the ``openai`` SDK speaks it."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+
+from schemas import melious, nebul, openai
+from schemas.canonical import (
+    ErrorCode,
+    GatewayError,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    Operation,
+    ResponseFormat,
+    Usage,
+)
+from tests.schemas.test_melious import DOCUMENTED_RESPONSE as MELIOUS_RESPONSE
+from tests.schemas.test_melious import IMPACT, shape
+from tests.schemas.test_nebul import DOCUMENTED_RESPONSE as NEBUL_RESPONSE
+from tests.schemas.test_nebul import JPEG, NOT_AN_IMAGE, PNG, form_of, nebul_requests, parse_form
+
+ENDPOINTS: list[nebul.NebulEndpoint[Any]] = [openai.GENERATIONS, openai.EDITS, openai.VARIATIONS]
+BY_PATH = {endpoint.path: endpoint for endpoint in ENDPOINTS}
+
+
+def test_endpoints_are_nebuls_paths_speaking_openai() -> None:
+    assert [(e.dialect, e.path, e.body_kind.value, e.operation) for e in ENDPOINTS] == [
+        ("openai", "/v1/images/generations", "json", Operation.GENERATE),
+        ("openai", "/v1/images/edits", "multipart", Operation.EDIT),
+        ("openai", "/v1/images/variations", "multipart", Operation.VARIATION),
+    ]
+    assert openai.ERRORS is nebul.ERRORS
+
+
+# --- the openai SDK's typical calls, sent through the real SDK ---
+
+
+class Gateway:
+    """Stands in for the gateway behind the SDK: decodes each call, answers with our encoding."""
+
+    def __init__(self, result: ImageResult) -> None:
+        self.result = result
+        self.decoded: list[ImageRequest] = []
+
+    def handle(self, http_request: Any) -> Any:
+        import httpx2
+
+        endpoint = BY_PATH[http_request.url.path.removeprefix("/v1/gw")]
+        content_type = http_request.headers["content-type"]
+        if content_type.startswith("multipart/"):
+            request = endpoint.decode_form(parse_form(content_type, http_request.read()))
+        else:
+            request = endpoint.decode_json(http_request.read())
+        self.decoded.append(request)
+        return httpx2.Response(200, content=msgspec.json.encode(endpoint.encode_result(self.result, request)))
+
+
+@pytest.fixture
+def sdk() -> Iterator[tuple[Any, Gateway]]:
+    openai_sdk = pytest.importorskip("openai")
+    import httpx2
+
+    gateway = Gateway(
+        ImageResult(
+            images=[GeneratedImage(url="https://gw/img/1.png", b64_json="aW1n")],
+            created=1731500000,
+            model="flux-schnell",
+            environment_impact=IMPACT,
+        )
+    )
+    http_client = httpx2.Client(transport=httpx2.MockTransport(gateway.handle))
+    client = openai_sdk.OpenAI(api_key="sk-test", base_url="http://gateway.test/v1/gw/v1", http_client=http_client)
+    yield client, gateway
+    client.close()
+
+
+PROMPT = "A serene mountain landscape at sunset with a reflective lake"
+
+SDK_CALLS: list[tuple[str, Callable[[Any], Any], ImageRequest]] = [
+    (
+        "melious-quick-example",
+        lambda c: c.images.generate(model="flux-schnell", prompt=PROMPT, size="1024x1024", n=1),
+        ImageRequest(model="flux-schnell", prompt=PROMPT, n=1, width=1024, height=1024),
+    ),
+    (
+        "prompt-only",
+        lambda c: c.images.generate(prompt="a cat"),
+        ImageRequest(model="flux-schnell", prompt="a cat", response_format=ResponseFormat.URL),
+    ),
+    (
+        "dall-e-3-style",
+        lambda c: c.images.generate(
+            model="flux-dev", prompt="a cat", quality="hd", style="vivid", response_format="b64_json", user="u-1"
+        ),
+        ImageRequest(
+            model="flux-dev", prompt="a cat", quality="hd", response_format=ResponseFormat.B64_JSON, user="u-1"
+        ),
+    ),
+    (
+        "gpt-image-style",
+        lambda c: c.images.generate(
+            model="flux-dev",
+            prompt="a cat",
+            size="1536x1024",
+            background="transparent",
+            output_format="webp",
+            quality="high",
+            moderation="low",
+            output_compression=80,
+            n=2,
+        ),
+        ImageRequest(
+            model="flux-dev",
+            prompt="a cat",
+            n=2,
+            width=1536,
+            height=1024,
+            quality="high",
+            background="transparent",
+            output_format="webp",
+        ),
+    ),
+    (
+        "edit-several-images-and-mask",
+        lambda c: c.images.edit(
+            model="black-forest-labs/FLUX.1-Kontext-dev",
+            image=[("a.png", PNG, "image/png"), ("b.jpg", JPEG, "image/jpeg")],
+            mask=("mask.png", PNG, "image/png"),
+            prompt="add a hat",
+            n=2,
+            size="1024x1024",
+        ),
+        ImageRequest(
+            model="black-forest-labs/FLUX.1-Kontext-dev",
+            prompt="add a hat",
+            operation=Operation.EDIT,
+            n=2,
+            width=1024,
+            height=1024,
+            images=(PNG, JPEG),
+            mask=PNG,
+        ),
+    ),
+    (
+        "edit-one-image",
+        lambda c: c.images.edit(
+            model="m", image=("a.png", PNG, "image/png"), prompt="add a hat", response_format="b64_json"
+        ),
+        ImageRequest(
+            model="m",
+            prompt="add a hat",
+            operation=Operation.EDIT,
+            response_format=ResponseFormat.B64_JSON,
+            images=(PNG,),
+        ),
+    ),
+    (
+        "variation",
+        lambda c: c.images.create_variation(image=("a.png", PNG, "image/png"), n=2, size="512x512"),
+        ImageRequest(
+            model=nebul.DEFAULT_MODEL, operation=Operation.VARIATION, n=2, width=512, height=512, images=(PNG,)
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "expected"), [c[1:] for c in SDK_CALLS], ids=[c[0] for c in SDK_CALLS])
+def test_sdk_calls_decode_and_read_our_answer(
+    sdk: tuple[Any, Gateway], call: Callable[[Any], Any], expected: ImageRequest
+) -> None:
+    client, gateway = sdk
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the SDK marks create_variation deprecated
+        response = call(client)
+    assert gateway.decoded == [expected]
+    if expected.response_format is ResponseFormat.URL:
+        assert (response.data[0].url, response.data[0].b64_json) == ("https://gw/img/1.png", None)
+    else:
+        assert (response.data[0].url, response.data[0].b64_json) == (None, "aW1n")
+    assert (response.created, response.size) == (1731500000, expected.size or "auto")
+
+
+# --- the Melious and Nebul document examples, sent to the root ---
+
+
+def test_melious_curl_example_decodes_as_at_melious() -> None:
+    body = json.dumps({"model": "flux-schnell", "prompt": PROMPT, "size": "1024x1024", "n": 1}).encode()
+    assert openai.GENERATIONS.decode_json(body) == melious.GENERATIONS.decode_json(body)
+
+
+def test_nebul_generation_example_decodes_as_at_nebul() -> None:
+    body = b'{"model": "<IMAGE_MODEL_ID>", "prompt": "A photo of a cat", "n": 1, "response_format": "b64_json"}'
+    assert openai.GENERATIONS.decode_json(body) == nebul.GENERATIONS.decode_json(body)
+
+
+def test_nebul_multipart_examples_decode_as_at_nebul() -> None:
+    edit = {"prompt": "Add a red hat", "model": "<IMAGE_EDIT_MODEL_ID>", "n": "1", "response_format": "b64_json"}
+    variation = {"model": "<IMAGE_VARIATION_MODEL_ID>", "n": "1", "response_format": "b64_json"}
+    assert openai.EDITS.decode_form(edit | {"image": [PNG]}) == nebul.EDITS.decode_form(edit | {"image": [PNG]})
+    assert openai.VARIATIONS.decode_form(variation | {"image": [PNG]}) == nebul.VARIATIONS.decode_form(
+        variation | {"image": [PNG]}
+    )
+
+
+def test_defaults_are_openais() -> None:
+    assert openai.GENERATIONS.decode_json(b'{"prompt": "p", "stream": false, "style": "natural"}') == ImageRequest(
+        model="flux-schnell", prompt="p", response_format=ResponseFormat.URL
+    )
+    assert openai.EDITS.decode_form({"model": "m", "prompt": "p", "image": [PNG]}).response_format is ResponseFormat.URL
+    assert openai.VARIATIONS.decode_form({"image": [PNG]}).response_format is ResponseFormat.URL
+
+
+# --- responses: the union of Melious's and Nebul's fields ---
+
+UNION = json.loads(NEBUL_RESPONSE) | {"environment_impact": json.loads(MELIOUS_RESPONSE)["environment_impact"]}
+
+
+def encode(endpoint: Any, request: ImageRequest, result: ImageResult) -> Any:
+    return json.loads(msgspec.json.encode(endpoint.encode_result(result, request)))
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.path)
+def test_result_with_impact_encodes_the_union(endpoint: Any) -> None:
+    request = ImageRequest(model="m", prompt="p")
+    result = ImageResult(
+        images=[GeneratedImage(url="https://gw/1.png")], created=1, model="m", environment_impact=IMPACT
+    )
+    encoded = encode(endpoint, request, result)
+    assert shape(encoded) == shape(UNION)
+    assert encoded["data"] == [{"b64_json": None, "url": "https://gw/1.png"}]
+    assert encoded["environment_impact"] == UNION["environment_impact"]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.path)
+def test_result_without_impact_encodes_nebuls_response(endpoint: Any) -> None:
+    request = ImageRequest(model="m", prompt="p", response_format=ResponseFormat.B64_JSON)
+    result = ImageResult(images=[GeneratedImage(b64_json="<BASE64_IMAGE_DATA>")], created=1731500000, model="m")
+    assert encode(endpoint, request, result) == json.loads(NEBUL_RESPONSE)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.path)
+def test_nebul_and_melious_responses_decode(endpoint: Any) -> None:
+    request = ImageRequest(model="m", prompt="p", width=1024, height=1024)
+    from_nebul = endpoint.decode_response(NEBUL_RESPONSE, request)
+    from_melious = endpoint.decode_response(MELIOUS_RESPONSE, request)
+    assert from_nebul == ImageResult(
+        images=[GeneratedImage(b64_json="<BASE64_IMAGE_DATA>", width=1024, height=1024)], created=1731500000, model="m"
+    )
+    assert from_melious == ImageResult(
+        images=[GeneratedImage(url="https://..../generated-image.png", width=1024, height=1024)],
+        created=1699999999,
+        model="m",
+        usage=Usage(),
+        environment_impact=IMPACT,
+    )
+
+
+# --- bad input and errors ---
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "code", "param"),
+    [
+        (openai.GENERATIONS, b'{"model": "flux-schnell"}', ErrorCode.INVALID_PROMPT, "prompt"),
+        (openai.GENERATIONS, b'{"prompt": ""}', ErrorCode.INVALID_PROMPT, "prompt"),
+        (openai.GENERATIONS, b'{"prompt": "p", "n": "1"}', ErrorCode.INVALID_REQUEST, "n"),
+        (openai.GENERATIONS, b'{"prompt": "p", "n": 11}', ErrorCode.INVALID_REQUEST, "n"),
+        (openai.GENERATIONS, b'{"prompt": "p", "size": "large"}', ErrorCode.INVALID_SIZE, "size"),
+        (openai.EDITS, {"model": "m", "prompt": "p", "image": [NOT_AN_IMAGE]}, ErrorCode.INVALID_REQUEST, "image"),
+        (openai.EDITS, {"model": "m", "prompt": "p"}, ErrorCode.INVALID_REQUEST, "image"),
+        (openai.EDITS, {"prompt": "p", "image": [PNG]}, ErrorCode.INVALID_REQUEST, "model"),
+        (openai.VARIATIONS, {"n": "2"}, ErrorCode.INVALID_REQUEST, "image"),
+        (openai.VARIATIONS, {"image": [NOT_AN_IMAGE]}, ErrorCode.INVALID_REQUEST, "image"),
+    ],
+)
+def test_bad_requests_are_refused_in_the_openai_envelope(
+    endpoint: Any, body: bytes | dict[str, Any], code: ErrorCode, param: str
+) -> None:
+    with pytest.raises(GatewayError) as info:
+        endpoint.decode_json(body) if isinstance(body, bytes) else endpoint.decode_form(body)
+    assert (info.value.code, info.value.param, info.value.status) == (code, param, 400)
+    envelope = json.loads(openai.ERRORS.render(info.value))["error"]
+    assert (envelope.keys(), envelope["param"], envelope["type"]) == (
+        {"message", "type", "param", "code"},
+        param,
+        "invalid_request_error",
+    )
+
+
+# --- property: the outbound mappings, inherited from Nebul, round-trip too ---
+
+
+@settings(max_examples=50)
+@given(nebul_requests(Operation.GENERATE))
+def test_generation_round_trips_through_json(request: ImageRequest) -> None:
+    body = msgspec.json.encode(openai.GENERATIONS.from_canonical(request))
+    assert openai.GENERATIONS.decode_json(body) == request
+
+
+@settings(max_examples=50)
+@given(nebul_requests(Operation.EDIT))
+def test_edit_round_trips_through_multipart(request: ImageRequest) -> None:
+    form = form_of(openai.EDITS.multipart_fields(openai.EDITS.from_canonical(request)))
+    assert openai.EDITS.decode_form(form) == request
+
+
+@settings(max_examples=50)
+@given(nebul_requests(Operation.VARIATION))
+def test_variation_round_trips_through_multipart(request: ImageRequest) -> None:
+    form = form_of(openai.VARIATIONS.multipart_fields(openai.VARIATIONS.from_canonical(request)))
+    assert openai.VARIATIONS.decode_form(form) == request
