@@ -31,6 +31,13 @@ __all__ = ["HttpAdapter"]
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
+# An upstream's own failure is not the client's: its internal error, or its refusal of the
+# gateway's key, reaches the client as an upstream error (502), and a fallback may still help.
+_RECAST: Mapping[ErrorCode, str] = {
+    ErrorCode.INTERNAL: "provider {name} failed internally: {message}",
+    ErrorCode.UNAUTHORIZED: "provider {name} refused the gateway's credentials",
+}
+
 
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
@@ -127,6 +134,9 @@ class HttpAdapter:
     def _decode(self, endpoint: Endpoint[Any, Any], request: ImageRequest, response: httpx.Response) -> ImageResult:
         if response.status_code >= 400:
             error = self.errors.parse(response.status_code, response.content, _retry_after(response))
+            if error.code in _RECAST:
+                message = _RECAST[error.code].format(name=self.name, message=error.message)
+                error = GatewayError(ErrorCode.UPSTREAM_ERROR, message, retry_after=error.retry_after)
             error.provider = self.name
             raise error
         content_type = response.headers.get("content-type", "")

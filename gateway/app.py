@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from litestar import Litestar, Request, Response, get
 from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath
 
 from adapters import Adapter, build_adapter
 from gateway.config import GatewayConfig, load_config
@@ -26,8 +27,10 @@ DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128
 
 
 def build_adapters(config: GatewayConfig, client: httpx.AsyncClient) -> dict[str, Adapter]:
-    return {name: build_adapter(provider.__struct_config__.tag, name, provider, client)  # type: ignore[arg-type]
-            for name, provider in config.providers.items()}
+    return {
+        name: build_adapter(provider.__struct_config__.tag, name, provider, client)  # type: ignore[arg-type]
+        for name, provider in config.providers.items()
+    }
 
 
 @asynccontextmanager
@@ -64,7 +67,7 @@ async def ready(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/images/{name:str}", tags=["images"])
-async def stored_image(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+async def stored_image(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
     """An image kept for a client that asked for a URL (valid for the store's TTL)."""
     gateway: Gateway = request.app.state.gateway
     found = await gateway.image_store.get(name)

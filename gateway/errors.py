@@ -1,7 +1,7 @@
 """Every failure, rendered in the envelope of the dialect the client spoke.
 
 Handlers carry their dialect's error table in ``opt["errors"]``; a request that matched
-no handler gets the OpenAI envelope, the most widely understood. A client never sees a
+no handler is answered in the dialect its path belongs to, else in the OpenAI envelope. A client never sees a
 stack trace: anything unexpected is logged here and answered as ``internal``.
 """
 
@@ -14,7 +14,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
-from schemas import openai
+from gateway.routes import errors_for_path
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.dialect import ErrorTable
 
@@ -45,7 +45,7 @@ def to_gateway_error(exc: Exception, max_body_bytes: int) -> GatewayError:
 def error_table(request: Request[Any, Any, Any]) -> ErrorTable:
     handler = request.scope.get("route_handler")
     table = handler.opt.get("errors") if handler is not None else None
-    return table if isinstance(table, ErrorTable) else openai.ERRORS
+    return table if isinstance(table, ErrorTable) else errors_for_path(request.url.path)
 
 
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

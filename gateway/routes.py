@@ -23,7 +23,7 @@ from schemas import melious, nebul, nebulablock, openai, pomelo
 from schemas.canonical import ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 
-__all__ = ["MOUNTS", "Mount", "dialect_handlers"]
+__all__ = ["MOUNTS", "Mount", "dialect_handlers", "errors_for_path"]
 
 JSON = "application/json"
 PROVIDER_HEADER = "X-Gateway-Provider"
@@ -55,13 +55,26 @@ def _mounts() -> list[Mount]:
         Mount("/nebulablock", nebulablock.V1, nebulablock.ERRORS),
         # The paths only one dialect uses are served at the root too.
         *(Mount("", endpoint, errors, methods) for endpoint, errors, methods in only_one_dialect),
-        # The root /v1/images/* speaks the OpenAI family (Melious ∪ Nebul).
+        # The root /v1/images/* speaks the OpenAI family (Melious and Nebul together).
         *(Mount("", e, openai.ERRORS) for e in (openai.GENERATIONS, openai.EDITS, openai.VARIATIONS)),
     ]
     return mounts
 
 
 MOUNTS: Sequence[Mount] = _mounts()
+# For requests no handler took (wrong method, unknown path): the dialect their path speaks.
+_ERRORS_BY_PATH = {mount.prefix + mount.endpoint.path: mount.errors for mount in MOUNTS}
+_ERRORS_BY_PREFIX = {mount.prefix: mount.errors for mount in MOUNTS if mount.prefix}
+
+
+def errors_for_path(path: str) -> ErrorTable:
+    """The error table of the dialect a path belongs to; the OpenAI envelope when none does."""
+    if path in _ERRORS_BY_PATH:
+        return _ERRORS_BY_PATH[path]
+    prefix = "/" + path.split("/", 2)[1] if path.startswith("/") else ""
+    return _ERRORS_BY_PREFIX.get(prefix, openai.ERRORS)
+
+
 IMAGE_FIELDS = frozenset({"image", "image[]"})
 
 
@@ -121,6 +134,7 @@ def dialect_handler(mount: Mount) -> HTTPRouteHandler:
     return HTTPRouteHandler(
         path=mount.prefix + endpoint.path,
         http_method=list(mount.methods),
+        status_code=200,
         name=f"{endpoint.dialect}:{mount.prefix or 'root'}:{endpoint.path}",
         opt={"errors": mount.errors},
         summary=f"{endpoint.dialect} {endpoint.operation.value}",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
@@ -21,20 +22,19 @@ class GatewayServer:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._socket = sock
         self._server = uvicorn.Server(
             uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="on")
         )
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> GatewayServer:
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not self._server.started:
@@ -55,11 +55,13 @@ class GatewayServer:
         self.stop()
 
 
-def gateway_config(providers: dict[str, dict[str, Any]], models: list[dict[str, Any]], store: Path) -> GatewayConfig:
+def gateway_config(
+    providers: dict[str, dict[str, Any]],
+    models: list[dict[str, Any]],
+    store: Path,
+    server: dict[str, Any] | None = None,
+) -> GatewayConfig:
     """A config for tests, checked by the same code as a file."""
-    import yaml
-
-    text = yaml.safe_dump(
-        {"providers": providers, "models": models, "image_store": {"path": str(store)}}, sort_keys=False
-    )
+    raw = {"server": server or {}, "providers": providers, "models": models, "image_store": {"path": str(store)}}
+    text = yaml.safe_dump(raw, sort_keys=False)
     return parse_config(text, "<test config>")

@@ -1,0 +1,1 @@
+"""Self-tests of the provider emulators in tests/emulators."""

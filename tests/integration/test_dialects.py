@@ -1,0 +1,229 @@
+"""Each inbound dialect reaches each provider, over real HTTP, and the image that comes back is real."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from schemas.dialect import image_dimensions
+from tests.emulators import EmulatorServer
+from tests.integration.conftest import PROVIDERS
+from tests.integration.gateway_server import GatewayServer
+
+PROMPT = "A serene mountain landscape at sunset"
+
+# What a client of each dialect sends for model ``model`` (a 1024x1024 image, where it can say so),
+# and how it finds the image in the answer: ("b64", pointer) or ("url", pointer).
+Pointer = Callable[[dict[str, Any]], str]
+
+
+def first_data(body: dict[str, Any], key: str) -> str:
+    return str(body["data"][0][key])
+
+
+INBOUND: dict[str, tuple[str, Callable[[str], dict[str, Any]], str, Pointer]] = {
+    "melious": (
+        "/melious/v1/images/generations",
+        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024", "n": 1},
+        "url",
+        lambda b: first_data(b, "url"),
+    ),
+    "melious-b64": (
+        "/melious/v1/images/generations",
+        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024", "response_format": "b64_json"},
+        "b64",
+        lambda b: first_data(b, "b64_json"),
+    ),
+    "nebul": (
+        "/nebul/v1/images/generations",
+        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024", "n": 1},
+        "b64",
+        lambda b: first_data(b, "b64_json"),
+    ),
+    "pomelo-midjourney": (
+        "/pomelo/api/v1/midjourney/generate",
+        lambda m: {"prompt": PROMPT, "model": m, "width": 1024, "height": 1024, "num_outputs": 1},
+        "url",
+        lambda b: str(b["images"][0]["url"]),
+    ),
+    "nebulablock-serverless": (
+        "/nebulablock/api/v1/images/generation",
+        lambda m: {"model": m, "prompt": PROMPT, "num_steps": 25, "guidance_scale": 9, "width": 1024, "height": 1024},
+        "b64",
+        lambda b: first_data(b, "b64_json"),
+    ),
+    "nebulablock-v1": (
+        "/nebulablock/v1/images/generate",
+        lambda m: {"model": m, "prompt": PROMPT, "n": 1, "size": "1024x1024"},
+        "url",
+        lambda b: str(b["data"]["images"][0]["url"]),
+    ),
+    "openai-root": (
+        "/v1/images/generations",
+        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024"},
+        "url",
+        lambda b: first_data(b, "url"),
+    ),
+}
+
+
+def image_bytes(http: httpx.Client, form: str, pointer: str) -> bytes:
+    if form == "b64":
+        return base64.b64decode(pointer)
+    fetched = http.get(pointer)
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.headers["content-type"] == "image/png"
+    return fetched.content
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("dialect", list(INBOUND))
+def test_every_dialect_reaches_every_provider(
+    dialect: str, provider: str, gateway: GatewayServer, emulators: dict[str, EmulatorServer], http: httpx.Client
+) -> None:
+    path, payload, form, pointer = INBOUND[dialect]
+    response = http.post(gateway.url + path, json=payload(f"via-{provider}"))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-gateway-provider"] == provider
+    image = image_bytes(http, form, pointer(response.json()))
+    assert image.startswith(b"\x89PNG")
+    assert image_dimensions(image) == (1024, 1024)
+    calls = emulators[PROVIDERS[provider][0]].emulator.calls
+    assert [call.method for call in calls] == ["POST"]
+
+
+def test_pomelo_flux_route_reaches_its_configured_model(
+    gateway: GatewayServer, emulators: dict[str, EmulatorServer], http: httpx.Client
+) -> None:
+    body = {"prompt": PROMPT, "negative_prompt": "blurry", "style": "digital-art", "steps": 40, "aspect_ratio": "16:9"}
+    for path in ("/pomelo/api/v1/flux.1", "/api/v1/flux.1"):
+        response = http.post(gateway.url + path, json=body)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["model"] == "flux.1" and answer["status"] == "complete"
+        assert isinstance(answer["seed"], int)
+        assert (answer["images"][0]["width"], answer["images"][0]["height"]) == (1024, 576)
+        assert image_dimensions(image_bytes(http, "url", answer["images"][0]["url"])) == (1024, 576)
+    assert len(emulators["pomelo"].emulator.calls) == 2
+
+
+def test_root_paths_of_single_dialect_routes(gateway: GatewayServer, http: httpx.Client) -> None:
+    mj = http.post(gateway.url + "/api/v1/midjourney/generate", json={"prompt": PROMPT, "model": "via-melious"})
+    assert mj.status_code == 200, mj.text
+    assert set(mj.json()) == {"status", "images", "prompt", "model"}
+    legacy = {"model": "via-nebul", "prompt": PROMPT, "width": 512, "height": 512, "negative_prompt": None}
+    for method in ("GET", "POST"):  # the document's curl says GET with a JSON body
+        answer = http.request(method, gateway.url + "/api/v1/images/generation", json=legacy)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"][0]["index"] == 0
+    v1 = http.post(gateway.url + "/v1/images/generate", json={"model": "via-pomelo-midjourney", "prompt": PROMPT})
+    assert v1.status_code == 200, v1.text
+    assert v1.json()["data"]["usage"]["images_generated"] == 1
+
+
+def test_several_images_split_across_calls_keep_their_count(
+    gateway: GatewayServer, emulators: dict[str, EmulatorServer], http: httpx.Client
+) -> None:
+    """Pomelo's Flux.1 makes one image a call: n=3 becomes three upstream calls, three images back."""
+    body = {"model": "via-pomelo-flux", "prompt": PROMPT, "n": 3, "size": "1024x1024", "response_format": "b64_json"}
+    response = http.post(gateway.url + "/melious/v1/images/generations", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"]) == 3
+    assert len(emulators["pomelo"].emulator.calls) == 3
+
+
+def test_gateway_url_answer_is_the_image(gateway: GatewayServer, http: httpx.Client) -> None:
+    """NebulaBlock's serverless API answers base64 only; a client asking for a URL gets a gateway URL
+    that serves those very bytes."""
+    b64 = http.post(
+        gateway.url + "/melious/v1/images/generations",
+        json={
+            "model": "via-nebulablock-serverless",
+            "prompt": "same",
+            "size": "512x512",
+            "response_format": "b64_json",
+        },
+    ).json()["data"][0]["b64_json"]
+    url = http.post(
+        gateway.url + "/melious/v1/images/generations",
+        json={"model": "via-nebulablock-serverless", "prompt": "same", "size": "512x512"},
+    ).json()["data"][0]["url"]
+    assert url.startswith(gateway.url + "/images/")
+    assert http.get(url).content == base64.b64decode(b64)
+    forged = url[:-10] + "0000000000"
+    assert http.get(forged).status_code == 404
+
+
+def test_nebul_edit_with_mask_and_variation(
+    gateway: GatewayServer, emulators: dict[str, EmulatorServer], http: httpx.Client
+) -> None:
+    png = base64.b64decode(
+        http.post(
+            gateway.url + "/melious/v1/images/generations",
+            json={"model": "via-melious", "prompt": "base", "size": "512x512", "response_format": "b64_json"},
+        ).json()["data"][0]["b64_json"]
+    )
+    files = [
+        ("image", ("a.png", png, "image/png")),
+        ("image", ("b.png", png, "image/png")),
+        ("mask", ("m.png", png, "image/png")),
+    ]
+    data = {"model": "via-nebul", "prompt": "Add a red hat", "n": "2", "response_format": "b64_json"}
+    edit = http.post(gateway.url + "/nebul/v1/images/edits", files=files, data=data)
+    assert edit.status_code == 200, edit.text
+    answer = edit.json()
+    assert len(answer["data"]) == 2 and answer["data"][0]["url"] is None
+    assert image_dimensions(base64.b64decode(answer["data"][0]["b64_json"])) == (512, 512)
+    upstream = emulators["nebul"].emulator.calls[-1]
+    assert upstream.path == "/v1/images/edits"
+
+    variation = http.post(
+        gateway.url + "/nebul/v1/images/variations",
+        files={"image": ("a.png", png, "image/png")},
+        data={"model": "via-nebul", "size": "256x256"},
+    )
+    assert variation.status_code == 200, variation.text
+    assert image_dimensions(base64.b64decode(variation.json()["data"][0]["b64_json"])) == (256, 256)
+
+
+def test_nebulablock_image_to_image_reaches_serverless(
+    gateway: GatewayServer, emulators: dict[str, EmulatorServer], http: httpx.Client
+) -> None:
+    b64 = http.post(
+        gateway.url + "/nebulablock/api/v1/images/generation",
+        json={"model": "via-nebulablock-serverless", "prompt": "base", "width": 512, "height": 512},
+    ).json()["data"][0]["b64_json"]
+    body = {
+        "model": "via-nebulablock-serverless",
+        "prompt": "a red baseball cap",
+        "num_steps": 40,
+        "guidance_scale": 4.5,
+        "width": 512,
+        "height": 512,
+        "image": b64,
+        "mask": b64,
+    }
+    response = http.post(gateway.url + "/nebulablock/api/v1/images/generation", json=body)
+    assert response.status_code == 200, response.text
+    assert emulators["nebulablock"].emulator.calls[-1].path == "/api/v1/images/generation"
+
+
+def test_operation_a_provider_cannot_do_is_refused_in_the_dialect(gateway: GatewayServer, http: httpx.Client) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    response = http.post(
+        gateway.url + "/nebul/v1/images/variations",
+        files={"image": ("a.png", png, "image/png")},
+        data={"model": "via-melious"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "operation_not_supported"
+
+
+def test_health_and_ready(gateway: GatewayServer, http: httpx.Client) -> None:
+    assert http.get(gateway.url + "/health").json() == {"status": "ok"}
+    ready = http.get(gateway.url + "/ready").json()
+    assert ready["status"] == "ready" and "via-melious" in ready["models"]
