@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 
@@ -15,15 +16,26 @@ from adapters.pomelo import PomeloAdapter
 
 __all__ = ["ADAPTER_CLASSES", "Adapter", "CallOptions", "HttpAdapter", "build_adapter"]
 
-# Provider kind (the `kind` of a provider in the config) → its adapter class.
-ADAPTER_CLASSES: Mapping[str, type[HttpAdapter]] = {
+
+
+def _local_adapter(name: str, config: Any, client: httpx.AsyncClient) -> Adapter:
+    # Imported on use: the local backend's in-process engine brings torch, which a
+    # gateway-only install does not have.
+    from adapters.local import LocalAdapter
+
+    return LocalAdapter(name, config, client)
+
+
+# Provider kind (the `kind` of a provider in the config) → what builds its adapter.
+ADAPTER_CLASSES: Mapping[str, Callable[[str, Any, httpx.AsyncClient], Adapter]] = {
     "melious": MeliousAdapter,
     "nebul": NebulAdapter,
     "pomelo": PomeloAdapter,
     "nebulablock": NebulaBlockAdapter,
+    "local": _local_adapter,
 }
 
 
-def build_adapter(kind: str, name: str, config: HttpProviderSettings, client: httpx.AsyncClient) -> Adapter:
+def build_adapter(kind: str, name: str, config: HttpProviderSettings | Any, client: httpx.AsyncClient) -> Adapter:
     """The adapter for a provider entry of the given kind."""
     return ADAPTER_CLASSES[kind](name, config, client)

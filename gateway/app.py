@@ -38,6 +38,10 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     config: GatewayConfig = app.state.config
     client = httpx.AsyncClient(limits=DEFAULT_LIMITS, timeout=httpx.Timeout(120.0, connect=5.0))
     adapters = build_adapters(config, client)
+    for adapter in adapters.values():
+        start = getattr(adapter, "start", None)  # backends with something to load (the local one)
+        if start is not None:
+            await start()
     store = config.image_store
     app.state.gateway = Gateway(
         config=config,

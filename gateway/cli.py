@@ -25,6 +25,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    from local_backend.server import serve_worker  # brings torch: only on a GPU worker
+
+    return serve_worker(config, host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8090)
+
+
 def _check_config(args: argparse.Namespace) -> int:
     config = _load_or_report(args.file)
     if config is None:
@@ -49,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: from the config)")
     serve.add_argument("--port", type=int, help="port to listen on (default: $PORT, else the config's)")
     serve.set_defaults(run=_serve)
+    worker = commands.add_parser("worker", help="serve the config's local models as a standalone GPU worker")
+    worker.add_argument("--config", help="YAML config file with a `kind: local` provider (default: the built-in one)")
+    worker.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    worker.add_argument("--port", type=int, help="port to listen on (default: 8090)")
+    worker.set_defaults(run=_worker)
     check = commands.add_parser("check-config", help="check a config file; prints what is wrong, exit 1")
     check.add_argument("file")
     check.set_defaults(run=_check_config)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from local_backend.config import LocalBackendSettings
 from schemas.canonical import Operation
 
 __all__ = [
@@ -81,7 +82,7 @@ class NebulaBlockProvider(_Provider, tag="nebulablock"):
     api: Literal["serverless", "v1"] = "v1"
 
 
-ProviderConfig = MeliousProvider | NebulProvider | PomeloProvider | NebulaBlockProvider
+ProviderConfig = MeliousProvider | NebulProvider | PomeloProvider | NebulaBlockProvider | LocalBackendSettings
 
 
 class TargetConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
