@@ -39,26 +39,22 @@ class Mount(NamedTuple):
 
 
 def _mounts() -> list[Mount]:
-    nb_serverless = (nebulablock.SERVERLESS, nebulablock.ERRORS, ("GET", "POST"))
-    only_one_dialect = [
-        (pomelo.MIDJOURNEY, pomelo.ERRORS, ("POST",)),
-        (pomelo.FLUX, pomelo.ERRORS, ("POST",)),
-        nb_serverless,
-        (nebulablock.V1, nebulablock.ERRORS, ("POST",)),
+    # The paths only one dialect uses, served under its prefix and at the root too.
+    single_dialect = [
+        Mount("", pomelo.MIDJOURNEY, pomelo.ERRORS),
+        Mount("", pomelo.FLUX, pomelo.ERRORS),
+        Mount("", nebulablock.SERVERLESS, nebulablock.ERRORS, ("GET", "POST")),  # the document's curl says GET
+        Mount("", nebulablock.V1, nebulablock.ERRORS),
     ]
-    mounts = [
+    prefixed = {"pomelo": "/pomelo", "nebulablock": "/nebulablock"}
+    return [
         Mount("/melious", melious.GENERATIONS, melious.ERRORS),
         *(Mount("/nebul", endpoint, nebul.ERRORS) for endpoint in (nebul.GENERATIONS, nebul.EDITS, nebul.VARIATIONS)),
-        Mount("/pomelo", pomelo.MIDJOURNEY, pomelo.ERRORS),
-        Mount("/pomelo", pomelo.FLUX, pomelo.ERRORS),
-        Mount("/nebulablock", *nb_serverless),
-        Mount("/nebulablock", nebulablock.V1, nebulablock.ERRORS),
-        # The paths only one dialect uses are served at the root too.
-        *(Mount("", endpoint, errors, methods) for endpoint, errors, methods in only_one_dialect),
+        *(mount._replace(prefix=prefixed[mount.endpoint.dialect]) for mount in single_dialect),
+        *single_dialect,
         # The root /v1/images/* speaks the OpenAI family (Melious and Nebul together).
         *(Mount("", e, openai.ERRORS) for e in (openai.GENERATIONS, openai.EDITS, openai.VARIATIONS)),
     ]
-    return mounts
 
 
 MOUNTS: Sequence[Mount] = _mounts()
