@@ -17,7 +17,6 @@ from adapters.pomelo import PomeloAdapter
 __all__ = ["ADAPTER_CLASSES", "Adapter", "CallOptions", "HttpAdapter", "build_adapter"]
 
 
-
 def _local_adapter(name: str, config: Any, client: httpx.AsyncClient) -> Adapter:
     # Imported on use: the local backend's in-process engine brings torch, which a
     # gateway-only install does not have.

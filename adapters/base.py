@@ -12,9 +12,9 @@ __all__ = ["Adapter", "CallOptions", "HttpProviderSettings", "TimeoutSettings"]
 
 
 class CallOptions(msgspec.Struct, kw_only=True, frozen=True):
-    """What a route target may override for one call."""
+    """What the router sets for one call."""
 
-    timeout: float | None = None
+    timeout: float | None = None  # seconds this call may take in all (the router also enforces it)
 
 
 @runtime_checkable
@@ -45,3 +45,5 @@ class HttpProviderSettings(Protocol):
     timeout: TimeoutSettings
     image_hosts: list[str]
     max_image_bytes: int
+    max_response_bytes: int
+    max_concurrency: int

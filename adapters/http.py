@@ -39,8 +39,8 @@ _RECAST: Mapping[ErrorCode, str] = {
 }
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:
@@ -61,6 +61,7 @@ class HttpAdapter:
         self.endpoints: Mapping[Operation, Endpoint[Any, Any]] = self.endpoints_for(config)
         self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._image_hosts = frozenset({urlsplit(config.base_url).netloc, *config.image_hosts})
+        self._in_flight = asyncio.Semaphore(config.max_concurrency)
 
     def endpoints_for(self, config: HttpProviderSettings) -> Mapping[Operation, Endpoint[Any, Any]]:
         """The endpoint serving each operation this provider can do."""
@@ -100,25 +101,53 @@ class HttpAdapter:
         return parts
 
     def _timeout(self, options: CallOptions) -> httpx.Timeout:
-        read = options.timeout or self.config.timeout.read
-        return httpx.Timeout(read, connect=self.config.timeout.connect)
+        """Per-read (first byte included) and connect timeouts, never beyond what the call has left."""
+        read, connect = self.config.timeout.read, self.config.timeout.connect
+        if options.timeout is not None:
+            read, connect = min(read, options.timeout), min(connect, options.timeout)
+        return httpx.Timeout(read, connect=connect)
 
     async def _call(self, endpoint: Endpoint[Any, Any], request: ImageRequest, options: CallOptions) -> ImageResult:
         wire = endpoint.from_canonical(request)
-        url = self.config.base_url + endpoint.path
+        if endpoint.body_kind is BodyKind.MULTIPART:
+            data, files = endpoint.multipart_fields(wire)  # type: ignore[attr-defined]
+            outgoing = self.client.build_request(
+                "POST",
+                self.config.base_url + endpoint.path,
+                data=data,
+                files=files,
+                headers=self._auth,
+                timeout=self._timeout(options),
+            )
+        else:
+            outgoing = self.client.build_request(
+                "POST",
+                self.config.base_url + endpoint.path,
+                content=msgspec.json.encode(wire),
+                headers={**_JSON_HEADERS, **self._auth},
+                timeout=self._timeout(options),
+            )
+        async with self._in_flight:
+            status, headers, body = await self._send(outgoing)
+        return self._decode(endpoint, request, status, headers, body)
+
+    async def _send(self, outgoing: httpx.Request) -> tuple[int, httpx.Headers, bytes]:
+        """Send and read the whole answer, refusing one larger than ``max_response_bytes``."""
+        cap = self.config.max_response_bytes
         try:
-            if endpoint.body_kind is BodyKind.MULTIPART:
-                data, files = endpoint.multipart_fields(wire)  # type: ignore[attr-defined]
-                response = await self.client.post(
-                    url, data=data, files=files, headers=self._auth, timeout=self._timeout(options)
-                )
-            else:
-                response = await self.client.post(
-                    url,
-                    content=msgspec.json.encode(wire),
-                    headers={**_JSON_HEADERS, **self._auth},
-                    timeout=self._timeout(options),
-                )
+            response = await self.client.send(outgoing, stream=True)
+            try:
+                declared = int(response.headers.get("content-length") or 0)
+                if declared > cap:
+                    raise self._too_large(cap)
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > cap:
+                        raise self._too_large(cap)
+                    chunks.append(chunk)
+            finally:
+                await response.aclose()
         except httpx.TimeoutException as exc:
             raise GatewayError(
                 ErrorCode.UPSTREAM_TIMEOUT, f"provider {self.name} did not answer in time", provider=self.name
@@ -126,20 +155,27 @@ class HttpAdapter:
         except httpx.HTTPError as exc:
             raise GatewayError(
                 ErrorCode.UPSTREAM_ERROR,
-                f"provider {self.name} could not be reached: {type(exc).__name__}",
+                f"provider {self.name} could not be reached or broke off: {type(exc).__name__}",
                 provider=self.name,
             ) from exc
-        return self._decode(endpoint, request, response)
+        return response.status_code, response.headers, b"".join(chunks)
 
-    def _decode(self, endpoint: Endpoint[Any, Any], request: ImageRequest, response: httpx.Response) -> ImageResult:
-        if response.status_code >= 400:
-            error = self.errors.parse(response.status_code, response.content, _retry_after(response))
+    def _too_large(self, cap: int) -> GatewayError:
+        return GatewayError(
+            ErrorCode.UPSTREAM_ERROR, f"provider {self.name} answered more than {cap} bytes", provider=self.name
+        )
+
+    def _decode(
+        self, endpoint: Endpoint[Any, Any], request: ImageRequest, status: int, headers: httpx.Headers, body: bytes
+    ) -> ImageResult:
+        if status >= 400:
+            error = self.errors.parse(status, body, _retry_after(headers))
             if error.code in _RECAST:
                 message = _RECAST[error.code].format(name=self.name, message=error.message)
                 error = GatewayError(ErrorCode.UPSTREAM_ERROR, message, retry_after=error.retry_after)
             error.provider = self.name
             raise error
-        content_type = response.headers.get("content-type", "")
+        content_type = headers.get("content-type", "")
         if "json" not in content_type:
             raise GatewayError(
                 ErrorCode.UPSTREAM_ERROR,
@@ -147,7 +183,7 @@ class HttpAdapter:
                 provider=self.name,
             )
         try:
-            return endpoint.decode_response(response.content, request)
+            return endpoint.decode_response(body, request)
         except GatewayError as error:
             error.provider = self.name
             raise

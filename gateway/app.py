@@ -7,20 +7,27 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
+import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath
 
 from adapters import Adapter, build_adapter
+from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, load_config
+from gateway.cooldown import Cooldowns
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
+from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.router import Router
 from gateway.routes import dialect_handlers
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError
 
 __all__ = ["create_app"]
+
+log = structlog.get_logger("gateway.app")
 
 # One pool for every upstream: connections are reused across requests and providers.
 DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30.0)
@@ -33,6 +40,19 @@ def build_adapters(config: GatewayConfig, client: httpx.AsyncClient) -> dict[str
     }
 
 
+def build_limiter(config: GatewayConfig) -> tuple[Limiter, aioredis.Redis | None]:
+    """The Redis limiter when a Redis is configured, else the in-memory one."""
+    if not config.redis.url:
+        return MemoryLimiter(), None
+    client = aioredis.Redis.from_url(
+        config.redis.url,
+        socket_timeout=config.redis.timeout_s,
+        socket_connect_timeout=config.redis.timeout_s,
+        health_check_interval=5,
+    )
+    return RedisLimiter(client, on_failure=config.redis.on_failure), client
+
+
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     config: GatewayConfig = app.state.config
@@ -42,18 +62,28 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         start = getattr(adapter, "start", None)  # backends with something to load (the local one)
         if start is not None:
             await start()
+    limiter, redis_client = build_limiter(config)
+    cooldowns = Cooldowns(redis_client, config.redis.key_prefix)
+    auth = Authenticator(config.auth)
+    if auth.open:
+        log.warning("gateway_open", detail="no inbound API keys configured: every client is admitted")
     store = config.image_store
     app.state.gateway = Gateway(
         config=config,
         client=client,
-        router=Router(config, adapters),
+        router=Router(config, adapters, limiter, cooldowns),
         image_store=DirectoryImageStore(store.path, store.ttl_seconds, store.secret),
+        auth=auth,
+        limiter=limiter,
+        cooldowns=cooldowns,
+        redis=redis_client,
     )
     try:
         yield
     finally:
         for adapter in adapters.values():
             await adapter.aclose()
+        await limiter.aclose()
         await client.aclose()
 
 
@@ -64,10 +94,19 @@ def health() -> dict[str, str]:
 
 
 @get("/ready", tags=["ops"])
-async def ready(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """Config loaded and the router built: ready for traffic."""
+async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """Config loaded, the router built, and Redis reachable when one is configured."""
     gateway: Gateway = request.app.state.gateway
-    return {"status": "ready", "models": gateway.router.model_names}
+    checks: dict[str, str] = {"config": "ok"}
+    if gateway.redis is not None:
+        try:
+            await gateway.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # any failure means not ready; the reason is reported, never raised
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+    ok = all(value == "ok" for value in checks.values())
+    body = {"status": "ready" if ok else "not ready", "checks": checks, "models": gateway.router.model_names}
+    return Response(body, status_code=200 if ok else 503)
 
 
 @get("/images/{name:str}", tags=["images"])

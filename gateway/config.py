@@ -30,6 +30,8 @@ __all__ = [
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
 DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_INPUT_IMAGE_BYTES = 20 * 1024 * 1024
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -40,10 +42,35 @@ class ConfigError(Exception):
 
 
 class Timeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Seconds to connect to an upstream and to wait for its answer."""
+    """Seconds to connect to an upstream, to wait for each read (the first byte too), and for the whole answer."""
 
     connect: Seconds = 5.0
     read: Seconds = 120.0
+    total: Seconds = 180.0
+
+
+class RetryPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How a target is retried on a retryable failure, before the route falls back to the next target."""
+
+    attempts: PositiveInt = 3  # calls in all, the first one included
+    backoff_initial_s: Annotated[float, msgspec.Meta(ge=0)] = 0.2
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    retry_after_cap_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0  # an upstream's Retry-After is honoured up to this
+
+
+class CooldownPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A provider that fails ``failures`` times in a row is skipped for ``seconds``."""
+
+    failures: PositiveInt = 5
+    seconds: Seconds = 30.0
+
+
+class RateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """At most ``requests`` requests and ``images`` images per ``period_s`` (GCRA: a full burst, then evenly)."""
+
+    requests: PositiveInt | None = None
+    images: PositiveInt | None = None
+    period_s: Seconds = 60.0
 
 
 class _Provider(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
@@ -55,6 +82,11 @@ class _Provider(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_fi
     # Hosts the gateway may fetch image URLs from when a client wants base64 (the base_url's host always may).
     image_hosts: list[str] = []
     max_image_bytes: PositiveInt = DEFAULT_MAX_IMAGE_BYTES
+    max_response_bytes: PositiveInt = DEFAULT_MAX_RESPONSE_BYTES
+    max_concurrency: PositiveInt = 64  # calls in flight to this provider from one gateway process
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    cooldown: CooldownPolicy = msgspec.field(default_factory=CooldownPolicy)
+    limits: RateLimit | None = None  # keeps the gateway inside the provider's quota
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.base_url):
@@ -107,6 +139,7 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     targets: Annotated[list[TargetConfig], msgspec.Meta(min_length=1)]
     aliases: list[str] = []
+    limits: RateLimit | None = None
 
 
 class ImageStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -127,18 +160,54 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
+    max_input_images: PositiveInt = 16
+    max_input_image_bytes: PositiveInt = DEFAULT_MAX_INPUT_IMAGE_BYTES
+    request_deadline_s: Seconds = 120.0  # no chain of retries and fallbacks outlives it
     log_prompts: bool = False
+
+
+class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The Redis every replica shares (rate limits, cooldowns). Without a url, both live in memory."""
+
+    url: str = ""
+    # When a configured Redis is unreachable: "open" keeps serving on the in-memory limiter,
+    # "closed" refuses with `overloaded` until it is back.
+    on_failure: Literal["open", "closed"] = "open"
+    timeout_s: Seconds = 0.25
+    key_prefix: str = "igw:"
+
+
+class InboundKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A client's API key, stored as ``sha256:<hex>`` (``image-gateway hash-key`` makes one)."""
+
+    name: str
+    hash: Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+    models: list[str] | None = None  # None: every model
+    limits: RateLimit | None = None
+    revoked: bool = False
+
+
+class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Inbound keys; with none configured the gateway is open (and says so at start)."""
+
+    keys: list[InboundKey] = []
+    default_limits: RateLimit | None = None  # for keys without limits of their own
 
 
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration file."""
 
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     image_store: ImageStoreConfig = msgspec.field(default_factory=ImageStoreConfig)
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
 
     def __post_init__(self) -> None:
+        names = [key.name for key in self.auth.keys]
+        if len(names) != len(set(names)):
+            raise ValueError("two inbound keys under `auth.keys` share a name")
         seen: set[str] = set()
         for index, model in enumerate(self.models):
             for name in (model.name, *model.aliases):

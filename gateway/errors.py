@@ -7,6 +7,7 @@ stack trace: anything unexpected is logged here and answered as ``internal``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -52,9 +53,9 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     """Litestar exception handler for every exception type."""
     max_body = request.app.state.gateway.config.server.max_body_bytes if "gateway" in request.app.state else 0
     error = to_gateway_error(exc, max_body)
-    headers = {}
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    headers = dict(error.headers)
+    if error.retry_after is not None and "Retry-After" not in headers:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if error.provider:
         headers["X-Gateway-Provider"] = error.provider
     return Response(

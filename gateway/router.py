@@ -1,23 +1,47 @@
-"""The router: a model name or alias → its ordered targets, tried in turn.
+"""The router: a model name or alias → its ordered targets, each retried, then the next.
 
-Config is data: which provider serves which model, and what each target can do, is in
-the configuration; nothing here knows one provider from another.
+Config is data: which provider serves which model, what each target can do, and how
+each provider is retried, cooled down and limited all come from the configuration;
+nothing here knows one provider from another.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_any
+from tenacity.stop import stop_base
+from tenacity.wait import wait_random_exponential
 
 from adapters.base import Adapter, CallOptions
-from gateway.config import GatewayConfig, TargetConfig
+from gateway.config import CooldownPolicy, GatewayConfig, ModelConfig, RateLimit, RetryPolicy, TargetConfig
+from gateway.cooldown import Cooldowns
+from gateway.ratelimit import LimitCheck, Limiter
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
 
-__all__ = ["Route", "Router"]
+__all__ = ["Route", "Router", "limit_checks"]
 
 log = structlog.get_logger("gateway.router")
+
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_COOLDOWN = CooldownPolicy()
+
+
+def limit_checks(limits: RateLimit | None, scope: str, name: str, images: int, prefix: str) -> list[LimitCheck]:
+    """The checks a request makes against one configured limit (requests, and images since n multiplies cost)."""
+    if limits is None:
+        return []
+    checks = []
+    if limits.requests is not None:
+        checks.append(LimitCheck(f"{prefix}rl:{scope}:{name}:req", limits.requests, limits.period_s, 1, scope))
+    if limits.images is not None:
+        checks.append(LimitCheck(f"{prefix}rl:{scope}:{name}:img", limits.images, limits.period_s, images, scope))
+    return checks
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -26,7 +50,10 @@ class Route(msgspec.Struct, frozen=True):
     provider: str
     adapter: Adapter
     target: TargetConfig
-    options: CallOptions
+    retry: RetryPolicy
+    cooldown: CooldownPolicy
+    limits: RateLimit | None
+    timeout: float | None
 
     def refuses(self, request: ImageRequest) -> GatewayError | None:
         """Why this target cannot serve ``request`` (so it is skipped without a call), or None."""
@@ -42,45 +69,110 @@ class Route(msgspec.Struct, frozen=True):
         return None
 
 
+class _Wait:
+    """Backoff between attempts: the upstream's Retry-After up to a cap, else exponential with jitter."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.jitter = wait_random_exponential(multiplier=policy.backoff_initial_s, max=policy.backoff_max_s)
+
+    def __call__(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, GatewayError) and error.retry_after is not None:
+            return min(error.retry_after, self.policy.retry_after_cap_s)
+        return float(self.jitter(state))
+
+
+class _StopAtDeadline(stop_base):
+    """Stop retrying when the next wait would end past the request's deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + retry_state.upcoming_sleep >= self.deadline
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, GatewayError) and exc.retryable
+
+
+class Attempts:
+    """What was tried for one request: providers in order, with outcomes (for logs, headers, metrics)."""
+
+    def __init__(self) -> None:
+        self.tried: list[tuple[str, str]] = []
+        self.retries = 0
+        self.fallbacks = 0
+
+    def record(self, provider: str, outcome: str) -> None:
+        self.tried.append((provider, outcome))
+
+    @property
+    def calls(self) -> int:
+        """Upstream calls made (skipped targets not counted)."""
+        return sum(not outcome.startswith("skipped") for _, outcome in self.tried)
+
+
 class Router:
     """Resolves names and calls targets in order until one answers."""
 
-    def __init__(self, config: GatewayConfig, adapters: Mapping[str, Adapter]) -> None:
-        self._routes: dict[str, tuple[Route, ...]] = {}
+    def __init__(
+        self, config: GatewayConfig, adapters: Mapping[str, Adapter], limiter: Limiter, cooldowns: Cooldowns
+    ) -> None:
+        self._limiter = limiter
+        self._cooldowns = cooldowns
+        self._prefix = config.redis.key_prefix
+        self._models: dict[str, tuple[ModelConfig, tuple[Route, ...]]] = {}
         for model in config.models:
-            routes = tuple(
-                Route(target.provider, adapters[target.provider], target, CallOptions(timeout=target.timeout))
-                for target in model.targets
-            )
+            routes = tuple(self._route(target, config.providers[target.provider], adapters) for target in model.targets)
             for name in (model.name, *model.aliases):
-                self._routes[name] = routes
+                self._models[name] = (model, routes)
+
+    @staticmethod
+    def _route(target: TargetConfig, provider: Any, adapters: Mapping[str, Adapter]) -> Route:
+        total = getattr(getattr(provider, "timeout", None), "total", None)
+        return Route(
+            provider=target.provider,
+            adapter=adapters[target.provider],
+            target=target,
+            retry=getattr(provider, "retry", DEFAULT_RETRY),
+            cooldown=getattr(provider, "cooldown", DEFAULT_COOLDOWN),
+            limits=getattr(provider, "limits", None),
+            timeout=target.timeout or total,
+        )
 
     @property
     def model_names(self) -> list[str]:
-        return sorted(self._routes)
+        return sorted(self._models)
 
-    def routes_for(self, model: str) -> tuple[Route, ...]:
-        routes = self._routes.get(model)
-        if routes is None:
-            raise GatewayError(ErrorCode.MODEL_NOT_FOUND, f"model {model!r} is not served here", param="model")
-        return routes
+    def model(self, name: str) -> ModelConfig:
+        """The configured model behind a name or alias; ``model_not_found`` otherwise."""
+        found = self._models.get(name)
+        if found is None:
+            raise GatewayError(ErrorCode.MODEL_NOT_FOUND, f"model {name!r} is not served here", param="model")
+        return found[0]
 
-    async def generate(self, request: ImageRequest) -> ImageResult:
-        """Try each target that can serve the request; a retryable failure moves on to the next."""
+    async def generate(self, request: ImageRequest, deadline: float, attempts: Attempts | None = None) -> ImageResult:
+        """Each target that can serve the request, retried by its policy; a retryable failure falls back."""
+        attempts = attempts or Attempts()
+        self.model(request.model)
+        routes = self._models[request.model][1]
+        await self._cooldowns.refresh([route.provider for route in routes])
         last_error: GatewayError | None = None
-        for route in self.routes_for(request.model):
-            refusal = route.refuses(request)
-            if refusal is not None:
-                log.debug("target_skipped", provider=route.provider, reason=refusal.message)
-                last_error = last_error or refusal
+        called = False
+        for route in routes:
+            skipped = await self._skip_reason(route, request)
+            if skipped is not None:
+                attempts.record(route.provider, f"skipped: {skipped.code.value}")
+                last_error = last_error or skipped
                 continue
+            attempts.fallbacks += called  # an earlier target was called and failed
+            called = True
             try:
-                result = await route.adapter.generate(
-                    msgspec.structs.replace(request, model=route.target.model), route.options
-                )
+                result = await self._call(route, request, deadline, attempts)
             except GatewayError as error:
-                log.info("target_failed", provider=route.provider, code=error.code.value, retryable=error.retryable)
-                if not error.retryable:
+                if not error.retryable or time.monotonic() >= deadline:
                     raise
                 last_error = error
                 continue
@@ -88,3 +180,59 @@ class Router:
             return result
         assert last_error is not None  # a model always has at least one target
         raise last_error
+
+    async def _skip_reason(self, route: Route, request: ImageRequest) -> GatewayError | None:
+        refusal = route.refuses(request)
+        if refusal is not None:
+            return refusal
+        if self._cooldowns.cooling(route.provider):
+            return GatewayError(ErrorCode.OVERLOADED, f"provider {route.provider} is cooling down after failures")
+        checks = limit_checks(route.limits, "provider", route.provider, request.n, self._prefix)
+        if checks:
+            decision = await self._limiter.check(checks)
+            if not decision.allowed:
+                return decision.refusal()
+        return None
+
+    async def _call(self, route: Route, request: ImageRequest, deadline: float, attempts: Attempts) -> ImageResult:
+        upstream = msgspec.structs.replace(request, model=route.target.model)
+
+        retrying = AsyncRetrying(
+            stop=stop_any(stop_after_attempt(route.retry.attempts), _StopAtDeadline(deadline)),
+            wait=_Wait(route.retry),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    attempts.retries += 1
+                return await self._attempt(route, upstream, deadline, attempts)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _attempt(self, route: Route, request: ImageRequest, deadline: float, attempts: Attempts) -> ImageResult:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, "the request's deadline passed before an answer")
+        timeout = min(route.timeout or remaining, remaining)
+        try:
+            async with asyncio.timeout(timeout):
+                result = await route.adapter.generate(request, CallOptions(timeout=timeout))
+        except TimeoutError:
+            error = GatewayError(
+                ErrorCode.UPSTREAM_TIMEOUT, f"provider {route.provider} did not answer in time", provider=route.provider
+            )
+            await self._failed(route, error, attempts)
+            raise error from None
+        except GatewayError as error:
+            await self._failed(route, error, attempts)
+            raise
+        self._cooldowns.record_success(route.provider)
+        attempts.record(route.provider, "ok")
+        return result
+
+    async def _failed(self, route: Route, error: GatewayError, attempts: Attempts) -> None:
+        attempts.record(route.provider, error.code.value)
+        log.info("upstream_attempt_failed", provider=route.provider, code=error.code.value, retryable=error.retryable)
+        if error.retryable:
+            await self._cooldowns.record_failure(route.provider, route.cooldown.failures, route.cooldown.seconds)

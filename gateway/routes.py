@@ -18,15 +18,17 @@ from litestar.datastructures import UploadFile
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import Method
 
+from gateway.router import Attempts
 from gateway.state import Gateway
 from schemas import melious, nebul, nebulablock, openai, pomelo
-from schemas.canonical import ImageRequest, ImageResult, ResponseFormat
+from schemas.canonical import GatewayError, ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 
 __all__ = ["MOUNTS", "Mount", "dialect_handlers", "errors_for_path"]
 
 JSON = "application/json"
 PROVIDER_HEADER = "X-Gateway-Provider"
+ATTEMPTS_HEADER = "X-Gateway-Attempts"  # upstream calls made for this request, retries and fallbacks included
 
 
 class Mount(NamedTuple):
@@ -120,12 +122,24 @@ def dialect_handler(mount: Mount) -> HTTPRouteHandler:
     async def handle(request: Request[Any, Any, Any]) -> Response[bytes]:
         gateway: Gateway = request.app.state.gateway
         started = time.perf_counter()
+        deadline = time.monotonic() + gateway.config.server.request_deadline_s
+        key = gateway.auth.authenticate(request.headers)  # before reading the body: refusals stay cheap
         canonical = await decode_request(endpoint, request)
-        result = await gateway.router.generate(canonical)
+        gateway.check_inputs(canonical)
+        decision = await gateway.admit(key, canonical)
+        attempts = Attempts()
+        try:
+            result = await gateway.router.generate(canonical, deadline, attempts)
+        except GatewayError as error:
+            error.headers[ATTEMPTS_HEADER] = str(attempts.calls)
+            raise
         await deliver(gateway, result, canonical.response_format, str(request.base_url).rstrip("/"))
         result.timings.total = time.perf_counter() - started
         body = msgspec.json.encode(endpoint.encode_result(result, canonical))
-        return Response(body, media_type=JSON, headers={PROVIDER_HEADER: result.provider})
+        headers = {PROVIDER_HEADER: result.provider, ATTEMPTS_HEADER: str(attempts.calls)}
+        if decision.limit:
+            headers.update(decision.headers())
+        return Response(body, media_type=JSON, headers=headers)
 
     return HTTPRouteHandler(
         path=mount.prefix + endpoint.path,

@@ -6,30 +6,72 @@ config that names a local provider.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
 
-__all__ = ["LocalBackendSettings", "LocalModelSettings"]
+__all__ = ["LocalBackendSettings", "LocalModelSettings", "WorkerTimeouts"]
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
+# `auto` (cuda when present, else cpu), `cpu`, `cuda` or one GPU such as `cuda:1`.
+Device = Annotated[str, msgspec.Meta(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
 
 
 class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One diffusers pipeline: where its weights are and what it may be asked."""
+    """One diffusers pipeline: where its weights are and what it may be asked.
 
-    path: str = ""
+    ``path`` is a directory holding a diffusers model (``model_index.json``), a Hugging
+    Face id already in the local cache (``stabilityai/sdxl-turbo``), or ``builtin:tiny-sd``
+    (``tiny-sdxl``, ``tiny-flux``): a tiny random-weight model built on first use, which
+    draws noise. The defaults left unset come from the model's family once it is loaded.
+    """
+
+    path: Annotated[str, msgspec.Meta(min_length=1)]
     max_steps: PositiveInt = 50
     max_pixels: PositiveInt = 1024 * 1024
+    # Side of the square drawn when a request names no size (an edit keeps its image's size).
+    default_size: PositiveInt | None = None
+    default_steps: PositiveInt | None = None
+    default_guidance: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    # How far an edit or variation moves away from its input image (1.0: nothing of it is kept).
+    strength: Fraction = 0.8
+
+
+class WorkerTimeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Seconds to connect to a remote worker, and to wait for an answer (queueing included)."""
+
+    connect: Seconds = 5.0
+    read: Seconds = 300.0
 
 
 class LocalBackendSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="local"):
-    """The local backend: in-process pipelines, or remote workers when ``workers`` lists their URLs."""
+    """The local backend: in-process pipelines, or remote workers when ``workers`` lists their URLs.
+
+    With ``workers`` empty the gateway runs ``models`` itself; otherwise it sends every
+    request to those worker servers (``image-gateway worker``), which run the models of
+    their own config.
+    """
 
     models: dict[str, LocalModelSettings] = {}
     workers: list[str] = []
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device: Device = "auto"
+    # On cuda; the CPU always computes in float32.
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # Requests waiting for the device; one more is answered `overloaded`.
     queue_size: PositiveInt = 64
+    # Images one pipeline call may draw; requests that agree on model, size, steps and guidance share one.
     max_batch_size: PositiveInt = 4
+    # How long the first request of a batch waits for companions while the device is idle.
     batch_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    timeout: WorkerTimeouts = msgspec.field(default_factory=WorkerTimeouts)
+
+    def __post_init__(self) -> None:
+        if not self.models and not self.workers:
+            raise ValueError("a local provider needs `models` to run in-process, or `workers` to send requests to")
+        for url in self.workers:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"worker {url!r} must be an http:// or https:// URL")
+        self.workers = [url.rstrip("/") for url in self.workers]

@@ -93,6 +93,7 @@ class GatewayError(Exception):
 
     ``status`` overrides the code's HTTP status where the taxonomy is too coarse (413 for
     a body over the limit). ``param`` names the offending field when one is known.
+    ``headers`` are extra response headers the edge adds (rate-limit state on a refusal).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class GatewayError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         provider: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -112,6 +114,7 @@ class GatewayError(Exception):
         self.status = status if status is not None else code.http_status
         self.retry_after = retry_after
         self.provider = provider
+        self.headers = headers or {}
 
     @property
     def retryable(self) -> bool:

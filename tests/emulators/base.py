@@ -167,10 +167,13 @@ class Emulator:
     async def _image_request(self, request: Request, handler: Handler) -> Response:
         """Log, apply a fault, check the key, then run the handler."""
         call = self._record(request)
-        response = await self._apply_fault(call)
+        fault = self._faults.take()
+        response = await self._apply_fault(call, fault)
         if response is None:
             response = await self._serve(request, handler, call.authorized)
         call.status = response.status
+        if fault is not None and fault.reset:
+            return TruncatedResponse(response.status, response.body, response.content_type, response.headers)
         return response
 
     def _record(self, request: Request) -> Call:
@@ -192,9 +195,8 @@ class Emulator:
         self._calls.record(call)
         return call
 
-    async def _apply_fault(self, call: Call) -> Response | None:
-        """Answer from the next queued fault, or None to serve normally."""
-        fault = self._faults.take()
+    async def _apply_fault(self, call: Call, fault: Fault | None) -> Response | None:
+        """Answer from this request's fault, or None to serve normally."""
         if fault is None:
             return None
         call.fault = True

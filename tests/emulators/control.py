@@ -27,6 +27,8 @@ class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
       then served normally.
     - `retry_after`: the `Retry-After` header to send with the answer.
     - `message`: the error message to put in the envelope.
+    - `reset`: send the headers and half the body of the answer (normal, or the
+      fault's own), then drop the connection (a reset mid-body).
     - `times`: how many requests the fault answers; None means until cleared.
     """
 
@@ -37,6 +39,7 @@ class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_after: str | int | None = None
     body: str | None = None
     content_type: str | None = None
+    reset: bool = False
     times: int | None = 1
 
     def __post_init__(self) -> None:

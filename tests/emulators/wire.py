@@ -217,6 +217,20 @@ class Response:
         await send({"type": "http.response.body", "body": self.body})
 
 
+@dataclass
+class TruncatedResponse(Response):
+    """A response that announces its whole length, sends half the body, then stops (the connection drops)."""
+
+    async def send(self, send: Send) -> None:
+        headers = [
+            (b"content-type", self.content_type.encode("latin-1")),
+            (b"content-length", str(len(self.body)).encode("latin-1")),
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True})
+        raise ConnectionResetError("emulated reset mid-body")
+
+
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response (encoded with msgspec, keys in the order given)."""
     return Response(status, _JSON_ENCODER.encode(payload), "application/json", dict(headers or {}))

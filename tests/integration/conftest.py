@@ -30,17 +30,44 @@ def _fresh(fresh_emulators: dict[str, EmulatorServer]) -> None:
     """Every test starts with no calls and no faults at the emulators."""
 
 
-def provider_entries(emulators: dict[str, EmulatorServer]) -> dict[str, dict[str, Any]]:
+# Tests keep retries quick; cooldowns are off unless a test turns them on (the session gateway is shared).
+FAST_RETRY = {"attempts": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "retry_after_cap_s": 0.5}
+NO_COOLDOWN = {"failures": 1_000_000, "seconds": 1}
+
+
+def provider_entries(emulators: dict[str, EmulatorServer], **overrides: Any) -> dict[str, dict[str, Any]]:
     return {
-        name: {"kind": kind, "base_url": emulators[kind].base_url, "api_key": API_KEY, **extra}
+        name: {
+            "kind": kind,
+            "base_url": emulators[kind].base_url,
+            "api_key": API_KEY,
+            "retry": FAST_RETRY,
+            "cooldown": NO_COOLDOWN,
+            **extra,
+            **overrides,
+        }
         for name, (kind, extra, _) in PROVIDERS.items()
     }
 
 
 def start_gateway(
-    emulators: dict[str, EmulatorServer], models: list[dict[str, Any]], store: Path, **server: Any
+    emulators: dict[str, EmulatorServer],
+    models: list[dict[str, Any]],
+    store: Path,
+    *,
+    provider_overrides: dict[str, Any] | None = None,
+    extra_providers: dict[str, dict[str, Any]] | None = None,
+    **sections: Any,
 ) -> GatewayServer:
-    config = gateway_config(provider_entries(emulators), models, store, server={"max_body_bytes": MAX_BODY_BYTES})
+    """A gateway in front of the emulators; ``sections`` are top-level config sections (server, redis, auth).
+
+    ``provider_overrides`` apply to every provider entry, ``extra_providers`` too.
+    """
+    server = {"max_body_bytes": MAX_BODY_BYTES, **sections.pop("server", {})}
+    providers = provider_entries(emulators, **(provider_overrides or {}))
+    for name, entry in (extra_providers or {}).items():
+        providers[name] = {"retry": FAST_RETRY, "cooldown": NO_COOLDOWN, **entry, **(provider_overrides or {})}
+    config = gateway_config(providers, models, store, server=server, **sections)
     return GatewayServer(config).start()
 
 

@@ -60,8 +60,15 @@ def gateway_config(
     models: list[dict[str, Any]],
     store: Path,
     server: dict[str, Any] | None = None,
+    **sections: Any,
 ) -> GatewayConfig:
     """A config for tests, checked by the same code as a file."""
-    raw = {"server": server or {}, "providers": providers, "models": models, "image_store": {"path": str(store)}}
+    raw = {
+        "server": server or {},
+        "providers": providers,
+        "models": models,
+        "image_store": {"path": str(store)},
+        **sections,
+    }
     text = yaml.safe_dump(raw, sort_keys=False)
     return parse_config(text, "<test config>")

@@ -1,0 +1,160 @@
+"""The ``local`` provider: diffusers pipelines in this process, or on remote worker servers.
+
+With ``workers`` empty the adapter runs a ``local_backend.engine.LocalEngine`` itself
+(torch is imported then, and only then). Otherwise it posts the canonical request to the
+workers in turn, moving on to the next one when a worker cannot be reached or is
+overloaded, so GPU nodes scale apart from gateway replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+
+from adapters.base import CallOptions
+from local_backend import protocol
+from local_backend.config import LocalBackendSettings
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
+
+if TYPE_CHECKING:
+    from local_backend.engine import LocalEngine
+
+__all__ = ["LocalAdapter", "WorkerUnreachable"]
+
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+# A worker's failures that another worker may not have: try the next one.
+_NEXT_WORKER = frozenset({ErrorCode.OVERLOADED})
+
+
+class WorkerUnreachable(GatewayError):
+    """No connection to a worker: the request never reached it, so the next worker may take it."""
+
+
+class LocalAdapter:
+    """The adapter of a ``kind: local`` provider."""
+
+    def __init__(self, name: str, settings: LocalBackendSettings, client: httpx.AsyncClient) -> None:
+        self.name = name
+        self.settings = settings
+        self.client = client
+        self.engine: LocalEngine | None = None
+        self._turn = itertools.count()
+        self._starting = asyncio.Lock()
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.settings.workers)
+
+    async def start(self) -> None:
+        """Load the models in-process (nothing to do when the models live on workers)."""
+        async with self._starting:
+            if self.remote or self.engine is not None:
+                return
+            from local_backend.engine import LocalEngine  # brings torch: only where models run here
+
+            engine = LocalEngine(self.settings, name=self.name)
+            await engine.start()
+            self.engine = engine
+
+    async def aclose(self) -> None:
+        if self.engine is not None:
+            await self.engine.aclose()
+            self.engine = None
+
+    async def generate(self, request: ImageRequest, options: CallOptions) -> ImageResult:
+        started = time.perf_counter()
+        timeout = options.timeout or self.settings.timeout.read
+        if self.remote:
+            result = await self._remote(request, timeout)
+        else:
+            result = await self._in_process(request, timeout)
+        result.provider = self.name
+        result.timings.total = time.perf_counter() - started
+        return result
+
+    async def ready(self) -> dict[str, Any]:
+        """Whether this provider can serve: its models loaded, or at least one worker healthy."""
+        if not self.remote:
+            if self.engine is None:
+                return {"ready": False, "models": {}}
+            return {"ready": self.engine.ready, "models": self.engine.stats().models}
+        answers = await asyncio.gather(*(self._health(url) for url in self.settings.workers))
+        return {"ready": any(answers), "workers": dict(zip(self.settings.workers, answers, strict=True))}
+
+    # --- in-process ---
+
+    async def _in_process(self, request: ImageRequest, timeout: float) -> ImageResult:
+        if self.engine is None:
+            await self.start()
+        assert self.engine is not None
+        try:
+            async with asyncio.timeout(timeout):  # leaving the wait drops the request if it is still queued
+                return await self.engine.generate(request)
+        except TimeoutError as exc:
+            raise GatewayError(
+                ErrorCode.UPSTREAM_TIMEOUT, f"local model did not answer within {timeout:g} s", provider=self.name
+            ) from exc
+        except GatewayError as error:
+            error.provider = self.name
+            raise
+
+    # --- remote workers ---
+
+    async def _remote(self, request: ImageRequest, timeout: float) -> ImageResult:
+        """Each worker at most once, starting with the next in turn; the last failure when all fail."""
+        body = protocol.encode_request(request)
+        workers = self.settings.workers
+        first = next(self._turn) % len(workers)
+        failure: GatewayError | None = None
+        for offset in range(len(workers)):
+            url = workers[(first + offset) % len(workers)]
+            try:
+                return await self._post(url, body, timeout)
+            except GatewayError as error:
+                error.provider = self.name
+                if error.code not in _NEXT_WORKER and not isinstance(error, WorkerUnreachable):
+                    raise
+                failure = error
+        assert failure is not None
+        raise failure
+
+    async def _post(self, url: str, body: bytes, timeout: float) -> ImageResult:
+        try:
+            response = await self.client.post(
+                url + protocol.GENERATE_PATH,
+                content=body,
+                headers=_JSON_HEADERS,
+                timeout=httpx.Timeout(timeout, connect=self.settings.timeout.connect),
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise WorkerUnreachable(ErrorCode.UPSTREAM_ERROR, f"local worker {url} could not be reached") from exc
+        except httpx.TimeoutException as exc:
+            raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, f"local worker {url} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            raise _worker_error(url, response)
+        try:
+            return protocol.decode_result(response.content)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} answered something else: {exc}") from exc
+
+    async def _health(self, url: str) -> bool:
+        try:
+            response = await self.client.get(url + protocol.HEALTH_PATH, timeout=self.settings.timeout.connect)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+
+def _worker_error(url: str, response: httpx.Response) -> GatewayError:
+    error = protocol.decode_error(response.status_code, response.content)
+    if error.code is ErrorCode.INTERNAL:
+        # The worker's own failure is not the client's: a fallback target may still serve.
+        return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {error.message}")
+    return error

@@ -1,0 +1,118 @@
+"""The bounded queue in front of the device, and the dynamic batching that empties it.
+
+Requests wait here as ``Job``s. The device takes them a batch at a time: the oldest job,
+plus the waiting jobs that agree with it on model, size, steps and guidance, up to
+``max_images`` images. When the device is idle, the oldest job waits up to the batch
+window for companions; when it was busy, companions have gathered already and nobody
+waits. A full queue refuses at once (``overloaded``), and a job whose client has gone is
+taken out before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import msgspec
+
+from local_backend.rules import BatchKey, Work
+from schemas.canonical import ErrorCode, GatewayError
+
+__all__ = ["BatchQueue", "Job"]
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """One request waiting for the device; its future gets what the engine drew for it."""
+
+    work: Work
+    future: asyncio.Future[Any]
+    enqueued_at: float
+
+    @property
+    def key(self) -> BatchKey | None:
+        return self.work.batch_key
+
+    @property
+    def images(self) -> int:
+        return self.work.n
+
+
+class BatchQueue:
+    """At most ``capacity`` jobs waiting; ``next_batch`` hands the device its next batch."""
+
+    def __init__(self, capacity: int, max_images: int, window_s: float) -> None:
+        self.capacity = capacity
+        self.max_images = max_images
+        self.window_s = window_s
+        self._jobs: deque[Job] = deque()
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def put(self, job: Job) -> None:
+        """Queue ``job``, or refuse it with ``overloaded`` when the queue is full."""
+        if len(self._jobs) >= self.capacity:
+            raise GatewayError(
+                ErrorCode.OVERLOADED,
+                f"the local backend is busy: {len(self._jobs)} requests are already waiting",
+                retry_after=1.0,
+            )
+        self._jobs.append(job)
+        self._changed.set()
+
+    def pop_oldest(self) -> Job:
+        return self._jobs.popleft()
+
+    def discard(self, job: Job) -> bool:
+        """Take ``job`` out if it is still waiting (its client went away); whether it was."""
+        try:
+            self._jobs.remove(job)
+        except ValueError:
+            return False
+        self._changed.set()
+        return True
+
+    async def next_batch(self) -> list[Job]:
+        """Wait for work, then take the oldest job and its companions out of the queue."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._jobs:
+                await self._wait_for_change(None)
+            head = self._jobs[0]
+            deadline = head.enqueued_at + self.window_s
+            while (
+                self._jobs
+                and self._jobs[0] is head
+                and head.key is not None
+                and self._images_like(head) < self.max_images
+                and loop.time() < deadline
+            ):
+                await self._wait_for_change(deadline - loop.time())
+            if self._jobs and self._jobs[0] is head:
+                return self._take(head)
+            # The head was dropped while it waited: start again from the new head.
+
+    async def _wait_for_change(self, timeout: float | None) -> None:
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+
+    def _images_like(self, head: Job) -> int:
+        return sum(job.images for job in self._jobs if job.key == head.key)
+
+    def _take(self, head: Job) -> list[Job]:
+        """``head`` and, in queue order, the jobs with its key that still fit in ``max_images``."""
+        batch, images = [head], head.images
+        self._jobs.popleft()
+        if head.key is not None:
+            for job in list(self._jobs):
+                if job.key == head.key and images + job.images <= self.max_images:
+                    batch.append(job)
+                    images += job.images
+                    self._jobs.remove(job)
+        return batch

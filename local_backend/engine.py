@@ -1,0 +1,255 @@
+"""The local engine: the configured pipelines on one device, behind a bounded, batching queue.
+
+One thread owns the device and every pipeline on it (a pipeline is not safe to call
+from two threads at once), so inference never runs on the event loop and never runs
+twice at once. Requests are checked against their model's rules before they queue; a
+full queue is ``overloaded`` at once; a request whose caller stops waiting before its
+batch starts is taken out and never drawn. Images are encoded off the device thread,
+so the next batch starts while the last one is still being turned into PNG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import msgspec
+import structlog
+import torch
+from PIL import Image
+
+from local_backend.batching import BatchQueue, Job
+from local_backend.config import LocalBackendSettings, LocalModelSettings
+from local_backend.images import encode_image
+from local_backend.pipelines import Drawn, LoadedModel, load_model, pick_device, pick_dtype
+from local_backend.rules import Work, resolve
+from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, Timings, Usage
+
+__all__ = ["EngineStats", "LocalEngine"]
+
+log = structlog.get_logger("local_backend.engine")
+
+READY = "ready"
+
+
+class EngineStats(msgspec.Struct, kw_only=True):
+    """Counters for tests, metrics and the worker's ``/stats``."""
+
+    device: str
+    # Requests waiting for the device, and images in the pipeline call under way.
+    queue_depth: int
+    running: int
+    batches: int
+    # Images per pipeline call → how many calls drew that many.
+    batch_sizes: dict[int, int]
+    images_generated: int
+    requests_refused: int
+    requests_dropped: int
+    # Each configured model: "ready", or why it is not.
+    models: dict[str, str]
+
+
+class LocalEngine:
+    """The configured models on this machine's device; ``generate`` answers one canonical request."""
+
+    def __init__(self, settings: LocalBackendSettings, name: str = "local") -> None:
+        self.settings = settings
+        self.name = name
+        self.device = "unstarted"
+        self._models: dict[str, LoadedModel] = {}
+        self._failed: dict[str, GatewayError] = {}
+        self._queue: BatchQueue | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._running = 0
+        self._batch_sizes: Counter[int] = Counter()
+        self._images = self._refused = self._dropped = 0
+
+    # --- life cycle ---
+
+    async def start(self) -> None:
+        """Pick the device, load every model on its thread, and start taking requests.
+
+        A model that cannot be loaded is logged and answers its requests with the reason
+        (``model_not_found`` when it is not on disk); the others serve.
+        """
+        self.device = pick_device(self.settings.device)
+        dtype = pick_dtype(self.device, self.settings.dtype)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-backend-{self.device}")
+        self._queue = BatchQueue(
+            self.settings.queue_size, self.settings.max_batch_size, self.settings.batch_window_ms / 1000
+        )
+        loop = asyncio.get_running_loop()
+        for name, model_settings in self.settings.models.items():
+            try:
+                self._models[name] = await loop.run_in_executor(self._executor, self._load, name, model_settings, dtype)
+            except GatewayError as error:
+                log.error("local_model_unavailable", model=name, reason=error.message)
+                self._failed[name] = error
+            except Exception as exc:
+                log.exception("local_model_failed", model=name)
+                self._failed[name] = GatewayError(
+                    ErrorCode.UPSTREAM_ERROR, f"local model {name!r} failed to load: {type(exc).__name__}: {exc}"
+                )
+        self._serving = asyncio.create_task(self._serve(), name=f"local-backend-{self.name}")
+        log.info("local_engine_started", device=self.device, dtype=str(dtype), models=sorted(self._models))
+
+    def _load(self, name: str, settings: LocalModelSettings, dtype: torch.dtype) -> LoadedModel:
+        model = load_model(name, settings, self.device, dtype)
+        model.warm_up()
+        return model
+
+    async def aclose(self) -> None:
+        """Stop serving: waiting requests are answered ``overloaded``; the device thread finishes its batch."""
+        if self._serving is not None:
+            self._serving.cancel()
+            await asyncio.gather(self._serving, return_exceptions=True)
+        if self._queue is not None:
+            while self._queue:
+                job = self._queue.pop_oldest()
+                _fail(job, GatewayError(ErrorCode.OVERLOADED, "the local backend is shutting down"))
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+        self._models.clear()
+
+    @property
+    def ready(self) -> bool:
+        """Started, with every configured model loaded."""
+        return self._serving is not None and not self._failed
+
+    def stats(self) -> EngineStats:
+        models = {name: READY for name in self._models}
+        models.update({name: error.message for name, error in self._failed.items()})
+        return EngineStats(
+            device=self.device,
+            queue_depth=len(self._queue) if self._queue is not None else 0,
+            running=self._running,
+            batches=sum(self._batch_sizes.values()),
+            batch_sizes=dict(sorted(self._batch_sizes.items())),
+            images_generated=self._images,
+            requests_refused=self._refused,
+            requests_dropped=self._dropped,
+            models=models,
+        )
+
+    # --- one request ---
+
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        """Check, queue and draw ``request``; cancelling the caller before its batch starts drops it."""
+        started = time.perf_counter()
+        if self._queue is None:
+            raise GatewayError(ErrorCode.INTERNAL, "the local backend has not been started")
+        work = resolve(request, self._model(request.model).rules)
+        loop = asyncio.get_running_loop()
+        job = Job(work=work, future=loop.create_future(), enqueued_at=loop.time())
+        try:
+            self._queue.put(job)
+        except GatewayError:
+            self._refused += 1
+            raise
+        try:
+            images, inference = await job.future
+        except asyncio.CancelledError:
+            if self._queue.discard(job):
+                self._dropped += 1
+            raise
+        return ImageResult(
+            images=images,
+            created=int(time.time()),
+            model=request.model,
+            provider=self.name,
+            id=f"local-{uuid.uuid4().hex[:16]}",
+            seed=work.seed,
+            timings=Timings(inference=inference, total=time.perf_counter() - started),
+            usage=Usage(images_generated=len(images)),
+        )
+
+    def _model(self, name: str) -> LoadedModel:
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        failed = self._failed.get(name)
+        if failed is not None:
+            raise GatewayError(failed.code, failed.message, param="model")
+        served = ", ".join(sorted(self.settings.models)) or "none"
+        raise GatewayError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"model {name!r} is not one of this local backend's models ({served})",
+            param="model",
+        )
+
+    # --- the device ---
+
+    async def _serve(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = await self._queue.next_batch()
+            await self._run(batch)
+
+    async def _run(self, batch: list[Job]) -> None:
+        """Draw one batch on the device thread, then hand each job its images (encoded off that thread)."""
+        assert self._executor is not None
+        works = [job.work for job in batch]
+        model = self._models[works[0].model]
+        self._running = sum(work.n for work in works)
+        loop = asyncio.get_running_loop()
+        try:
+            drawn = await loop.run_in_executor(self._executor, model.draw, works, self.settings.max_batch_size)
+        except Exception as exc:
+            error = _drawing_error(exc, works[0])
+            for job in batch:
+                _fail(job, error)
+            return
+        finally:
+            self._running = 0
+        self._batch_sizes.update(drawn.calls)
+        self._images += sum(drawn.calls)
+        for job, images in zip(batch, drawn.images, strict=True):
+            task = asyncio.create_task(self._deliver(job, images, drawn))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, job: Job, images: list[Image.Image], drawn: Drawn) -> None:
+        if job.future.done():
+            return  # its caller went away while it was drawn
+        try:
+            encoded = await asyncio.to_thread(_encode, job.work, images)
+        except Exception as exc:
+            _fail(job, _drawing_error(exc, job.work))
+            return
+        if not job.future.done():
+            job.future.set_result((encoded, drawn.seconds))
+
+
+def _encode(work: Work, images: list[Image.Image]) -> list[GeneratedImage]:
+    generated = []
+    for seed, image in zip(work.seeds, images, strict=True):
+        data, media_type = encode_image(image, work.output_format)
+        generated.append(
+            GeneratedImage(data=data, width=image.width, height=image.height, seed=seed, media_type=media_type)
+        )
+    return generated
+
+
+def _fail(job: Job, error: GatewayError) -> None:
+    if not job.future.done():
+        job.future.set_exception(
+            GatewayError(error.code, error.message, param=error.param, retry_after=error.retry_after)
+        )
+
+
+def _drawing_error(exc: BaseException, work: Work) -> GatewayError:
+    """What a failure on the device means to the client: its own fault, a full GPU, or ours."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, torch.OutOfMemoryError):
+        return GatewayError(
+            ErrorCode.OVERLOADED, f"the device ran out of memory drawing {work.width}x{work.height}", retry_after=1.0
+        )
+    log.error("local_drawing_failed", model=work.model, operation=work.operation.value, exc_info=exc)
+    return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local model {work.model!r} failed to draw: {type(exc).__name__}")

@@ -1,0 +1,308 @@
+"""Loading diffusers pipelines from disk, and drawing a batch of work with them.
+
+One set of weights serves three pipelines: text-to-image as loaded, and image-to-image
+and inpainting made from it with ``from_pipe`` (no copy of the weights). Nothing here
+is safe to call from two threads at once (a scheduler keeps state between steps): the
+engine calls it from its one device thread.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import diffusers.utils.logging
+import msgspec
+import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from PIL import Image
+
+from local_backend.config import LocalModelSettings
+from local_backend.images import read_image, read_mask
+from local_backend.rules import ModelRules, Work
+from local_backend.tiny import BUILTIN_PREFIX, TINY_KINDS, ensure_tiny
+from schemas.canonical import ErrorCode, GatewayError, Operation
+
+__all__ = ["Drawn", "LoadedModel", "load_model", "pick_device", "pick_dtype"]
+
+# (default side, steps, guidance) of each family, used where the settings leave them open.
+FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
+    "sd": (512, 30, 7.5),
+    "sdxl": (1024, 30, 5.0),
+    "flux": (1024, 28, 3.5),
+    "other": (1024, 30, 5.0),
+}
+# The built-in tiny models draw noise: small and few steps, so they answer in milliseconds.
+TINY_DEFAULTS = (64, 2, 2.0)
+# Flux reads up to this many T5 tokens; fewer when the tokenizer says so (the tiny model's).
+FLUX_MAX_SEQUENCE = 512
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# A diffusers pipeline. Typed loosely: under mypy diffusers' lazy imports resolve to placeholder classes.
+Pipeline = Any
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+# A server's log is no place for loading bars (each pipeline's own bar is switched off where it is made).
+diffusers.utils.logging.disable_progress_bar()
+
+
+def pick_device(setting: str) -> str:
+    """``auto`` is the GPU when there is one, else the CPU; asking for cuda without one is an error."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"the local backend is set to device {setting!r}, but torch sees no CUDA device")
+    return setting
+
+
+def pick_dtype(device: str, setting: str) -> torch.dtype:
+    """The configured dtype on a GPU (fp16 where bf16 is not supported); float32 on the CPU."""
+    if not device.startswith("cuda"):
+        return torch.float32  # half precision on the CPU is slow where it works at all
+    if setting == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return _DTYPES[setting]
+
+
+class Drawn(msgspec.Struct, kw_only=True):
+    """What one batch of work produced: each work's images, and the size of each pipeline call made."""
+
+    images: list[list[Image.Image]]
+    calls: list[int]
+    seconds: float
+
+
+class LoadedModel:
+    """One model's weights on the device, as the pipelines for generation, image-to-image and inpainting."""
+
+    def __init__(self, rules: ModelRules, text_to_image: Pipeline, device: str) -> None:
+        self.rules = rules
+        self.device = device
+        self.text_to_image = text_to_image
+        self.image_to_image = _derived(AutoPipelineForImage2Image, text_to_image)
+        self.inpainting = _derived(AutoPipelineForInpainting, text_to_image)
+
+    def draw(self, works: Sequence[Work], max_images: int) -> Drawn:
+        """Draw every image of ``works`` in pipeline calls of at most ``max_images`` images.
+
+        Several works form one call only when they agree on their batch key (the engine
+        sees to that); an edit or variation is always alone.
+        """
+        started = time.perf_counter()
+        if works[0].operation is Operation.GENERATE:
+            images, calls = self._generate(works, max_images)
+        else:
+            assert len(works) == 1, "an edit or variation runs alone"
+            images, calls = self._edit(works[0], max_images)
+        return Drawn(images=images, calls=calls, seconds=time.perf_counter() - started)
+
+    def _generate(self, works: Sequence[Work], max_images: int) -> tuple[list[list[Image.Image]], list[int]]:
+        first = works[0]
+        # One entry per image: its prompt, negative prompt and seed.
+        rows = [(work.prompt, work.negative_prompt, seed) for work in works for seed in work.seeds]
+        drawn: list[Image.Image] = []
+        calls = []
+        for chunk in _chunks(rows, max_images):
+            prompts = [prompt for prompt, _, _ in chunk]
+            negatives = [negative for _, negative, _ in chunk]
+            drawn += self._call(
+                self.text_to_image, first, prompts, negatives, [seed for _, _, seed in chunk], first.steps
+            )
+            calls.append(len(chunk))
+        return _split(drawn, [work.n for work in works]), calls
+
+    def _edit(self, work: Work, max_images: int) -> tuple[list[list[Image.Image]], list[int]]:
+        pipeline = self.inpainting if work.mask is not None else self.image_to_image
+        if pipeline is None:
+            raise GatewayError(
+                ErrorCode.OPERATION_NOT_SUPPORTED,
+                f"model {work.model!r} ({self.rules.family}) has no {work.operation.value} pipeline",
+            )
+        assert work.image is not None
+        extra: dict[str, Any] = {
+            "image": read_image(work.image, work.width, work.height),
+            "strength": work.strength,
+        }
+        if work.mask is not None:
+            extra["mask_image"] = read_mask(work.mask, work.width, work.height)
+        # img2img runs int(steps * strength) steps: ask for enough that at least one is run.
+        steps = max(work.steps, math.ceil(1 / work.strength))
+        drawn: list[Image.Image] = []
+        calls = []
+        for chunk in _chunks(work.seeds, max_images):
+            count = len(chunk)
+            drawn += self._call(
+                pipeline, work, [work.prompt] * count, [work.negative_prompt] * count, list(chunk), steps, **extra
+            )
+            calls.append(count)
+        return [drawn], calls
+
+    def _call(
+        self,
+        pipeline: Pipeline,
+        work: Work,
+        prompts: list[str],
+        negatives: list[str | None],
+        seeds: list[int],
+        steps: int,
+        **extra: Any,
+    ) -> list[Image.Image]:
+        """One pipeline call: one generator per image, so each image is fixed by its own seed."""
+        # Generators on the CPU: the same seed starts from the same noise on any device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        kwargs = self._family_arguments(negatives)
+        output = pipeline(
+            prompt=prompts,
+            height=work.height,
+            width=work.width,
+            num_inference_steps=steps,
+            guidance_scale=work.guidance,
+            generator=generators,
+            output_type="pil",
+            **kwargs,
+            **extra,
+        )
+        return list(output.images)
+
+    def _family_arguments(self, negatives: list[str | None]) -> dict[str, Any]:
+        if self.rules.family == "flux":
+            # Flux has no negative prompt (without true CFG); it reads as many T5 tokens as asked.
+            tokenizer = getattr(self.text_to_image, "tokenizer_2", None)
+            longest = getattr(tokenizer, "model_max_length", FLUX_MAX_SEQUENCE)
+            return {"max_sequence_length": min(FLUX_MAX_SEQUENCE, longest)}
+        if all(negative is None for negative in negatives):
+            return {}  # the pipeline's own default (SDXL: zeros rather than an encoded empty prompt)
+        return {"negative_prompt": [negative or "" for negative in negatives]}
+
+    def warm_up(self) -> None:
+        """One small call, so the first request does not pay for lazy initialisation."""
+        side = self.rules.multiple * 4
+        self.text_to_image(
+            prompt=["warm-up"],
+            height=side,
+            width=side,
+            num_inference_steps=1,
+            generator=[torch.Generator("cpu").manual_seed(0)],
+            output_type="pil",
+            **self._family_arguments([None]),
+        )
+
+
+def _derived(auto: Any, pipeline: Pipeline) -> Pipeline | None:
+    """The image-to-image or inpainting pipeline over the same weights; None when the family has none."""
+    try:
+        derived = auto.from_pipe(pipeline)
+    except (ValueError, KeyError):
+        return None
+    derived.set_progress_bar_config(disable=True)
+    return derived
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _split(images: list[Image.Image], counts: list[int]) -> list[list[Image.Image]]:
+    """Cut the flat list of a batch's images back into each work's own."""
+    parts, start = [], 0
+    for count in counts:
+        parts.append(images[start : start + count])
+        start += count
+    return parts
+
+
+# --- loading ---
+
+
+def load_model(name: str, settings: LocalModelSettings, device: str, dtype: torch.dtype) -> LoadedModel:
+    """Load the model ``settings.path`` names onto ``device``; ``GatewayError`` (model_not_found) when absent."""
+    source = _source(name, settings.path)
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        if _is_missing(exc):
+            raise _not_found(name, settings.path, source) from exc
+        raise
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    return LoadedModel(_rules(name, settings, pipeline), pipeline, device)
+
+
+def _source(name: str, path: str) -> str:
+    """What ``from_pretrained`` reads: a built-in model's directory (built when absent), a directory, or a hub id."""
+    if path.startswith(BUILTIN_PREFIX):
+        kind = path.removeprefix(BUILTIN_PREFIX)
+        if kind not in TINY_KINDS:
+            raise GatewayError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"local model {name!r}: there is no built-in model {path!r}; "
+                f"the built-in ones are {', '.join(BUILTIN_PREFIX + kind for kind in TINY_KINDS)}",
+            )
+        return str(ensure_tiny(kind))
+    directory = Path(path).expanduser()
+    if directory.is_dir():
+        if not (directory / "model_index.json").is_file():
+            raise GatewayError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"local model {name!r}: {directory.resolve()} holds no diffusers model (no model_index.json); "
+                f"save one there with `pipeline.save_pretrained(...)` or `hf download <id> --local-dir ...`",
+            )
+        return str(directory)
+    if not _HUB_ID.match(path):
+        raise _not_found(name, path, path)
+    return path
+
+
+def _not_found(name: str, path: str, source: str) -> GatewayError:
+    looks_like_id = bool(_HUB_ID.match(path)) and not path.startswith((".", "/", "~"))
+    where = f"no directory {Path(path).expanduser().resolve()}"
+    if looks_like_id:
+        where += f" and no Hugging Face cache entry for {source!r} (models are never downloaded at run time)"
+    return GatewayError(
+        ErrorCode.MODEL_NOT_FOUND,
+        f"local model {name!r} is not available: {where}. Put a diffusers model in that directory "
+        f"(`pipeline.save_pretrained(dir)`, or `hf download <id> --local-dir dir` on a machine with network), "
+        f"or fetch a Hugging Face id into the cache (`hf download <id>`, HF_HOME to move it) and set `path` to the id",
+    )
+
+
+def _is_missing(exc: BaseException) -> bool:
+    """Whether a loader's error means "not on disk" (rather than a broken model)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, LocalEntryNotFoundError | OfflineModeIsEnabled | HFValidationError | FileNotFoundError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _family(pipeline: Pipeline) -> str:
+    name = type(pipeline).__name__
+    if "Flux" in name:
+        return "flux"
+    if "StableDiffusionXL" in name:
+        return "sdxl"
+    if "StableDiffusion" in name:
+        return "sd"
+    return "other"
+
+
+def _rules(name: str, settings: LocalModelSettings, pipeline: Pipeline) -> ModelRules:
+    family = _family(pipeline)
+    scale = int(getattr(pipeline, "vae_scale_factor", 8))
+    size, steps, guidance = TINY_DEFAULTS if settings.path.startswith(BUILTIN_PREFIX) else FAMILY_DEFAULTS[family]
+    return ModelRules(
+        name=name,
+        family=family,
+        multiple=scale * 2 if family == "flux" else scale,  # Flux packs 2x2 latents into one token
+        max_pixels=settings.max_pixels,
+        max_steps=settings.max_steps,
+        default_size=settings.default_size or size,
+        default_steps=min(settings.default_steps or steps, settings.max_steps),
+        default_guidance=settings.default_guidance if settings.default_guidance is not None else guidance,
+        strength=settings.strength,
+    )

@@ -1,0 +1,84 @@
+"""The worker's HTTP protocol, shared by the worker server and the gateway's ``local`` adapter.
+
+``POST /v1/generate`` carries the canonical ``ImageRequest`` as JSON (bytes as base64,
+which msgspec does itself) and answers the canonical ``ImageResult``; a failure answers
+``{"code": <ErrorCode value>, "message": ..., "param": ...}`` with the code's status.
+Imports only msgspec and the schemas: a gateway without torch speaks it too.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
+
+__all__ = [
+    "GENERATE_PATH",
+    "HEALTH_PATH",
+    "STATS_PATH",
+    "ErrorBody",
+    "decode_error",
+    "decode_request",
+    "decode_result",
+    "encode_error",
+    "encode_request",
+    "encode_result",
+]
+
+GENERATE_PATH = "/v1/generate"
+HEALTH_PATH = "/health"
+STATS_PATH = "/stats"
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A worker's failure, in the canonical taxonomy."""
+
+    code: str
+    message: str
+    param: str | None = None
+    retry_after: float | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_request_decoder = msgspec.json.Decoder(ImageRequest)
+_result_decoder = msgspec.json.Decoder(ImageResult)
+_error_decoder = msgspec.json.Decoder(ErrorBody)
+_CODES = {code.value: code for code in ErrorCode}
+
+
+def encode_request(request: ImageRequest) -> bytes:
+    return _encoder.encode(request)
+
+
+def decode_request(body: bytes) -> ImageRequest:
+    """The canonical request in ``body``; ``invalid_request`` naming the field when it is not one."""
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, f"not a canonical image request: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, f"request body is not valid JSON: {exc}") from exc
+
+
+def encode_result(result: ImageResult) -> bytes:
+    return _encoder.encode(result)
+
+
+def decode_result(body: bytes) -> ImageResult:
+    return _result_decoder.decode(body)
+
+
+def encode_error(error: GatewayError) -> bytes:
+    return _encoder.encode(
+        ErrorBody(code=error.code.value, message=error.message, param=error.param, retry_after=error.retry_after)
+    )
+
+
+def decode_error(status: int, body: bytes) -> GatewayError:
+    """A worker's error answer → the canonical error; a body that is not one is ``upstream_error``."""
+    try:
+        wire = _error_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker answered {status} without an error body")
+    code = _CODES.get(wire.code, ErrorCode.UPSTREAM_ERROR)
+    return GatewayError(code, wire.message, param=wire.param, retry_after=wire.retry_after)

@@ -1,0 +1,168 @@
+"""What a loaded model may be asked, and requests checked against it before they queue.
+
+A request that breaks a rule is refused at once with a clear error (``invalid_size``
+for sizes), never after it has waited for the device. What survives is a ``Work``: the
+request with every default filled in and a seed chosen, ready for the pipeline.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Literal
+
+import msgspec
+
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
+from schemas.dialect import image_dimensions
+
+__all__ = ["MAX_IMAGES_PER_REQUEST", "BatchKey", "ModelRules", "Work", "fit_size", "resolve"]
+
+MAX_IMAGES_PER_REQUEST = 16
+MAX_SEED = 2**32  # seeds are chosen below this; any non-negative seed a client sends is used as is
+OutputFormat = Literal["png", "jpeg", "webp"]
+OUTPUT_FORMATS: frozenset[str] = frozenset({"png", "jpeg", "webp"})
+
+
+class ModelRules(msgspec.Struct, kw_only=True, frozen=True):
+    """Sizes, steps and defaults of one served model, fixed when it is loaded."""
+
+    name: str
+    family: str
+    # Width and height must be multiples of this (8 for SD and SDXL, 16 for Flux).
+    multiple: int
+    max_pixels: int
+    max_steps: int
+    default_size: int
+    default_steps: int
+    default_guidance: float
+    strength: float
+    operations: frozenset[Operation] = frozenset(Operation)
+
+
+class BatchKey(msgspec.Struct, frozen=True):
+    """What requests must agree on to be drawn by one pipeline call."""
+
+    model: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+
+
+class Work(msgspec.Struct, kw_only=True, frozen=True):
+    """A request made ready for the pipeline: every default applied, the seed chosen.
+
+    Image ``i`` of the request is drawn from seed ``seed + i``.
+    """
+
+    model: str
+    operation: Operation
+    prompt: str
+    negative_prompt: str | None
+    n: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    strength: float
+    image: bytes | None = None
+    mask: bytes | None = None
+    output_format: OutputFormat = "png"
+
+    @property
+    def batch_key(self) -> BatchKey | None:
+        """Generations batch with their like; an edit or variation (its own input image) runs alone."""
+        if self.operation is not Operation.GENERATE:
+            return None
+        return BatchKey(self.model, self.width, self.height, self.steps, self.guidance)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + index for index in range(self.n)]
+
+
+def resolve(request: ImageRequest, rules: ModelRules) -> Work:
+    """Check ``request`` against ``rules`` and fill in what it left open; ``GatewayError`` when it breaks one."""
+    _check_operation(request, rules)
+    width, height = _size(request, rules)
+    steps = rules.default_steps if request.steps is None else request.steps
+    if not 1 <= steps <= rules.max_steps:
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            f"model {rules.name!r} takes 1 to {rules.max_steps} steps, not {steps}",
+            param="steps",
+        )
+    guidance = rules.default_guidance if request.guidance is None else request.guidance
+    if guidance < 0:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, "guidance cannot be negative", param="guidance")
+    if request.n > MAX_IMAGES_PER_REQUEST:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, f"at most {MAX_IMAGES_PER_REQUEST} images per request", param="n")
+    if request.seed is not None and request.seed < 0:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, "seed cannot be negative", param="seed")
+    edit = request.operation is not Operation.GENERATE
+    return Work(
+        model=request.model,
+        operation=request.operation,
+        prompt=request.prompt or "",
+        negative_prompt=request.negative_prompt or None,
+        n=request.n,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=float(guidance),
+        seed=secrets.randbelow(MAX_SEED) if request.seed is None else request.seed,
+        strength=rules.strength,
+        image=request.images[0] if edit else None,
+        mask=request.mask if edit else None,
+        output_format=request.output_format if request.output_format in OUTPUT_FORMATS else "png",  # type: ignore[arg-type]
+    )
+
+
+def _check_operation(request: ImageRequest, rules: ModelRules) -> None:
+    if request.operation not in rules.operations:
+        raise GatewayError(
+            ErrorCode.OPERATION_NOT_SUPPORTED,
+            f"model {rules.name!r} ({rules.family}) cannot do {request.operation.value}",
+        )
+    if request.operation is Operation.GENERATE and not (request.prompt or "").strip():
+        raise GatewayError(ErrorCode.INVALID_PROMPT, "a generation needs a prompt", param="prompt")
+    if request.operation is not Operation.GENERATE and not request.images:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, f"{request.operation.value} needs an input image", param="image")
+
+
+def _size(request: ImageRequest, rules: ModelRules) -> tuple[int, int]:
+    """The size asked for, else the input image's (fitted to the rules) for an edit, else the model's default."""
+    if request.width is None and request.height is None:
+        return _default_size(request, rules)
+    width = rules.default_size if request.width is None else request.width
+    height = rules.default_size if request.height is None else request.height
+    step = rules.multiple
+    if width < step or height < step or width % step or height % step:
+        raise GatewayError(
+            ErrorCode.INVALID_SIZE,
+            f"model {rules.name!r} draws widths and heights in multiples of {step} pixels; {width}x{height} is not",
+            param="size",
+        )
+    if width * height > rules.max_pixels:
+        raise GatewayError(
+            ErrorCode.INVALID_SIZE,
+            f"model {rules.name!r} draws at most {rules.max_pixels} pixels an image; "
+            f"{width}x{height} is {width * height}",
+            param="size",
+        )
+    return width, height
+
+
+def _default_size(request: ImageRequest, rules: ModelRules) -> tuple[int, int]:
+    found = image_dimensions(request.images[0]) if request.images else None
+    if found is None:
+        return rules.default_size, rules.default_size
+    return fit_size(*found, rules)
+
+
+def fit_size(width: int, height: int, rules: ModelRules) -> tuple[int, int]:
+    """The largest size of about this shape that the rules allow: within max_pixels, sides in multiples."""
+    scale = min(1.0, (rules.max_pixels / (width * height)) ** 0.5)
+    step = rules.multiple
+    return (max(step, int(width * scale) // step * step), max(step, int(height * scale) // step * step))

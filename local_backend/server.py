@@ -1,0 +1,148 @@
+"""The local engine as a standalone worker server, so GPU nodes scale apart from gateway replicas.
+
+``image-gateway worker --config FILE`` serves the models of the config's first
+``kind: local`` provider on this machine's device. The gateway reaches it through a
+``kind: local`` provider whose ``workers`` lists its URL (see ``local_backend.protocol``).
+A client that hangs up while its request waits in the queue has it dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+import structlog
+from litestar import Litestar, Request, Response, get, post
+
+from local_backend import protocol
+from local_backend.config import LocalBackendSettings
+from local_backend.engine import EngineStats, LocalEngine
+from schemas.canonical import ErrorCode, GatewayError
+
+__all__ = ["create_worker_app", "local_settings", "serve_worker"]
+
+log = structlog.get_logger("local_backend.server")
+JSON = "application/json"
+# What is answered to a client that has already gone (nobody reads it; the access log does).
+CLIENT_CLOSED_REQUEST = 499
+T = TypeVar("T")
+
+
+class GatewayConfigLike(Protocol):
+    """What a worker reads of the gateway's config (``gateway.config.GatewayConfig``)."""
+
+    @property
+    def providers(self) -> Mapping[str, object]: ...
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+@post(protocol.GENERATE_PATH)
+async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Draw one canonical request; dropped from the queue if its client hangs up first."""
+    engine: LocalEngine = request.app.state.engine
+    canonical = protocol.decode_request(await request.body())
+    result = await _unless_client_leaves(request, engine.generate(canonical))
+    return Response(protocol.encode_result(result), media_type=JSON)
+
+
+@get(protocol.HEALTH_PATH)
+async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """200 with every model loaded, 503 otherwise; the body says which models serve."""
+    engine: LocalEngine = request.app.state.engine
+    stats = engine.stats()
+    status = "ok" if engine.ready else "degraded"
+    body = {"status": status, "device": stats.device, "models": stats.models}
+    return Response(body, status_code=200 if engine.ready else 503)
+
+
+@get(protocol.STATS_PATH, sync_to_thread=False)
+def stats(request: Request[Any, Any, Any]) -> EngineStats:
+    """Queue depth, batch sizes seen and images drawn, for metrics and tests."""
+    engine: LocalEngine = request.app.state.engine
+    return engine.stats()
+
+
+async def _unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it when the client disconnects first (which drops a queued request)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone
+    return task.result()
+
+
+async def _disconnected(request: Request[Any, Any, Any]) -> None:
+    """Returns when the client hangs up. The body has been read, so the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, ClientGone):
+        return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
+    if isinstance(exc, GatewayError):
+        error = exc
+    else:
+        status = getattr(exc, "status_code", 500)
+        if status < 500:
+            error = GatewayError(ErrorCode.INVALID_REQUEST, str(getattr(exc, "detail", exc)), status=status)
+        else:
+            log.error("worker_unhandled_exception", exc_info=exc)
+            error = GatewayError(ErrorCode.INTERNAL, "internal error in the local worker")
+    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after is not None else {}
+    return Response(protocol.encode_error(error), status_code=error.status, media_type=JSON, headers=headers)
+
+
+def create_worker_app(settings: LocalBackendSettings) -> Litestar:
+    """The worker app: a ``LocalEngine`` for ``settings``, started and closed by the app's lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = LocalEngine(settings, name="worker")
+        await engine.start()
+        app.state.engine = engine
+        try:
+            yield
+        finally:
+            await engine.aclose()
+
+    return Litestar(
+        route_handlers=[generate, health, stats],
+        lifespan=[lifespan],
+        exception_handlers={Exception: _handle_error},
+        request_max_body_size=64 * 1024 * 1024,  # input images travel as base64 inside the JSON
+        openapi_config=None,
+        debug=False,
+    )
+
+
+def local_settings(config: GatewayConfigLike) -> LocalBackendSettings | None:
+    """The first ``kind: local`` provider of a gateway config: what a worker serves."""
+    for provider in config.providers.values():
+        if isinstance(provider, LocalBackendSettings):
+            return provider
+    return None
+
+
+def serve_worker(config: GatewayConfigLike, host: str, port: int) -> int:
+    """Serve the config's local models on ``host:port`` until stopped; 1 when there is nothing to serve."""
+    import uvicorn
+
+    settings = local_settings(config)
+    if settings is None or not settings.models:
+        print("config error: a worker needs a `kind: local` provider with `models`", file=sys.stderr)
+        return 1
+    uvicorn.run(create_worker_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    return 0
