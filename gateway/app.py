@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.openapi import OpenAPIConfig
@@ -49,6 +51,9 @@ def build_limiter(config: GatewayConfig) -> tuple[Limiter, aioredis.Redis | None
         socket_timeout=config.redis.timeout_s,
         socket_connect_timeout=config.redis.timeout_s,
         health_check_interval=5,
+        # No client-side retries: while Redis is away the configured policy answers at once,
+        # instead of every request waiting through redis-py's backoff.
+        retry=Retry(NoBackoff(), 0),
     )
     return RedisLimiter(client, on_failure=config.redis.on_failure), client
 

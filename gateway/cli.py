@@ -34,6 +34,14 @@ def _worker(args: argparse.Namespace) -> int:
     return serve_worker(config, host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8090)
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    from gateway.auth import hash_key
+
+    key = args.key if args.key != "-" else sys.stdin.readline().strip()
+    print(hash_key(key))
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     config = _load_or_report(args.file)
     if config is None:
@@ -63,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     worker.add_argument("--port", type=int, help="port to listen on (default: 8090)")
     worker.set_defaults(run=_worker)
+    hashed = commands.add_parser("hash-key", help="print the sha256:<hex> form of an inbound key for `auth.keys`")
+    hashed.add_argument("key", help="the key, or - to read it from standard input (keeps it out of shell history)")
+    hashed.set_defaults(run=_hash_key)
     check = commands.add_parser("check-config", help="check a config file; prints what is wrong, exit 1")
     check.add_argument("file")
     check.set_defaults(run=_check_config)

@@ -126,15 +126,16 @@ class MemoryLimiter:
         decide, least, reset = 0, math.inf, 0.0
         for index, check in enumerate(checks):
             interval, burst = check.interval_ms, check.interval_ms * check.limit
-            tat = max(self._tats.get(check.key, now), now)
-            new_tat = tat + interval * check.cost
-            if new_tat - burst > now:
-                remaining = math.floor((burst - (tat - now)) / interval)
-                return _decision(checks, 0, index, remaining, new_tat - burst - now, tat - now)
-            new_tats.append(new_tat)
-            remaining = math.floor((burst - (new_tat - now)) / interval)
+            # Times relative to now, so that a full bucket compares exactly (no rounding of large clocks).
+            ahead = max(self._tats.get(check.key, now) - now, 0.0)
+            new_ahead = ahead + interval * check.cost
+            if new_ahead > burst + 0.001:  # the same 1 µs of slack as the Redis script
+                remaining = math.floor((burst - ahead) / interval)
+                return _decision(checks, 0, index, remaining, new_ahead - burst, ahead)
+            new_tats.append(now + new_ahead)
+            remaining = math.floor((burst - new_ahead) / interval)
             if remaining < least:
-                decide, least, reset = index, remaining, new_tat - now
+                decide, least, reset = index, remaining, new_ahead
         for check, new_tat in zip(checks, new_tats, strict=True):
             self._tats[check.key] = new_tat
         return _decision(checks, 1, decide, int(least), 0.0, reset)

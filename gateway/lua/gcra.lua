@@ -14,16 +14,16 @@ for i = 1, #KEYS do
   local interval = tonumber(ARGV[3 * i - 2])
   local burst = tonumber(ARGV[3 * i - 1])
   local cost = tonumber(ARGV[3 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
-  if tat < now then tat = now end
-  local new_tat = tat + interval * cost
-  local allow_at = new_tat - burst
-  if allow_at > now then
-    return {0, i, math.floor((burst - (tat - now)) / interval), math.ceil(allow_at - now), math.ceil(tat - now)}
+  -- Times relative to now, so that a full bucket compares exactly (no rounding of large clocks).
+  local ahead = (tonumber(redis.call('GET', KEYS[i])) or now) - now
+  if ahead < 0 then ahead = 0 end
+  local new_ahead = ahead + interval * cost
+  if new_ahead > burst + 0.001 then  -- 1 µs of slack for the clock stored with 3 decimals
+    return {0, i, math.floor((burst - ahead) / interval), math.ceil(new_ahead - burst), math.ceil(ahead)}
   end
-  new_tats[i] = new_tat
-  local remaining = math.floor((burst - (new_tat - now)) / interval)
-  if least == nil or remaining < least then decide, least, reset = i, remaining, new_tat - now end
+  new_tats[i] = now + new_ahead
+  local remaining = math.floor((burst - new_ahead) / interval)
+  if least == nil or remaining < least then decide, least, reset = i, remaining, new_ahead end
 end
 for i = 1, #KEYS do
   redis.call('SET', KEYS[i], string.format('%.3f', new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1)

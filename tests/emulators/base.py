@@ -18,7 +18,18 @@ from typing import Any, ClassVar
 
 from .control import Call, CallLog, Fault, FaultQueue, control_response, summarise_body
 from .errors import ProviderError, canonical_for_status
-from .wire import BodyError, BodyTooLarge, ClientGone, Receive, Request, Response, Scope, Send, json_response
+from .wire import (
+    BodyError,
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    TruncatedResponse,
+    json_response,
+)
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -1,0 +1,84 @@
+"""Real Redis for tests: the machine's server at 127.0.0.1:6379, or one a test starts on its own port."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def require_shared_redis() -> str:
+    """The shared Redis's URL; a clear failure (never a skip) when it is not there."""
+    try:
+        redis.Redis.from_url(SHARED_REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        raise AssertionError(
+            f"these tests need a Redis at {SHARED_REDIS_URL} (start one: redis-server --port 6379 --save '' "
+            f"--appendonly no --daemonize yes): {exc}"
+        ) from exc
+    return SHARED_REDIS_URL
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OwnRedis:
+    """A redis-server this test starts and stops itself, on its own port."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise AssertionError(
+                "this test starts its own Redis and needs `redis-server` on PATH (apt-get install redis-server)"
+            )
+        self.binary = binary
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> OwnRedis:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return self
+            except redis.RedisError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise AssertionError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
