@@ -8,19 +8,21 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from adapters import Adapter, build_adapter
+from gateway import metrics
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, load_config
 from gateway.cooldown import Cooldowns
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
+from gateway.logs import RequestIdMiddleware, configure_logging
 from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.router import Router
 from gateway.routes import dialect_handlers
@@ -114,6 +116,12 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response(body, status_code=200 if ok else 503)
 
 
+@get("/metrics", tags=["ops"], include_in_schema=False)
+async def prometheus_metrics() -> Response[bytes]:
+    """Prometheus exposition of the gateway's metrics (see docs/operations.md)."""
+    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+
 @get("/images/{name:str}", tags=["images"])
 async def stored_image(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
     """An image kept for a client that asked for a URL (valid for the store's TTL)."""
@@ -128,8 +136,10 @@ async def stored_image(request: Request[Any, Any, Any], name: FromPath[str]) -> 
 def create_app(config: GatewayConfig | None = None) -> Litestar:
     """The gateway app for ``config`` (the built-in default when None)."""
     config = config or load_config()
+    configure_logging(config.server.log_level, config.server.log_prompts)
     app = Litestar(
-        route_handlers=[health, ready, stored_image, *dialect_handlers()],
+        route_handlers=[health, ready, prometheus_metrics, stored_image, *dialect_handlers()],
+        middleware=[RequestIdMiddleware],
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=config.server.max_body_bytes,

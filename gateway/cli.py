@@ -21,7 +21,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     host = args.host or config.server.host
     port = args.port if args.port is not None else int(os.environ.get("PORT", config.server.port))
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,  # the gateway logs one JSON line per request itself
+        timeout_graceful_shutdown=int(config.server.shutdown_grace_s),
+    )
     return 0
 
 

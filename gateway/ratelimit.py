@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from gateway import metrics
 from schemas.canonical import ErrorCode, GatewayError
 
 __all__ = ["Decision", "LimitCheck", "Limiter", "MemoryLimiter", "RedisLimiter"]
@@ -167,6 +168,7 @@ class RedisLimiter:
         self._script = client.register_script(GCRA_SCRIPT)
         self._down_until = 0.0
         self.redis_up = True
+        metrics.REDIS_UP.set(1)
 
     async def check(self, checks: Sequence[LimitCheck]) -> Decision:
         if not checks:
@@ -184,10 +186,12 @@ class RedisLimiter:
             if self.redis_up:
                 log.error("redis_unavailable", policy=self.on_failure, error=type(exc).__name__)
             self.redis_up = False
+            metrics.REDIS_UP.set(0)
             return await self._without_redis(checks)
         if not self.redis_up:
             log.warning("redis_recovered")
             self.redis_up = True
+            metrics.REDIS_UP.set(1)
         admitted, index, remaining, retry_ms, reset_ms = (int(value) for value in reply)
         return _decision(checks, admitted, index - 1, remaining, retry_ms, reset_ms)
 

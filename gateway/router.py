@@ -19,6 +19,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
 from adapters.base import Adapter, CallOptions
+from gateway import metrics
 from gateway.config import CooldownPolicy, GatewayConfig, ModelConfig, RateLimit, RetryPolicy, TargetConfig
 from gateway.cooldown import Cooldowns
 from gateway.ratelimit import LimitCheck, Limiter
@@ -167,7 +168,9 @@ class Router:
                 attempts.record(route.provider, f"skipped: {skipped.code.value}")
                 last_error = last_error or skipped
                 continue
-            attempts.fallbacks += called  # an earlier target was called and failed
+            if called:  # an earlier target was called and failed
+                attempts.fallbacks += 1
+                metrics.FALLBACKS.labels(self.model(request.model).name).inc()
             called = True
             try:
                 result = await self._call(route, request, deadline, attempts)
@@ -191,6 +194,7 @@ class Router:
         if checks:
             decision = await self._limiter.check(checks)
             if not decision.allowed:
+                metrics.RATE_LIMITED.labels("provider").inc()
                 return decision.refusal()
         return None
 
@@ -207,6 +211,7 @@ class Router:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     attempts.retries += 1
+                    metrics.RETRIES.labels(route.provider).inc()
                 return await self._attempt(route, upstream, deadline, attempts)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -215,6 +220,7 @@ class Router:
         if remaining <= 0:
             raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, "the request's deadline passed before an answer")
         timeout = min(route.timeout or remaining, remaining)
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
                 result = await route.adapter.generate(request, CallOptions(timeout=timeout))
@@ -222,17 +228,31 @@ class Router:
             error = GatewayError(
                 ErrorCode.UPSTREAM_TIMEOUT, f"provider {route.provider} did not answer in time", provider=route.provider
             )
-            await self._failed(route, error, attempts)
+            await self._failed(route, error, attempts, time.perf_counter() - started)
             raise error from None
         except GatewayError as error:
-            await self._failed(route, error, attempts)
+            await self._failed(route, error, attempts, time.perf_counter() - started)
             raise
         self._cooldowns.record_success(route.provider)
-        attempts.record(route.provider, "ok")
+        self._observe(route, "ok", attempts, time.perf_counter() - started)
         return result
 
-    async def _failed(self, route: Route, error: GatewayError, attempts: Attempts) -> None:
-        attempts.record(route.provider, error.code.value)
-        log.info("upstream_attempt_failed", provider=route.provider, code=error.code.value, retryable=error.retryable)
-        if error.retryable:
-            await self._cooldowns.record_failure(route.provider, route.cooldown.failures, route.cooldown.seconds)
+    def _observe(self, route: Route, outcome: str, attempts: Attempts, seconds: float) -> None:
+        attempts.record(route.provider, outcome)
+        metrics.UPSTREAM_CALLS.labels(route.provider, outcome).inc()
+        metrics.UPSTREAM_DURATION.labels(route.provider, outcome).observe(seconds)
+        log.info(
+            "upstream_attempt",
+            provider=route.provider,
+            upstream_model=route.target.model,
+            attempt=attempts.calls,
+            outcome=outcome,
+            duration_ms=round(seconds * 1000, 2),
+        )
+
+    async def _failed(self, route: Route, error: GatewayError, attempts: Attempts, seconds: float) -> None:
+        self._observe(route, error.code.value, attempts, seconds)
+        if error.retryable and await self._cooldowns.record_failure(
+            route.provider, route.cooldown.failures, route.cooldown.seconds
+        ):
+            metrics.COOLDOWNS.labels(route.provider).inc()

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgspec
+import structlog
 from litestar import Request, Response
 from litestar.datastructures import UploadFile
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import Method
 
+from gateway import metrics
 from gateway.router import Attempts
 from gateway.state import Gateway
 from schemas import melious, nebul, nebulablock, openai, pomelo
@@ -25,6 +28,8 @@ from schemas.canonical import GatewayError, ImageRequest, ImageResult, ResponseF
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 
 __all__ = ["MOUNTS", "Mount", "dialect_handlers", "errors_for_path"]
+
+log = structlog.get_logger("gateway.request")
 
 JSON = "application/json"
 PROVIDER_HEADER = "X-Gateway-Provider"
@@ -115,31 +120,83 @@ async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat,
             image.url = f"{gateway.public_base_url or base_url}/images/{name}"
 
 
+@dataclass
+class RequestRecord:
+    """What one request did, for its metrics and its one log line."""
+
+    dialect: str
+    operation: str
+    model: str = "unknown"
+    provider: str = "none"
+    outcome: str = "internal"
+    images: int = 0
+    prompt: str | None = None
+    attempts: Attempts = field(default_factory=Attempts)
+
+    def finish(self, seconds: float) -> None:
+        metrics.REQUESTS.labels(self.dialect, self.operation, self.model, self.provider, self.outcome).inc()
+        metrics.REQUEST_DURATION.labels(self.dialect, self.outcome).observe(seconds)
+        if self.images:
+            metrics.IMAGES.labels(self.provider).inc(self.images)
+        log.info(
+            "request",
+            dialect=self.dialect,
+            operation=self.operation,
+            model=self.model,
+            provider=self.provider,
+            outcome=self.outcome,
+            images=self.images,
+            tried=[f"{provider}:{outcome}" for provider, outcome in self.attempts.tried],
+            retries=self.attempts.retries,
+            fallbacks=self.attempts.fallbacks,
+            duration_ms=round(seconds * 1000, 2),
+            prompt=self.prompt,
+        )
+
+
+async def serve(
+    gateway: Gateway, endpoint: Endpoint[Any, Any], request: Request[Any, Any, Any], record: RequestRecord
+) -> Response[bytes]:
+    """authorize ▸ decode ▸ admit (model access, rate limits) ▸ route ▸ deliver ▸ encode."""
+    deadline = time.monotonic() + gateway.config.server.request_deadline_s
+    key = gateway.auth.authenticate(request.headers)  # before reading the body: refusals stay cheap
+    canonical = await decode_request(endpoint, request)
+    record.prompt = canonical.prompt
+    gateway.check_inputs(canonical)
+    record.model = gateway.router.model(canonical.model).name
+    decision = await gateway.admit(key, canonical)
+    result = await gateway.router.generate(canonical, deadline, record.attempts)
+    record.provider = result.provider
+    await deliver(gateway, result, canonical.response_format, str(request.base_url).rstrip("/"))
+    body = msgspec.json.encode(endpoint.encode_result(result, canonical))
+    record.images = len(result.images)
+    headers = {PROVIDER_HEADER: result.provider, ATTEMPTS_HEADER: str(record.attempts.calls)}
+    if decision.limit:
+        headers.update(decision.headers())
+    return Response(body, media_type=JSON, headers=headers)
+
+
 def dialect_handler(mount: Mount) -> HTTPRouteHandler:
     """The route handler serving one dialect endpoint at one mount point."""
     endpoint = mount.endpoint
 
     async def handle(request: Request[Any, Any, Any]) -> Response[bytes]:
         gateway: Gateway = request.app.state.gateway
+        record = RequestRecord(endpoint.dialect, endpoint.operation.value)
         started = time.perf_counter()
-        deadline = time.monotonic() + gateway.config.server.request_deadline_s
-        key = gateway.auth.authenticate(request.headers)  # before reading the body: refusals stay cheap
-        canonical = await decode_request(endpoint, request)
-        gateway.check_inputs(canonical)
-        decision = await gateway.admit(key, canonical)
-        attempts = Attempts()
+        metrics.IN_FLIGHT.inc()
         try:
-            result = await gateway.router.generate(canonical, deadline, attempts)
+            response = await serve(gateway, endpoint, request, record)
+            record.outcome = "ok"
+            return response
         except GatewayError as error:
-            error.headers[ATTEMPTS_HEADER] = str(attempts.calls)
+            record.outcome = error.code.value
+            record.provider = error.provider or record.provider
+            error.headers[ATTEMPTS_HEADER] = str(record.attempts.calls)
             raise
-        await deliver(gateway, result, canonical.response_format, str(request.base_url).rstrip("/"))
-        result.timings.total = time.perf_counter() - started
-        body = msgspec.json.encode(endpoint.encode_result(result, canonical))
-        headers = {PROVIDER_HEADER: result.provider, ATTEMPTS_HEADER: str(attempts.calls)}
-        if decision.limit:
-            headers.update(decision.headers())
-        return Response(body, media_type=JSON, headers=headers)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            record.finish(time.perf_counter() - started)
 
     return HTTPRouteHandler(
         path=mount.prefix + endpoint.path,

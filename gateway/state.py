@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from gateway import metrics
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, InboundKey
 from gateway.cooldown import Cooldowns
@@ -69,5 +70,6 @@ class Gateway:
             return ALLOWED
         decision = await self.limiter.check(checks)
         if not decision.allowed:
+            metrics.RATE_LIMITED.labels(decision.scope).inc()
             raise decision.refusal()
         return decision

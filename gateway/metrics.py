@@ -1,0 +1,109 @@
+"""Prometheus metrics, served at ``/metrics``.
+
+Names carry their unit and counters end in ``_total``. Every label has a bounded set of
+values: dialects and operations are fixed, models and providers come from the config
+(an unknown model is counted as ``unknown``), outcomes are the error taxonomy. Never a
+prompt, a user or a key. With ``PROMETHEUS_MULTIPROC_DIR`` set (several server worker
+processes), ``/metrics`` aggregates every process's files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+disable_created_metrics()  # the *_created series double the output and no dashboard reads them
+
+__all__ = ["CONTENT_TYPE_LATEST", "render"]
+
+NAMESPACE = "image_gateway"
+# Image generation is slow: buckets reach minutes; the low ones show the gateway's own cost.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "requests",
+    "Image requests answered, by inbound dialect, model, provider that answered and outcome (ok or error code).",
+    ["dialect", "operation", "model", "provider", "outcome"],
+    namespace=NAMESPACE,
+)
+REQUEST_DURATION = Histogram(
+    "request_duration_seconds",
+    "Whole-request latency as the client sees it.",
+    ["dialect", "outcome"],
+    namespace=NAMESPACE,
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "in_flight_requests",
+    "Image requests being served now.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+UPSTREAM_CALLS = Counter(
+    "upstream_calls",
+    "Calls to a provider, by outcome (ok or error code).",
+    ["provider", "outcome"],
+    namespace=NAMESPACE,
+)
+UPSTREAM_DURATION = Histogram(
+    "upstream_call_duration_seconds",
+    "Latency of one call to a provider.",
+    ["provider", "outcome"],
+    namespace=NAMESPACE,
+    buckets=LATENCY_BUCKETS,
+)
+RETRIES = Counter("retries", "Calls that were retries of a failed call.", ["provider"], namespace=NAMESPACE)
+FALLBACKS = Counter(
+    "fallbacks", "Times a request moved on to the next target of its model.", ["model"], namespace=NAMESPACE
+)
+COOLDOWNS = Counter("cooldowns", "Times a provider was cooled down after failures.", ["provider"], namespace=NAMESPACE)
+RATE_LIMITED = Counter(
+    "rate_limited", "Requests refused (or targets skipped) by a rate limit, by scope.", ["scope"], namespace=NAMESPACE
+)
+IMAGES = Counter("images_generated", "Images returned to clients.", ["provider"], namespace=NAMESPACE)
+REDIS_UP = Gauge(
+    "redis_up",
+    "1 while the configured Redis answers, 0 while it is away.",
+    namespace=NAMESPACE,
+    multiprocess_mode="min",
+)
+LOCAL_QUEUE_DEPTH = Gauge(
+    "local_queue_depth",
+    "Requests waiting for the local backend.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+LOCAL_BATCH_SIZE = Histogram(
+    "local_batch_size_images",
+    "Images per pipeline call in the local backend.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+)
+LOCAL_BATCH_DURATION = Histogram(
+    "local_batch_duration_seconds",
+    "Time of one pipeline call in the local backend.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def render() -> bytes:
+    """The exposition text: this process's registry, or every worker's when in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
