@@ -1,0 +1,102 @@
+"""Limits on what can grow: input images, concurrent upstream calls, and a provider's own quota."""
+
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from tests.emulators import EmulatorServer, Fault, solid_png
+from tests.integration.conftest import PROVIDERS, start_gateway
+
+NEBUL_MODEL = PROVIDERS["nebul"][2]
+PNG = solid_png(64, 64, (1, 2, 3))
+
+
+def test_input_images_count_and_size(emulators: dict[str, EmulatorServer], http: httpx.Client, tmp_path: Path) -> None:
+    server = start_gateway(
+        emulators,
+        [{"name": "m", "targets": [{"provider": "nebul", "model": NEBUL_MODEL}]}],
+        tmp_path,
+        server={"max_input_images": 2, "max_input_image_bytes": 4096},
+    )
+    try:
+        url = server.url + "/nebul/v1/images/edits"
+        fields = {"model": "m", "prompt": "hat"}
+        three = [("image", (f"{i}.png", PNG, "image/png")) for i in range(3)]
+        response = http.post(url, data=fields, files=three)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "image"
+        big = PNG + b"\x00" * 5000
+        response = http.post(url, data=fields, files={"image": ("big.png", big, "image/png")})
+        assert response.status_code == 413, response.text
+        mask = http.post(url, data=fields, files=[three[0], ("mask", ("m.png", big, "image/png"))])
+        assert mask.status_code == 413 and mask.json()["error"]["param"] == "mask"
+        b64 = base64.b64encode(big).decode()
+        serverless = http.post(
+            server.url + "/nebulablock/api/v1/images/generation",
+            json={"model": "m", "prompt": "p", "image": b64, "width": 64, "height": 64},
+        )
+        assert serverless.status_code == 413, serverless.text
+        assert http.post(url, data=fields, files=three[:2]).status_code == 200
+        assert len(emulators["nebul"].emulator.calls) == 1
+    finally:
+        server.stop()
+
+
+def test_concurrent_upstream_calls_are_capped(
+    emulators: dict[str, EmulatorServer], http: httpx.Client, tmp_path: Path
+) -> None:
+    server = start_gateway(
+        emulators,
+        [{"name": "m", "targets": [{"provider": "melious", "model": "flux-schnell"}]}],
+        tmp_path,
+        provider_overrides={"max_concurrency": 1},
+    )
+    try:
+        emulators["melious"].emulator.add_fault(Fault(delay=0.3, times=None))
+
+        def one(_: int) -> int:
+            body = {"model": "m", "prompt": "p", "size": "512x512"}
+            return http.post(server.url + "/melious/v1/images/generations", json=body).status_code
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            assert list(pool.map(one, range(3))) == [200, 200, 200]
+        arrivals = sorted(call.time for call in emulators["melious"].emulator.calls)
+        assert len(arrivals) == 3
+        # One call at a time: each arrives only after the previous one's 0.3 s answer.
+        assert all(later - earlier >= 0.25 for earlier, later in zip(arrivals, arrivals[1:], strict=False))
+    finally:
+        server.stop()
+
+
+def test_provider_quota_falls_back_then_refuses(
+    emulators: dict[str, EmulatorServer], http: httpx.Client, tmp_path: Path
+) -> None:
+    quota = {
+        "kind": "melious",
+        "base_url": emulators["melious"].base_url,
+        "api_key": "test-key",
+        "limits": {"requests": 1, "period_s": 3600},
+    }
+    models = [
+        {"name": "solo", "targets": [{"provider": "quota", "model": "flux-schnell"}]},
+        {
+            "name": "pair",
+            "targets": [{"provider": "quota", "model": "flux-schnell"}, {"provider": "nebul", "model": NEBUL_MODEL}],
+        },
+    ]
+    server = start_gateway(emulators, models, tmp_path, extra_providers={"quota": quota})
+    try:
+        url = server.url + "/melious/v1/images/generations"
+        body = {"prompt": "p", "size": "512x512"}
+        assert http.post(url, json={**body, "model": "solo"}).headers["x-gateway-provider"] == "quota"
+        fallback = http.post(url, json={**body, "model": "pair"})
+        assert fallback.status_code == 200 and fallback.headers["x-gateway-provider"] == "nebul"
+        refused = http.post(url, json={**body, "model": "solo"})
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+        assert int(refused.headers["retry-after"]) > 0
+        assert len(emulators["melious"].emulator.calls) == 1
+    finally:
+        server.stop()
