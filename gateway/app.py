@@ -23,9 +23,10 @@ from gateway.cooldown import Cooldowns
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
 from gateway.logs import RequestIdMiddleware, configure_logging
+from gateway.openapi import add_dialect_schemas
 from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.router import Router
-from gateway.routes import dialect_handlers
+from gateway.routes import MOUNTS, dialect_handlers
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError
 
@@ -143,8 +144,14 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=config.server.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="image-gateway", version="0.1.0", path="/docs"),
+        openapi_config=OpenAPIConfig(
+            title="image-gateway",
+            version="0.1.0",
+            path="/docs",
+            description="Image generation in the Melious, Nebul, Pomelo and NebulaBlock dialects. See README.md.",
+        ),
         debug=False,
     )
     app.state.config = config
+    add_dialect_schemas(app, [mount.endpoint for mount in MOUNTS])
     return app

@@ -21,6 +21,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.types import Method
 
 from gateway import metrics
+from gateway.openapi import operation_class
 from gateway.router import Attempts
 from gateway.state import Gateway
 from schemas import melious, nebul, nebulablock, openai, pomelo
@@ -205,6 +206,7 @@ def dialect_handler(mount: Mount) -> HTTPRouteHandler:
         name=f"{endpoint.dialect}:{mount.prefix or 'root'}:{endpoint.path}",
         opt={"errors": mount.errors},
         summary=f"{endpoint.dialect} {endpoint.operation.value}",
+        operation_class=operation_class(endpoint),
         tags=[endpoint.dialect],
     )(handle)
 
