@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,7 @@ from redis.backoff import NoBackoff
 from adapters import Adapter, build_adapter
 from gateway import metrics
 from gateway.auth import Authenticator
-from gateway.config import GatewayConfig, load_config
+from gateway.config import CONFIG_ENV, GatewayConfig, load_config
 from gateway.cooldown import Cooldowns
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
@@ -85,6 +86,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         limiter=limiter,
         cooldowns=cooldowns,
         redis=redis_client,
+        adapters=adapters,
     )
     try:
         yield
@@ -103,16 +105,23 @@ def health() -> dict[str, str]:
 
 @get("/ready", tags=["ops"])
 async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Config loaded, the router built, and Redis reachable when one is configured."""
+    """Ready for traffic: config loaded, local models loaded (or a worker up), and Redis reachable
+    when one is configured with ``on_failure: closed`` (with ``open`` a lost Redis is degraded, not down)."""
     gateway: Gateway = request.app.state.gateway
-    checks: dict[str, str] = {"config": "ok"}
+    checks: dict[str, Any] = {"config": "ok"}
+    ok = True
     if gateway.redis is not None:
         try:
             await gateway.redis.ping()
             checks["redis"] = "ok"
-        except Exception as exc:  # any failure means not ready; the reason is reported, never raised
-            checks["redis"] = f"unreachable: {type(exc).__name__}"
-    ok = all(value == "ok" for value in checks.values())
+        except Exception as exc:  # any failure means Redis is away; the reason is reported, never raised
+            checks["redis"] = f"unreachable ({type(exc).__name__}): {gateway.config.redis.on_failure}"
+            ok = gateway.config.redis.on_failure == "open"
+    for name, adapter in gateway.adapters.items():
+        report = getattr(adapter, "ready", None)  # backends that load something (the local one)
+        if report is not None:
+            checks[name] = state = await report()
+            ok = ok and bool(state.get("ready"))
     body = {"status": "ready" if ok else "not ready", "checks": checks, "models": gateway.router.model_names}
     return Response(body, status_code=200 if ok else 503)
 
@@ -132,6 +141,11 @@ async def stored_image(request: Request[Any, Any, Any], name: FromPath[str]) -> 
         raise GatewayError(ErrorCode.INVALID_REQUEST, "no such image, or it has expired", status=404)
     data, media_type = found
     return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+def create_app_from_env() -> Litestar:
+    """The app for a server worker process: the config file named by ``IMAGE_GATEWAY_CONFIG``."""
+    return create_app(load_config(os.environ.get(CONFIG_ENV) or None))
 
 
 def create_app(config: GatewayConfig | None = None) -> Litestar:

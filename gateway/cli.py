@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import tempfile
+from typing import Any
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, load_config
 
 __all__ = ["main"]
 
@@ -14,21 +17,28 @@ __all__ = ["main"]
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.app import create_app
-
     config = _load_or_report(args.config)
     if config is None:
         return 1
     host = args.host or config.server.host
     port = args.port if args.port is not None else int(os.environ.get("PORT", config.server.port))
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,  # the gateway logs one JSON line per request itself
-        timeout_graceful_shutdown=int(config.server.shutdown_grace_s),
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,  # the gateway logs one JSON line per request itself
+        "timeout_graceful_shutdown": math.ceil(config.server.shutdown_grace_s),
+    }
+    if args.workers > 1:
+        # Each worker process loads the same file; metrics are pooled through a shared directory,
+        # which must be named before any worker imports prometheus_client.
+        os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="image-gateway-metrics-"))
+        uvicorn.run("gateway.app:create_app_from_env", factory=True, workers=args.workers, **options)
+        return 0
+    from gateway.app import create_app
+
+    uvicorn.run(create_app(config), **options)
     return 0
 
 
@@ -36,7 +46,10 @@ def _worker(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return 1
+    from gateway.logs import configure_logging
     from local_backend.server import serve_worker  # brings torch: only on a GPU worker
+
+    configure_logging(config.server.log_level, config.server.log_prompts)
 
     return serve_worker(config, host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8090)
 
@@ -72,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (default: the built-in one)")
     serve.add_argument("--host", help="address to listen on (default: from the config)")
     serve.add_argument("--port", type=int, help="port to listen on (default: $PORT, else the config's)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (default: 1)")
     serve.set_defaults(run=_serve)
     worker = commands.add_parser("worker", help="serve the config's local models as a standalone GPU worker")
     worker.add_argument("--config", help="YAML config file with a `kind: local` provider (default: the built-in one)")

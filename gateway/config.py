@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
+# Names the config file for server worker processes started by `image-gateway serve --workers N`.
+CONFIG_ENV = "IMAGE_GATEWAY_CONFIG"
 DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 128 * 1024 * 1024

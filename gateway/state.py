@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -31,6 +31,7 @@ class Gateway:
     limiter: Limiter
     cooldowns: Cooldowns
     redis: Any = None
+    adapters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def public_base_url(self) -> str:
@@ -43,12 +44,12 @@ class Gateway:
             raise GatewayError(
                 ErrorCode.INVALID_REQUEST, f"at most {server.max_input_images} input images", param="image"
             )
-        for field, data in [*(("image", image) for image in request.images), ("mask", request.mask)]:
+        for name, data in [*(("image", image) for image in request.images), ("mask", request.mask)]:
             if data is not None and len(data) > server.max_input_image_bytes:
                 raise GatewayError(
                     ErrorCode.INVALID_REQUEST,
-                    f"`{field}` is larger than {server.max_input_image_bytes} bytes",
-                    param=field,
+                    f"`{name}` is larger than {server.max_input_image_bytes} bytes",
+                    param=name,
                     status=413,
                 )
 

@@ -187,6 +187,7 @@ def test_redis_away_fails_open_then_resumes(
         assert {status for status, _ in hammer(server, http, 3)} == {200}
         assert rate_keys(own_redis.url)
         own_redis.stop()
+        assert http.get(server.url + "/ready").status_code == 200  # degraded, still serving
         during = hammer(server, http, 10)
         assert {status for status, _ in during} == {200}  # open: served on the in-memory limiter
         assert max(seconds for _, seconds in during) < 2.0  # and nobody waits on the dead Redis
