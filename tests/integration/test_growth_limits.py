@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_concurrent_upstream_calls_are_capped(
         arrivals = sorted(call.time for call in emulators["melious"].emulator.calls)
         assert len(arrivals) == 3
         # One call at a time: each arrives only after the previous one's 0.3 s answer.
-        assert all(later - earlier >= 0.25 for earlier, later in zip(arrivals, arrivals[1:], strict=False))
+        assert all(later - earlier >= 0.25 for earlier, later in itertools.pairwise(arrivals))
     finally:
         server.stop()
 
