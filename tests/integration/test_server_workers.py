@@ -1,18 +1,21 @@
-"""`image-gateway serve --workers N`: several server processes on one port, their metrics pooled."""
+"""`image-gateway serve` as a real process: several workers with pooled metrics, and graceful shutdown."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.emulators import EmulatorServer
+from tests.emulators import EmulatorServer, Fault
 from tests.redis_support import free_port
 
 
@@ -64,3 +67,49 @@ def test_two_workers_pool_their_metrics(emulators: dict[str, EmulatorServer], tm
         process.terminate()
         process.wait(timeout=20)
         log.close()
+
+
+def test_sigterm_finishes_requests_in_flight(emulators: dict[str, EmulatorServer], tmp_path: Path) -> None:
+    """Graceful shutdown: on SIGTERM the server stops taking requests and finishes those in flight."""
+    config = {
+        "server": {"shutdown_grace_s": 10},
+        "image_store": {"path": str(tmp_path / "store")},
+        "providers": {"mel": {"kind": "melious", "base_url": emulators["melious"].base_url, "api_key": "test-key"}},
+        "models": [{"name": "flux-schnell", "targets": [{"provider": "mel", "model": "flux-schnell"}]}],
+    }
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_file), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.2)
+        emulators["melious"].emulator.add_fault(Fault(delay=1.5, times=1))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(
+                httpx.post, url + "/melious/v1/images/generations", json={"prompt": "p", "size": "512x512"}, timeout=30
+            )
+            while not emulators["melious"].emulator.calls:  # the request is in flight upstream
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            with pytest.raises(httpx.ConnectError):  # no longer taking requests
+                httpx.get(url + "/health", timeout=2)
+            assert slow.result().status_code == 200  # the one in flight finished
+        assert process.wait(timeout=15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
+    finally:
+        if process.poll() is None:
+            process.kill()
