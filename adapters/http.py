@@ -79,11 +79,15 @@ class HttpAdapter:
                 provider=self.name,
             )
         started = time.perf_counter()
-        parts = await asyncio.gather(*(self._call(endpoint, part, options) for part in self._split(request)))
-        result = parts[0]
-        for extra in parts[1:]:
-            result.images.extend(extra.images)
-        if request.response_format is ResponseFormat.B64_JSON:
+        parts = self._split(request)
+        if len(parts) == 1:  # the usual case, without the cost of tasks
+            result = await self._call(endpoint, request, options)
+        else:
+            results = await asyncio.gather(*(self._call(endpoint, part, options) for part in parts))
+            result = results[0]
+            for extra in results[1:]:
+                result.images.extend(extra.images)
+        if request.response_format is ResponseFormat.B64_JSON and any(image.url for image in result.images):
             await asyncio.gather(*(self._fetch(image, options) for image in result.images if image.url))
         result.provider = self.name
         result.timings.total = time.perf_counter() - started

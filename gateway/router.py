@@ -200,7 +200,12 @@ class Router:
 
     async def _call(self, route: Route, request: ImageRequest, deadline: float, attempts: Attempts) -> ImageResult:
         upstream = msgspec.structs.replace(request, model=route.target.model)
-
+        try:  # the first call goes straight: the retry machinery costs only when something failed
+            return await self._attempt(route, upstream, deadline, attempts)
+        except GatewayError as error:
+            if not error.retryable or route.retry.attempts < 2:
+                raise
+            first_failure = error
         retrying = AsyncRetrying(
             stop=stop_any(stop_after_attempt(route.retry.attempts), _StopAtDeadline(deadline)),
             wait=_Wait(route.retry),
@@ -209,9 +214,10 @@ class Router:
         )
         async for attempt in retrying:
             with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    attempts.retries += 1
-                    metrics.RETRIES.labels(route.provider).inc()
+                if attempt.retry_state.attempt_number == 1:
+                    raise first_failure  # tenacity waits and counts from the call already made
+                attempts.retries += 1
+                metrics.RETRIES.labels(route.provider).inc()
                 return await self._attempt(route, upstream, deadline, attempts)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
