@@ -6,13 +6,16 @@ PORT ?= 8080
 HOST ?= 127.0.0.1
 CONFIG ?=
 STAMP := $(VENV)/.installed
+# Optional: an index for hosts where plain torch==2.13.0 would resolve to a CUDA build.
+TORCH_INDEX ?=
+LITELLM_VENV ?= bench/.venv-litellm
 
-.PHONY: install run test lint emulators clean
+.PHONY: install run test lint emulators bench bench-quick bench-local clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,local]' $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,11 +28,32 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy schemas adapters gateway
+	$(BIN)/mypy schemas adapters gateway local_backend bench
 
 # All four provider emulators on 127.0.0.1:9101..9104, for the README's examples.
 emulators: $(STAMP)
 	$(BIN)/python -m tests.emulators all --base-port 9101
+
+# LiteLLM's proxy lives in its own virtualenv: it pins versions of its own.
+$(LITELLM_VENV)/bin/python:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]'
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
+# The gateway against a bare emulator and LiteLLM's proxy; writes docs/benchmarks.md.
+bench: $(VENV)/.bench-installed $(LITELLM_VENV)/bin/python
+	$(BIN)/python -m bench.proxy --litellm-python $(LITELLM_VENV)/bin/python --py-spy
+
+bench-quick: $(VENV)/.bench-installed $(LITELLM_VENV)/bin/python
+	$(BIN)/python -m bench.proxy --quick --litellm-python $(LITELLM_VENV)/bin/python
+
+# The local diffusers backend: images/s at concurrency 1, 4, 16 against a bare pipeline loop.
+bench-local: $(STAMP)
+	$(BIN)/python -m bench.local
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

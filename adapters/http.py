@@ -47,6 +47,22 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return None  # an HTTP date: rare for these APIs; the retry policy's own backoff applies
 
 
+def _transport_failure(provider: str, doing: str, exc: httpx.HTTPError) -> GatewayError:
+    """A transport error → the canonical error, in one place.
+
+    httpx-aiohttp reports every aiohttp connection error as ``ConnectTimeout``: a "timeout"
+    caused by an aiohttp error that is no timeout (refused, reset) is a connection failure.
+    """
+    cause = exc.__cause__
+    misreported = (
+        cause is not None and type(cause).__module__.startswith("aiohttp") and not isinstance(cause, TimeoutError)
+    )
+    if isinstance(exc, httpx.TimeoutException) and not misreported:
+        return GatewayError(ErrorCode.UPSTREAM_TIMEOUT, f"provider {provider} {doing} timed out", provider=provider)
+    reason = type(cause if misreported else exc).__name__
+    return GatewayError(ErrorCode.UPSTREAM_ERROR, f"provider {provider} {doing} failed: {reason}", provider=provider)
+
+
 class HttpAdapter:
     """A provider reached over HTTP through the dialect it speaks."""
 
@@ -152,16 +168,8 @@ class HttpAdapter:
                     chunks.append(chunk)
             finally:
                 await response.aclose()
-        except httpx.TimeoutException as exc:
-            raise GatewayError(
-                ErrorCode.UPSTREAM_TIMEOUT, f"provider {self.name} did not answer in time", provider=self.name
-            ) from exc
         except httpx.HTTPError as exc:
-            raise GatewayError(
-                ErrorCode.UPSTREAM_ERROR,
-                f"provider {self.name} could not be reached or broke off: {type(exc).__name__}",
-                provider=self.name,
-            ) from exc
+            raise _transport_failure(self.name, "call", exc) from exc
         return response.status_code, response.headers, b"".join(chunks)
 
     def _too_large(self, cap: int) -> GatewayError:
@@ -220,14 +228,8 @@ class HttpAdapter:
                             provider=self.name,
                         )
                     chunks.append(chunk)
-        except httpx.TimeoutException as exc:
-            raise GatewayError(
-                ErrorCode.UPSTREAM_TIMEOUT, f"provider {self.name} image download timed out", provider=self.name
-            ) from exc
         except httpx.HTTPError as exc:
-            raise GatewayError(
-                ErrorCode.UPSTREAM_ERROR, f"provider {self.name} image download failed", provider=self.name
-            ) from exc
+            raise _transport_failure(self.name, "image download", exc) from exc
         data = b"".join(chunks)
         media_type = sniff_image(data)
         if media_type is None:

@@ -22,7 +22,7 @@ from local_backend.config import LocalBackendSettings
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
 
 if TYPE_CHECKING:
-    from local_backend.engine import LocalEngine
+    from local_backend.engine import EngineObserver, LocalEngine
 
 __all__ = ["LocalAdapter", "WorkerUnreachable"]
 
@@ -43,6 +43,8 @@ class LocalAdapter:
         self.settings = settings
         self.client = client
         self.engine: LocalEngine | None = None
+        # Set before start() to have the in-process engine report queue depth and batches (metrics).
+        self.observer: EngineObserver | None = None
         self._turn = itertools.count()
         self._starting = asyncio.Lock()
 
@@ -57,7 +59,7 @@ class LocalAdapter:
                 return
             from local_backend.engine import LocalEngine  # brings torch: only where models run here
 
-            engine = LocalEngine(self.settings, name=self.name)
+            engine = LocalEngine(self.settings, name=self.name, observer=self.observer)
             await engine.start()
             self.engine = engine
 

@@ -107,3 +107,14 @@ def render() -> bytes:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest()
+
+
+class LocalBackendMetrics:
+    """The local engine's observer: feeds the ``image_gateway_local_*`` families."""
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        LOCAL_QUEUE_DEPTH.labels(model).set(depth)
+
+    def batch_drawn(self, model: str, images: int, seconds: float) -> None:
+        LOCAL_BATCH_SIZE.labels(model).observe(images)
+        LOCAL_BATCH_DURATION.labels(model).observe(seconds)

@@ -51,13 +51,16 @@ class BatchQueue:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def depth_of(self, model: str) -> int:
+        """Jobs for ``model`` now waiting."""
+        return sum(1 for job in self._jobs if job.work.model == model)
+
     def put(self, job: Job) -> None:
         """Queue ``job``, or refuse it with ``overloaded`` when the queue is full."""
         if len(self._jobs) >= self.capacity:
             raise GatewayError(
                 ErrorCode.OVERLOADED,
                 f"the local backend is busy: {len(self._jobs)} requests are already waiting",
-                retry_after=1.0,
             )
         self._jobs.append(job)
         self._changed.set()

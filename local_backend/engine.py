@@ -14,7 +14,10 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -28,11 +31,22 @@ from local_backend.pipelines import Drawn, LoadedModel, load_model, pick_device,
 from local_backend.rules import Work, resolve
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, Timings, Usage
 
-__all__ = ["EngineStats", "LocalEngine"]
+__all__ = ["EngineObserver", "EngineStats", "LocalEngine"]
 
 log = structlog.get_logger("local_backend.engine")
+T = TypeVar("T")
 
 READY = "ready"
+
+
+class EngineObserver(Protocol):
+    """Where the engine reports as it goes (the gateway's Prometheus metrics); called on the event loop."""
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        """Requests for ``model`` now waiting."""
+
+    def batch_drawn(self, model: str, images: int, seconds: float) -> None:
+        """One pipeline call of ``model`` drew ``images`` images in ``seconds``."""
 
 
 class EngineStats(msgspec.Struct, kw_only=True):
@@ -55,15 +69,20 @@ class EngineStats(msgspec.Struct, kw_only=True):
 class LocalEngine:
     """The configured models on this machine's device; ``generate`` answers one canonical request."""
 
-    def __init__(self, settings: LocalBackendSettings, name: str = "local") -> None:
+    def __init__(
+        self, settings: LocalBackendSettings, name: str = "local", observer: EngineObserver | None = None
+    ) -> None:
         self.settings = settings
         self.name = name
+        self.observer = observer
         self.device = "unstarted"
         self._models: dict[str, LoadedModel] = {}
         self._failed: dict[str, GatewayError] = {}
         self._queue: BatchQueue | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._serving: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Future[None] | None = None
+        self._closing = False
         self._deliveries: set[asyncio.Task[None]] = set()
         self._running = 0
         self._batch_sizes: Counter[int] = Counter()
@@ -104,23 +123,37 @@ class LocalEngine:
         return model
 
     async def aclose(self) -> None:
-        """Stop serving: waiting requests are answered ``overloaded``; the device thread finishes its batch."""
+        """Stop serving: the batch on the device finishes and is answered; waiting requests get ``overloaded``."""
+        self._closing = True
         if self._serving is not None:
             self._serving.cancel()
             await asyncio.gather(self._serving, return_exceptions=True)
+        if self._in_flight is not None:
+            await asyncio.gather(self._in_flight, return_exceptions=True)
         if self._queue is not None:
             while self._queue:
-                job = self._queue.pop_oldest()
-                _fail(job, GatewayError(ErrorCode.OVERLOADED, "the local backend is shutting down"))
+                _fail(
+                    self._queue.pop_oldest(), GatewayError(ErrorCode.OVERLOADED, "the local backend is shutting down")
+                )
         await asyncio.gather(*self._deliveries, return_exceptions=True)
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
         self._models.clear()
 
+    async def run_on_device(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work(*args)`` on the device thread, between batches (benchmarks: a bare pipeline loop)."""
+        assert self._executor is not None, "the engine has not been started"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+
+    @property
+    def models(self) -> Mapping[str, LoadedModel]:
+        """The models that loaded, by name."""
+        return MappingProxyType(self._models)
+
     @property
     def ready(self) -> bool:
-        """Started, with every configured model loaded."""
-        return self._serving is not None and not self._failed
+        """Started, with at least one model loaded (``stats().models`` says which did not load, and why)."""
+        return self._serving is not None and not self._closing and bool(self._models)
 
     def stats(self) -> EngineStats:
         models = {name: READY for name in self._models}
@@ -144,6 +177,8 @@ class LocalEngine:
         started = time.perf_counter()
         if self._queue is None:
             raise GatewayError(ErrorCode.INTERNAL, "the local backend has not been started")
+        if self._closing:
+            raise GatewayError(ErrorCode.OVERLOADED, "the local backend is shutting down")
         work = resolve(request, self._model(request.model).rules)
         loop = asyncio.get_running_loop()
         job = Job(work=work, future=loop.create_future(), enqueued_at=loop.time())
@@ -152,11 +187,13 @@ class LocalEngine:
         except GatewayError:
             self._refused += 1
             raise
+        self._report_depth(work.model)
         try:
             images, inference = await job.future
         except asyncio.CancelledError:
             if self._queue.discard(job):
                 self._dropped += 1
+                self._report_depth(work.model)
             raise
         return ImageResult(
             images=images,
@@ -183,13 +220,25 @@ class LocalEngine:
             param="model",
         )
 
+    def _report_depth(self, model: str) -> None:
+        if self.observer is not None and self._queue is not None:
+            self.observer.queue_depth(model, self._queue.depth_of(model))
+
     # --- the device ---
 
     async def _serve(self) -> None:
         assert self._queue is not None
         while True:
             batch = await self._queue.next_batch()
-            await self._run(batch)
+            self._report_depth(batch[0].work.model)
+            # Shielded: closing the engine stops this loop, never a batch half drawn.
+            self._in_flight = asyncio.ensure_future(self._run(batch))
+            try:
+                await asyncio.shield(self._in_flight)
+            except Exception:  # a fault of ours must fail this batch, never stop the device loop
+                log.exception("local_batch_failed", model=batch[0].work.model)
+                for job in batch:
+                    _fail(job, GatewayError(ErrorCode.UPSTREAM_ERROR, "the local backend failed on this batch"))
 
     async def _run(self, batch: list[Job]) -> None:
         """Draw one batch on the device thread, then hand each job its images (encoded off that thread)."""
@@ -209,6 +258,9 @@ class LocalEngine:
             self._running = 0
         self._batch_sizes.update(drawn.calls)
         self._images += sum(drawn.calls)
+        if self.observer is not None:
+            for count, seconds in zip(drawn.calls, drawn.call_seconds, strict=True):
+                self.observer.batch_drawn(model.rules.name, count, seconds)
         for job, images in zip(batch, drawn.images, strict=True):
             task = asyncio.create_task(self._deliver(job, images, drawn))
             self._deliveries.add(task)

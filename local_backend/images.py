@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from schemas.canonical import ErrorCode, GatewayError
 
@@ -43,7 +43,7 @@ def read_mask(data: bytes, width: int, height: int) -> Image.Image:
     mask = _open(data, "mask")
     if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
         alpha = mask.convert("RGBA").getchannel("A")
-        grey = alpha.point(lambda value: 255 - value)
+        grey = ImageOps.invert(alpha)
     else:
         grey = mask.convert("L")
     return grey.resize((width, height), Image.Resampling.NEAREST)

@@ -72,7 +72,9 @@ class Drawn(msgspec.Struct, kw_only=True):
     """What one batch of work produced: each work's images, and the size of each pipeline call made."""
 
     images: list[list[Image.Image]]
+    # Images drawn by each pipeline call, and the seconds each call took.
     calls: list[int]
+    call_seconds: list[float]
     seconds: float
 
 
@@ -80,11 +82,13 @@ class LoadedModel:
     """One model's weights on the device, as the pipelines for generation, image-to-image and inpainting."""
 
     def __init__(self, rules: ModelRules, text_to_image: Pipeline, device: str) -> None:
-        self.rules = rules
         self.device = device
         self.text_to_image = text_to_image
         self.image_to_image = _derived(AutoPipelineForImage2Image, text_to_image)
         self.inpainting = _derived(AutoPipelineForInpainting, text_to_image)
+        if self.image_to_image is None:  # a family without image-to-image only generates
+            rules = msgspec.structs.replace(rules, operations=frozenset({Operation.GENERATE}))
+        self.rules = rules
 
     def draw(self, works: Sequence[Work], max_images: int) -> Drawn:
         """Draw every image of ``works`` in pipeline calls of at most ``max_images`` images.
@@ -93,14 +97,17 @@ class LoadedModel:
         sees to that); an edit or variation is always alone.
         """
         started = time.perf_counter()
+        timings: list[float] = []
         if works[0].operation is Operation.GENERATE:
-            images, calls = self._generate(works, max_images)
+            images, calls = self._generate(works, max_images, timings)
         else:
             assert len(works) == 1, "an edit or variation runs alone"
-            images, calls = self._edit(works[0], max_images)
-        return Drawn(images=images, calls=calls, seconds=time.perf_counter() - started)
+            images, calls = self._edit(works[0], max_images, timings)
+        return Drawn(images=images, calls=calls, call_seconds=timings, seconds=time.perf_counter() - started)
 
-    def _generate(self, works: Sequence[Work], max_images: int) -> tuple[list[list[Image.Image]], list[int]]:
+    def _generate(
+        self, works: Sequence[Work], max_images: int, timings: list[float]
+    ) -> tuple[list[list[Image.Image]], list[int]]:
         first = works[0]
         # One entry per image: its prompt, negative prompt and seed.
         rows = [(work.prompt, work.negative_prompt, seed) for work in works for seed in work.seeds]
@@ -109,13 +116,15 @@ class LoadedModel:
         for chunk in _chunks(rows, max_images):
             prompts = [prompt for prompt, _, _ in chunk]
             negatives = [negative for _, negative, _ in chunk]
+            started = time.perf_counter()
             drawn += self._call(
                 self.text_to_image, first, prompts, negatives, [seed for _, _, seed in chunk], first.steps
             )
+            timings.append(time.perf_counter() - started)
             calls.append(len(chunk))
         return _split(drawn, [work.n for work in works]), calls
 
-    def _edit(self, work: Work, max_images: int) -> tuple[list[list[Image.Image]], list[int]]:
+    def _edit(self, work: Work, max_images: int, timings: list[float]) -> tuple[list[list[Image.Image]], list[int]]:
         pipeline = self.inpainting if work.mask is not None else self.image_to_image
         if pipeline is None:
             raise GatewayError(
@@ -134,10 +143,11 @@ class LoadedModel:
         drawn: list[Image.Image] = []
         calls = []
         for chunk in _chunks(work.seeds, max_images):
-            count = len(chunk)
+            count, started = len(chunk), time.perf_counter()
             drawn += self._call(
                 pipeline, work, [work.prompt] * count, [work.negative_prompt] * count, list(chunk), steps, **extra
             )
+            timings.append(time.perf_counter() - started)
             calls.append(count)
         return [drawn], calls
 
@@ -154,7 +164,7 @@ class LoadedModel:
         """One pipeline call: one generator per image, so each image is fixed by its own seed."""
         # Generators on the CPU: the same seed starts from the same noise on any device.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        kwargs = self._family_arguments(negatives)
+        kwargs = self.family_arguments(negatives)
         output = pipeline(
             prompt=prompts,
             height=work.height,
@@ -168,7 +178,8 @@ class LoadedModel:
         )
         return list(output.images)
 
-    def _family_arguments(self, negatives: list[str | None]) -> dict[str, Any]:
+    def family_arguments(self, negatives: list[str | None]) -> dict[str, Any]:
+        """The call arguments that depend on the model's family (negative prompts, Flux's token count)."""
         if self.rules.family == "flux":
             # Flux has no negative prompt (without true CFG); it reads as many T5 tokens as asked.
             tokenizer = getattr(self.text_to_image, "tokenizer_2", None)
@@ -179,8 +190,8 @@ class LoadedModel:
         return {"negative_prompt": [negative or "" for negative in negatives]}
 
     def warm_up(self) -> None:
-        """One small call, so the first request does not pay for lazy initialisation."""
-        side = self.rules.multiple * 4
+        """One step at the default size, so the first request does not pay for lazy initialisation."""
+        side = self.rules.default_size
         self.text_to_image(
             prompt=["warm-up"],
             height=side,
@@ -188,7 +199,7 @@ class LoadedModel:
             num_inference_steps=1,
             generator=[torch.Generator("cpu").manual_seed(0)],
             output_type="pil",
-            **self._family_arguments([None]),
+            **self.family_arguments([None]),
         )
 
 

@@ -18,7 +18,8 @@ from schemas.dialect import image_dimensions
 __all__ = ["MAX_IMAGES_PER_REQUEST", "BatchKey", "ModelRules", "Work", "fit_size", "resolve"]
 
 MAX_IMAGES_PER_REQUEST = 16
-MAX_SEED = 2**32  # seeds are chosen below this; any non-negative seed a client sends is used as is
+MAX_SEED = 2**32  # seeds are chosen below this
+SEED_LIMIT = 2**64 - 1  # what a torch generator takes: a client's seed plus its image index stays within it
 OutputFormat = Literal["png", "jpeg", "webp"]
 OUTPUT_FORMATS: frozenset[str] = frozenset({"png", "jpeg", "webp"})
 
@@ -98,8 +99,8 @@ def resolve(request: ImageRequest, rules: ModelRules) -> Work:
         raise GatewayError(ErrorCode.INVALID_REQUEST, "guidance cannot be negative", param="guidance")
     if request.n > MAX_IMAGES_PER_REQUEST:
         raise GatewayError(ErrorCode.INVALID_REQUEST, f"at most {MAX_IMAGES_PER_REQUEST} images per request", param="n")
-    if request.seed is not None and request.seed < 0:
-        raise GatewayError(ErrorCode.INVALID_REQUEST, "seed cannot be negative", param="seed")
+    if request.seed is not None and not 0 <= request.seed <= SEED_LIMIT - request.n:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, f"seed must be from 0 to {SEED_LIMIT - request.n}", param="seed")
     edit = request.operation is not Operation.GENERATE
     return Work(
         model=request.model,

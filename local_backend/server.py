@@ -42,7 +42,7 @@ class ClientGone(Exception):
     """The client closed the connection before its answer was ready."""
 
 
-@post(protocol.GENERATE_PATH)
+@post(protocol.GENERATE_PATH, status_code=200)
 async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Draw one canonical request; dropped from the queue if its client hangs up first."""
     engine: LocalEngine = request.app.state.engine
@@ -53,10 +53,10 @@ async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get(protocol.HEALTH_PATH)
 async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """200 with every model loaded, 503 otherwise; the body says which models serve."""
+    """200 while at least one model serves, 503 otherwise; the body says how each model is."""
     engine: LocalEngine = request.app.state.engine
     stats = engine.stats()
-    status = "ok" if engine.ready else "degraded"
+    status = "ok" if engine.ready else "unavailable"
     body = {"status": status, "device": stats.device, "models": stats.models}
     return Response(body, status_code=200 if engine.ready else 503)
 

@@ -11,6 +11,7 @@ processes building at once both end up with one complete copy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -39,15 +40,25 @@ from transformers import (
     T5Tokenizer,
 )
 
-__all__ = ["BUILTIN_PREFIX", "TINY_KINDS", "build_tiny_pipeline", "ensure_tiny", "model_root"]
+__all__ = [
+    "BUILTIN_PREFIX",
+    "TINY_KINDS",
+    "build_tiny_pipeline",
+    "clip_tokenizer",
+    "ensure_built",
+    "ensure_tiny",
+    "model_root",
+]
 
 # A diffusers pipeline. Typed loosely: under mypy diffusers' lazy imports resolve to placeholder classes.
 Pipeline = Any
 BUILTIN_PREFIX = "builtin:"
 MODEL_DIR_ENV = "IMAGE_GATEWAY_MODEL_DIR"
 DEFAULT_MODEL_ROOT = Path("var/models")
-# Written last into a finished model directory: its presence means the copy is complete.
-MODEL_INDEX = "model_index.json"
+# Written last into a finished model directory: the builder version that made it. A copy
+# without it is incomplete, one with another version is rebuilt.
+STAMP = "tiny-build.txt"
+BUILD_VERSION = "1"
 # The weights are drawn from this seed, so every machine builds the same model.
 WEIGHT_SEED = 0
 
@@ -237,29 +248,57 @@ def build_tiny_pipeline(kind: str) -> Pipeline:
 
 
 def ensure_tiny(kind: str, root: Path | None = None) -> Path:
-    """The directory of the built-in model ``kind``, building it there first when absent."""
+    """The directory of the built-in model ``kind``, building it there first when absent or out of date."""
+    return ensure_built(kind, lambda: build_tiny_pipeline(kind), root)
+
+
+def ensure_built(name: str, build: Callable[[], Pipeline], root: Path | None = None) -> Path:
+    """``root/name`` holding what ``build`` makes, saved with ``save_pretrained``; built only when absent.
+
+    Safe when several processes build at once: each builds into its own temporary
+    directory and renames it into place; the first rename wins and the others keep it.
+    """
     root = root or model_root()
-    target = root / kind
-    if (target / MODEL_INDEX).exists():
+    target = root / name
+    if _is_current(target):
         return target
-    pipeline = build_tiny_pipeline(kind)
+    pipeline = build()
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         pipeline.save_pretrained(staging)
+        (staging / STAMP).write_text(BUILD_VERSION, encoding="utf-8")
         _move_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
+def _is_current(target: Path) -> bool:
+    """Built completely by this version of the builder (the stamp is written last, before the rename)."""
+    try:
+        return (target / STAMP).read_text(encoding="utf-8") == BUILD_VERSION
+    except OSError:
+        return False
+
+
 def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename the finished build onto ``target``; when another process got there first, keep theirs."""
+    """Rename the finished build onto ``target``: a racing builder's copy is kept, an outdated one replaced."""
     try:
         os.rename(staging, target)
+        return
     except OSError:
-        if not (target / MODEL_INDEX).exists():
-            # A leftover without its index is an interrupted build from before the rename
-            # existed; replace it.
-            shutil.rmtree(target, ignore_errors=True)
+        if _is_current(target):
+            return  # another process finished first; its copy is the same model
+    # An outdated build is in the way: move it aside (atomically) and put ours in its place.
+    outdated = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+    try:
+        with contextlib.suppress(FileNotFoundError):  # a racing builder may have moved it already
+            os.rename(target, outdated / target.name)
+        try:
             os.rename(staging, target)
+        except OSError:
+            if not _is_current(target):
+                raise
+    finally:
+        shutil.rmtree(outdated, ignore_errors=True)

@@ -20,7 +20,7 @@ from .errors import ProviderError
 from .melious import MeliousEmulator
 from .nebul import NebulEmulator
 from .nebulablock import NebulaBlockEmulator
-from .png import image_size, solid_png
+from .png import image_size, noise_png, solid_png
 from .pomelo import PomeloEmulator
 from .server import EmulatorServer
 
@@ -42,9 +42,13 @@ def create_emulator(kind: str, api_key: str = DEFAULT_API_KEY, **kwargs: Any) ->
     return cls(api_key, **kwargs)
 
 
-def start_emulator(kind: str, api_key: str = DEFAULT_API_KEY, port: int = 0, host: str = "127.0.0.1") -> EmulatorServer:
-    """Start an emulator of `kind` on `host:port` (0 = a free port) and return its running server."""
-    return EmulatorServer(create_emulator(kind, api_key), host=host, port=port).start()
+def start_emulator(
+    kind: str, api_key: str = DEFAULT_API_KEY, port: int = 0, host: str = "127.0.0.1", **options: Any
+) -> EmulatorServer:
+    """Start an emulator of `kind` on `host:port` (0 = a free port) and return its running server.
+
+    `options` go to the emulator: `noise=True` (random-pixel PNGs), `record_calls=False`."""
+    return EmulatorServer(create_emulator(kind, api_key, **options), host=host, port=port).start()
 
 
 __all__ = [
@@ -61,6 +65,7 @@ __all__ = [
     "ProviderError",
     "create_emulator",
     "image_size",
+    "noise_png",
     "solid_png",
     "start_emulator",
 ]

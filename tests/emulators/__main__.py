@@ -2,6 +2,7 @@
 
 python -m tests.emulators melious --port 9101 [--api-key K]
 python -m tests.emulators all --base-port 9101   # melious, nebul, pomelo, nebulablock on 9101..9104
+python -m tests.emulators melious --port 0 --noise --no-call-log   # heavy answers, no call log (benchmarks)
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="bearer key to require (default %(default)s)")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    parser.add_argument(
+        "--noise", action="store_true", help="answer random-pixel PNGs (incompressible, ~3 MB at 1024x1024)"
+    )
+    parser.add_argument(
+        "--no-call-log", action="store_true", help="keep no call log (GET /_emulator/calls stays empty)"
+    )
     return parser.parse_args(argv)
 
 
@@ -47,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[EmulatorServer] = []
     try:
         for kind, port in _plan(args):
-            server = EmulatorServer(create_emulator(kind, args.api_key), args.host, port, args.log_level).start()
+            emulator = create_emulator(kind, args.api_key, noise=args.noise, record_calls=not args.no_call_log)
+            server = EmulatorServer(emulator, args.host, port, args.log_level).start()
             servers.append(server)
             print(f"{kind} emulator listening on {server.base_url}", flush=True)
         while not stop.wait(0.5):

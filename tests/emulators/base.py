@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from .control import Call, CallLog, Fault, FaultQueue, control_response, summarise_body
 from .errors import ProviderError, canonical_for_status
+from .png import colour_for, noise_png, solid_png
 from .wire import (
     BodyError,
     BodyTooLarge,
@@ -77,10 +78,14 @@ class Emulator:
         *,
         base_url: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        noise: bool = False,
+        record_calls: bool = True,
     ) -> None:
         self.api_key = api_key
         self.base_url = base_url  # set by EmulatorServer; else taken from the Host header
         self.max_body_bytes = max_body_bytes
+        self.noise = noise  # answer random-pixel (incompressible) PNGs instead of solid colours
+        self.record_calls = record_calls  # False: keep no call log (long benchmarks)
         self.files = FileStore()
         self._faults = FaultQueue()
         self._calls = CallLog()
@@ -131,6 +136,13 @@ class Emulator:
         file_id = self.files.put(data, file_id)
         base = self.base_url or f"{request.scheme}://{request.headers.get('host', '127.0.0.1')}"
         return f"{base.rstrip('/')}/files/{file_id}.png"
+
+    def png(self, width: int, height: int, *parts: object, index: int = 0) -> bytes:
+        """The image to answer: one solid colour derived from `parts`, or with `noise` on,
+        random pixels (variant `index`, so that the images of one answer differ)."""
+        if self.noise:
+            return noise_png(width, height, index)
+        return solid_png(width, height, colour_for(*parts))
 
     def code_of(self, error: ProviderError) -> str:
         """The code to send: a fault's override, else the provider's spelling."""
@@ -189,6 +201,19 @@ class Emulator:
 
     def _record(self, request: Request) -> Call:
         """Log the request, keeping whether the key matched but never the key."""
+        authorized = request.headers.get("authorization", "") == f"Bearer {self.api_key}"
+        if not self.record_calls:
+            return Call(
+                method=request.method,
+                path=request.path,
+                query=request.query,
+                headers={},
+                content_type="",
+                body_size=len(request.body),
+                body=None,
+                authorized=authorized,
+                time=time.time(),
+            )
         headers = dict(request.headers)
         if "authorization" in headers:
             headers["authorization"] = "<redacted>"
@@ -200,7 +225,7 @@ class Emulator:
             content_type=request.headers.get("content-type", ""),
             body_size=len(request.body),
             body=summarise_body(request),
-            authorized=request.headers.get("authorization", "") == f"Bearer {self.api_key}",
+            authorized=authorized,
             time=time.time(),
         )
         self._calls.record(call)

@@ -10,7 +10,6 @@ from typing import Any
 from .base import DEFAULT_API_KEY, Emulator
 from .errors import BY_CANONICAL, ProviderError
 from .fields import Fields, b64, check_content_policy, parse_size
-from .png import colour_for, solid_png
 from .wire import Request, Response, json_response
 
 MODELS: tuple[str, ...] = (
@@ -57,7 +56,7 @@ class MeliousEmulator(Emulator):
         check_content_policy(prompt)
 
         width, height = parse_size(size, 1, 4096) or (1024, 1024)
-        images = [solid_png(width, height, colour_for(prompt, model, i)) for i in range(n)]
+        images = [self.png(width, height, prompt, model, i, index=i) for i in range(n)]
         if response_format == "b64_json":
             data = [{"b64_json": b64(png)} for png in images]
         else:

@@ -12,7 +12,6 @@ from typing import Any
 from .base import DEFAULT_API_KEY, Emulator
 from .errors import BY_CANONICAL, BY_OPENAI_CODE, ProviderError, openai_type
 from .fields import Fields, b64, check_content_policy, parse_size, require_image
-from .png import colour_for, solid_png
 from .wire import Request, Response, json_response
 
 MODELS: tuple[str, ...] = ("black-forest-labs/FLUX.1-Kontext-dev",)
@@ -106,7 +105,7 @@ class NebulEmulator(Emulator):
 
     def _answer(self, request: Request, options: Options, dims: tuple[int, int], prompt: str, model: str) -> Response:
         """The ImageResponse for `options.n` images of `dims`."""
-        images = [solid_png(dims[0], dims[1], colour_for(prompt, model, request.path, i)) for i in range(options.n)]
+        images = [self.png(dims[0], dims[1], prompt, model, request.path, i, index=i) for i in range(options.n)]
         if options.response_format == "url":
             data = [{"b64_json": None, "url": self.publish(request, png)} for png in images]
         else:

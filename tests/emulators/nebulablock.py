@@ -15,7 +15,6 @@ from typing import Any
 from .base import DEFAULT_API_KEY, Emulator
 from .errors import BY_CANONICAL, ProviderError
 from .fields import Fields, b64, check_content_policy, decoded_image, parse_size
-from .png import colour_for, solid_png
 from .wire import Request, Response, json_response
 
 MODELS: tuple[str, ...] = (
@@ -80,7 +79,7 @@ class NebulaBlockEmulator(Emulator):
             )
         check_content_policy(prompt)
 
-        png = solid_png(width, height, colour_for(prompt, model, image is not None))
+        png = self.png(width, height, prompt, model, image is not None)
         encoded = b64(png)
         inference = time.perf_counter() - started
         return json_response(
@@ -115,7 +114,7 @@ class NebulaBlockEmulator(Emulator):
 
         images = []
         for i in range(n):
-            png = solid_png(dims[0], dims[1], colour_for(prompt, model, i))
+            png = self.png(dims[0], dims[1], prompt, model, i, index=i)
             if response_format == "b64_json":
                 images.append({"url": None, "b64_json": b64(png)})
             else:

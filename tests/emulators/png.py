@@ -1,14 +1,17 @@
 """Tiny image helpers for the emulators, standard library only.
 
 `solid_png` makes a real PNG (8-bit RGB, one colour) of any size, cached so that
-serving many 1024x1024 answers costs almost nothing; `image_size` and `image_kind`
-read what a client uploaded (PNG or JPEG) without any imaging library.
+serving many 1024x1024 answers costs almost nothing; `noise_png` makes one of random
+pixels (incompressible: about 3 MB at 1024x1024, for benchmarks that need heavy answers);
+`image_size` and `image_kind` read what a client uploaded (PNG or JPEG) without any
+imaging library.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import random
 import struct
 import zlib
 
@@ -47,6 +50,25 @@ def solid_png(width: int, height: int, colour: Colour = (0x60, 0xA0, 0xE0)) -> b
     row = b"\x00" + bytes(colour) * width  # filter type 0 ("None") then the pixels
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(row * height, 6)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+NOISE_VARIANTS = 4
+"""How many different noise images `noise_png` makes per size (the index is taken modulo this)."""
+
+
+@functools.lru_cache(maxsize=32)
+def noise_png(width: int, height: int, index: int = 0) -> bytes:
+    """A valid PNG (8-bit RGB) of `width` x `height` random pixels, deterministic per
+    (size, index % NOISE_VARIANTS) and cached. The pixels do not compress, so the file
+    is about width * height * 3 bytes (stored deflate blocks: cheap to make)."""
+    if not (0 < width <= 16384 and 0 < height <= 16384):
+        raise ValueError(f"unsupported PNG size {width}x{height}")
+    rng = random.Random(f"noise:{width}x{height}:{index % NOISE_VARIANTS}")
+    stride = width * 3
+    raw = b"".join(b"\x00" + rng.randbytes(stride) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(raw, 0)
     return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 

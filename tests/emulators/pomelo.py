@@ -15,7 +15,6 @@ from typing import Any
 from .base import DEFAULT_API_KEY, Emulator
 from .errors import BY_CANONICAL, ProviderError
 from .fields import Fields, check_content_policy
-from .png import colour_for, solid_png
 from .wire import Request, Response, json_response
 
 MIDJOURNEY_MODELS: tuple[str, ...] = ("4", "5", "5.1", "5.2", "6", "6.1", "7")
@@ -73,7 +72,7 @@ class PomeloEmulator(Emulator):
         images = []
         for i in range(count):
             image_id = f"img_{secrets.token_hex(6)}"
-            png = solid_png(width, height, colour_for(prompt, model, i))
+            png = self.png(width, height, prompt, model, i, index=i)
             images.append({"url": self.publish(request, png, image_id), "id": image_id, "created_at": created_at})
         return json_response({"status": "success", "images": images, "prompt": prompt, "model": model})
 
@@ -94,7 +93,7 @@ class PomeloEmulator(Emulator):
         check_content_policy(prompt)
 
         generation = secrets.token_hex(4)
-        png = solid_png(size[0], size[1], colour_for(prompt, seed))
+        png = self.png(size[0], size[1], prompt, seed)
         url = self.publish(request, png, generation)
         return json_response(
             {

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from tests.conftest import API_KEY
-from tests.emulators import EmulatorServer, Fault, image_size, solid_png
+from tests.emulators import EmulatorServer, Fault, image_size, noise_png, solid_png, start_emulator
 from tests.emulators.errors import TABLE, openai_type
 from tests.emulators.pomelo import aspect_to_size
 
@@ -143,6 +143,25 @@ def jpeg_header(width: int, height: int) -> bytes:
 def test_solid_png_and_image_size() -> None:
     assert_png(solid_png(37, 5, (1, 2, 3)), 37, 5)
     assert solid_png(1024, 1024) is solid_png(1024, 1024)  # cached
+
+
+def test_noise_png_is_incompressible_cached_and_varied() -> None:
+    png = noise_png(64, 48)
+    assert_png(png, 64, 48)
+    assert noise_png(64, 48) is png and noise_png(64, 48, 4) is not png  # cached per (size, index)
+    assert noise_png(64, 48, 4) == png and noise_png(64, 48, 1) != png  # four variants
+    assert len(zlib.compress(png, 9)) > 0.99 * len(png) > 64 * 48 * 3
+
+
+def test_noise_emulator_answers_noise_without_a_call_log(http: httpx.Client) -> None:
+    with start_emulator("melious", api_key=API_KEY, noise=True, record_calls=False) as server:
+        payload = {"prompt": "a cat", "size": "512x512", "n": 2, "response_format": "b64_json"}
+        response = call(http, server, "POST", "/v1/images/generations", json=payload)
+        assert response.status_code == 200, response.text
+        first, second = (base64.b64decode(item["b64_json"]) for item in response.json()["data"])
+        assert first == noise_png(512, 512, 0) and second == noise_png(512, 512, 1)
+        assert_png(first, 512, 512)
+        assert server.emulator.calls == []
     assert image_size(jpeg_header(640, 480)) == (640, 480)
     assert image_size(b"GIF89a....") is None
     assert image_size(b"\x89PNG\r\n\x1a\n") is None

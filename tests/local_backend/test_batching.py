@@ -1,0 +1,100 @@
+"""The bounded queue and its dynamic batching, without a device: jobs in, batches out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from local_backend.batching import BatchQueue, Job
+from local_backend.rules import Work
+from schemas.canonical import ErrorCode, GatewayError, Operation
+
+
+def job(n: int = 1, *, width: int = 64, model: str = "tiny", edit: bool = False, at: float | None = None) -> Job:
+    loop = asyncio.get_running_loop()
+    work = Work(
+        model=model,
+        operation=Operation.EDIT if edit else Operation.GENERATE,
+        prompt="p",
+        negative_prompt=None,
+        n=n,
+        width=width,
+        height=64,
+        steps=2,
+        guidance=2.0,
+        seed=1,
+        strength=0.8,
+    )
+    return Job(work=work, future=loop.create_future(), enqueued_at=loop.time() if at is None else at)
+
+
+async def test_compatible_jobs_form_one_batch_up_to_the_image_limit() -> None:
+    queue = BatchQueue(capacity=10, max_images=4, window_s=0)
+    jobs = [job(), job(width=128), job(2), job(), job()]
+    for item in jobs:
+        queue.put(item)
+    first = await queue.next_batch()
+    assert first == [jobs[0], jobs[2], jobs[3]]  # 1 + 2 + 1 images; the 128-wide one waits for its own batch
+    assert await queue.next_batch() == [jobs[1]]
+    assert await queue.next_batch() == [jobs[4]]
+    assert len(queue) == 0
+
+
+async def test_edits_run_alone() -> None:
+    queue = BatchQueue(capacity=10, max_images=4, window_s=0)
+    edits = [job(edit=True), job(edit=True)]
+    for item in edits:
+        queue.put(item)
+    assert await queue.next_batch() == [edits[0]]
+    assert await queue.next_batch() == [edits[1]]
+
+
+async def test_a_lone_job_waits_the_window_for_companions() -> None:
+    queue = BatchQueue(capacity=10, max_images=4, window_s=0.2)
+    first = job()
+    queue.put(first)
+    batch = asyncio.create_task(queue.next_batch())
+    await asyncio.sleep(0.05)
+    assert not batch.done()
+    companion = job()
+    queue.put(companion)
+    assert await batch == [first, companion]
+
+
+async def test_the_window_ends_early_when_the_batch_is_full() -> None:
+    queue = BatchQueue(capacity=10, max_images=2, window_s=30)
+    a, b = job(), job()
+    queue.put(a)
+    batch = asyncio.create_task(queue.next_batch())
+    await asyncio.sleep(0)
+    queue.put(b)
+    assert await asyncio.wait_for(batch, 1) == [a, b]
+
+
+async def test_jobs_that_waited_long_enough_do_not_wait_again() -> None:
+    queue = BatchQueue(capacity=10, max_images=4, window_s=30)
+    old = job(at=asyncio.get_running_loop().time() - 60)
+    queue.put(old)
+    assert await asyncio.wait_for(queue.next_batch(), 1) == [old]
+
+
+async def test_a_full_queue_refuses_at_once() -> None:
+    queue = BatchQueue(capacity=2, max_images=4, window_s=0)
+    queue.put(job())
+    queue.put(job())
+    with pytest.raises(GatewayError) as caught:
+        queue.put(job())
+    assert caught.value.code is ErrorCode.OVERLOADED and caught.value.status == 503
+
+
+async def test_a_discarded_job_never_comes_out() -> None:
+    queue = BatchQueue(capacity=10, max_images=4, window_s=0.5)
+    gone, stays = job(width=128), job()
+    queue.put(gone)
+    batch = asyncio.create_task(queue.next_batch())
+    await asyncio.sleep(0.01)
+    queue.put(stays)
+    assert queue.discard(gone) is True
+    assert await asyncio.wait_for(batch, 2) == [stays]
+    assert queue.discard(gone) is False
