@@ -151,7 +151,7 @@ class HttpAdapter:
             status, headers, body = await self._send(outgoing)
         return self._decode(endpoint, request, status, headers, body)
 
-    async def _send(self, outgoing: httpx.Request) -> tuple[int, httpx.Headers, bytes]:
+    async def _send(self, outgoing: httpx.Request) -> tuple[int, httpx.Headers, bytearray]:
         """Send and read the whole answer, refusing one larger than ``max_response_bytes``."""
         cap = self.config.max_response_bytes
         try:
@@ -160,17 +160,17 @@ class HttpAdapter:
                 declared = int(response.headers.get("content-length") or 0)
                 if declared > cap:
                     raise self._too_large(cap)
-                chunks, size = [], 0
+                # One growing buffer, decoded in place: a large answer is held once, not as chunks plus a join.
+                body = bytearray()
                 async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > cap:
+                    if len(body) + len(chunk) > cap:
                         raise self._too_large(cap)
-                    chunks.append(chunk)
+                    body += chunk
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
             raise _transport_failure(self.name, "call", exc) from exc
-        return response.status_code, response.headers, b"".join(chunks)
+        return response.status_code, response.headers, body
 
     def _too_large(self, cap: int) -> GatewayError:
         return GatewayError(
@@ -178,7 +178,7 @@ class HttpAdapter:
         )
 
     def _decode(
-        self, endpoint: Endpoint[Any, Any], request: ImageRequest, status: int, headers: httpx.Headers, body: bytes
+        self, endpoint: Endpoint[Any, Any], request: ImageRequest, status: int, headers: httpx.Headers, body: bytearray
     ) -> ImageResult:
         if status >= 400:
             error = self.errors.parse(status, body, _retry_after(headers))

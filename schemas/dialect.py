@@ -22,6 +22,7 @@ from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
 
 __all__ = [
     "BodyKind",
+    "Buffer",
     "Endpoint",
     "ErrorTable",
     "decode_b64_image",
@@ -29,6 +30,9 @@ __all__ = [
     "parse_size",
     "sniff_image",
 ]
+
+# An answer's body as read off the wire (a growing bytearray, not copied into bytes).
+Buffer = bytes | bytearray | memoryview
 
 ReqT = TypeVar("ReqT", bound=msgspec.Struct)
 RespT = TypeVar("RespT", bound=msgspec.Struct)
@@ -117,7 +121,7 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     def decode_result(self, wire: RespT, request: ImageRequest) -> ImageResult:
         """This provider's wire response → canonical result."""
 
-    def decode_response(self, body: bytes, request: ImageRequest) -> ImageResult:
+    def decode_response(self, body: Buffer, request: ImageRequest) -> ImageResult:
         """Decode a provider's raw answer; a body that is not the documented shape is ``upstream_error``."""
         try:
             wire = self._response_decoder.decode(body)
@@ -136,7 +140,7 @@ class ErrorTable(abc.ABC):
         """The JSON body a client of this dialect expects for ``error`` (status is ``error.status``)."""
 
     @abc.abstractmethod
-    def parse(self, status: int, body: bytes, retry_after: float | None = None) -> GatewayError:
+    def parse(self, status: int, body: Buffer, retry_after: float | None = None) -> GatewayError:
         """A provider's error answer → canonical error (unknown codes fall back on the status)."""
 
 

@@ -16,7 +16,7 @@ from schemas.canonical import (
     ImageResult,
     ResponseFormat,
 )
-from schemas.dialect import Endpoint, ErrorTable, code_for_status, parse_size
+from schemas.dialect import Buffer, Endpoint, ErrorTable, code_for_status, parse_size
 
 __all__ = ["ERRORS", "GENERATIONS", "MeliousGenerationRequest", "MeliousGenerationResponse"]
 
@@ -168,7 +168,7 @@ class MeliousErrors(ErrorTable):
     def render(self, error: GatewayError) -> bytes:
         return msgspec.json.encode(MeliousError(MeliousErrorBody(code=CODES[error.code], message=error.message)))
 
-    def parse(self, status: int, body: bytes, retry_after: float | None = None) -> GatewayError:
+    def parse(self, status: int, body: Buffer, retry_after: float | None = None) -> GatewayError:
         try:
             wire = _ERROR_DECODER.decode(body).error
         except (msgspec.ValidationError, msgspec.DecodeError):

@@ -19,6 +19,7 @@ from schemas.canonical import (
 )
 from schemas.dialect import (
     BodyKind,
+    Buffer,
     Endpoint,
     ErrorTable,
     code_for_status,
@@ -366,7 +367,7 @@ class NebulErrors(ErrorTable):
             NebulError(NebulErrorBody(message=error.message, type=type_, param=error.param, code=code))
         )
 
-    def parse(self, status: int, body: bytes, retry_after: float | None = None) -> GatewayError:
+    def parse(self, status: int, body: Buffer, retry_after: float | None = None) -> GatewayError:
         try:
             wire = _ERROR_DECODER.decode(body).error
         except (msgspec.ValidationError, msgspec.DecodeError):

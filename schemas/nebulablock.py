@@ -26,7 +26,15 @@ from schemas.canonical import (
     Timings,
     Usage,
 )
-from schemas.dialect import Endpoint, ErrorTable, code_for_status, decode_b64_image, image_dimensions, parse_size
+from schemas.dialect import (
+    Buffer,
+    Endpoint,
+    ErrorTable,
+    code_for_status,
+    decode_b64_image,
+    image_dimensions,
+    parse_size,
+)
 
 __all__ = [
     "CODES",
@@ -381,7 +389,7 @@ class NebulaBlockErrors(ErrorTable):
         )
         return msgspec.json.encode(NebulaBlockError(error=body))
 
-    def parse(self, status: int, body: bytes, retry_after: float | None = None) -> GatewayError:
+    def parse(self, status: int, body: Buffer, retry_after: float | None = None) -> GatewayError:
         try:
             wire = _ERROR_DECODER.decode(body).error
         except (msgspec.ValidationError, msgspec.DecodeError):

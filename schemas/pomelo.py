@@ -24,7 +24,7 @@ from schemas.canonical import (
     Operation,
     ResponseFormat,
 )
-from schemas.dialect import Endpoint, ErrorTable, code_for_status
+from schemas.dialect import Buffer, Endpoint, ErrorTable, code_for_status
 from schemas.nebulablock import CODES
 
 __all__ = [
@@ -340,7 +340,7 @@ class PomeloErrors(ErrorTable):
     def render(self, error: GatewayError) -> bytes:
         return msgspec.json.encode(PomeloError(error=PomeloErrorBody(code=CODES[error.code], message=error.message)))
 
-    def parse(self, status: int, body: bytes, retry_after: float | None = None) -> GatewayError:
+    def parse(self, status: int, body: Buffer, retry_after: float | None = None) -> GatewayError:
         try:
             wire = _ERROR_DECODER.decode(body).error
         except (msgspec.ValidationError, msgspec.DecodeError):
