@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from gateway.routes import errors_for_path
+from local_backend.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.dialect import ErrorTable
 
@@ -51,6 +52,8 @@ def error_table(request: Request[Any, Any, Any]) -> ErrorTable:
 
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Litestar exception handler for every exception type."""
+    if isinstance(exc, ClientGone):  # nobody is there to read an answer
+        return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
     max_body = request.app.state.gateway.config.server.max_body_bytes if "gateway" in request.app.state else 0
     error = to_gateway_error(exc, max_body)
     headers = dict(error.headers)

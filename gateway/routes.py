@@ -24,6 +24,7 @@ from gateway import metrics
 from gateway.openapi import operation_class
 from gateway.router import Attempts
 from gateway.state import Gateway
+from local_backend.disconnect import ClientGone, unless_client_leaves
 from schemas import melious, nebul, nebulablock, openai, pomelo
 from schemas.canonical import GatewayError, ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
@@ -166,7 +167,8 @@ async def serve(
     gateway.check_inputs(canonical)
     record.model = gateway.router.model(canonical.model).name
     decision = await gateway.admit(key, canonical)
-    result = await gateway.router.generate(canonical, deadline, record.attempts)
+    # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled.
+    result = await unless_client_leaves(request, gateway.router.generate(canonical, deadline, record.attempts))
     record.provider = result.provider
     await deliver(gateway, result, canonical.response_format, str(request.base_url).rstrip("/"))
     body = msgspec.json.encode(endpoint.encode_result(result, canonical))
@@ -194,6 +196,9 @@ def dialect_handler(mount: Mount) -> HTTPRouteHandler:
             record.outcome = error.code.value
             record.provider = error.provider or record.provider
             error.headers[ATTEMPTS_HEADER] = str(record.attempts.calls)
+            raise
+        except ClientGone:
+            record.outcome = "client_gone"
             raise
         finally:
             metrics.IN_FLIGHT.dec()

@@ -8,17 +8,17 @@ A client that hangs up while its request waits in the queue has it dropped.
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import structlog
 from litestar import Litestar, Request, Response, get, post
 
 from local_backend import protocol
 from local_backend.config import LocalBackendSettings
+from local_backend.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_client_leaves
 from local_backend.engine import EngineStats, LocalEngine
 from schemas.canonical import ErrorCode, GatewayError
 
@@ -26,9 +26,6 @@ __all__ = ["create_worker_app", "local_settings", "serve_worker"]
 
 log = structlog.get_logger("local_backend.server")
 JSON = "application/json"
-# What is answered to a client that has already gone (nobody reads it; the access log does).
-CLIENT_CLOSED_REQUEST = 499
-T = TypeVar("T")
 
 
 class GatewayConfigLike(Protocol):
@@ -38,16 +35,12 @@ class GatewayConfigLike(Protocol):
     def providers(self) -> Mapping[str, object]: ...
 
 
-class ClientGone(Exception):
-    """The client closed the connection before its answer was ready."""
-
-
 @post(protocol.GENERATE_PATH, status_code=200)
 async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Draw one canonical request; dropped from the queue if its client hangs up first."""
     engine: LocalEngine = request.app.state.engine
     canonical = protocol.decode_request(await request.body())
-    result = await _unless_client_leaves(request, engine.generate(canonical))
+    result = await unless_client_leaves(request, engine.generate(canonical))
     return Response(protocol.encode_result(result), media_type=JSON)
 
 
@@ -66,27 +59,6 @@ def stats(request: Request[Any, Any, Any]) -> EngineStats:
     """Queue depth, batch sizes seen and images drawn, for metrics and tests."""
     engine: LocalEngine = request.app.state.engine
     return engine.stats()
-
-
-async def _unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it when the client disconnects first (which drops a queued request)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientGone
-    return task.result()
-
-
-async def _disconnected(request: Request[Any, Any, Any]) -> None:
-    """Returns when the client hangs up. The body has been read, so the next ASGI message is the disconnect."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

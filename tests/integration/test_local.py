@@ -348,3 +348,29 @@ def test_the_remote_worker_path_over_real_http(tmp_path_factory: pytest.TempPath
     # The router retries a timeout, so the gateway may have given up more than once: each was dropped.
     assert after.requests_dropped > before.requests_dropped
     assert after.images_generated == before.images_generated + 1  # no abandoned request was drawn
+
+
+def test_a_client_that_hangs_up_has_its_queued_request_dropped(
+    started_adapters: list[LocalAdapter], tmp_path_factory: pytest.TempPathFactory, http: httpx.Client
+) -> None:
+    """In process: the gateway notices the disconnect and the queued request is never drawn."""
+    provider = local_provider(batch_window_ms=0, max_batch_size=1)
+    with start({"hangup": provider}, served_models("hangup"), tmp_path_factory.mktemp("store")) as server:
+        engine = engine_of(started_adapters)
+        body = {"model": "tiny", "prompt": PROMPT, "size": "64x64"}
+        url = server.url + "/nebul/v1/images/generations"
+        before = engine.stats()
+        with held_device(engine) as hold, ThreadPoolExecutor(max_workers=2) as pool:
+            running = pool.submit(http.post, url, json=body)
+            assert hold.started.wait(10)
+            with pytest.raises(httpx.ReadTimeout):  # gives up while queued, closing its connection
+                httpx.post(url, json={**body, "size": "128x128"}, timeout=0.5)
+            deadline = time.monotonic() + 5
+            while engine.stats().requests_dropped == before.requests_dropped:
+                assert time.monotonic() < deadline, "the gateway did not drop the abandoned request"
+                time.sleep(0.02)
+            hold.release()
+            assert running.result().status_code == 200
+        after = engine.stats()
+    assert after.requests_dropped == before.requests_dropped + 1
+    assert after.images_generated == before.images_generated + 1  # only the patient client's image was drawn
