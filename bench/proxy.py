@@ -1217,10 +1217,11 @@ def assess(results: dict[str, Any]) -> None:
         if worst["ratio"] >= 3:
             text = (
                 f"Heavy answers: {worst['ratio']:.1f}x the answer at {worst['in_flight']} in flight. The adapter reads "
-                "the upstream answer as chunks and joins them (two copies of it at that moment, adapters/http.py "
-                "`_send`), decodes the JSON (the base64 stays text), then the client's answer is encoded anew; what "
-                "the socket does not take at once waits in the event loop's write buffer, one more copy. Streaming the "
-                "upstream body into the decoder, or joining without keeping the chunks, would cut a copy or two."
+                "the upstream answer into one growing buffer (adapters/http.py `_send`; growing it reallocates, so "
+                "for a moment the old and new buffers coexist), decodes the JSON (the base64 stays text: a second "
+                "copy), then the client's answer is encoded anew (a third); what the socket does not take at once "
+                "waits in the event loop's write buffer. Sizing the buffer from Content-Length, or streaming the "
+                "upstream body into the decoder, would cut a copy."
             )
             if len(rows) > 1:
                 first, last = rows[0], rows[-1]

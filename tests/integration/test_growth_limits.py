@@ -101,3 +101,35 @@ def test_provider_quota_falls_back_then_refuses(
         assert len(emulators["melious"].emulator.calls) == 1
     finally:
         server.stop()
+
+
+def test_image_urls_are_fetched_only_from_the_providers_hosts_and_up_to_the_cap(
+    emulators: dict[str, EmulatorServer], http: httpx.Client, tmp_path: Path
+) -> None:
+    """Pomelo answers URLs; a base64 client makes the gateway fetch them, within bounds."""
+    pomelo = emulators["pomelo"]
+    entry = {"kind": "pomelo", "api_key": "test-key"}
+    providers = {
+        # The emulator's URLs name 127.0.0.1: reached as "localhost", that host is not the provider's.
+        "elsewhere": {**entry, "base_url": pomelo.base_url.replace("127.0.0.1", "localhost")},
+        "allowed": {**entry, "base_url": pomelo.base_url.replace("127.0.0.1", "localhost"),
+                    "image_hosts": [pomelo.base_url.removeprefix("http://")]},
+        "capped": {**entry, "base_url": pomelo.base_url, "max_image_bytes": 100},
+    }
+    models = [{"name": name, "targets": [{"provider": name, "model": "5"}]} for name in providers]
+    server = start_gateway(emulators, models, tmp_path, extra_providers=providers,
+                           provider_overrides={"retry": {"attempts": 1}})
+    try:
+        def fetch(model: str) -> httpx.Response:
+            body = {"model": model, "prompt": "p", "size": "512x512", "response_format": "b64_json"}
+            return http.post(server.url + "/melious/v1/images/generations", json=body)
+
+        refused = fetch("elsewhere")
+        assert refused.status_code == 502 and "not allowed" in refused.json()["error"]["message"]
+        allowed = fetch("allowed")
+        assert allowed.status_code == 200, allowed.text
+        assert base64.b64decode(allowed.json()["data"][0]["b64_json"]).startswith(b"\x89PNG")
+        capped = fetch("capped")
+        assert capped.status_code == 502 and "larger than 100 bytes" in capped.json()["error"]["message"]
+    finally:
+        server.stop()
