@@ -29,7 +29,9 @@ __all__ = ["Route", "Router", "limit_checks"]
 
 log = structlog.get_logger("gateway.router")
 
-DEFAULT_RETRY = RetryPolicy()
+# For providers whose settings name no policy (the local backend): one call, no retry. A full
+# local queue answers `overloaded` at once, and the route falls back to its next target, if any.
+SINGLE_ATTEMPT = RetryPolicy(attempts=1)
 DEFAULT_COOLDOWN = CooldownPolicy()
 
 
@@ -137,7 +139,7 @@ class Router:
             provider=target.provider,
             adapter=adapters[target.provider],
             target=target,
-            retry=getattr(provider, "retry", DEFAULT_RETRY),
+            retry=getattr(provider, "retry", SINGLE_ATTEMPT),
             cooldown=getattr(provider, "cooldown", DEFAULT_COOLDOWN),
             limits=getattr(provider, "limits", None),
             timeout=target.timeout or total,
