@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from tests.servers import free_port
 
 SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -23,12 +24,6 @@ def require_shared_redis() -> str:
             f"--appendonly no --daemonize yes): {exc}"
         ) from exc
     return SHARED_REDIS_URL
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OwnRedis:

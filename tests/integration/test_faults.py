@@ -7,7 +7,6 @@ has one, and an answer within the request's deadline.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -18,6 +17,7 @@ import pytest
 from tests.emulators import EmulatorServer, Fault
 from tests.integration.conftest import PROVIDERS, start_gateway
 from tests.integration.gateway_server import GatewayServer
+from tests.servers import free_port
 
 ATTEMPTS = 3
 DEADLINE_S = 4.0
@@ -91,12 +91,6 @@ WIRE = {
 }
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def faulty_gateway(
     emulators: dict[str, EmulatorServer], tmp_path_factory: pytest.TempPathFactory
@@ -111,7 +105,7 @@ def faulty_gateway(
             {"name": f"pair-{name}", "targets": [target, healthy]},
         ]
     # "dead" is a provider nobody listens for.
-    dead = {"kind": "melious", "base_url": f"http://127.0.0.1:{closed_port()}", "api_key": "test-key"}
+    dead = {"kind": "melious", "base_url": f"http://127.0.0.1:{free_port()}", "api_key": "test-key"}
     server = start_gateway(
         emulators,
         models,

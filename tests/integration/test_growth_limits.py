@@ -112,14 +112,19 @@ def test_image_urls_are_fetched_only_from_the_providers_hosts_and_up_to_the_cap(
     providers = {
         # The emulator's URLs name 127.0.0.1: reached as "localhost", that host is not the provider's.
         "elsewhere": {**entry, "base_url": pomelo.base_url.replace("127.0.0.1", "localhost")},
-        "allowed": {**entry, "base_url": pomelo.base_url.replace("127.0.0.1", "localhost"),
-                    "image_hosts": [pomelo.base_url.removeprefix("http://")]},
+        "allowed": {
+            **entry,
+            "base_url": pomelo.base_url.replace("127.0.0.1", "localhost"),
+            "image_hosts": [pomelo.base_url.removeprefix("http://")],
+        },
         "capped": {**entry, "base_url": pomelo.base_url, "max_image_bytes": 100},
     }
     models = [{"name": name, "targets": [{"provider": name, "model": "5"}]} for name in providers]
-    server = start_gateway(emulators, models, tmp_path, extra_providers=providers,
-                           provider_overrides={"retry": {"attempts": 1}})
+    server = start_gateway(
+        emulators, models, tmp_path, extra_providers=providers, provider_overrides={"retry": {"attempts": 1}}
+    )
     try:
+
         def fetch(model: str) -> httpx.Response:
             body = {"model": model, "prompt": "p", "size": "512x512", "response_format": "b64_json"}
             return http.post(server.url + "/melious/v1/images/generations", json=body)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -22,7 +19,8 @@ from gateway.auth import hash_key
 from tests.emulators import EmulatorServer
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer
-from tests.redis_support import OwnRedis, free_port, require_shared_redis
+from tests.redis_support import OwnRedis, require_shared_redis
+from tests.servers import GatewayProcess
 
 KEYS = {"alice": "sk-alice-0123456789", "bob": "sk-bob-0123456789", "eve": "sk-eve-revoked-0123"}
 MODELS = [
@@ -52,44 +50,6 @@ LIMIT = 30
 REQUESTS = 90
 
 
-class GatewayProcess:
-    """``image-gateway serve`` in its own process."""
-
-    def __init__(self, config_file: Path, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = config_file.with_name(f"gateway-{port}.log")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_file), "--port", str(port)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gateway process exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"gateway process on port {self.port} was not ready in {timeout} s")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def gateway_processes(emulators: dict[str, EmulatorServer], tmp_path: Path) -> Iterator[list[GatewayProcess]]:
     prefix = f"igw-test-{uuid.uuid4().hex[:8]}:"
@@ -102,7 +62,7 @@ def gateway_processes(emulators: dict[str, EmulatorServer], tmp_path: Path) -> I
     }
     config_file = tmp_path / "gateway.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    processes = [GatewayProcess(config_file, free_port()) for _ in range(PROCESSES)]
+    processes = [GatewayProcess(config_file) for _ in range(PROCESSES)]
     try:
         for process in processes:
             process.wait_ready()
