@@ -22,18 +22,31 @@ class ClientGone(Exception):
 
 
 async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it when the client disconnects first (its body must be read already)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """Await ``work``, cancelling it when the client disconnects first (its body must be read already).
+
+    ``work`` runs in the caller's own task; only the watcher is a task of its own, which
+    cancels the caller when the disconnect comes.
+    """
+    caller = asyncio.current_task()
+    assert caller is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request)
+        gone = True
+        caller.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        caller.uncancel()  # the cancel was ours: it becomes ClientGone, not a cancellation of the caller
+        raise ClientGone from None
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientGone
-    return task.result()
 
 
 async def _disconnected(request: Request[Any, Any, Any]) -> None:
