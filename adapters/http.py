@@ -75,6 +75,8 @@ class HttpAdapter:
         self.config = config
         self.client = client
         self.endpoints: Mapping[Operation, Endpoint[Any, Any]] = self.endpoints_for(config)
+        # Parsed once: httpx would otherwise parse the URL string on every call.
+        self._urls = {e.path: httpx.URL(config.base_url + e.path) for e in self.endpoints.values()}
         self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._image_hosts = frozenset({urlsplit(config.base_url).netloc, *config.image_hosts})
         self._in_flight = asyncio.Semaphore(config.max_concurrency)
@@ -133,7 +135,7 @@ class HttpAdapter:
             data, files = endpoint.multipart_fields(wire)  # type: ignore[attr-defined]
             outgoing = self.client.build_request(
                 "POST",
-                self.config.base_url + endpoint.path,
+                self._urls[endpoint.path],
                 data=data,
                 files=files,
                 headers=self._auth,
@@ -142,7 +144,7 @@ class HttpAdapter:
         else:
             outgoing = self.client.build_request(
                 "POST",
-                self.config.base_url + endpoint.path,
+                self._urls[endpoint.path],
                 content=msgspec.json.encode(wire),
                 headers={**_JSON_HEADERS, **self._auth},
                 timeout=self._timeout(options),
