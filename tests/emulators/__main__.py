@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             server = EmulatorServer(emulator, args.host, port, args.log_level).start()
             servers.append(server)
             print(f"{kind} emulator listening on {server.base_url}", flush=True)
-        while not stop.wait(0.5):
-            pass
+        stop.wait()  # until SIGINT or SIGTERM (the handlers run in this thread while it waits)
     finally:
         for server in servers:
             server.stop()
