@@ -5,19 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
-
 from adapters.base import Adapter, CallOptions, HttpProviderSettings
 from adapters.http import HttpAdapter
 from adapters.melious import MeliousAdapter
 from adapters.nebul import NebulAdapter
 from adapters.nebulablock import NebulaBlockAdapter
 from adapters.pomelo import PomeloAdapter
+from adapters.upstream import UpstreamClient
 
 __all__ = ["ADAPTER_CLASSES", "Adapter", "CallOptions", "HttpAdapter", "build_adapter"]
 
 
-def _local_adapter(name: str, config: Any, client: httpx.AsyncClient) -> Adapter:
+def _local_adapter(name: str, config: Any, client: UpstreamClient) -> Adapter:
     # Imported on use: the local backend's in-process engine brings torch, which a
     # gateway-only install does not have.
     from adapters.local import LocalAdapter
@@ -26,7 +25,7 @@ def _local_adapter(name: str, config: Any, client: httpx.AsyncClient) -> Adapter
 
 
 # Provider kind (the `kind` of a provider in the config) → what builds its adapter.
-ADAPTER_CLASSES: Mapping[str, Callable[[str, Any, httpx.AsyncClient], Adapter]] = {
+ADAPTER_CLASSES: Mapping[str, Callable[[str, Any, UpstreamClient], Adapter]] = {
     "melious": MeliousAdapter,
     "nebul": NebulAdapter,
     "pomelo": PomeloAdapter,
@@ -35,6 +34,6 @@ ADAPTER_CLASSES: Mapping[str, Callable[[str, Any, httpx.AsyncClient], Adapter]] 
 }
 
 
-def build_adapter(kind: str, name: str, config: HttpProviderSettings | Any, client: httpx.AsyncClient) -> Adapter:
+def build_adapter(kind: str, name: str, config: HttpProviderSettings | Any, client: UpstreamClient) -> Adapter:
     """The adapter for a provider entry of the given kind."""
     return ADAPTER_CLASSES[kind](name, config, client)

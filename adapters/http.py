@@ -1,4 +1,4 @@
-"""The HTTP adapter every provider shares: encode ▸ httpx ▸ decode, with errors translated once, here.
+"""The HTTP adapter every provider shares: encode ▸ send ▸ decode, with errors translated once, here.
 
 A provider module only says which of its dialect's endpoints serves which operation, how
 many images one call may ask for, and which error table reads its answers.
@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import httpx
 import msgspec
 
 from adapters.base import CallOptions, HttpProviderSettings
+from adapters.upstream import Answer, AnswerTooLarge, UpstreamClient, UpstreamFailure, encode_multipart
 from schemas.canonical import (
     ErrorCode,
     GatewayError,
@@ -39,28 +39,12 @@ _RECAST: Mapping[ErrorCode, str] = {
 }
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after")
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None  # an HTTP date: rare for these APIs; the retry policy's own backoff applies
-
-
-def _transport_failure(provider: str, doing: str, exc: httpx.HTTPError) -> GatewayError:
-    """A transport error → the canonical error, in one place.
-
-    httpx-aiohttp reports every aiohttp connection error as ``ConnectTimeout``: a "timeout"
-    caused by an aiohttp error that is no timeout (refused, reset) is a connection failure.
-    """
-    cause = exc.__cause__
-    misreported = (
-        cause is not None and type(cause).__module__.startswith("aiohttp") and not isinstance(cause, TimeoutError)
-    )
-    if isinstance(exc, httpx.TimeoutException) and not misreported:
-        return GatewayError(ErrorCode.UPSTREAM_TIMEOUT, f"provider {provider} {doing} timed out", provider=provider)
-    reason = type(cause if misreported else exc).__name__
-    return GatewayError(ErrorCode.UPSTREAM_ERROR, f"provider {provider} {doing} failed: {reason}", provider=provider)
 
 
 class HttpAdapter:
@@ -70,14 +54,14 @@ class HttpAdapter:
     # Most images one upstream call may ask for; a larger n is split into concurrent calls.
     max_n_per_call: ClassVar[int] = 1
 
-    def __init__(self, name: str, config: HttpProviderSettings, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: HttpProviderSettings, client: UpstreamClient) -> None:
         self.name = name
         self.config = config
         self.client = client
         self.endpoints: Mapping[Operation, Endpoint[Any, Any]] = self.endpoints_for(config)
-        # Parsed once: httpx would otherwise parse the URL string on every call.
-        self._urls = {e.path: httpx.URL(config.base_url + e.path) for e in self.endpoints.values()}
+        self._urls = {e.path: config.base_url + e.path for e in self.endpoints.values()}
         self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._json_headers = {**_JSON_HEADERS, **self._auth}
         self._image_hosts = frozenset({urlsplit(config.base_url).netloc, *config.image_hosts})
         self._in_flight = asyncio.Semaphore(config.max_concurrency)
 
@@ -86,7 +70,7 @@ class HttpAdapter:
         raise NotImplementedError
 
     async def aclose(self) -> None:
-        """Nothing to release: the httpx client is shared and closed by the app."""
+        """Nothing to release: the upstream client is shared and closed by the app."""
 
     async def generate(self, request: ImageRequest, options: CallOptions) -> ImageResult:
         endpoint = self.endpoints.get(request.operation)
@@ -122,66 +106,51 @@ class HttpAdapter:
             parts.append(msgspec.structs.replace(request, n=count, seed=seed))
         return parts
 
-    def _timeout(self, options: CallOptions) -> httpx.Timeout:
-        """Per-read (first byte included) and connect timeouts, never beyond what the call has left."""
+    def _timeouts(self, options: CallOptions) -> tuple[float, float]:
+        """Connect and per-read (first byte included) timeouts, never beyond what the call has left."""
         read, connect = self.config.timeout.read, self.config.timeout.connect
         if options.timeout is not None:
             read, connect = min(read, options.timeout), min(connect, options.timeout)
-        return httpx.Timeout(read, connect=connect)
+        return connect, read
 
     async def _call(self, endpoint: Endpoint[Any, Any], request: ImageRequest, options: CallOptions) -> ImageResult:
         wire = endpoint.from_canonical(request)
         if endpoint.body_kind is BodyKind.MULTIPART:
-            data, files = endpoint.multipart_fields(wire)  # type: ignore[attr-defined]
-            outgoing = self.client.build_request(
-                "POST",
-                self._urls[endpoint.path],
-                data=data,
-                files=files,
-                headers=self._auth,
-                timeout=self._timeout(options),
-            )
+            body, content_type = encode_multipart(*endpoint.multipart_fields(wire))  # type: ignore[attr-defined]
+            headers = {**self._auth, "Content-Type": content_type}
         else:
-            outgoing = self.client.build_request(
-                "POST",
-                self._urls[endpoint.path],
-                content=msgspec.json.encode(wire),
-                headers={**_JSON_HEADERS, **self._auth},
-                timeout=self._timeout(options),
-            )
-        async with self._in_flight:
-            status, headers, body = await self._send(outgoing)
-        return self._decode(endpoint, request, status, headers, body)
+            body, headers = msgspec.json.encode(wire), self._json_headers
+        answer = await self._send(self._urls[endpoint.path], body, headers, options, self.config.max_response_bytes)
+        return self._decode(endpoint, request, answer)
 
-    async def _send(self, outgoing: httpx.Request) -> tuple[int, httpx.Headers, bytearray]:
-        """Send and read the whole answer, refusing one larger than ``max_response_bytes``."""
-        cap = self.config.max_response_bytes
+    async def _send(
+        self, url: str, body: bytes | None, headers: Mapping[str, str] | None, options: CallOptions, cap: int
+    ) -> Answer:
+        """One exchange within this provider's concurrency limit, its failures translated here."""
+        connect, read = self._timeouts(options)
+        method = "GET" if body is None else "POST"
         try:
-            response = await self.client.send(outgoing, stream=True)
-            try:
-                declared = int(response.headers.get("content-length") or 0)
-                if declared > cap:
-                    raise self._too_large(cap)
-                # One growing buffer, decoded in place: a large answer is held once, not as chunks plus a join.
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    if len(body) + len(chunk) > cap:
-                        raise self._too_large(cap)
-                    body += chunk
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as exc:
-            raise _transport_failure(self.name, "call", exc) from exc
-        return response.status_code, response.headers, body
+            async with self._in_flight:
+                return await self.client.send(
+                    method, url, body=body, headers=headers, connect_timeout=connect, read_timeout=read, max_bytes=cap
+                )
+        except UpstreamFailure as failure:
+            doing = "call" if body is not None else "image download"
+            if failure.timed_out:
+                raise GatewayError(
+                    ErrorCode.UPSTREAM_TIMEOUT, f"provider {self.name} {doing} timed out", provider=self.name
+                ) from failure
+            raise GatewayError(
+                ErrorCode.UPSTREAM_ERROR, f"provider {self.name} {doing} failed: {failure.reason}", provider=self.name
+            ) from failure
+        except AnswerTooLarge as exc:
+            what = "answered more than" if body is not None else "image is larger than"
+            raise GatewayError(
+                ErrorCode.UPSTREAM_ERROR, f"provider {self.name} {what} {exc.limit} bytes", provider=self.name
+            ) from exc
 
-    def _too_large(self, cap: int) -> GatewayError:
-        return GatewayError(
-            ErrorCode.UPSTREAM_ERROR, f"provider {self.name} answered more than {cap} bytes", provider=self.name
-        )
-
-    def _decode(
-        self, endpoint: Endpoint[Any, Any], request: ImageRequest, status: int, headers: httpx.Headers, body: bytearray
-    ) -> ImageResult:
+    def _decode(self, endpoint: Endpoint[Any, Any], request: ImageRequest, answer: Answer) -> ImageResult:
+        status, headers, body = answer
         if status >= 400:
             error = self.errors.parse(status, body, _retry_after(headers))
             if error.code in _RECAST:
@@ -211,28 +180,14 @@ class HttpAdapter:
                 f"provider {self.name} returned an image URL on a host it is not allowed to serve from",
                 provider=self.name,
             )
-        cap = self.config.max_image_bytes
-        try:
-            async with self.client.stream("GET", image.url, timeout=self._timeout(options)) as response:
-                if response.status_code != 200:
-                    raise GatewayError(
-                        ErrorCode.UPSTREAM_ERROR,
-                        f"provider {self.name} image URL answered {response.status_code}",
-                        provider=self.name,
-                    )
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > cap:
-                        raise GatewayError(
-                            ErrorCode.UPSTREAM_ERROR,
-                            f"provider {self.name} image is larger than {cap} bytes",
-                            provider=self.name,
-                        )
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise _transport_failure(self.name, "image download", exc) from exc
-        data = b"".join(chunks)
+        answer = await self._send(image.url, None, None, options, self.config.max_image_bytes)
+        if answer.status != 200:
+            raise GatewayError(
+                ErrorCode.UPSTREAM_ERROR,
+                f"provider {self.name} image URL answered {answer.status}",
+                provider=self.name,
+            )
+        data = bytes(answer.body)
         media_type = sniff_image(data)
         if media_type is None:
             raise GatewayError(

@@ -13,10 +13,10 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 
 from adapters.base import CallOptions
+from adapters.upstream import Answer, AnswerTooLarge, UpstreamClient, UpstreamFailure
 from local_backend import protocol
 from local_backend.config import LocalBackendSettings
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["LocalAdapter", "WorkerUnreachable"]
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+# The most a worker's answer may hold: n images of the largest size, as base64 JSON, fit well within.
+MAX_WORKER_ANSWER_BYTES = 1 << 30
 # A worker's failures that another worker may not have: try the next one.
 _NEXT_WORKER = frozenset({ErrorCode.OVERLOADED})
 
@@ -38,7 +40,7 @@ class WorkerUnreachable(GatewayError):
 class LocalAdapter:
     """The adapter of a ``kind: local`` provider."""
 
-    def __init__(self, name: str, settings: LocalBackendSettings, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, settings: LocalBackendSettings, client: UpstreamClient) -> None:
         self.name = name
         self.settings = settings
         self.client = client
@@ -127,35 +129,43 @@ class LocalAdapter:
 
     async def _post(self, url: str, body: bytes, timeout: float) -> ImageResult:
         try:
-            response = await self.client.post(
+            answer = await self.client.send(
+                "POST",
                 url + protocol.GENERATE_PATH,
-                content=body,
+                body=body,
                 headers=_JSON_HEADERS,
-                timeout=httpx.Timeout(timeout, connect=self.settings.timeout.connect),
+                connect_timeout=min(self.settings.timeout.connect, timeout),
+                read_timeout=timeout,
+                max_bytes=MAX_WORKER_ANSWER_BYTES,
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise WorkerUnreachable(ErrorCode.UPSTREAM_ERROR, f"local worker {url} could not be reached") from exc
-        except httpx.TimeoutException as exc:
-            raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, f"local worker {url} did not answer in time") from exc
-        except httpx.HTTPError as exc:
-            raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {type(exc).__name__}") from exc
-        if response.status_code >= 400:
-            raise _worker_error(url, response)
+        except UpstreamFailure as failure:
+            if not failure.reached:
+                raise WorkerUnreachable(ErrorCode.UPSTREAM_ERROR, f"local worker {url} could not be reached") from failure
+            if failure.timed_out:
+                raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, f"local worker {url} did not answer in time") from failure
+            raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {failure.reason}") from failure
+        except AnswerTooLarge as exc:
+            raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {exc}") from exc
+        if answer.status >= 400:
+            raise _worker_error(url, answer)
         try:
-            return protocol.decode_result(response.content)
+            return protocol.decode_result(answer.body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} answered something else: {exc}") from exc
 
     async def _health(self, url: str) -> bool:
+        connect = self.settings.timeout.connect
         try:
-            response = await self.client.get(url + protocol.HEALTH_PATH, timeout=self.settings.timeout.connect)
-        except httpx.HTTPError:
+            answer = await self.client.send(
+                "GET", url + protocol.HEALTH_PATH, connect_timeout=connect, read_timeout=connect, max_bytes=1 << 20
+            )
+        except (UpstreamFailure, AnswerTooLarge):
             return False
-        return response.status_code == 200
+        return answer.status == 200
 
 
-def _worker_error(url: str, response: httpx.Response) -> GatewayError:
-    error = protocol.decode_error(response.status_code, response.content)
+def _worker_error(url: str, answer: Answer) -> GatewayError:
+    error = protocol.decode_error(answer.status, answer.body)
     if error.code is ErrorCode.INTERNAL:
         # The worker's own failure is not the client's: a fallback target may still serve.
         return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {error.message}")

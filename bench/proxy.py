@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.upstream import TRANSPORTS
 from bench.loadgen import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--docs", default=str(DOCS), help="the Markdown file to write the results into")
     add("--no-docs", action="store_true", help="do not write the docs")
     add("--json", dest="json_out", help="also write every result as JSON here")
+    add("--upstream-transport", default="aiohttp", choices=TRANSPORTS, help="the gateway's upstream client")
     add("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -299,7 +301,13 @@ class Stack:
 
         port = free_port()
         config = {
-            "server": {"host": "127.0.0.1", "port": port, "log_level": "info", "shutdown_grace_s": 2},
+            "server": {
+                "host": "127.0.0.1",
+                "port": port,
+                "log_level": "info",
+                "shutdown_grace_s": 2,
+                "upstream_transport": self.args.upstream_transport,
+            },
             "redis": {"url": self.args.redis_url, "key_prefix": self.redis_prefix},
             "auth": {
                 "keys": [
@@ -678,7 +686,8 @@ def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("HTTP server: uvicorn (and its parser)", ("uvicorn/",)),
     ("Litestar (routing, request, response, middleware)", ("litestar/",)),
-    ("upstream client: httpx + httpcore (and h11, anyio under them)", ("httpx/", "httpcore/")),
+    ("upstream client: httpx + httpcore (and h11, anyio under them)", ("httpx/", "httpcore/", "httpx_aiohttp/")),
+    ("upstream client: aiohttp (and multidict, yarl)", ("aiohttp/", "multidict/", "yarl/")),
     ("Redis client (rate limit)", ("redis/",)),
     ("logging: structlog", ("structlog/", "logging/")),
     ("metrics: prometheus_client", ("prometheus_client/",)),
@@ -696,6 +705,7 @@ MARKS: list[tuple[str, str]] = [
     ("redis_limiter", "RedisLimiter.check (gateway/ratelimit.py"),
     ("log_middleware", "RequestIdMiddleware.__call__ (gateway/logs.py"),
     ("upstream_call", "HttpAdapter._send (adapters/http.py"),
+    ("upstream_client", "AiohttpUpstream.send (adapters/upstream.py"),
 ]
 SELF_MARKS: list[tuple[str, str]] = [("socket_write", "_SelectorSocketTransport.write (asyncio/")]
 

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import redis.asyncio as aioredis
 import structlog
 from litestar import Litestar, Request, Response, get
@@ -17,6 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from adapters import Adapter, build_adapter
+from adapters.upstream import UpstreamClient, build_upstream_client
 from gateway import metrics
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config
@@ -35,44 +35,11 @@ __all__ = ["create_app"]
 
 log = structlog.get_logger("gateway.app")
 
-# One pool for every upstream: connections are reused across requests and providers.
-DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30.0)
-
-
-def build_adapters(config: GatewayConfig, client: httpx.AsyncClient) -> dict[str, Adapter]:
+def build_adapters(config: GatewayConfig, client: UpstreamClient) -> dict[str, Adapter]:
     return {
         name: build_adapter(provider.__struct_config__.tag, name, provider, client)  # type: ignore[arg-type]
         for name, provider in config.providers.items()
     }
-
-
-class _NoCookies(httpx.Cookies):
-    """Upstream cookies are never kept: nothing a provider sets while serving one client reaches
-    the next (and the hot path skips httpx's cookie-jar bookkeeping, about 8% of its CPU)."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-def build_http_client(transport: str) -> httpx.AsyncClient:
-    """The one client every adapter shares; which transport sits under it is chosen by measurement
-    (docs/benchmarks.md): aiohttp's carries several times the rate of httpx's own on one core."""
-    timeout = httpx.Timeout(120.0, connect=5.0)
-    if transport == "aiohttp":
-        import aiohttp
-        from httpx_aiohttp import AiohttpTransport
-
-        def session() -> aiohttp.ClientSession:  # made on first use, inside the running loop
-            connector = aiohttp.TCPConnector(
-                limit=DEFAULT_LIMITS.max_connections or 0, keepalive_timeout=DEFAULT_LIMITS.keepalive_expiry
-            )
-            return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-
-        client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=timeout)
-    else:
-        client = httpx.AsyncClient(limits=DEFAULT_LIMITS, timeout=timeout)
-    client._cookies = _NoCookies()  # httpx has no public switch for its cookie jar
-    return client
 
 
 def build_limiter(config: GatewayConfig) -> tuple[Limiter, aioredis.Redis | None]:
@@ -94,7 +61,7 @@ def build_limiter(config: GatewayConfig) -> tuple[Limiter, aioredis.Redis | None
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     config: GatewayConfig = app.state.config
-    client = build_http_client(config.server.upstream_transport)
+    client = build_upstream_client(config.server.upstream_transport)
     adapters = build_adapters(config, client)
     for adapter in adapters.values():
         if hasattr(adapter, "observer"):  # the local backend reports its queue and batches

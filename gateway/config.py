@@ -165,8 +165,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_input_images: PositiveInt = 16
     max_input_image_bytes: PositiveInt = DEFAULT_MAX_INPUT_IMAGE_BYTES
     request_deadline_s: Seconds = 120.0  # no chain of retries and fallbacks outlives it
-    # The transport under the shared httpx client: aiohttp (faster, measured) or httpx's own.
-    upstream_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    # The HTTP client every adapter sends through (adapters/upstream.py): aiohttp's own client
+    # (fastest, measured), httpx over aiohttp's transport, or httpx with its own transport.
+    upstream_transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
     shutdown_grace_s: Seconds = 30.0  # on SIGTERM: stop accepting, let requests in flight finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False

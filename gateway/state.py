@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from adapters.upstream import UpstreamClient
 from gateway import metrics
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, InboundKey
@@ -24,7 +23,7 @@ class Gateway:
     """The shared resources of one gateway process."""
 
     config: GatewayConfig
-    client: httpx.AsyncClient
+    client: UpstreamClient
     router: Router
     image_store: DirectoryImageStore
     auth: Authenticator

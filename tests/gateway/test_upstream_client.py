@@ -1,36 +1,170 @@
-"""The shared upstream client keeps no cookies: what a provider sets for one client never reaches the next."""
+"""The upstream client interface, the same on every transport behind it (adapters/upstream.py).
+
+Each test runs against a real server on loopback: an ASGI app under uvicorn, or a raw socket
+for the faults a well-behaved server cannot make (an answer cut off mid-body).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import email.parser
+import email.policy
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from gateway.app import build_http_client
-from tests.servers import ThreadedServer
+from adapters.upstream import (
+    TRANSPORTS,
+    AnswerTooLarge,
+    UpstreamClient,
+    UpstreamFailure,
+    build_upstream_client,
+    encode_multipart,
+)
+from tests.servers import ThreadedServer, free_port
 
 
-async def cookie_setter(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Sets a cookie on every answer, and answers with the Cookie header it was sent (empty if none)."""
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/cookie`` sets a cookie and echoes the Cookie header it got; ``/echo`` echoes the body;
+    ``/chunked/N`` streams N bytes without a length; ``/slow`` waits 2 s before answering."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
-    sent = dict(scope["headers"]).get(b"cookie", b"")
-    headers = [(b"content-type", b"text/plain"), (b"set-cookie", b"session=tenant-a; Path=/")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": sent})
+    path, headers = scope["path"], dict(scope["headers"])
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if path == "/slow":
+        await asyncio.sleep(2)
+    if path.startswith("/chunked/"):
+        size = int(path.rsplit("/", 1)[1])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for offset in range(0, size, 1000):
+            await send({"type": "http.response.body", "body": b"x" * min(1000, size - offset), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    answer_headers = [(b"content-type", b"text/plain"), (b"X-Method", scope["method"].encode())]
+    if path == "/cookie":
+        answer_headers.append((b"set-cookie", b"session=tenant-a; Path=/"))
+        body = headers.get(b"cookie", b"")
+    status = 201 if path == "/echo" else 200
+    await send({"type": "http.response.start", "status": status, "headers": answer_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-async def test_no_cookie_is_sent_back(transport: str) -> None:
-    with ThreadedServer(cookie_setter) as server:
-        client = build_http_client(transport)
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadedServer]:
+    with ThreadedServer(app) as running:
+        yield running
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[UpstreamClient]:
+    upstream = build_upstream_client(request.param)
+    yield upstream
+    await upstream.aclose()
+
+
+def send(client: UpstreamClient, url: str, body: bytes | None = None, **options: Any) -> Any:
+    settings = {"connect_timeout": 2.0, "read_timeout": 5.0, "max_bytes": 1 << 20, **options}
+    return client.send("POST" if body is not None else "GET", url, body=body, **settings)
+
+
+async def test_answer_is_read_whole_with_status_and_headers(client: UpstreamClient, server: ThreadedServer) -> None:
+    payload = bytes(range(256)) * 400
+    answer = await send(client, server.url + "/echo", payload, headers={"Content-Type": "application/octet-stream"})
+    assert answer.status == 201 and bytes(answer.body) == payload
+    assert answer.headers.get("x-method") == "POST" and answer.headers.get("Content-Type") == "text/plain"
+
+
+async def test_no_cookie_is_sent_back(client: UpstreamClient, server: ThreadedServer) -> None:
+    first = await send(client, server.url + "/cookie")
+    assert first.headers["set-cookie"].startswith("session=tenant-a")
+    second = await send(client, server.url + "/cookie")
+    assert second.status == 200 and bytes(second.body) == b""
+
+
+async def test_declared_length_over_the_cap_is_refused(client: UpstreamClient, server: ThreadedServer) -> None:
+    with pytest.raises(AnswerTooLarge) as refused:
+        await send(client, server.url + "/echo", b"y" * 5000, max_bytes=4999)
+    assert refused.value.limit == 4999
+    answer = await send(client, server.url + "/echo", b"y" * 5000, max_bytes=5000)
+    assert len(answer.body) == 5000
+
+
+async def test_streamed_answer_over_the_cap_is_refused(client: UpstreamClient, server: ThreadedServer) -> None:
+    with pytest.raises(AnswerTooLarge):
+        await send(client, server.url + "/chunked/50000", max_bytes=20000)
+    answer = await send(client, server.url + "/chunked/50000", max_bytes=50000)
+    assert bytes(answer.body) == b"x" * 50000
+
+
+async def test_refused_connection_never_reached(client: UpstreamClient) -> None:
+    with pytest.raises(UpstreamFailure) as failed:
+        await send(client, f"http://127.0.0.1:{free_port()}/")
+    assert not failed.value.reached and not failed.value.timed_out
+
+
+async def test_slow_answer_times_out(client: UpstreamClient, server: ThreadedServer) -> None:
+    with pytest.raises(UpstreamFailure) as failed:
+        await send(client, server.url + "/slow", read_timeout=0.2)
+    assert failed.value.reached and failed.value.timed_out
+
+
+@pytest.fixture
+def cut_off_server() -> Iterator[str]:
+    """Answers every request with a 1000-byte Content-Length, 10 bytes, and a closed socket."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
         try:
-            first = await client.get(server.url + "/")
-            assert first.headers["set-cookie"].startswith("session=tenant-a")
-            second = await client.get(server.url + "/")
-            assert second.status_code == 200 and second.content == b""
-        finally:
-            await client.aclose()
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n")
+                    connection.sendall(b"0123456789")
+        except OSError:
+            return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    listener.close()
+    thread.join(timeout=5)
+
+
+async def test_answer_cut_off_mid_body_is_a_failure(client: UpstreamClient, cut_off_server: str) -> None:
+    with pytest.raises(UpstreamFailure) as failed:
+        await send(client, cut_off_server)
+    assert failed.value.reached and not failed.value.timed_out
+
+
+def test_multipart_body_parses_back_to_its_fields_and_files() -> None:
+    body, content_type = encode_multipart(
+        {"prompt": "a cat\r\nin a hat", "n": "2"},
+        [("image", ("image.png", b"\x89PNG\r\n--not-a-boundary", "image/png")), ("mask", ('m"a.png', b"\x00", "image/png"))],
+    )
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    parts = [(part.get_param("name", header="content-disposition"), part) for part in message.iter_parts()]
+    assert [name for name, _ in parts] == ["prompt", "n", "image", "mask"]
+    assert parts[0][1].get_payload(decode=True) == b"a cat\r\nin a hat"
+    assert parts[2][1].get_filename() == "image.png" and parts[2][1].get_content_type() == "image/png"
+    assert parts[2][1].get_payload(decode=True) == b"\x89PNG\r\n--not-a-boundary"
+    assert parts[3][1].get_filename() == "m%22a.png" and parts[3][1].get_payload(decode=True) == b"\x00"
+
+
+def test_unknown_transport_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown upstream transport 'curl'"):
+        build_upstream_client("curl")

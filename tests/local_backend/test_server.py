@@ -12,6 +12,7 @@ import pytest
 
 from adapters.base import CallOptions
 from adapters.local import LocalAdapter
+from adapters.upstream import UpstreamClient, build_upstream_client
 from local_backend import protocol
 from local_backend.server import local_settings, serve_worker
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest
@@ -37,12 +38,13 @@ def workers() -> Iterator[list[WorkerServer]]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as shared:
-        yield shared
+async def client() -> AsyncIterator[UpstreamClient]:
+    shared = build_upstream_client("aiohttp")
+    yield shared
+    await shared.aclose()
 
 
-def remote(urls: list[str], client: httpx.AsyncClient, **options: object) -> LocalAdapter:
+def remote(urls: list[str], client: UpstreamClient, **options: object) -> LocalAdapter:
     settings = msgspec.convert({"kind": "local", "workers": urls, **options}, type=type(tiny_settings()))
     return LocalAdapter("gpu", settings, client)
 
@@ -99,7 +101,7 @@ async def test_a_client_that_hangs_up_has_its_queued_request_dropped(workers: li
     assert after.images_generated == before.images_generated + 1  # only the patient client's image was drawn
 
 
-async def test_adapter_spreads_requests_over_workers(workers: list[WorkerServer], client: httpx.AsyncClient) -> None:
+async def test_adapter_spreads_requests_over_workers(workers: list[WorkerServer], client: UpstreamClient) -> None:
     adapter = remote([worker.url for worker in workers], client)
     before = [worker.engine.stats().images_generated for worker in workers]
     results = [await adapter.generate(ask(seed=index), NO_OPTIONS) for index in range(4)]
@@ -109,7 +111,7 @@ async def test_adapter_spreads_requests_over_workers(workers: list[WorkerServer]
     assert results[0].images[0].seed == 0
 
 
-async def test_adapter_moves_past_a_worker_that_is_down(workers: list[WorkerServer], client: httpx.AsyncClient) -> None:
+async def test_adapter_moves_past_a_worker_that_is_down(workers: list[WorkerServer], client: UpstreamClient) -> None:
     adapter = remote([closed_port_url(), workers[0].url], client)
     for _ in range(3):
         assert (await adapter.generate(ask(), NO_OPTIONS)).images
@@ -121,7 +123,7 @@ async def test_adapter_moves_past_a_worker_that_is_down(workers: list[WorkerServ
 
 
 async def test_adapter_turns_worker_errors_back_into_gateway_errors(
-    workers: list[WorkerServer], client: httpx.AsyncClient
+    workers: list[WorkerServer], client: UpstreamClient
 ) -> None:
     adapter = remote([workers[0].url], client)
     with pytest.raises(GatewayError) as caught:
@@ -130,17 +132,18 @@ async def test_adapter_turns_worker_errors_back_into_gateway_errors(
     assert caught.value.provider == "gpu"
 
 
-async def test_adapter_moves_past_an_overloaded_worker(workers: list[WorkerServer], client: httpx.AsyncClient) -> None:
+async def test_adapter_moves_past_an_overloaded_worker(workers: list[WorkerServer], client: UpstreamClient) -> None:
     busy = WorkerServer(tiny_settings(queue_size=1)).start()
     try:
         adapter = remote([busy.url, workers[0].url], client)
         with held_device(busy.engine) as hold:
+            direct = httpx.AsyncClient(timeout=30)
             running = asyncio.create_task(
-                client.post(busy.url + "/v1/generate", content=protocol.encode_request(ask()))
+                direct.post(busy.url + "/v1/generate", content=protocol.encode_request(ask()))
             )
             await hold.wait_started()
             queued = asyncio.create_task(
-                client.post(busy.url + "/v1/generate", content=protocol.encode_request(ask(width=128)))
+                direct.post(busy.url + "/v1/generate", content=protocol.encode_request(ask(width=128)))
             )
             await asyncio.sleep(0.1)
             assert busy.engine.stats().queue_depth == 1
@@ -148,11 +151,12 @@ async def test_adapter_moves_past_an_overloaded_worker(workers: list[WorkerServe
             assert result.images and busy.engine.stats().requests_refused == 1
             hold.release()
             await asyncio.gather(running, queued)
+            await direct.aclose()
     finally:
         busy.stop()
 
 
-async def test_adapter_timeout_applies_to_remote_calls(workers: list[WorkerServer], client: httpx.AsyncClient) -> None:
+async def test_adapter_timeout_applies_to_remote_calls(workers: list[WorkerServer], client: UpstreamClient) -> None:
     adapter = remote([workers[0].url], client)
     with held_device(workers[0].engine) as hold:
         running = asyncio.create_task(adapter.generate(ask(), NO_OPTIONS))
@@ -164,7 +168,7 @@ async def test_adapter_timeout_applies_to_remote_calls(workers: list[WorkerServe
     assert caught.value.code is ErrorCode.UPSTREAM_TIMEOUT
 
 
-async def test_adapter_in_process_starts_serves_and_closes(client: httpx.AsyncClient) -> None:
+async def test_adapter_in_process_starts_serves_and_closes(client: UpstreamClient) -> None:
     adapter = LocalAdapter("here", tiny_settings(), client)
     await adapter.start()
     try:
@@ -186,7 +190,7 @@ async def test_adapter_in_process_starts_serves_and_closes(client: httpx.AsyncCl
     assert adapter.engine is None
 
 
-async def test_adapter_ready_reports_workers(workers: list[WorkerServer], client: httpx.AsyncClient) -> None:
+async def test_adapter_ready_reports_workers(workers: list[WorkerServer], client: UpstreamClient) -> None:
     down = closed_port_url()
     readiness = await remote([workers[0].url, down], client).ready()
     assert readiness == {"ready": True, "workers": {workers[0].url: True, down: False}}

@@ -1,0 +1,320 @@
+"""The one client interface every adapter sends through, and the clients behind it.
+
+An adapter says what to send (method, URL, body, headers, timeouts, the most it will read)
+and gets back a whole answer or one of two exceptions; which HTTP library carries it is
+chosen once, by configuration (``server.upstream_transport``), and measured in
+docs/benchmarks.md:
+
+- ``aiohttp`` (default): aiohttp's own client session. On one core it carried about twice
+  the rate of httpx over the same aiohttp transport, for half the CPU per request.
+- ``httpx-aiohttp``: an ``httpx.AsyncClient`` over aiohttp's transport (httpx-aiohttp).
+- ``httpx``: an ``httpx.AsyncClient`` with httpx's own transport (httpcore).
+
+Every client keeps no cookies (nothing a provider sets while serving one client reaches
+the next), follows no redirects, reuses connections to every upstream, and reads an
+answer into one buffer sized from its ``Content-Length`` when it has one: a large answer
+is held once, not as chunks plus their join.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Literal, NamedTuple, Protocol
+
+import aiohttp
+import httpx
+
+__all__ = [
+    "TRANSPORTS",
+    "Answer",
+    "AnswerTooLarge",
+    "UpstreamClient",
+    "UpstreamFailure",
+    "build_upstream_client",
+    "encode_multipart",
+]
+
+Transport = Literal["aiohttp", "httpx-aiohttp", "httpx"]
+TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx-aiohttp", "httpx")
+
+# One pool for every upstream: connections are reused across requests and providers.
+MAX_CONNECTIONS = 512
+MAX_IDLE_CONNECTIONS = 128
+KEEPALIVE_S = 30.0
+
+
+class Answer(NamedTuple):
+    """An upstream's whole answer. ``headers`` looks names up case-insensitively."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytearray
+
+
+class UpstreamFailure(Exception):
+    """The exchange failed below HTTP: no connection, a timeout, a reset, a cut-off answer.
+
+    ``reached`` is False when the request never left (the connection could not be made), so
+    another server may take it; ``timed_out`` when a connect or read timeout ran out. The
+    message names the library's exception, never a URL's credentials or a header.
+    """
+
+    def __init__(self, reason: str, *, reached: bool, timed_out: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reached = reached
+        self.timed_out = timed_out
+
+
+class AnswerTooLarge(Exception):
+    """The answer declared, or grew, past the most the caller would read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"answer larger than {limit} bytes")
+        self.limit = limit
+
+
+class UpstreamClient(Protocol):
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float,
+        read_timeout: float,
+        max_bytes: int,
+    ) -> Answer:
+        """Send one request and read its whole answer (any status).
+
+        Raises ``UpstreamFailure`` or ``AnswerTooLarge``; ``read_timeout`` bounds each wait
+        for bytes (the first included), ``connect_timeout`` the connection's making.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def build_upstream_client(transport: str) -> UpstreamClient:
+    """The client every adapter shares, for the configured transport."""
+    if transport == "aiohttp":
+        return AiohttpUpstream()
+    if transport in ("httpx", "httpx-aiohttp"):
+        return HttpxUpstream(aiohttp_transport=transport == "httpx-aiohttp")
+    raise ValueError(f"unknown upstream transport {transport!r}; one of {', '.join(TRANSPORTS)}")
+
+
+class _Buffer:
+    """One bytearray for a whole answer: sized once from Content-Length when declared."""
+
+    __slots__ = ("body", "limit", "size")
+
+    def __init__(self, declared: int | None, limit: int) -> None:
+        if declared is not None and declared > limit:
+            raise AnswerTooLarge(limit)
+        self.limit = limit
+        self.size = 0
+        self.body = bytearray(declared) if declared else bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        end = self.size + len(chunk)
+        if end > self.limit:
+            raise AnswerTooLarge(self.limit)
+        if end <= len(self.body):
+            self.body[self.size : end] = chunk
+        else:
+            del self.body[self.size :]
+            self.body += chunk
+        self.size = end
+
+    def finish(self) -> bytearray:
+        if self.size < len(self.body):  # fewer bytes than declared: the library raises first, but be exact
+            del self.body[self.size :]
+        return self.body
+
+
+# --------------------------------------------------------------------------- aiohttp
+
+
+class AiohttpUpstream:
+    """aiohttp's client session, made on first use inside the running loop."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        return self._session
+
+    def _timeout(self, connect: float, read: float) -> aiohttp.ClientTimeout:
+        key = (connect, read)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+            if len(self._timeouts) < 64:  # the configured pairs repeat; per-call deadlines do not
+                self._timeouts[key] = timeout
+        return timeout
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float,
+        read_timeout: float,
+        max_bytes: int,
+    ) -> Answer:
+        session = self._session or self._open()
+        try:
+            async with session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout(connect_timeout, read_timeout),
+                allow_redirects=False,
+            ) as response:
+                buffer = _Buffer(response.content_length, max_bytes)
+                content = response.content
+                while chunk := await content.readany():
+                    buffer.add(chunk)
+                return Answer(response.status, response.headers, buffer.finish())
+        except aiohttp.ClientConnectorError as exc:  # refused, unreachable, name not resolved
+            raise UpstreamFailure(type(exc).__name__, reached=False, timed_out=False) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamFailure(type(exc).__name__, reached=False, timed_out=True) from exc
+        except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
+            raise UpstreamFailure(type(exc).__name__, reached=True, timed_out=True) from exc
+        except aiohttp.ClientError as exc:  # reset, disconnected, a cut-off or malformed answer
+            raise UpstreamFailure(type(exc).__name__, reached=True, timed_out=False) from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+# --------------------------------------------------------------------------- httpx
+
+
+class _NoCookies(httpx.Cookies):
+    """Never keeps a cookie (and skips httpx's cookie-jar bookkeeping, about 8% of its CPU)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class HttpxUpstream:
+    """An ``httpx.AsyncClient``, over httpx's own transport or aiohttp's (httpx-aiohttp)."""
+
+    def __init__(self, *, aiohttp_transport: bool) -> None:
+        self._aiohttp_transport = aiohttp_transport
+        timeout = httpx.Timeout(120.0, connect=5.0)
+        if aiohttp_transport:
+            from httpx_aiohttp import AiohttpTransport
+
+            def session() -> aiohttp.ClientSession:  # made on first use, inside the running loop
+                connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
+                return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+            self.client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=timeout)
+        else:
+            limits = httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS, keepalive_expiry=KEEPALIVE_S
+            )
+            self.client = httpx.AsyncClient(limits=limits, timeout=timeout)
+        self.client._cookies = _NoCookies()  # httpx has no public switch for its cookie jar
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float,
+        read_timeout: float,
+        max_bytes: int,
+    ) -> Answer:
+        outgoing = self.client.build_request(
+            method, url, content=body, headers=headers, timeout=httpx.Timeout(read_timeout, connect=connect_timeout)
+        )
+        try:
+            response = await self.client.send(outgoing, stream=True)
+            try:
+                declared = response.headers.get("content-length")
+                buffer = _Buffer(int(declared) if declared else None, max_bytes)
+                async for chunk in response.aiter_bytes():
+                    buffer.add(chunk)
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            raise self._failure(exc) from exc
+        return Answer(response.status_code, response.headers, buffer.finish())
+
+    def _failure(self, exc: Exception) -> UpstreamFailure:
+        """httpx-aiohttp reports every aiohttp connection error as ``ConnectTimeout``: read the cause."""
+        cause = exc.__cause__
+        if self._aiohttp_transport and cause is not None and type(cause).__module__.startswith("aiohttp"):
+            if isinstance(cause, aiohttp.ClientConnectorError):
+                return UpstreamFailure(type(cause).__name__, reached=False, timed_out=False)
+            if isinstance(cause, aiohttp.ConnectionTimeoutError):
+                return UpstreamFailure(type(cause).__name__, reached=False, timed_out=True)
+            timed_out = isinstance(cause, TimeoutError)
+            return UpstreamFailure(type(cause).__name__, reached=True, timed_out=timed_out)
+        reason = type(exc).__name__
+        if isinstance(exc, httpx.ConnectTimeout):
+            return UpstreamFailure(reason, reached=False, timed_out=True)
+        if isinstance(exc, httpx.ConnectError):
+            return UpstreamFailure(reason, reached=False, timed_out=False)
+        return UpstreamFailure(reason, reached=True, timed_out=isinstance(exc, httpx.TimeoutException))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+# --------------------------------------------------------------------------- multipart
+
+
+MultipartFile = tuple[str, tuple[str, bytes, str]]  # (field, (file name, content, media type))
+
+
+def encode_multipart(data: Mapping[str, str], files: Sequence[MultipartFile]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body (RFC 7578) and its Content-Type: text fields, then files."""
+    boundary = uuid.uuid4().hex
+    dash = f"--{boundary}\r\n".encode()
+    parts: list[bytes] = []
+    for name, value in data.items():
+        parts += [dash, _disposition(name), b"\r\n", value.encode(), b"\r\n"]
+    for name, (filename, content, media_type) in files:
+        parts += [
+            dash,
+            _disposition(name, filename),
+            f"Content-Type: {media_type}\r\n\r\n".encode(),
+            content,
+            b"\r\n",
+        ]
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _quote(value: str) -> str:
+    # RFC 7578 §4.2 as browsers do it: quotes and line breaks percent-encoded.
+    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _disposition(name: str, filename: str | None = None) -> bytes:
+    line = f'Content-Disposition: form-data; name="{_quote(name)}"'
+    if filename is not None:
+        line += f'; filename="{_quote(filename)}"'
+    return (line + "\r\n").encode()
