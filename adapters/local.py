@@ -140,9 +140,13 @@ class LocalAdapter:
             )
         except UpstreamFailure as failure:
             if not failure.reached:
-                raise WorkerUnreachable(ErrorCode.UPSTREAM_ERROR, f"local worker {url} could not be reached") from failure
+                raise WorkerUnreachable(
+                    ErrorCode.UPSTREAM_ERROR, f"local worker {url} could not be reached"
+                ) from failure
             if failure.timed_out:
-                raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, f"local worker {url} did not answer in time") from failure
+                raise GatewayError(
+                    ErrorCode.UPSTREAM_TIMEOUT, f"local worker {url} did not answer in time"
+                ) from failure
             raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {failure.reason}") from failure
         except AnswerTooLarge as exc:
             raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {exc}") from exc

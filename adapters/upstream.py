@@ -230,7 +230,9 @@ class HttpxUpstream:
             self.client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=timeout)
         else:
             limits = httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS, keepalive_expiry=KEEPALIVE_S
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_IDLE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_S,
             )
             self.client = httpx.AsyncClient(limits=limits, timeout=timeout)
         self.client._cookies = _NoCookies()  # httpx has no public switch for its cookie jar

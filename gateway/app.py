@@ -21,6 +21,7 @@ from gateway import metrics
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config
 from gateway.cooldown import Cooldowns
+from gateway.direct import DIRECT_ROUTES, serve_direct
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
 from gateway.logs import RequestIdMiddleware, configure_logging
@@ -34,6 +35,7 @@ from schemas.canonical import ErrorCode, GatewayError
 __all__ = ["create_app"]
 
 log = structlog.get_logger("gateway.app")
+
 
 def build_adapters(config: GatewayConfig, client: UpstreamClient) -> dict[str, Adapter]:
     return {
@@ -141,16 +143,31 @@ async def stored_image(request: Request[Any, Any, Any], name: FromPath[str]) -> 
     return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
+class GatewayApp(Litestar):
+    """Litestar, with the JSON dialect endpoints served on the direct path (``gateway.direct``)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            mount = DIRECT_ROUTES.get(scope["path"])
+            if mount is not None:
+                await serve_direct(self.state.gateway, mount, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app_from_env() -> Litestar:
     """The app for a server worker process: the config file named by ``IMAGE_GATEWAY_CONFIG``."""
     return create_app(load_config(os.environ.get(CONFIG_ENV) or None))
 
 
-def create_app(config: GatewayConfig | None = None) -> Litestar:
-    """The gateway app for ``config`` (the built-in default when None)."""
+def create_app(config: GatewayConfig | None = None, *, direct: bool = True) -> Litestar:
+    """The gateway app for ``config`` (the built-in default when None).
+
+    ``direct=False`` leaves every route to Litestar: the tests that hold both paths side by side use it.
+    """
     config = config or load_config()
     configure_logging(config.server.log_level, config.server.log_prompts)
-    app = Litestar(
+    app = (GatewayApp if direct else Litestar)(
         route_handlers=[health, ready, prometheus_metrics, stored_image, *dialect_handlers()],
         middleware=[RequestIdMiddleware],
         lifespan=[lifespan],

@@ -8,7 +8,7 @@ stack trace: anything unexpected is logged here and answered as ``internal``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from litestar import Request, Response
@@ -20,7 +20,7 @@ from local_backend.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.dialect import ErrorTable
 
-__all__ = ["handle_exception", "to_gateway_error"]
+__all__ = ["ErrorAnswer", "handle_exception", "render", "to_gateway_error"]
 
 log = structlog.get_logger("gateway.errors")
 
@@ -50,20 +50,27 @@ def error_table(request: Request[Any, Any, Any]) -> ErrorTable:
     return table if isinstance(table, ErrorTable) else errors_for_path(request.url.path)
 
 
-def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Litestar exception handler for every exception type."""
-    if isinstance(exc, ClientGone):  # nobody is there to read an answer
-        return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
-    max_body = request.app.state.gateway.config.server.max_body_bytes if "gateway" in request.app.state else 0
-    error = to_gateway_error(exc, max_body)
+class ErrorAnswer(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def render(exc: Exception, table: ErrorTable, max_body_bytes: int) -> ErrorAnswer:
+    """Any exception → its status, headers and body in the dialect of ``table``."""
+    error = to_gateway_error(exc, max_body_bytes)
     headers = dict(error.headers)
     if error.retry_after is not None and "Retry-After" not in headers:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if error.provider:
         headers["X-Gateway-Provider"] = error.provider
-    return Response(
-        error_table(request).render(error),
-        status_code=error.status,
-        media_type="application/json",
-        headers=headers,
-    )
+    return ErrorAnswer(error.status, headers, table.render(error))
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Litestar exception handler for every exception type."""
+    if isinstance(exc, ClientGone):  # nobody is there to read an answer
+        return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
+    max_body = request.app.state.gateway.config.server.max_body_bytes if "gateway" in request.app.state else 0
+    status, headers, body = render(exc, error_table(request), max_body)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)

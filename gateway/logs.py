@@ -8,9 +8,9 @@ made here, and is echoed back on the answer. Keys are never logged; prompts only
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -18,7 +18,7 @@ import msgspec
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RequestIdMiddleware", "configure_logging"]
+__all__ = ["RequestIdMiddleware", "configure_logging", "request_id"]
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -61,6 +61,12 @@ def configure_logging(level: str = "info", log_prompts: bool = False) -> None:
     )
 
 
+def request_id(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` when it is a sane token, else a new random one."""
+    given = next((value for name, value in scope["headers"] if name == REQUEST_ID_HEADER), b"")
+    return given.decode() if _SANE_ID.match(given) else os.urandom(16).hex()
+
+
 class RequestIdMiddleware:
     """Binds a request id to every log line of the request and echoes it in ``X-Request-ID``."""
 
@@ -71,14 +77,16 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
-        request_id = given.decode() if _SANE_ID.match(given) else uuid.uuid4().hex
-        header = (REQUEST_ID_HEADER, request_id.encode())
+        given_id = request_id(scope)
+        header = (REQUEST_ID_HEADER, given_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        tokens = structlog.contextvars.bind_contextvars(request_id=given_id)
+        try:
             await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)

@@ -9,7 +9,9 @@ processes), ``/metrics`` aggregates every process's files.
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,11 +26,21 @@ from prometheus_client import (
 
 disable_created_metrics()  # the *_created series double the output and no dashboard reads them
 
-__all__ = ["CONTENT_TYPE_LATEST", "render"]
+__all__ = ["CONTENT_TYPE_LATEST", "child", "render"]
 
 NAMESPACE = "image_gateway"
 # Image generation is slow: buckets reach minutes; the low ones show the gateway's own cost.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+@functools.cache
+def child(metric: M, *labels: str) -> M:
+    """``metric.labels(*labels)``, looked up once: label values are bounded (see above), so is this cache."""
+    return metric.labels(*labels)
+
 
 REQUESTS = Counter(
     "requests",

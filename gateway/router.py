@@ -105,11 +105,14 @@ class Attempts:
 
     def __init__(self) -> None:
         self.tried: list[tuple[str, str]] = []
+        self.durations_ms: list[float] = []  # of each call made, in order (skipped targets have none)
         self.retries = 0
         self.fallbacks = 0
 
-    def record(self, provider: str, outcome: str) -> None:
+    def record(self, provider: str, outcome: str, duration_ms: float | None = None) -> None:
         self.tried.append((provider, outcome))
+        if duration_ms is not None:
+            self.durations_ms.append(duration_ms)
 
     @property
     def calls(self) -> int:
@@ -246,16 +249,20 @@ class Router:
         return result
 
     def _observe(self, route: Route, outcome: str, attempts: Attempts, seconds: float) -> None:
-        attempts.record(route.provider, outcome)
-        metrics.UPSTREAM_CALLS.labels(route.provider, outcome).inc()
-        metrics.UPSTREAM_DURATION.labels(route.provider, outcome).observe(seconds)
+        """Metrics for every call; a log line of its own for a failed one (the request's line tells the rest)."""
+        duration_ms = round(seconds * 1000, 2)
+        attempts.record(route.provider, outcome, duration_ms)
+        metrics.child(metrics.UPSTREAM_CALLS, route.provider, outcome).inc()
+        metrics.child(metrics.UPSTREAM_DURATION, route.provider, outcome).observe(seconds)
+        if outcome == "ok":
+            return
         log.info(
             "upstream_attempt",
             provider=route.provider,
             upstream_model=route.target.model,
             attempt=attempts.calls,
             outcome=outcome,
-            duration_ms=round(seconds * 1000, 2),
+            duration_ms=duration_ms,
         )
 
     async def _failed(self, route: Route, error: GatewayError, attempts: Attempts, seconds: float) -> None:

@@ -9,16 +9,18 @@ client's own envelope (see ``gateway.errors``).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import structlog
 from litestar import Request, Response
 from litestar.datastructures import UploadFile
+from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
-from litestar.types import Method
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
+from litestar.types import Method, Receive
 
 from gateway import metrics
 from gateway.openapi import operation_class
@@ -26,10 +28,10 @@ from gateway.router import Attempts
 from gateway.state import Gateway
 from local_backend.disconnect import ClientGone, unless_client_leaves
 from schemas import melious, nebul, nebulablock, openai, pomelo
-from schemas.canonical import GatewayError, ImageRequest, ImageResult, ResponseFormat
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 
-__all__ = ["MOUNTS", "Mount", "dialect_handlers", "errors_for_path"]
+__all__ = ["MOUNTS", "Inbound", "Mount", "dialect_handlers", "errors_for_path", "serve_recorded"]
 
 log = structlog.get_logger("gateway.request")
 
@@ -104,13 +106,72 @@ async def read_form(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return fields
 
 
-async def decode_request(endpoint: Endpoint[Any, Any], request: Request[Any, Any, Any]) -> ImageRequest:
+class Inbound(Protocol):
+    """What serving a dialect request reads of the client's HTTP request.
+
+    Litestar's ``Request`` behind a route handler (``LitestarInbound``), or the ASGI scope
+    itself on the direct path (``gateway.direct``).
+    """
+
+    receive: Receive
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Header names in lower case."""
+        ...
+
+    async def body(self) -> bytes: ...
+
+    async def form(self) -> dict[str, Any]:
+        """Multipart fields as ``read_form`` gives them."""
+        ...
+
+    def base_url(self) -> str:
+        """Where the client reached this gateway, without a trailing slash."""
+        ...
+
+
+class LitestarInbound:
+    """A dialect request as Litestar's route handler has it."""
+
+    def __init__(self, request: Request[Any, Any, Any]) -> None:
+        self.request = request
+        self.receive = request.receive
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.request.headers
+
+    async def body(self) -> bytes:
+        try:
+            return await self.request.body()
+        except HTTPException as exc:
+            raise self._translated(exc) from exc
+
+    async def form(self) -> dict[str, Any]:
+        try:
+            return await read_form(self.request)
+        except HTTPException as exc:
+            raise self._translated(exc) from exc
+
+    def _translated(self, exc: HTTPException) -> Exception:
+        """Litestar's refusal of a body over the limit, as the gateway's own (counted as invalid_request)."""
+        if exc.status_code != HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+            return exc
+        limit = self.request.app.state.gateway.config.server.max_body_bytes
+        return GatewayError(ErrorCode.INVALID_REQUEST, f"request body is larger than {limit} bytes", status=413)
+
+    def base_url(self) -> str:
+        return str(self.request.base_url).rstrip("/")
+
+
+async def decode_request(endpoint: Endpoint[Any, Any], request: Inbound) -> ImageRequest:
     if endpoint.body_kind is BodyKind.MULTIPART:
-        return endpoint.decode_form(await read_form(request))
+        return endpoint.decode_form(await request.form())
     return endpoint.decode_json(await request.body())
 
 
-async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, base_url: str) -> None:
+async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: Inbound) -> None:
     """Give each image the form the client wants: a gateway URL for bytes when it asked for ``url``."""
     if wanted is not ResponseFormat.URL:
         return
@@ -119,7 +180,7 @@ async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat,
             data = image.as_bytes()
             assert data is not None, "an image holds a URL, base64 or bytes"
             name = await gateway.image_store.put(data, image.media_type)
-            image.url = f"{gateway.public_base_url or base_url}/images/{name}"
+            image.url = f"{gateway.public_base_url or request.base_url()}/images/{name}"
 
 
 @dataclass
@@ -136,10 +197,10 @@ class RequestRecord:
     attempts: Attempts = field(default_factory=Attempts)
 
     def finish(self, seconds: float) -> None:
-        metrics.REQUESTS.labels(self.dialect, self.operation, self.model, self.provider, self.outcome).inc()
-        metrics.REQUEST_DURATION.labels(self.dialect, self.outcome).observe(seconds)
+        metrics.child(metrics.REQUESTS, self.dialect, self.operation, self.model, self.provider, self.outcome).inc()
+        metrics.child(metrics.REQUEST_DURATION, self.dialect, self.outcome).observe(seconds)
         if self.images:
-            metrics.IMAGES.labels(self.provider).inc(self.images)
+            metrics.child(metrics.IMAGES, self.provider).inc(self.images)
         log.info(
             "request",
             dialect=self.dialect,
@@ -149,6 +210,7 @@ class RequestRecord:
             outcome=self.outcome,
             images=self.images,
             tried=[f"{provider}:{outcome}" for provider, outcome in self.attempts.tried],
+            upstream_ms=self.attempts.durations_ms,
             retries=self.attempts.retries,
             fallbacks=self.attempts.fallbacks,
             duration_ms=round(seconds * 1000, 2),
@@ -156,9 +218,14 @@ class RequestRecord:
         )
 
 
-async def serve(
-    gateway: Gateway, endpoint: Endpoint[Any, Any], request: Request[Any, Any, Any], record: RequestRecord
-) -> Response[bytes]:
+class Answer(NamedTuple):
+    """A dialect answer: its JSON body and the headers the gateway adds."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
+async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: Inbound, record: RequestRecord) -> Answer:
     """authorize ▸ decode ▸ admit (model access, rate limits) ▸ route ▸ deliver ▸ encode."""
     deadline = time.monotonic() + gateway.config.server.request_deadline_s
     key = gateway.auth.authenticate(request.headers)  # before reading the body: refusals stay cheap
@@ -168,41 +235,51 @@ async def serve(
     record.model = gateway.router.model(canonical.model).name
     decision = await gateway.admit(key, canonical)
     # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled.
-    result = await unless_client_leaves(request, gateway.router.generate(canonical, deadline, record.attempts))
+    result = await unless_client_leaves(request.receive, gateway.router.generate(canonical, deadline, record.attempts))
     record.provider = result.provider
-    await deliver(gateway, result, canonical.response_format, str(request.base_url).rstrip("/"))
+    await deliver(gateway, result, canonical.response_format, request)
     body = msgspec.json.encode(endpoint.encode_result(result, canonical))
     record.images = len(result.images)
     headers = {PROVIDER_HEADER: result.provider, ATTEMPTS_HEADER: str(record.attempts.calls)}
     if decision.limit:
         headers.update(decision.headers())
-    return Response(body, media_type=JSON, headers=headers)
+    return Answer(body, headers)
+
+
+async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request: Inbound) -> Answer:
+    """``serve``, counted and logged as one request whatever its end."""
+    record = RequestRecord(endpoint.dialect, endpoint.operation.value)
+    started = time.perf_counter()
+    metrics.IN_FLIGHT.inc()
+    try:
+        answer = await serve(gateway, endpoint, request, record)
+        record.outcome = "ok"
+        return answer
+    except GatewayError as error:
+        record.outcome = error.code.value
+        record.provider = error.provider or record.provider
+        error.headers[ATTEMPTS_HEADER] = str(record.attempts.calls)
+        raise
+    except ClientGone:
+        record.outcome = "client_gone"
+        raise
+    finally:
+        metrics.IN_FLIGHT.dec()
+        record.finish(time.perf_counter() - started)
 
 
 def dialect_handler(mount: Mount) -> HTTPRouteHandler:
-    """The route handler serving one dialect endpoint at one mount point."""
+    """The route handler serving one dialect endpoint at one mount point.
+
+    JSON endpoints are served by ``gateway.direct`` before Litestar routes them; their
+    handlers here serve the requests the direct path leaves to Litestar, and document the
+    routes in OpenAPI.
+    """
     endpoint = mount.endpoint
 
     async def handle(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gateway: Gateway = request.app.state.gateway
-        record = RequestRecord(endpoint.dialect, endpoint.operation.value)
-        started = time.perf_counter()
-        metrics.IN_FLIGHT.inc()
-        try:
-            response = await serve(gateway, endpoint, request, record)
-            record.outcome = "ok"
-            return response
-        except GatewayError as error:
-            record.outcome = error.code.value
-            record.provider = error.provider or record.provider
-            error.headers[ATTEMPTS_HEADER] = str(record.attempts.calls)
-            raise
-        except ClientGone:
-            record.outcome = "client_gone"
-            raise
-        finally:
-            metrics.IN_FLIGHT.dec()
-            record.finish(time.perf_counter() - started)
+        answer = await serve_recorded(request.app.state.gateway, endpoint, LitestarInbound(request))
+        return Response(answer.body, media_type=JSON, headers=answer.headers)
 
     return HTTPRouteHandler(
         path=mount.prefix + endpoint.path,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from litestar import Request
+from litestar.types import Receive
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "ClientGone", "unless_client_leaves"]
 
@@ -21,8 +21,10 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
-async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it when the client disconnects first (its body must be read already).
+
+    ``receive`` is the request's ASGI receive.
 
     ``work`` runs in the caller's own task; only the watcher is a task of its own, which
     cancels the caller when the disconnect comes.
@@ -33,7 +35,7 @@ async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[
 
     async def watch() -> None:
         nonlocal gone
-        await _disconnected(request)
+        await _disconnected(receive)
         gone = True
         caller.cancel()
 
@@ -49,7 +51,7 @@ async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[
         watcher.cancel()
 
 
-async def _disconnected(request: Request[Any, Any, Any]) -> None:
+async def _disconnected(receive: Receive) -> None:
     """Returns when the client hangs up. The body has been read, so the next ASGI message is the disconnect."""
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass

@@ -64,7 +64,7 @@ def encode_result(result: ImageResult) -> bytes:
     return _encoder.encode(result)
 
 
-def decode_result(body: bytes) -> ImageResult:
+def decode_result(body: bytes | bytearray) -> ImageResult:
     return _result_decoder.decode(body)
 
 
@@ -74,7 +74,7 @@ def encode_error(error: GatewayError) -> bytes:
     )
 
 
-def decode_error(status: int, body: bytes) -> GatewayError:
+def decode_error(status: int, body: bytes | bytearray) -> GatewayError:
     """A worker's error answer → the canonical error; a body that is not one is ``upstream_error``."""
     try:
         wire = _error_decoder.decode(body)

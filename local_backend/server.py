@@ -40,7 +40,7 @@ async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Draw one canonical request; dropped from the queue if its client hangs up first."""
     engine: LocalEngine = request.app.state.engine
     canonical = protocol.decode_request(await request.body())
-    result = await unless_client_leaves(request, engine.generate(canonical))
+    result = await unless_client_leaves(request.receive, engine.generate(canonical))
     return Response(protocol.encode_result(result), media_type=JSON)
 
 

@@ -152,7 +152,10 @@ async def test_answer_cut_off_mid_body_is_a_failure(client: UpstreamClient, cut_
 def test_multipart_body_parses_back_to_its_fields_and_files() -> None:
     body, content_type = encode_multipart(
         {"prompt": "a cat\r\nin a hat", "n": "2"},
-        [("image", ("image.png", b"\x89PNG\r\n--not-a-boundary", "image/png")), ("mask", ('m"a.png', b"\x00", "image/png"))],
+        [
+            ("image", ("image.png", b"\x89PNG\r\n--not-a-boundary", "image/png")),
+            ("mask", ('m"a.png', b"\x00", "image/png")),
+        ],
     )
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body

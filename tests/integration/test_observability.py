@@ -132,17 +132,19 @@ def test_one_request_tells_its_whole_story_under_its_id(
     assert response.status_code == 200, response.text
     assert response.headers["x-request-id"] == "story-0001"
     story = [line for line in read_log_lines(captured.out) if line.get("request_id") == "story-0001"]
+    # A failed call has a line of its own; the one that answered is told by the request's line.
     attempts = [line for line in story if line["event"] == "upstream_attempt"]
-    assert [(line["provider"], line["outcome"]) for line in attempts] == [
-        ("obs-primary", "upstream_error"),
-        ("obs-primary", "upstream_error"),
-        ("obs-primary", "upstream_error"),
-        ("obs-backup", "ok"),
+    assert [(line["provider"], line["outcome"], line["attempt"]) for line in attempts] == [
+        ("obs-primary", "upstream_error", 1),
+        ("obs-primary", "upstream_error", 2),
+        ("obs-primary", "upstream_error", 3),
     ]
     (summary,) = [line for line in story if line["event"] == "request"]
     assert summary["outcome"] == "ok" and summary["provider"] == "obs-backup"
     assert summary["retries"] == 2 and summary["fallbacks"] == 1
     assert summary["tried"] == ["obs-primary:upstream_error"] * 3 + ["obs-backup:ok"]
+    assert len(summary["upstream_ms"]) == 4 and all(ms > 0 for ms in summary["upstream_ms"])
+    assert [line["duration_ms"] for line in attempts] == summary["upstream_ms"][:3]
     everything = captured.out + captured.err
     for secret in (SECRET_PROMPT, STORY_KEY, API_KEY):
         assert secret not in everything
