@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -36,9 +35,7 @@ def test_each_tiny_model_loads_through_the_real_loader_and_draws_fast(kind: str)
     index = json.loads((tiny.model_root() / kind / "model_index.json").read_text())
     assert index["_class_name"] == pipeline_class
     model.warm_up()
-    started = time.perf_counter()
-    drawn = model.draw([work(kind)], max_images=4)
-    assert time.perf_counter() - started < 1.0, "a 64x64 image in 2 steps should take tens of milliseconds"
+    drawn = model.draw([work(kind)], max_images=4)  # how fast: `make bench-local`, not a timed test
     assert drawn.images[0][0].size == (64, 64) and drawn.calls == [1]
 
 
