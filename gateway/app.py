@@ -57,7 +57,10 @@ def build_limiter(config: GatewayConfig) -> tuple[Limiter, aioredis.Redis | None
         # instead of every request waiting through redis-py's backoff.
         retry=Retry(NoBackoff(), 0),
     )
-    return RedisLimiter(client, on_failure=config.redis.on_failure), client
+    limiter = RedisLimiter(
+        client, config.redis.url, on_failure=config.redis.on_failure, timeout_s=config.redis.timeout_s
+    )
+    return limiter, client
 
 
 @asynccontextmanager

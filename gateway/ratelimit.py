@@ -21,6 +21,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.redis_script import DEFAULT_TIMEOUT_S, RedisScript
 from schemas.canonical import ErrorCode, GatewayError
 
 __all__ = ["Decision", "LimitCheck", "Limiter", "MemoryLimiter", "RedisLimiter"]
@@ -153,19 +154,26 @@ class MemoryLimiter:
 
 
 class RedisLimiter:
-    """GCRA in Redis, shared by every replica; when Redis is away, ``on_failure`` decides."""
+    """GCRA in Redis, shared by every replica; when Redis is away, ``on_failure`` decides.
+
+    The script runs on its own pipelined connection to ``url`` (the hot path, see
+    ``gateway/redis_script.py``); ``client``, redis-py's, serves cooldowns and ``/ready``.
+    ``aclose`` closes both.
+    """
 
     def __init__(
         self,
         client: aioredis.Redis,
+        url: str,
         *,
         on_failure: Literal["open", "closed"],
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         fallback: MemoryLimiter | None = None,
     ) -> None:
         self.client = client
         self.on_failure = on_failure
         self.fallback = fallback or MemoryLimiter()
-        self._script = client.register_script(GCRA_SCRIPT)
+        self._script = RedisScript(GCRA_SCRIPT, url, timeout_s=timeout_s)
         self._down_until = 0.0
         self.redis_up = True
         metrics.REDIS_UP.set(1)
@@ -201,4 +209,5 @@ class RedisLimiter:
         return await self.fallback.check(checks)
 
     async def aclose(self) -> None:
+        await self._script.aclose()
         await self.client.aclose()

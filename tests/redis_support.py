@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -27,9 +28,14 @@ def require_shared_redis() -> str:
 
 
 class OwnRedis:
-    """A redis-server this test starts and stops itself, on its own port."""
+    """A redis-server this test starts and stops itself, on its own port.
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    ``password`` makes it require one (``--requirepass``); ``extra_args`` go on its command line.
+    """
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, password: str = "", extra_args: Sequence[str] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise AssertionError(
@@ -38,11 +44,14 @@ class OwnRedis:
         self.binary = binary
         self.port = port or free_port()
         self.workdir = workdir
+        self.password = password
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        login = f":{self.password}@" if self.password else ""
+        return f"redis://{login}127.0.0.1:{self.port}/0"
 
     def start(self) -> OwnRedis:
         self.process = subprocess.Popen(
@@ -58,6 +67,8 @@ class OwnRedis:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *(["--requirepass", self.password] if self.password else []),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -65,7 +76,7 @@ class OwnRedis:
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                redis.Redis(port=self.port, password=self.password or None, socket_connect_timeout=0.2).ping()
                 return self
             except redis.RedisError:
                 if time.monotonic() > deadline or self.process.poll() is not None:

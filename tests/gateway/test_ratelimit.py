@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,8 +22,8 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
     if request.param == "memory":
         yield MemoryLimiter()
         return
-    client = aioredis.Redis.from_url(require_shared_redis())
-    limiter = RedisLimiter(client, on_failure="closed")
+    url = require_shared_redis()
+    limiter = RedisLimiter(aioredis.Redis.from_url(url), url, on_failure="closed")
     yield limiter
     await limiter.aclose()
 
@@ -90,9 +91,18 @@ async def test_concurrent_checks_admit_exactly_the_limit(limiter: Limiter) -> No
     assert sum(decision.allowed for decision in decisions) == 25
 
 
+AWAY_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+def away_limiter(on_failure: Literal["open", "closed"]) -> RedisLimiter:
+    client = aioredis.Redis.from_url(
+        AWAY_URL, socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    return RedisLimiter(client, AWAY_URL, on_failure=on_failure, timeout_s=0.2)
+
+
 async def test_redis_away_fails_open_onto_memory() -> None:
-    client = aioredis.Redis(port=1, socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    limiter = RedisLimiter(client, on_failure="open")
+    limiter = away_limiter("open")
     limit = check(2)
     assert [(await limiter.check([limit])).allowed for _ in range(3)] == [True, True, False]
     assert not limiter.redis_up
@@ -100,8 +110,7 @@ async def test_redis_away_fails_open_onto_memory() -> None:
 
 
 async def test_redis_away_fails_closed_with_overloaded() -> None:
-    client = aioredis.Redis(port=1, socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    limiter = RedisLimiter(client, on_failure="closed")
+    limiter = away_limiter("closed")
     with pytest.raises(GatewayError) as caught:
         await limiter.check([check(2)])
     assert caught.value.code is ErrorCode.OVERLOADED
