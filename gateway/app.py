@@ -25,6 +25,7 @@ from gateway.direct import DIRECT_ROUTES, serve_direct
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
 from gateway.logs import RequestIdMiddleware, configure_logging
+from gateway.memory import return_large_buffers
 from gateway.openapi import add_dialect_schemas
 from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.router import Router
@@ -160,6 +161,7 @@ class GatewayApp(Litestar):
 
 def create_app_from_env() -> Litestar:
     """The app for a server worker process: the config file named by ``IMAGE_GATEWAY_CONFIG``."""
+    return_large_buffers()
     return create_app(load_config(os.environ.get(CONFIG_ENV) or None))
 
 

@@ -17,9 +17,12 @@ __all__ = ["main"]
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.memory import return_large_buffers
+
     config = _load_or_report(args.config)
     if config is None:
         return 1
+    return_large_buffers()  # each worker process does the same in create_app_from_env
     host = args.host or config.server.host
     port = args.port if args.port is not None else int(os.environ.get("PORT", config.server.port))
     options: dict[str, Any] = {
@@ -47,8 +50,10 @@ def _worker(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     from gateway.logs import configure_logging
+    from gateway.memory import return_large_buffers
     from local_backend.server import serve_worker  # brings torch: only on a GPU worker
 
+    return_large_buffers()
     configure_logging(config.server.log_level, config.server.log_prompts)
 
     return serve_worker(config, host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8090)
