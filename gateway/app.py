@@ -176,6 +176,7 @@ def create_app(config: GatewayConfig | None = None, *, direct: bool = True) -> L
         route_handlers=[health, ready, prometheus_metrics, stored_image, *dialect_handlers()],
         middleware=[RequestIdMiddleware],
         lifespan=[lifespan],
+        logging_config=None,  # structlog writes every line; Litestar's own config would start a queue thread
         exception_handlers={Exception: handle_exception},
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=OpenAPIConfig(
