@@ -107,6 +107,8 @@ class _Connection(asyncio.Protocol):
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=_reply_error, notEnoughData=_INCOMPLETE)
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._transport: asyncio.Transport | None = None
+        # Commands sent during one turn of the loop go out in one write (one system call, one wake-up of Redis).
+        self._unsent: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
@@ -120,8 +122,15 @@ class _Connection(asyncio.Protocol):
         if not self._waiting:
             self.progress_at = self.loop.time()
         self._waiting.append(future)
-        self._transport.write(command)
+        if not self._unsent:
+            self.loop.call_soon(self._flush)
+        self._unsent.append(command)
         return future
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if self.open and self._transport is not None:  # else their futures have failed already
+            self._transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
