@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 LITELLM_VENV ?= bench/.venv-litellm
 
-.PHONY: install run test lint emulators bench bench-quick bench-local clean
+.PHONY: install run test lint emulators bench bench-quick bench-servers bench-local clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ $(LITELLM_VENV)/bin/python:
 	$(LITELLM_VENV)/bin/pip install --quiet --upgrade pip
 	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]'
 
-$(VENV)/.bench-installed: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $@
 
@@ -50,6 +50,10 @@ bench: $(VENV)/.bench-installed $(LITELLM_VENV)/bin/python
 
 bench-quick: $(VENV)/.bench-installed $(LITELLM_VENV)/bin/python
 	$(BIN)/python -m bench.proxy --quick --litellm-python $(LITELLM_VENV)/bin/python
+
+# uvicorn (uvloop+httptools, asyncio+h11), Granian, and two processes, serving the same gateway.
+bench-servers: $(VENV)/.bench-installed
+	$(BIN)/python -m bench.servers
 
 # The local diffusers backend: images/s at concurrency 1, 4, 16 against a bare pipeline loop.
 bench-local: $(STAMP)

@@ -140,3 +140,29 @@ def test_fold_groups_py_spy_samples() -> None:
     assert shares["HTTP server: uvicorn (and its parser)"] == 30
     assert shares["gateway code (gateway/, adapters/, schemas/)"] == 20  # asyncio under it counts for it
     assert dict(folded["gateway_inclusive"])["Router.generate (gateway/router.py)"] == 20  # lines merged
+
+
+def test_server_and_proxy_sections_are_each_rewritten_in_place(tmp_path: Path) -> None:
+    from bench import servers
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nkept above\n")
+    write_docs(docs, "proxy one")
+    servers.write_docs(docs, "servers one")
+    docs.write_text(docs.read_text() + "\nkept below\n")
+    write_docs(docs, "proxy two")
+    servers.write_docs(docs, "servers two")
+    text = docs.read_text()
+    assert text.count(START) == text.count(servers.START) == 1
+    assert "proxy two" in text and "servers two" in text and "one" not in text
+    assert text.index("kept above") < text.index(START) < text.index(servers.START) < text.index("kept below")
+
+
+def test_every_server_variant_serves_on_the_port_it_is_given(tmp_path: Path) -> None:
+    from bench import servers
+
+    found = servers.variants(tmp_path / "gateway.json", 4321)
+    labels = [label for label, _, _ in found]
+    assert labels[0].startswith("uvicorn, uvloop") and labels[-1].endswith("2 processes")
+    for _, command, _ in found:
+        assert command[command.index("--port") + 1] == "4321"
