@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 LITELLM_VENV ?= bench/.venv-litellm
 
-.PHONY: install run test lint emulators bench bench-quick bench-servers bench-local clean
+.PHONY: install run test lint emulators bench bench-quick bench-servers bench-portkey bench-local clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ bench-quick: $(VENV)/.bench-installed $(LITELLM_VENV)/bin/python
 # uvicorn (uvloop+httptools, asyncio+h11), Granian, and two processes, serving the same gateway.
 bench-servers: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.servers
+
+# Portkey's open-source gateway (Node.js, from npm into bench/.portkey) against the same emulator.
+PORTKEY_VERSION ?= 1.15.2
+bench/.portkey/node_modules/@portkey-ai/gateway/package.json:
+	npm install --silent --no-audit --no-fund --prefix bench/.portkey @portkey-ai/gateway@$(PORTKEY_VERSION)
+
+bench-portkey: $(VENV)/.bench-installed bench/.portkey/node_modules/@portkey-ai/gateway/package.json
+	$(BIN)/python -m bench.portkey
 
 # The local diffusers backend: images/s at concurrency 1, 4, 16 against a bare pipeline loop.
 bench-local: $(STAMP)

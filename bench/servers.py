@@ -148,12 +148,13 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, machine: dict[s
     return "\n".join(lines)
 
 
-def write_docs(path: Path, block: str) -> None:
+def write_docs(path: Path, block: str, start: str = START, end: str = END) -> None:
+    """Replace the section between ``start`` and ``end`` (or add it), leaving the rest of the file alone."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{START}\n{block.rstrip()}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
+    section = f"{start}\n{block.rstrip()}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)

@@ -166,3 +166,20 @@ def test_every_server_variant_serves_on_the_port_it_is_given(tmp_path: Path) -> 
     assert labels[0].startswith("uvicorn, uvloop") and labels[-1].endswith("2 processes")
     for _, command, _ in found:
         assert command[command.index("--port") + 1] == "4321"
+
+
+def test_portkey_is_pointed_at_the_emulator_as_a_custom_openai_host(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from bench.portkey import PortkeyBench
+
+    services = {
+        "emulator": SimpleNamespace(base_url="http://127.0.0.1:9101", pid=11),
+        "portkey": SimpleNamespace(base_url="http://127.0.0.1:8787", pid=12),
+    }
+    bench = PortkeyBench(SimpleNamespace(), SimpleNamespace(services=services))  # type: ignore[arg-type]
+    base, headers, watch = bench.target("portkey", heavy=False)
+    assert base == "http://127.0.0.1:8787" and watch == {"portkey": 12}
+    assert headers["x-portkey-provider"] == "openai"
+    assert headers["x-portkey-custom-host"] == "http://127.0.0.1:9101/v1"
+    assert bench.target("floor", heavy=False)[0] == "http://127.0.0.1:9101"
