@@ -18,9 +18,11 @@ is held once, not as chunks plus their join.
 
 from __future__ import annotations
 
+import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -139,11 +141,32 @@ class _Buffer:
 
 
 class AiohttpUpstream:
-    """aiohttp's client session, made on first use inside the running loop."""
+    """aiohttp's client session, made on first use inside the running loop.
+
+    ``HTTP_PROXY``, ``HTTPS_PROXY`` and ``NO_PROXY`` are read once, here, and each upstream
+    host's proxy is looked up once: aiohttp's own ``trust_env`` would ask the environment
+    (and ``.netrc``) on a thread for every request.
+    """
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        self._env_proxies = urllib.request.getproxies_environment()
+        self._proxies: dict[tuple[str, str], str | None] = {}
+
+    def _proxy(self, url: str) -> str | None:
+        """The proxy for ``url`` from the environment, or None."""
+        if not self._env_proxies:
+            return None
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._proxies:
+            bypass = urllib.request.proxy_bypass_environment(parts.hostname or "", self._env_proxies)  # type: ignore[attr-defined]  # in the stdlib, not in its stubs
+            proxy = None if bypass else self._env_proxies.get(parts.scheme)
+            if len(self._proxies) >= 1024:  # provider hosts are few; image URLs could name many
+                self._proxies.clear()
+            self._proxies[key] = proxy
+        return self._proxies[key]
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
@@ -183,6 +206,7 @@ class AiohttpUpstream:
                 headers=headers,
                 timeout=self._timeout(connect_timeout, read_timeout),
                 allow_redirects=False,
+                proxy=self._proxy(url),
             ) as response:
                 buffer = _Buffer(response.content_length, max_bytes)
                 content = response.content

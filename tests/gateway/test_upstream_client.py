@@ -7,6 +7,7 @@ for the faults a well-behaved server cannot make (an answer cut off mid-body).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.parser
 import email.policy
 import socket
@@ -139,6 +140,8 @@ def cut_off_server() -> Iterator[str]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting in the thread
     listener.close()
     thread.join(timeout=5)
 
@@ -171,3 +174,48 @@ def test_multipart_body_parses_back_to_its_fields_and_files() -> None:
 def test_unknown_transport_is_named() -> None:
     with pytest.raises(ValueError, match="unknown upstream transport 'curl'"):
         build_upstream_client("curl")
+
+
+@pytest.fixture
+def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
+    """A forward proxy that answers every request itself, 200 "via proxy", and keeps its request lines."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    lines: list[bytes] = []
+
+    def serve() -> None:
+        try:
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    request = connection.recv(65536)
+                    lines.append(request.split(b"\r\n", 1)[0])
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nvia proxy")
+        except OSError:
+            return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", lines
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting in the thread
+    listener.close()
+    thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_proxy_from_the_environment_is_used_except_for_no_proxy_hosts(
+    transport: str, recording_proxy: tuple[str, list[bytes]], server: ThreadedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy, lines = recording_proxy
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    upstream = build_upstream_client(transport)  # the environment is read when the client is made
+    try:
+        proxied = await send(upstream, "http://images.provider.example/v1/generate", b"{}")
+        assert proxied.status == 200 and bytes(proxied.body) == b"via proxy"
+        assert lines == [b"POST http://images.provider.example/v1/generate HTTP/1.1"]
+        direct = await send(upstream, server.url + "/echo", b"straight")  # NO_PROXY: not through the proxy
+        assert direct.status == 201 and bytes(direct.body) == b"straight" and len(lines) == 1
+    finally:
+        await upstream.aclose()
