@@ -25,7 +25,6 @@ from typing import Any
 
 from bench import servers
 from bench.proxy import (
-    DOCS,
     EMULATOR_KEY,
     ROOT,
     Bench,
@@ -64,19 +63,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.portkey", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--rates", type=lambda text: [float(x) for x in text.split(",")], default=[200.0, 50.0])
-    add("--duration", type=float, default=5.0, help="seconds per phase (default 5)")
-    add("--rounds", type=int, default=3, help="interleaved rounds per rate (default 3)")
-    add("--saturation-connections", type=int, default=32)
-    add("--emulator-delay-ms", type=float, default=1.0)
-    add("--redis-url", default="redis://127.0.0.1:6379/0")
     add("--node", default="node", help="the Node.js to run Portkey with")
-    add("--quick", action="store_true", help="short phases, docs untouched")
-    add("--no-docs", action="store_true")
-    add("--docs", default=str(DOCS))
-    args = parser.parse_args(argv)
-    args.no_litellm, args.keep_logs, args.upstream_transport = True, False, "aiohttp"
+    servers.add_common_arguments(parser, rounds=3, duration=5.0)
+    args = servers.finish_arguments(parser.parse_args(argv))
     if args.quick:
-        args.duration, args.rounds, args.rates, args.no_docs = 1.0, 1, args.rates[:1], True
+        args.rates = args.rates[:1]
     return args
 
 

@@ -73,24 +73,32 @@ def variants(config: Path, port: int) -> list[tuple[str, list[str], dict[str, st
     return found
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.split("\n\n")[0])
+def add_common_arguments(parser: argparse.ArgumentParser, rounds: int, duration: float) -> None:
+    """The options every side benchmark shares (this one and bench.portkey)."""
     add = parser.add_argument
-    add("--rate", type=float, default=200.0, help="fixed rate, req/s (default 200)")
-    add("--duration", type=float, default=4.0, help="seconds per phase (default 4)")
-    add("--rounds", type=int, default=2, help="interleaved floor/gateway rounds (default 2)")
+    add("--duration", type=float, default=duration, help=f"seconds per phase (default {duration:g})")
+    add("--rounds", type=int, default=rounds, help=f"interleaved rounds per rate (default {rounds})")
     add("--saturation-connections", type=int, default=32, help="closed-loop clients (default 32)")
     add("--emulator-delay-ms", type=float, default=1.0)
     add("--redis-url", default="redis://127.0.0.1:6379/0")
     add("--quick", action="store_true", help="short phases, docs untouched")
     add("--no-docs", action="store_true")
     add("--docs", default=str(DOCS))
-    args = parser.parse_args(argv)
-    # What bench.proxy's Stack and Bench read, for a run with only the floor and the gateway.
+
+
+def finish_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """What bench.proxy's Stack and Bench read, for a run without LiteLLM; --quick shortens the phases."""
     args.no_litellm, args.keep_logs, args.upstream_transport = True, False, "aiohttp"
     if args.quick:
         args.duration, args.rounds, args.no_docs = 1.0, 1, True
     return args
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="fixed rate, req/s (default 200)")
+    add_common_arguments(parser, rounds=2, duration=4.0)
+    return finish_arguments(parser.parse_args(argv))
 
 
 def measure(bench: Bench, label: str, args: argparse.Namespace) -> dict[str, Any]:
