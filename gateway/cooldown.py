@@ -30,7 +30,7 @@ class Cooldowns:
         self._prefix = f"{key_prefix}cooldown:"
         self._failures: dict[str, int] = {}
         self._until: dict[str, float] = {}  # wall-clock seconds, comparable across replicas
-        self._refreshed = 0.0
+        self._refreshed: dict[str, float] = {}  # per provider: a model's request never waits on another's refresh
 
     def cooling(self, provider: str) -> bool:
         return self._until.get(provider, 0.0) > time.time()
@@ -55,11 +55,16 @@ class Cooldowns:
         return True
 
     async def refresh(self, providers: Sequence[str]) -> None:
-        """Learn the other replicas' cooldowns for ``providers`` (one MGET, at most once per REFRESH_S)."""
-        now = time.monotonic()
-        if self._client is None or now - self._refreshed < REFRESH_S:
+        """Learn the other replicas' cooldowns for ``providers``: one MGET of those not read in the last REFRESH_S."""
+        if self._client is None:
             return
-        self._refreshed = now
+        now = time.monotonic()
+        due = [provider for provider in providers if now - self._refreshed.get(provider, -REFRESH_S) >= REFRESH_S]
+        if not due:
+            return
+        for provider in due:
+            self._refreshed[provider] = now
+        providers = due
         try:
             values = await self._client.mget([self._prefix + provider for provider in providers])
         except (RedisError, OSError):
