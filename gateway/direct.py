@@ -5,7 +5,7 @@ response objects cost about a tenth of the gateway's CPU per request on the benc
 (docs/benchmarks.md); this path serves the JSON dialect endpoints (``POST``, exact path)
 with the same ``serve`` the route handlers use, and hands everything else to Litestar:
 multipart edits and variations, other methods, unknown paths, health, metrics, docs.
-What a client sees is the same on both paths (tests/gateway/test_direct.py holds them
+What a client sees is the same on both paths (tests/integration/test_direct.py holds them
 side by side): the answer, its headers, the request id, errors in the dialect's envelope.
 """
 
@@ -19,10 +19,9 @@ from litestar.types import HTTPResponseStartEvent, Receive, Scope, Send
 
 from gateway.errors import render
 from gateway.logs import REQUEST_ID_HEADER, request_id
-from gateway.routes import JSON, MOUNTS, Mount, serve_recorded
+from gateway.routes import JSON, MOUNTS, Mount, body_too_large, serve_recorded
 from gateway.state import Gateway
 from local_backend.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
-from schemas.canonical import ErrorCode, GatewayError
 from schemas.dialect import BodyKind
 
 __all__ = ["DIRECT_ROUTES", "ScopeInbound", "serve_direct"]
@@ -60,7 +59,7 @@ class ScopeInbound:
         limit = self.max_body_bytes
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
+            raise body_too_large(limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -70,7 +69,7 @@ class ScopeInbound:
             chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise body_too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -85,10 +84,6 @@ class ScopeInbound:
             server = scope.get("server")
             host = f"{server[0]}:{server[1]}" if server else "localhost"
         return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}".rstrip("/")
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(ErrorCode.INVALID_REQUEST, f"request body is larger than {limit} bytes", status=413)
 
 
 async def serve_direct(gateway: Gateway, mount: Mount, scope: Scope, receive: Receive, send: Send) -> None:

@@ -15,7 +15,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
-from gateway.routes import errors_for_path
+from gateway.routes import body_too_large, errors_for_path
 from local_backend.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.dialect import ErrorTable
@@ -31,9 +31,7 @@ def to_gateway_error(exc: Exception, max_body_bytes: int) -> GatewayError:
         return exc
     if isinstance(exc, HTTPException):
         if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
-            return GatewayError(
-                ErrorCode.INVALID_REQUEST, f"request body is larger than {max_body_bytes} bytes", status=413
-            )
+            return body_too_large(max_body_bytes)
         if isinstance(exc, NotFoundException):
             return GatewayError(ErrorCode.INVALID_REQUEST, "no such route", status=404)
         if exc.status_code == HTTP_405_METHOD_NOT_ALLOWED:

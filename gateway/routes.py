@@ -31,7 +31,7 @@ from schemas import melious, nebul, nebulablock, openai, pomelo
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 
-__all__ = ["MOUNTS", "Inbound", "Mount", "dialect_handlers", "errors_for_path", "serve_recorded"]
+__all__ = ["MOUNTS", "Inbound", "Mount", "body_too_large", "dialect_handlers", "errors_for_path", "serve_recorded"]
 
 log = structlog.get_logger("gateway.request")
 
@@ -106,6 +106,11 @@ async def read_form(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return fields
 
 
+def body_too_large(limit: int) -> GatewayError:
+    """A client body over ``server.max_body_bytes``: the same refusal on every path."""
+    return GatewayError(ErrorCode.INVALID_REQUEST, f"request body is larger than {limit} bytes", status=413)
+
+
 class Inbound(Protocol):
     """What serving a dialect request reads of the client's HTTP request.
 
@@ -158,8 +163,7 @@ class LitestarInbound:
         """Litestar's refusal of a body over the limit, as the gateway's own (counted as invalid_request)."""
         if exc.status_code != HTTP_413_REQUEST_ENTITY_TOO_LARGE:
             return exc
-        limit = self.request.app.state.gateway.config.server.max_body_bytes
-        return GatewayError(ErrorCode.INVALID_REQUEST, f"request body is larger than {limit} bytes", status=413)
+        return body_too_large(self.request.app.state.gateway.config.server.max_body_bytes)
 
     def base_url(self) -> str:
         return str(self.request.base_url).rstrip("/")
