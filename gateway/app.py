@@ -18,18 +18,19 @@ from redis.backoff import NoBackoff
 from adapters import Adapter, build_adapter
 from adapters.upstream import UpstreamClient, build_upstream_client
 from gateway import metrics
+from gateway.admission import BodyBudget
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config
 from gateway.cooldown import Cooldowns
-from gateway.direct import DIRECT_ROUTES, serve_direct
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
 from gateway.logs import RequestIdMiddleware, configure_logging
 from gateway.memory import return_large_buffers
-from gateway.openapi import add_dialect_schemas
+from gateway.openapi import DocumentedRoute, add_dialect_routes
+from gateway.pipeline import dialect_route_for, serve_dialect_route
 from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.router import Router
-from gateway.routes import MOUNTS, dialect_handlers
+from gateway.routes import MOUNTS
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError
 
@@ -91,6 +92,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         cooldowns=cooldowns,
         redis=redis_client,
         adapters=adapters,
+        body_budget=BodyBudget(config.server.max_inflight_body_bytes),
     )
     try:
         yield
@@ -148,15 +150,28 @@ async def stored_image(request: Request[Any, Any, Any], name: FromPath[str]) -> 
 
 
 class GatewayApp(Litestar):
-    """Litestar, with the JSON dialect endpoints served on the direct path (``gateway.direct``)."""
+    """Litestar for health, ready, metrics, stored images and docs; every dialect route goes to
+    the one request pipeline (``gateway.pipeline``) before Litestar routes anything."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            mount = DIRECT_ROUTES.get(scope["path"])
-            if mount is not None:
-                await serve_direct(self.state.gateway, mount, scope, receive, send)
-                return
+        route = dialect_route_for(scope)
+        if route is not None:
+            await serve_dialect_route(self.state.gateway, route, scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
+
+
+def documented_routes() -> list[DocumentedRoute]:
+    """The dialect routes for the OpenAPI document, from the table the pipeline serves."""
+    return [
+        DocumentedRoute(
+            path=mount.prefix + mount.endpoint.path,
+            methods=mount.methods,
+            endpoint=mount.endpoint,
+            name=f"{mount.endpoint.dialect}:{mount.prefix or 'root'}:{mount.endpoint.path}",
+        )
+        for mount in MOUNTS
+    ]
 
 
 def create_app_from_env() -> Litestar:
@@ -165,15 +180,12 @@ def create_app_from_env() -> Litestar:
     return create_app(load_config(os.environ.get(CONFIG_ENV) or None))
 
 
-def create_app(config: GatewayConfig | None = None, *, direct: bool = True) -> Litestar:
-    """The gateway app for ``config`` (the built-in default when None).
-
-    ``direct=False`` leaves every route to Litestar: the tests that hold both paths side by side use it.
-    """
+def create_app(config: GatewayConfig | None = None) -> Litestar:
+    """The gateway app for ``config`` (the built-in default when None)."""
     config = config or load_config()
     configure_logging(config.server.log_level, config.server.log_prompts)
-    app = (GatewayApp if direct else Litestar)(
-        route_handlers=[health, ready, prometheus_metrics, stored_image, *dialect_handlers()],
+    app = GatewayApp(
+        route_handlers=[health, ready, prometheus_metrics, stored_image],
         middleware=[RequestIdMiddleware],
         lifespan=[lifespan],
         logging_config=None,  # structlog writes every line; Litestar's own config would start a queue thread
@@ -188,5 +200,5 @@ def create_app(config: GatewayConfig | None = None, *, direct: bool = True) -> L
         debug=False,
     )
     app.state.config = config
-    add_dialect_schemas(app, [mount.endpoint for mount in MOUNTS])
+    add_dialect_routes(app, documented_routes())
     return app

@@ -34,6 +34,7 @@ DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 DEFAULT_MAX_INPUT_IMAGE_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_BODY_BYTES = 512 * 1024 * 1024
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -162,6 +163,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
+    # Bytes of request bodies held at once by one process; past it a request is `overloaded` (503)
+    # before its body is read, so a flood of large bodies cannot grow the process without bound.
+    max_inflight_body_bytes: PositiveInt = DEFAULT_MAX_INFLIGHT_BODY_BYTES
     max_input_images: PositiveInt = 16
     max_input_image_bytes: PositiveInt = DEFAULT_MAX_INPUT_IMAGE_BYTES
     request_deadline_s: Seconds = 120.0  # no chain of retries and fallbacks outlives it
@@ -171,6 +175,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace_s: Seconds = 30.0  # on SIGTERM: stop accepting, let requests in flight finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise ValueError("max_inflight_body_bytes must be at least max_body_bytes (one whole body must fit)")
 
 
 class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,8 +1,9 @@
 """Every failure, rendered in the envelope of the dialect the client spoke.
 
-Handlers carry their dialect's error table in ``opt["errors"]``; a request that matched
-no handler is answered in the dialect its path belongs to, else in the OpenAI envelope. A client never sees a
-stack trace: anything unexpected is logged here and answered as ``internal``.
+The pipeline (``gateway.pipeline``) renders with the error table of the route's dialect;
+Litestar's routes (health, images, docs, unknown paths) go through ``handle_exception``,
+answered in the dialect their path belongs to, else in the OpenAI envelope. A client never
+sees a stack trace: anything unexpected is logged here and answered as ``internal``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
-from gateway.routes import body_too_large, errors_for_path
-from local_backend.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
+from gateway.inbound import body_too_large
+from gateway.routes import errors_for_path
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.dialect import ErrorTable
+from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
 
 __all__ = ["ErrorAnswer", "handle_exception", "render", "to_gateway_error"]
 
@@ -40,12 +42,6 @@ def to_gateway_error(exc: Exception, max_body_bytes: int) -> GatewayError:
             return GatewayError(ErrorCode.INVALID_REQUEST, str(exc.detail), status=exc.status_code)
     log.error("unhandled_exception", exc_info=exc)
     return GatewayError(ErrorCode.INTERNAL, "internal error")
-
-
-def error_table(request: Request[Any, Any, Any]) -> ErrorTable:
-    handler = request.scope.get("route_handler")
-    table = handler.opt.get("errors") if handler is not None else None
-    return table if isinstance(table, ErrorTable) else errors_for_path(request.url.path)
 
 
 class ErrorAnswer(NamedTuple):
@@ -70,5 +66,5 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if isinstance(exc, ClientGone):  # nobody is there to read an answer
         return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
     max_body = request.app.state.gateway.config.server.max_body_bytes if "gateway" in request.app.state else 0
-    status, headers, body = render(exc, error_table(request), max_body)
+    status, headers, body = render(exc, errors_for_path(request.url.path), max_body)
     return Response(body, status_code=status, media_type="application/json", headers=headers)

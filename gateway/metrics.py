@@ -83,6 +83,12 @@ RATE_LIMITED = Counter(
     "rate_limited", "Requests refused (or targets skipped) by a rate limit, by scope.", ["scope"], namespace=NAMESPACE
 )
 IMAGES = Counter("images_generated", "Images returned to clients.", ["provider"], namespace=NAMESPACE)
+BODY_BYTES_IN_FLIGHT = Gauge(
+    "inbound_body_bytes_in_flight",
+    "Bytes of request bodies held now, against server.max_inflight_body_bytes.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
 REDIS_UP = Gauge(
     "redis_up",
     "1 while the configured Redis answers, 0 while it is away.",

@@ -1,8 +1,8 @@
-"""OpenAPI for the dialect routes: request and response bodies from the dialects' msgspec Structs.
+"""OpenAPI for the dialect routes: made from the same table the pipeline serves (``gateway.routes.MOUNTS``).
 
-The handlers read their bodies themselves (so that errors come out in the client's
-dialect), so Litestar cannot see their types; this module hands it the JSON Schemas that
-msgspec derives from the same Structs the wire is decoded with.
+The dialect routes are served by ``gateway.pipeline``, not by Litestar route handlers, so
+Litestar cannot see them; this module adds each to the app's OpenAPI document, with the
+JSON Schemas that msgspec derives from the same Structs the wire is decoded with.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin  # the app's OpenAPI document (no public accessor)
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, PathItem, RequestBody, Schema
 
 from schemas.dialect import BodyKind, Endpoint
 
-__all__ = ["add_dialect_schemas", "operation_class"]
+__all__ = ["DocumentedRoute", "add_dialect_routes", "operation_class"]
 
 REF = "#/components/schemas/{name}"
 
@@ -53,13 +53,41 @@ def operation_class(endpoint: Endpoint[Any, Any]) -> type[Operation]:
     return DialectOperation
 
 
-def add_dialect_schemas(app: Litestar, endpoints: list[Endpoint[Any, Any]]) -> None:
-    """Add every wire Struct of ``endpoints`` as a named schema to the app's OpenAPI document.
+@dataclass(frozen=True)
+class DocumentedRoute:
+    """A dialect route as the OpenAPI document lists it."""
+
+    path: str
+    methods: tuple[str, ...]
+    endpoint: Endpoint[Any, Any]
+    name: str
+
+
+def _operation(route: DocumentedRoute) -> Operation:
+    endpoint = route.endpoint
+    return operation_class(endpoint)(
+        operation_id=route.name,
+        summary=f"{endpoint.dialect} {endpoint.operation.value}",
+        tags=[endpoint.dialect],
+        responses={"200": OpenAPIResponse(description="The generated images, in the dialect's answer.")},
+    )
+
+
+def add_dialect_routes(app: Litestar, routes: list[DocumentedRoute]) -> None:
+    """Add every route and every wire Struct of ``routes`` to the app's OpenAPI document.
 
     Litestar rebuilds ``components.schemas`` from its own registry, so they are added to
     the built document (at startup, before it is first served).
     """
+    endpoints = [route.endpoint for route in routes]
     types = [struct for endpoint in endpoints for struct in (endpoint.request_type, endpoint.response_type)]
     _, schemas = msgspec.json.schema_components(types, ref_template=REF)
     document = app.plugins.get(OpenAPIPlugin).provide_openapi()
     document.components.schemas.update({name: RawSchema(raw=schema) for name, schema in schemas.items()})
+    paths = document.paths if document.paths is not None else {}
+    for route in routes:
+        item = PathItem()
+        for method in route.methods:
+            setattr(item, method.lower(), _operation(route))
+        paths[route.path] = item
+    document.paths = paths

@@ -1,37 +1,32 @@
-"""Every inbound route of DIALECTS.md: one handler per (mount point, dialect endpoint).
+"""Every inbound route of DIALECTS.md (the ``MOUNTS`` table) and the steps that serve one request.
 
-A handler reads the client's dialect into the canonical request, hands it to the router,
-puts each image in the form the client asked for, and writes the dialect's answer. The
-handler's ``opt`` carries its dialect's error table, so any failure is rendered in the
-client's own envelope (see ``gateway.errors``).
+``serve`` reads the client's dialect into the canonical request, hands it to the router,
+puts each image in the form the client asked for, and writes the dialect's answer:
+authorize ▸ read body ▸ decode ▸ admit ▸ route ▸ deliver ▸ encode. ``gateway.pipeline``
+runs it for every dialect route and renders any failure in the client's own envelope.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
-from litestar import Request, Response
-from litestar.datastructures import UploadFile
-from litestar.exceptions import HTTPException
-from litestar.handlers import HTTPRouteHandler
-from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
-from litestar.types import Method, Receive
+from litestar.types import Method
 
 from gateway import metrics
-from gateway.openapi import operation_class
+from gateway.inbound import ScopeInbound
 from gateway.router import Attempts
 from gateway.state import Gateway
-from local_backend.disconnect import ClientGone, unless_client_leaves
 from schemas import melious, nebul, nebulablock, openai, pomelo
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, ResponseFormat
+from schemas.canonical import GatewayError, ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
+from schemas.disconnect import ClientGone, unless_client_leaves
 
-__all__ = ["MOUNTS", "Inbound", "Mount", "body_too_large", "dialect_handlers", "errors_for_path", "serve_recorded"]
+__all__ = ["MOUNTS", "Mount", "errors_for_path", "serve_recorded"]
 
 log = structlog.get_logger("gateway.request")
 
@@ -82,100 +77,13 @@ def errors_for_path(path: str) -> ErrorTable:
     return _ERRORS_BY_PREFIX.get(prefix, openai.ERRORS)
 
 
-IMAGE_FIELDS = frozenset({"image", "image[]"})
-
-
-async def read_form(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """Multipart fields as a plain dict: text as str, ``image``/``image[]`` merged into a list of bytes."""
-    form = await request.form()
-    fields: dict[str, Any] = {}
-    images: list[bytes] = []
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            data = await value.read()
-            if key in IMAGE_FIELDS:
-                images.append(data)
-            else:
-                fields[key] = data
-        elif key in IMAGE_FIELDS:
-            images.append(value.encode())  # a text field where a file belongs: checked as an image later
-        else:
-            fields[key] = value
-    if images:
-        fields["image"] = images
-    return fields
-
-
-def body_too_large(limit: int) -> GatewayError:
-    """A client body over ``server.max_body_bytes``: the same refusal on every path."""
-    return GatewayError(ErrorCode.INVALID_REQUEST, f"request body is larger than {limit} bytes", status=413)
-
-
-class Inbound(Protocol):
-    """What serving a dialect request reads of the client's HTTP request.
-
-    Litestar's ``Request`` behind a route handler (``LitestarInbound``), or the ASGI scope
-    itself on the direct path (``gateway.direct``).
-    """
-
-    receive: Receive
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """Header names in lower case."""
-        ...
-
-    async def body(self) -> bytes: ...
-
-    async def form(self) -> dict[str, Any]:
-        """Multipart fields as ``read_form`` gives them."""
-        ...
-
-    def base_url(self) -> str:
-        """Where the client reached this gateway, without a trailing slash."""
-        ...
-
-
-class LitestarInbound:
-    """A dialect request as Litestar's route handler has it."""
-
-    def __init__(self, request: Request[Any, Any, Any]) -> None:
-        self.request = request
-        self.receive = request.receive
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self.request.headers
-
-    async def body(self) -> bytes:
-        try:
-            return await self.request.body()
-        except HTTPException as exc:
-            raise self._translated(exc) from exc
-
-    async def form(self) -> dict[str, Any]:
-        try:
-            return await read_form(self.request)
-        except HTTPException as exc:
-            raise self._translated(exc) from exc
-
-    def _translated(self, exc: HTTPException) -> Exception:
-        """Litestar's refusal of a body over the limit, as the gateway's own (counted as invalid_request)."""
-        if exc.status_code != HTTP_413_REQUEST_ENTITY_TOO_LARGE:
-            return exc
-        return body_too_large(self.request.app.state.gateway.config.server.max_body_bytes)
-
-    def base_url(self) -> str:
-        return str(self.request.base_url).rstrip("/")
-
-
-async def decode_request(endpoint: Endpoint[Any, Any], request: Inbound) -> ImageRequest:
+async def decode_request(endpoint: Endpoint[Any, Any], request: ScopeInbound) -> ImageRequest:
     if endpoint.body_kind is BodyKind.MULTIPART:
         return endpoint.decode_form(await request.form())
     return endpoint.decode_json(await request.body())
 
 
-async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: Inbound) -> None:
+async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: ScopeInbound) -> None:
     """Give each image the form the client wants: a gateway URL for bytes when it asked for ``url``."""
     if wanted is not ResponseFormat.URL:
         return
@@ -229,7 +137,7 @@ class Answer(NamedTuple):
     headers: dict[str, str]
 
 
-async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: Inbound, record: RequestRecord) -> Answer:
+async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeInbound, record: RequestRecord) -> Answer:
     """authorize ▸ decode ▸ admit (model access, rate limits) ▸ route ▸ deliver ▸ encode."""
     deadline = time.monotonic() + gateway.config.server.request_deadline_s
     key = gateway.auth.authenticate(request.headers)  # before reading the body: refusals stay cheap
@@ -250,7 +158,7 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: Inbound
     return Answer(body, headers)
 
 
-async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request: Inbound) -> Answer:
+async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeInbound) -> Answer:
     """``serve``, counted and logged as one request whatever its end."""
     record = RequestRecord(endpoint.dialect, endpoint.operation.value)
     started = time.perf_counter()
@@ -270,32 +178,3 @@ async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request
     finally:
         metrics.IN_FLIGHT.dec()
         record.finish(time.perf_counter() - started)
-
-
-def dialect_handler(mount: Mount) -> HTTPRouteHandler:
-    """The route handler serving one dialect endpoint at one mount point.
-
-    JSON endpoints are served by ``gateway.direct`` before Litestar routes them; their
-    handlers here serve the requests the direct path leaves to Litestar, and document the
-    routes in OpenAPI.
-    """
-    endpoint = mount.endpoint
-
-    async def handle(request: Request[Any, Any, Any]) -> Response[bytes]:
-        answer = await serve_recorded(request.app.state.gateway, endpoint, LitestarInbound(request))
-        return Response(answer.body, media_type=JSON, headers=answer.headers)
-
-    return HTTPRouteHandler(
-        path=mount.prefix + endpoint.path,
-        http_method=list(mount.methods),
-        status_code=200,
-        name=f"{endpoint.dialect}:{mount.prefix or 'root'}:{endpoint.path}",
-        opt={"errors": mount.errors},
-        summary=f"{endpoint.dialect} {endpoint.operation.value}",
-        operation_class=operation_class(endpoint),
-        tags=[endpoint.dialect],
-    )(handle)
-
-
-def dialect_handlers() -> list[HTTPRouteHandler]:
-    return [dialect_handler(mount) for mount in MOUNTS]

@@ -7,6 +7,7 @@ from typing import Any
 
 from adapters.upstream import UpstreamClient
 from gateway import metrics
+from gateway.admission import BodyBudget
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, InboundKey
 from gateway.cooldown import Cooldowns
@@ -31,6 +32,7 @@ class Gateway:
     cooldowns: Cooldowns
     redis: Any = None
     adapters: dict[str, Any] = field(default_factory=dict)
+    body_budget: BodyBudget = field(default_factory=lambda: BodyBudget(2**62))
 
     @property
     def public_base_url(self) -> str:

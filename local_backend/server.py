@@ -18,9 +18,9 @@ from litestar import Litestar, Request, Response, get, post
 
 from local_backend import protocol
 from local_backend.config import LocalBackendSettings
-from local_backend.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_client_leaves
 from local_backend.engine import EngineStats, LocalEngine
 from schemas.canonical import ErrorCode, GatewayError
+from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_client_leaves
 
 __all__ = ["create_worker_app", "local_settings", "serve_worker"]
 

@@ -88,7 +88,7 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
         self._response_decoder = msgspec.json.Decoder(self.response_type)
 
     # --- inbound: a client speaks this dialect to the gateway ---
-    def decode_json(self, body: bytes) -> ImageRequest:
+    def decode_json(self, body: Buffer) -> ImageRequest:
         """Decode a JSON body into the canonical request, or raise a 4xx ``GatewayError``."""
         try:
             wire = self._request_decoder.decode(body)

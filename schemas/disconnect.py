@@ -1,20 +1,21 @@
 """Stop work for a client that hung up: a queued image request is dropped, an upstream call cancelled.
 
-Used by the worker server and by the gateway's routes; it needs only the ASGI request, no torch.
+The one piece of serving that the gateway and the local backend's worker server share: it
+needs only the ASGI ``receive`` callable (no torch, no web framework), so it lives here,
+where both may import it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
-
-from litestar.types import Receive
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "ClientGone", "unless_client_leaves"]
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; nobody reads it
 T = TypeVar("T")
+Receive = Callable[[], Awaitable[Any]]  # ASGI's receive
 
 
 class ClientGone(Exception):

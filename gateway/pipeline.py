@@ -1,0 +1,120 @@
+"""The one request pipeline: every dialect route, JSON and multipart, served from its ASGI scope.
+
+``GatewayApp`` (gateway/app.py) hands every request whose path is a dialect route here,
+before Litestar routes anything; Litestar keeps health, ready, metrics, stored images and
+docs. Per request, in one place: the request id (taken from ``X-Request-ID`` or made,
+bound to every log line, echoed back), the method check, the body limits
+(``gateway.inbound``), the 499 for a client that hung up, and the rendering of any failure
+in the client's own envelope. The steps in between are ``gateway.routes.serve``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import structlog
+from litestar.types import HTTPResponseStartEvent, Receive, Scope, Send
+
+from gateway.errors import render
+from gateway.inbound import ScopeInbound
+from gateway.logs import REQUEST_ID_HEADER, request_id
+from gateway.routes import JSON, MOUNTS, Mount, serve_recorded
+from gateway.state import Gateway
+from schemas.canonical import ErrorCode, GatewayError
+from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
+
+__all__ = ["DIALECT_ROUTES", "DialectRoute", "serve_dialect_route"]
+
+_CONTENT_TYPE_JSON = (b"content-type", JSON.encode())
+
+
+class DialectRoute(NamedTuple):
+    """One dialect path: the mount serving each method, and the error table of its dialect."""
+
+    by_method: Mapping[str, Mount]
+    allow: str  # the Allow header of a 405
+
+    @property
+    def mount(self) -> Mount:
+        return next(iter(self.by_method.values()))
+
+
+def _routes() -> dict[str, DialectRoute]:
+    methods: dict[str, dict[str, Mount]] = {}
+    for mount in MOUNTS:
+        for method in mount.methods:
+            methods.setdefault(mount.prefix + mount.endpoint.path, {})[method] = mount
+    return {path: DialectRoute(found, ", ".join(found)) for path, found in methods.items()}
+
+
+# Path → its route. A path is looked up as sent, and without one trailing slash.
+DIALECT_ROUTES: Mapping[str, DialectRoute] = _routes()
+
+
+def find_route(path: str) -> DialectRoute | None:
+    route = DIALECT_ROUTES.get(path)
+    if route is None and len(path) > 1 and path.endswith("/"):
+        route = DIALECT_ROUTES.get(path[:-1])
+    return route
+
+
+def _method_not_allowed(route: DialectRoute) -> GatewayError:
+    error = GatewayError(ErrorCode.INVALID_REQUEST, "method not allowed on this route", status=405)
+    error.headers["Allow"] = route.allow
+    return error
+
+
+async def serve_dialect_route(
+    gateway: Gateway, route: DialectRoute, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve one dialect request: the answer, or any failure in the dialect's envelope."""
+    given_id = request_id(scope)
+    tokens = structlog.contextvars.bind_contextvars(request_id=given_id)
+    max_body = gateway.config.server.max_body_bytes
+    inbound = ScopeInbound(scope, receive, max_body, gateway.body_budget)
+    mount = route.by_method.get(scope["method"])  # type: ignore[typeddict-item]
+    try:
+        status, headers, body = await _answer(gateway, route, mount, inbound)
+        if not inbound.finished:  # refused before its body was read: read it so the client sees the answer
+            await inbound.drain()
+            if not inbound.finished:
+                headers = {**headers, "Connection": "close"}
+    except ClientGone:
+        status, headers, body = CLIENT_CLOSED_REQUEST, {}, b""  # nobody is there to read it
+    finally:
+        inbound.release()
+        structlog.contextvars.reset_contextvars(**tokens)
+    await _send(send, status, headers, body, given_id)
+
+
+async def _answer(
+    gateway: Gateway, route: DialectRoute, mount: Mount | None, inbound: ScopeInbound
+) -> tuple[int, dict[str, str], bytes]:
+    errors = (mount or route.mount).errors
+    try:
+        if mount is None:
+            raise _method_not_allowed(route)
+        body, headers = await serve_recorded(gateway, mount.endpoint, inbound)
+        return 200, headers, body
+    except ClientGone:
+        raise
+    except Exception as exc:  # every failure is answered in the client's dialect, never as a traceback
+        return render(exc, errors, gateway.config.server.max_body_bytes)
+
+
+async def _send(send: Send, status: int, headers: dict[str, str], body: bytes, given_id: str) -> None:
+    raw_headers: list[tuple[bytes, bytes]] = [
+        _CONTENT_TYPE_JSON,
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()),
+        (REQUEST_ID_HEADER, given_id.encode()),
+    ]
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status, "headers": raw_headers}
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def dialect_route_for(scope: Any) -> DialectRoute | None:
+    """The dialect route an ASGI scope asks for, if it is an HTTP request to one."""
+    return find_route(scope["path"]) if scope["type"] == "http" else None
