@@ -17,9 +17,9 @@ import msgspec
 
 from adapters.base import CallOptions
 from adapters.upstream import Answer, AnswerTooLarge, UpstreamClient, UpstreamFailure
-from local_backend import protocol
-from local_backend.config import LocalBackendSettings
+from schemas import worker as protocol
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
+from schemas.local import LocalBackendSettings
 
 if TYPE_CHECKING:
     from local_backend.engine import EngineObserver, LocalEngine

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from local_backend.config import LocalBackendSettings
+from schemas.local import LocalBackendSettings
 
 __all__ = ["main"]
 

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
-from local_backend.config import LocalBackendSettings
 from schemas.canonical import Operation
+from schemas.local import LocalBackendSettings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

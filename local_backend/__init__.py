@@ -2,8 +2,10 @@
 
 Importing the package switches the Hugging Face libraries to offline mode before any of
 its modules imports them (``huggingface_hub`` reads the switch once, at its own import):
-models come from a directory or the local cache, never from the network. Nothing here
-imports torch; ``local_backend.config`` is what a gateway-only install reads.
+models come from a directory or the local cache, never from the network. The gateway never
+imports this package (its ``local`` adapter imports ``local_backend.engine`` only when it
+runs models in process); the settings a gateway-only install reads are ``schemas.local``,
+and the worker's wire protocol is ``schemas.worker``.
 """
 
 from __future__ import annotations

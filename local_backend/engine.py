@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 
 from local_backend.batching import BatchQueue, Job
-from local_backend.config import LocalBackendSettings, LocalModelSettings
 from local_backend.images import encode_image
 from local_backend.pipelines import Drawn, LoadedModel, load_model, pick_device, pick_dtype
 from local_backend.rules import Work, resolve
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, Timings, Usage
+from schemas.local import LocalBackendSettings, LocalModelSettings
 
 __all__ = ["EngineObserver", "EngineStats", "LocalEngine"]
 

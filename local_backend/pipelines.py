@@ -22,11 +22,11 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, Dif
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from PIL import Image
 
-from local_backend.config import LocalModelSettings
 from local_backend.images import read_image, read_mask
 from local_backend.rules import ModelRules, Work
 from local_backend.tiny import BUILTIN_PREFIX, TINY_KINDS, ensure_tiny
 from schemas.canonical import ErrorCode, GatewayError, Operation
+from schemas.local import LocalModelSettings
 
 __all__ = ["Drawn", "LoadedModel", "load_model", "pick_device", "pick_dtype"]
 

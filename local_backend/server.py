@@ -2,7 +2,7 @@
 
 ``image-gateway worker --config FILE`` serves the models of the config's first
 ``kind: local`` provider on this machine's device. The gateway reaches it through a
-``kind: local`` provider whose ``workers`` lists its URL (see ``local_backend.protocol``).
+``kind: local`` provider whose ``workers`` lists its URL (see ``schemas.worker``).
 A client that hangs up while its request waits in the queue has it dropped.
 """
 
@@ -16,11 +16,11 @@ from typing import Any, Protocol
 import structlog
 from litestar import Litestar, Request, Response, get, post
 
-from local_backend import protocol
-from local_backend.config import LocalBackendSettings
 from local_backend.engine import EngineStats, LocalEngine
+from schemas import worker as protocol
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_client_leaves
+from schemas.local import LocalBackendSettings
 
 __all__ = ["create_worker_app", "local_settings", "serve_worker"]
 

@@ -28,9 +28,9 @@ from gateway.app import create_app
 from gateway.cli import build_parser
 from gateway.cli import main as cli_main
 from gateway.config import GatewayConfig, ImageStoreConfig, ServerConfig, parse_config
-from local_backend import protocol
-from local_backend.config import LocalBackendSettings
+from schemas import worker as protocol
 from schemas.canonical import ErrorCode
+from schemas.local import LocalBackendSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from local_backend.config import LocalBackendSettings
+from schemas.local import LocalBackendSettings
 
 _MISSING = [name for name in ("torch", "diffusers", "transformers", "PIL") if importlib.util.find_spec(name) is None]
 if _MISSING:

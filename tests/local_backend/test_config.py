@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from local_backend.config import LocalBackendSettings
+from schemas.local import LocalBackendSettings
 
 
 def settings(**raw: Any) -> LocalBackendSettings:
@@ -74,11 +74,14 @@ models: [{name: tiny, targets: [{provider: gpu, model: tiny}]}]
 
 
 def test_config_and_adapter_import_neither_torch_nor_diffusers() -> None:
-    """A gateway replica without the [local] extra reads local providers and reaches remote workers."""
+    """A gateway replica without the [local] extra reads local providers and reaches remote workers;
+    importing the gateway imports nothing of local_backend and changes no environment variable."""
     code = (
-        "import sys, local_backend.config, adapters.local, local_backend.protocol, gateway.app;"
-        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'PIL') if m in sys.modules);"
-        "print(heavy); sys.exit(1 if heavy else 0)"
+        "import os, sys; before = dict(os.environ);"
+        "import schemas.local, adapters.local, schemas.worker, gateway.app, gateway.cli;"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'PIL', 'local_backend') if m in sys.modules);"
+        "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k));"
+        "print(heavy, changed); sys.exit(1 if heavy or changed else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"imported at start: {done.stdout} {done.stderr}"

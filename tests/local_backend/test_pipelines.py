@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from local_backend.config import LocalModelSettings
 from local_backend.pipelines import LoadedModel, load_model, pick_device, pick_dtype
 from local_backend.rules import Work
 from schemas.canonical import ErrorCode, GatewayError, Operation
+from schemas.local import LocalModelSettings
 
 
 def missing(path: str) -> GatewayError:

@@ -13,8 +13,8 @@ import pytest
 from adapters.base import CallOptions
 from adapters.local import LocalAdapter
 from adapters.upstream import UpstreamClient, build_upstream_client
-from local_backend import protocol
 from local_backend.server import local_settings, serve_worker
+from schemas import worker as protocol
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest
 from schemas.dialect import image_dimensions
 from tests.local_backend.engines import held_device

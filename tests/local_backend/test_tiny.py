@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from local_backend import tiny
-from local_backend.config import LocalModelSettings
 from local_backend.pipelines import load_model
 from local_backend.rules import Work
 from schemas.canonical import Operation
+from schemas.local import LocalModelSettings
 
 FAMILIES = {"tiny-sd": ("StableDiffusionPipeline", 8), "tiny-sdxl": ("StableDiffusionXLPipeline", 8),
             "tiny-flux": ("FluxPipeline", 16)}  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from local_backend.config import LocalBackendSettings
 from local_backend.server import create_worker_app
+from schemas.local import LocalBackendSettings
 from tests.servers import ThreadedServer, free_port
 
 

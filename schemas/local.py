@@ -1,7 +1,8 @@
 """Settings of the local diffusers backend: a ``kind: local`` provider in the gateway's config.
 
-This module imports neither torch nor diffusers, so a gateway-only install can read a
-config that names a local provider.
+Plain msgspec Structs, shared by the gateway's config, the ``local`` adapter and the
+engine (so they live in ``schemas``, which all of them may import): a gateway-only install
+reads a config that names a local provider without torch or diffusers.
 """
 
 from __future__ import annotations
