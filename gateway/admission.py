@@ -1,14 +1,23 @@
-"""Admission: what a request must get before the gateway spends memory or an upstream call on it.
+"""Admission: what a request must pass before the gateway spends memory or an upstream call on it.
 
-The in-flight body budget lives here; the model-access and rate-limit checks are in
-``gateway.state.Gateway.admit``.
+In the order the pipeline asks (``gateway.routes.serve``): the key, from the headers alone
+(``authorize``); room for the body in the in-flight budget (``BodyBudget``, taken by
+``gateway.inbound`` as the body is read); the inputs within the configured bounds
+(``check_inputs``); then model access and the key's and the model's rate limits
+(``admit``). The provider's own limits are checked by the router, per target.
 """
 
 from __future__ import annotations
 
-from gateway import metrics
+from collections.abc import Mapping
 
-__all__ = ["BodyBudget"]
+from gateway import metrics
+from gateway.auth import Authenticator
+from gateway.config import GatewayConfig, InboundKey, ModelConfig
+from gateway.ratelimit import ALLOWED, Decision, Limiter, limit_checks
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest
+
+__all__ = ["Admission", "BodyBudget"]
 
 
 class BodyBudget:
@@ -34,3 +43,54 @@ class BodyBudget:
     def give(self, size: int) -> None:
         self.used -= size
         metrics.BODY_BYTES_IN_FLIGHT.set(self.used)
+
+
+class Admission:
+    """Every admission check of one gateway process, built once from the config."""
+
+    def __init__(self, config: GatewayConfig, auth: Authenticator, limiter: Limiter) -> None:
+        self.config = config
+        self.auth = auth
+        self.limiter = limiter
+        self.body_budget = BodyBudget(config.server.max_inflight_body_bytes)
+
+    def authorize(self, headers: Mapping[str, str]) -> InboundKey | None:
+        """The caller's key (None when the gateway is open), from the headers alone: before any body is read."""
+        return self.auth.authenticate(headers)
+
+    def check_inputs(self, request: ImageRequest) -> None:
+        """Input images within the configured count and size."""
+        server = self.config.server
+        if len(request.images) > server.max_input_images:
+            raise GatewayError(
+                ErrorCode.INVALID_REQUEST, f"at most {server.max_input_images} input images", param="image"
+            )
+        for name, data in [*(("image", image) for image in request.images), ("mask", request.mask)]:
+            if data is not None and len(data) > server.max_input_image_bytes:
+                raise GatewayError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"`{name}` is larger than {server.max_input_image_bytes} bytes",
+                    param=name,
+                    status=413,
+                )
+
+    async def admit(self, key: InboundKey | None, request: ImageRequest, model: ModelConfig) -> Decision:
+        """The key may use the model, and the key's and the model's rate limits admit the request."""
+        if key is not None and key.models is not None and not {request.model, model.name} & set(key.models):
+            raise GatewayError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"model {request.model!r} does not exist or this key may not use it",
+                param="model",
+            )
+        prefix = self.config.redis.key_prefix
+        checks = limit_checks(model.limits, "model", model.name, request.n, prefix)
+        if key is not None:
+            key_limits = key.limits or self.config.auth.default_limits
+            checks += limit_checks(key_limits, "key", key.name, request.n, prefix)
+        if not checks:
+            return ALLOWED
+        decision = await self.limiter.check(checks)
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels(decision.scope).inc()
+            raise decision.refusal()
+        return decision

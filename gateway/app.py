@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from adapters import Adapter, build_adapter
 from adapters.upstream import UpstreamClient, build_upstream_client
 from gateway import metrics
-from gateway.admission import BodyBudget
+from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config
 from gateway.cooldown import Cooldowns
@@ -87,12 +87,10 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client=client,
         router=Router(config, adapters, limiter, cooldowns),
         image_store=DirectoryImageStore(store.path, store.ttl_seconds, store.secret),
-        auth=auth,
-        limiter=limiter,
+        admission=Admission(config, auth, limiter),
         cooldowns=cooldowns,
         redis=redis_client,
         adapters=adapters,
-        body_budget=BodyBudget(config.server.max_inflight_body_bytes),
     )
     try:
         yield

@@ -72,7 +72,7 @@ async def serve_dialect_route(
     given_id = request_id(scope)
     tokens = structlog.contextvars.bind_contextvars(request_id=given_id)
     max_body = gateway.config.server.max_body_bytes
-    inbound = ScopeInbound(scope, receive, max_body, gateway.body_budget)
+    inbound = ScopeInbound(scope, receive, max_body, gateway.admission.body_budget)
     mount = route.by_method.get(scope["method"])  # type: ignore[typeddict-item]
     try:
         status, headers, body = await _answer(gateway, route, mount, inbound)

@@ -21,10 +21,11 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.config import RateLimit
 from gateway.redis_script import DEFAULT_TIMEOUT_S, RedisScript
 from schemas.canonical import ErrorCode, GatewayError
 
-__all__ = ["Decision", "LimitCheck", "Limiter", "MemoryLimiter", "RedisLimiter"]
+__all__ = ["Decision", "LimitCheck", "Limiter", "MemoryLimiter", "RedisLimiter", "limit_checks"]
 
 log = structlog.get_logger("gateway.ratelimit")
 
@@ -45,6 +46,18 @@ class LimitCheck(NamedTuple):
     @property
     def interval_ms(self) -> float:
         return self.period_s * 1000.0 / self.limit
+
+
+def limit_checks(limits: RateLimit | None, scope: str, name: str, images: int, prefix: str) -> list[LimitCheck]:
+    """The checks a request makes against one configured limit (requests, and images since n multiplies cost)."""
+    if limits is None:
+        return []
+    checks = []
+    if limits.requests is not None:
+        checks.append(LimitCheck(f"{prefix}rl:{scope}:{name}:req", limits.requests, limits.period_s, 1, scope))
+    if limits.images is not None:
+        checks.append(LimitCheck(f"{prefix}rl:{scope}:{name}:img", limits.images, limits.period_s, images, scope))
+    return checks
 
 
 class Decision(msgspec.Struct, frozen=True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -22,10 +22,10 @@ from adapters.base import Adapter, CallOptions
 from gateway import metrics
 from gateway.config import CooldownPolicy, GatewayConfig, ModelConfig, RateLimit, RetryPolicy, TargetConfig
 from gateway.cooldown import Cooldowns
-from gateway.ratelimit import LimitCheck, Limiter
+from gateway.ratelimit import Limiter, limit_checks
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
 
-__all__ = ["Route", "Router", "limit_checks"]
+__all__ = ["Plan", "Route", "Router"]
 
 log = structlog.get_logger("gateway.router")
 
@@ -33,18 +33,6 @@ log = structlog.get_logger("gateway.router")
 # local queue answers `overloaded` at once, and the route falls back to its next target, if any.
 SINGLE_ATTEMPT = RetryPolicy(attempts=1)
 DEFAULT_COOLDOWN = CooldownPolicy()
-
-
-def limit_checks(limits: RateLimit | None, scope: str, name: str, images: int, prefix: str) -> list[LimitCheck]:
-    """The checks a request makes against one configured limit (requests, and images since n multiplies cost)."""
-    if limits is None:
-        return []
-    checks = []
-    if limits.requests is not None:
-        checks.append(LimitCheck(f"{prefix}rl:{scope}:{name}:req", limits.requests, limits.period_s, 1, scope))
-    if limits.images is not None:
-        checks.append(LimitCheck(f"{prefix}rl:{scope}:{name}:img", limits.images, limits.period_s, images, scope))
-    return checks
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -70,6 +58,13 @@ class Route(msgspec.Struct, frozen=True):
         if target.max_height is not None and (request.height or 0) > target.max_height:
             return GatewayError(ErrorCode.INVALID_SIZE, f"{why} is at most {target.max_height} px high", param="size")
         return None
+
+
+class Plan(NamedTuple):
+    """A request's model, resolved once: its configuration and its targets in order."""
+
+    model: ModelConfig
+    routes: tuple[Route, ...]
 
 
 class _Wait:
@@ -129,11 +124,11 @@ class Router:
         self._limiter = limiter
         self._cooldowns = cooldowns
         self._prefix = config.redis.key_prefix
-        self._models: dict[str, tuple[ModelConfig, tuple[Route, ...]]] = {}
+        self._models: dict[str, Plan] = {}
         for model in config.models:
             routes = tuple(self._route(target, config.providers[target.provider], adapters) for target in model.targets)
             for name in (model.name, *model.aliases):
-                self._models[name] = (model, routes)
+                self._models[name] = Plan(model, routes)
 
     @staticmethod
     def _route(target: TargetConfig, provider: Any, adapters: Mapping[str, Adapter]) -> Route:
@@ -152,18 +147,19 @@ class Router:
     def model_names(self) -> list[str]:
         return sorted(self._models)
 
-    def model(self, name: str) -> ModelConfig:
-        """The configured model behind a name or alias; ``model_not_found`` otherwise."""
+    def plan(self, name: str) -> Plan:
+        """The configured model behind a name or alias, with its targets; ``model_not_found`` otherwise."""
         found = self._models.get(name)
         if found is None:
             raise GatewayError(ErrorCode.MODEL_NOT_FOUND, f"model {name!r} is not served here", param="model")
-        return found[0]
+        return found
 
-    async def generate(self, request: ImageRequest, deadline: float, attempts: Attempts | None = None) -> ImageResult:
-        """Each target that can serve the request, retried by its policy; a retryable failure falls back."""
+    async def generate(
+        self, request: ImageRequest, plan: Plan, deadline: float, attempts: Attempts | None = None
+    ) -> ImageResult:
+        """Each target of ``plan`` that can serve the request, retried by its policy; a retryable failure falls back."""
         attempts = attempts or Attempts()
-        self.model(request.model)
-        routes = self._models[request.model][1]
+        routes = plan.routes
         await self._cooldowns.refresh([route.provider for route in routes])
         last_error: GatewayError | None = None
         called = False
@@ -175,7 +171,7 @@ class Router:
                 continue
             if called:  # an earlier target was called and failed
                 attempts.fallbacks += 1
-                metrics.FALLBACKS.labels(self.model(request.model).name).inc()
+                metrics.FALLBACKS.labels(plan.model.name).inc()
             called = True
             try:
                 result = await self._call(route, request, deadline, attempts)

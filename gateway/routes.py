@@ -138,16 +138,19 @@ class Answer(NamedTuple):
 
 
 async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeInbound, record: RequestRecord) -> Answer:
-    """authorize ▸ decode ▸ admit (model access, rate limits) ▸ route ▸ deliver ▸ encode."""
+    """authorize ▸ read body ▸ decode ▸ admit (inputs, model access, rate limits) ▸ route ▸ deliver ▸ encode."""
     deadline = time.monotonic() + gateway.config.server.request_deadline_s
-    key = gateway.auth.authenticate(request.headers)  # before reading the body: refusals stay cheap
+    admission = gateway.admission
+    key = admission.authorize(request.headers)  # before reading the body: refusals stay cheap
     canonical = await decode_request(endpoint, request)
     record.prompt = canonical.prompt
-    gateway.check_inputs(canonical)
-    record.model = gateway.router.model(canonical.model).name
-    decision = await gateway.admit(key, canonical)
+    admission.check_inputs(canonical)
+    plan = gateway.router.plan(canonical.model)  # the model, resolved once
+    record.model = plan.model.name
+    decision = await admission.admit(key, canonical, plan.model)
     # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled.
-    result = await unless_client_leaves(request.receive, gateway.router.generate(canonical, deadline, record.attempts))
+    generation = gateway.router.generate(canonical, plan, deadline, record.attempts)
+    result = await unless_client_leaves(request.receive, generation)
     record.provider = result.provider
     await deliver(gateway, result, canonical.response_format, request)
     body = msgspec.json.encode(endpoint.encode_result(result, canonical))
