@@ -127,8 +127,9 @@ class Router:
         self._models: dict[str, Plan] = {}
         for model in config.models:
             routes = tuple(self._route(target, config.providers[target.provider], adapters) for target in model.targets)
+            plan = Plan(model, routes)
             for name in (model.name, *model.aliases):
-                self._models[name] = Plan(model, routes)
+                self._models[name] = plan
 
     @staticmethod
     def _route(target: TargetConfig, provider: Any, adapters: Mapping[str, Adapter]) -> Route:

@@ -1,0 +1,64 @@
+"""Admission on its own: the body budget, input bounds, model access and rate limits, in memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.admission import Admission, BodyBudget
+from gateway.auth import Authenticator, hash_key
+from gateway.ratelimit import MemoryLimiter
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
+from tests.gateway.fakes import config
+
+
+def admission(**sections: object) -> Admission:
+    cfg = config(
+        {"a": {}},
+        [{"name": "m", "aliases": ["alias"], "targets": [{"provider": "a", "model": "x"}], "limits": {"images": 3}}],
+        **sections,
+    )
+    return Admission(cfg, Authenticator(cfg.auth), MemoryLimiter())
+
+
+def test_the_body_budget_refuses_what_would_pass_it_and_takes_back_what_is_given() -> None:
+    budget = BodyBudget(100)
+    assert budget.take(60) and not budget.take(41) and budget.used == 60
+    budget.give(60)
+    assert budget.take(100) and budget.used == 100
+
+
+def test_keys_are_checked_from_the_headers() -> None:
+    gate = admission(auth={"keys": [{"name": "team", "hash": hash_key("secret-1")}]})
+    assert gate.authorize({"authorization": "Bearer secret-1"}).name == "team"  # type: ignore[union-attr]
+    with pytest.raises(GatewayError) as raised:
+        gate.authorize({"authorization": "Bearer wrong"})
+    assert raised.value.code is ErrorCode.UNAUTHORIZED
+
+
+def test_inputs_beyond_the_configured_bounds_are_refused() -> None:
+    gate = admission(server={"max_input_images": 1, "max_input_image_bytes": 10})
+    with pytest.raises(GatewayError) as raised:
+        gate.check_inputs(ImageRequest(model="m", operation=Operation.EDIT, images=(b"1", b"2")))
+    assert raised.value.param == "image"
+    with pytest.raises(GatewayError) as raised:
+        gate.check_inputs(ImageRequest(model="m", operation=Operation.EDIT, images=(b"1",), mask=b"x" * 11))
+    assert raised.value.param == "mask" and raised.value.status == 413
+
+
+async def test_a_key_limited_to_other_models_is_told_model_not_found() -> None:
+    cfg_keys = {"keys": [{"name": "narrow", "hash": hash_key("k1"), "models": ["other"]}]}
+    gate = admission(auth=cfg_keys)
+    key = gate.authorize({"authorization": "Bearer k1"})
+    with pytest.raises(GatewayError) as raised:
+        await gate.admit(key, ImageRequest(model="alias"), gate.config.models[0])
+    assert raised.value.code is ErrorCode.MODEL_NOT_FOUND
+
+
+async def test_the_models_image_limit_counts_n() -> None:
+    gate = admission()
+    model = gate.config.models[0]
+    decision = await gate.admit(None, ImageRequest(model="m", n=2), model)
+    assert decision.allowed and decision.remaining == 1
+    with pytest.raises(GatewayError) as raised:
+        await gate.admit(None, ImageRequest(model="m", n=2), model)
+    assert raised.value.code is ErrorCode.RATE_LIMITED and raised.value.retry_after

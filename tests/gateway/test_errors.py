@@ -1,0 +1,40 @@
+"""Any exception, rendered in each dialect's envelope: the status, the headers, never internals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.errors import render
+from schemas import melious, nebulablock, openai, pomelo
+from schemas.canonical import ErrorCode, GatewayError
+from schemas.dialect import ErrorTable
+
+TABLES: dict[str, ErrorTable] = {
+    "melious": melious.ERRORS,
+    "openai": openai.ERRORS,
+    "pomelo": pomelo.ERRORS,
+    "nebulablock": nebulablock.ERRORS,
+}
+
+
+@pytest.mark.parametrize("dialect", sorted(TABLES))
+def test_an_unexpected_exception_is_internal_and_says_nothing_of_itself(dialect: str) -> None:
+    status, headers, body = render(KeyError("api_key=sk-secret"), TABLES[dialect], 1024)
+    assert status == 500 and "sk-secret" not in body.decode() and "KeyError" not in body.decode()
+    assert json.loads(body)["error"]["message"]
+
+
+@pytest.mark.parametrize("dialect", sorted(TABLES))
+def test_a_retry_after_becomes_whole_seconds_in_the_header(dialect: str) -> None:
+    error = GatewayError(ErrorCode.RATE_LIMITED, "slow down", retry_after=0.2)
+    status, headers, _ = render(error, TABLES[dialect], 1024)
+    assert status == 429 and headers["Retry-After"] == "1"
+
+
+def test_headers_the_error_carries_are_kept() -> None:
+    error = GatewayError(ErrorCode.UNAUTHORIZED, "no key", headers={"WWW-Authenticate": "Bearer"})
+    status, headers, body = render(error, TABLES["openai"], 1024)
+    assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+    assert json.loads(body)["error"]["message"] == "no key"
