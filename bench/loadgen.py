@@ -26,23 +26,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import msgspec
+
+from bench.results import Latency, PhaseResult, PhaseSpec, ProcUse, SystemUse, dumps, loads
 
 __all__ = [
     "PhaseResult",
     "PhaseSpec",
     "ProcSnapshot",
+    "memory",
     "percentile",
+    "process_tree",
     "run_phase",
+    "snapshot",
     "summarize",
 ]
 
@@ -61,21 +66,21 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return float(sorted_values[min(rank, len(sorted_values)) - 1])
 
 
-def summarize(values: Iterable[float]) -> dict[str, float]:
+def summarize(values: Iterable[float]) -> Latency:
     """count, mean, p50, p90, p95, p99, p99.9 and max of `values` (milliseconds in, out)."""
     ordered = sorted(values)
     if not ordered:
-        return {"count": 0, **{k: math.nan for k in ("mean", "p50", "p90", "p95", "p99", "p999", "max")}}
-    return {
-        "count": len(ordered),
-        "mean": sum(ordered) / len(ordered),
-        "p50": percentile(ordered, 50),
-        "p90": percentile(ordered, 90),
-        "p95": percentile(ordered, 95),
-        "p99": percentile(ordered, 99),
-        "p999": percentile(ordered, 99.9),
-        "max": ordered[-1],
-    }
+        return Latency(count=0)
+    return Latency(
+        count=len(ordered),
+        mean=sum(ordered) / len(ordered),
+        p50=percentile(ordered, 50),
+        p90=percentile(ordered, 90),
+        p95=percentile(ordered, 95),
+        p99=percentile(ordered, 99),
+        p999=percentile(ordered, 99.9),
+        max=ordered[-1],
+    )
 
 
 # --------------------------------------------------------------------------- /proc
@@ -127,7 +132,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
 
 
-def _memory(pid: int) -> tuple[int, int]:
+def memory(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) in bytes; zeros when the process is gone."""
     rss = hwm = 0
     try:
@@ -178,7 +183,7 @@ def snapshot(pids: Sequence[int]) -> ProcSnapshot:
     cpu = sum(_cpu_seconds(pid) for pid in pids)
     rss = hwm = 0
     for pid in pids:
-        r, h = _memory(pid)
+        r, h = memory(pid)
         rss += r
         hwm += h
     return ProcSnapshot(list(pids), cpu, rss, hwm)
@@ -422,83 +427,26 @@ def encode_request(url: str, body: bytes, headers: dict[str, str] | None = None,
 # --------------------------------------------------------------------------- phases
 
 
-@dataclass
-class PhaseSpec:
-    """What to send and how.
-
-    mode ``open``: ``rate`` requests/s for ``duration`` s, scheduled by time.
-    mode ``closed``: ``concurrency`` clients, each sending its next request when the
-    previous one is answered, ``requests`` in all (0: for ``duration`` s); this measures
-    the most a server can answer, whatever the latency.
-    """
-
-    url: str
-    body: str = "{}"
-    headers: dict[str, str] = field(default_factory=dict)
-    mode: str = "open"
-    rate: float = 100.0
-    duration: float = 5.0
-    concurrency: int = 1
-    requests: int = 0
-    warmup_requests: int = 50  # sent closed-loop before the window, not measured
-    warmup_concurrency: int = 8
-    connections: int = 16  # opened before the window
-    max_connections: int = 512  # beyond this many in flight, requests wait in the generator (time counted)
-    drain_s: float = 30.0  # after the last send, how long answers may still take
-    expect: str | None = None  # a substring every 200 answer must contain
-    watch: dict[str, int] = field(default_factory=dict)  # name -> server pid to measure (CPU, memory)
-    sample_interval_s: float = 0.02
-    keep_latencies: bool = True
-
-
-@dataclass
-class PhaseResult:
-    """What a phase measured. Latencies in milliseconds, from the moment a request was
-    issued to the arrival of its last byte; ``lag`` is how late the issue was against the
-    schedule (the generator's own delay)."""
-
-    spec: dict[str, Any]
-    sent: int
-    ok: int
-    errors: dict[str, int]
-    window_s: float
-    send_window_s: float
-    offered_rate: float
-    achieved_rate: float  # answered (any status) per second over the whole window
-    latency_ms: dict[str, float]
-    lag_ms: dict[str, float]
-    answer_bytes: float  # mean body size of the 200 answers
-    connections_opened: int
-    loadgen_cpu_s: float
-    max_in_flight: int
-    proc: dict[str, Any] = field(default_factory=dict)  # per watched name: CPU and memory in the window
-    system: dict[str, Any] = field(default_factory=dict)  # the whole machine's CPU use in the window
-    latencies_ms: list[float] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _proc_delta(
     before: ProcSnapshot, after: ProcSnapshot, samples: list[int], reset: bool, window: float, answered: int
-) -> dict[str, Any]:
+) -> ProcUse:
     """CPU and memory of one watched process tree over the window."""
     cpu = after.cpu_s - before.cpu_s
     sampled = max(samples) if samples else after.rss_bytes
     peak = max(after.hwm_bytes if reset else 0, sampled, after.rss_bytes)
-    return {
-        "pids": before.pids,
-        "cpu_s": cpu,
-        "cpu_ms_per_request": cpu * 1000.0 / max(1, answered),
-        "cpu_util": cpu / window if window > 0 else math.nan,
-        "rss_before": before.rss_bytes,
-        "rss_after": after.rss_bytes,
-        "hwm_after": after.hwm_bytes,
-        "hwm_reset": reset,  # VmHWM was reset at the window's start: it is this window's peak
-        "rss_peak_sampled": sampled,
-        "rss_peak": peak,
-        "rss_growth_peak": peak - before.rss_bytes,
-    }
+    return ProcUse(
+        pids=before.pids,
+        cpu_s=cpu,
+        cpu_ms_per_request=cpu * 1000.0 / max(1, answered),
+        cpu_util=cpu / window if window > 0 else math.nan,
+        rss_before=before.rss_bytes,
+        rss_after=after.rss_bytes,
+        hwm_after=after.hwm_bytes,
+        hwm_reset=reset,
+        rss_peak_sampled=sampled,
+        rss_peak=peak,
+        rss_growth_peak=peak - before.rss_bytes,
+    )
 
 
 class _Runner:
@@ -622,7 +570,7 @@ class _Runner:
             for name in trees
         }
         busy = (sys1[0] - sys0[0]) / window if window > 0 else math.nan
-        system = {"busy_cores": busy, "cores": os.cpu_count() or 1, "loadavg_1m": os.getloadavg()[0]}
+        system = SystemUse(busy_cores=busy, cores=os.cpu_count() or 1, loadavg_1m=os.getloadavg()[0])
         return self._result(t0, t_sent, t1, loadgen_cpu, timeouts, proc, system)
 
     async def _sample(self, trees: dict[str, list[int]], samples: dict[str, list[int]]) -> None:
@@ -638,8 +586,8 @@ class _Runner:
         t1: float,
         loadgen_cpu: float,
         timeouts: int,
-        proc: dict[str, Any],
-        system: dict[str, Any],
+        proc: dict[str, ProcUse],
+        system: SystemUse,
     ) -> PhaseResult:
         spec = self.spec
         errors: dict[str, int] = {}
@@ -668,7 +616,7 @@ class _Runner:
         window = t1 - t0
         sent = len(self.records)
         return PhaseResult(
-            spec={k: v for k, v in asdict(spec).items() if k not in ("body", "headers")},
+            spec=msgspec.structs.replace(spec, body="", headers={}),  # the headers hold keys
             sent=sent,
             ok=len(latencies),
             errors=errors,
@@ -728,10 +676,9 @@ def main(argv: list[str] | None = None) -> int:
             keep_latencies=args.latencies,
         )
     else:
-        spec = PhaseSpec(**json.loads(args.spec if args.spec else sys.stdin.read()))
+        spec = loads(args.spec if args.spec else sys.stdin.read(), PhaseSpec)
     result = asyncio.run(run_phase(spec))
-    json.dump(result.to_json(), sys.stdout)
-    sys.stdout.write("\n")
+    sys.stdout.write(dumps(result) + "\n")
     return 0
 
 

@@ -21,28 +21,19 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from bench.proxy import (
-    DOCS,
-    Bench,
-    check_redis,
-    free_port,
-    log,
-    machine_info,
-    ms,
-    pool,
-    running_stack,
-    start_service,
-)
+from bench import options
+from bench.measure import Runner, machine_info, pool
+from bench.report import SERVERS, render_servers, write_docs
+from bench.results import ServerRow
+from bench.stack import Stack, check_redis, free_port, log, running_stack, start_service
 
-START, END = "<!-- servers:start -->", "<!-- servers:end -->"
+__all__ = ["main", "parse_args", "variants"]
 
 
 def variants(config: Path, port: int) -> list[tuple[str, list[str], dict[str, str]]]:
@@ -73,99 +64,48 @@ def variants(config: Path, port: int) -> list[tuple[str, list[str], dict[str, st
     return found
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, rounds: int, duration: float) -> None:
-    """The options every side benchmark shares (this one and bench.portkey)."""
-    add = parser.add_argument
-    add("--duration", type=float, default=duration, help=f"seconds per phase (default {duration:g})")
-    add("--rounds", type=int, default=rounds, help=f"interleaved rounds per rate (default {rounds})")
-    add("--saturation-connections", type=int, default=32, help="closed-loop clients (default 32)")
-    add("--emulator-delay-ms", type=float, default=1.0)
-    add("--redis-url", default="redis://127.0.0.1:6379/0")
-    add("--quick", action="store_true", help="short phases, docs untouched")
-    add("--no-docs", action="store_true")
-    add("--docs", default=str(DOCS))
-
-
-def finish_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """What bench.proxy's Stack and Bench read, for a run without LiteLLM; --quick shortens the phases."""
-    args.no_litellm, args.keep_logs, args.upstream_transport = True, False, "aiohttp"
-    if args.quick:
-        args.duration, args.rounds, args.no_docs = 1.0, 1, True
-    return args
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=200.0, help="fixed rate, req/s (default 200)")
-    add_common_arguments(parser, rounds=2, duration=4.0)
-    return finish_arguments(parser.parse_args(argv))
+    options.add_common_arguments(parser, rounds=2, duration=4.0)
+    return options.finish_arguments(parser.parse_args(argv))
 
 
-def measure(bench: Bench, label: str, args: argparse.Namespace) -> dict[str, Any]:
-    rounds = [
-        {
-            path: bench.run(path, f"{label}: {args.rate:g}/s round {index + 1}", rate=args.rate, duration=args.duration)
-            for path in ("floor", "gateway")
-        }
-        for index in range(args.rounds)
-    ]
-    pooled = {path: pool([r[path] for r in rounds]) for path in ("floor", "gateway")}
-    saturation = bench.run(
-        "gateway",
-        f"{label}: closed loop",
-        mode="closed",
-        concurrency=args.saturation_connections,
-        duration=args.duration,
-        requests=0,
+def measure(runner: Runner, label: str, args: argparse.Namespace) -> ServerRow:
+    """One way of serving: rounds at the fixed rate against the floor, then the closed loop."""
+    paths = ("floor", "gateway")
+    rounds = runner.rounds(paths, f"{label}: {args.rate:g}/s", args.rounds, rate=args.rate, duration=args.duration)
+    pooled = {path: pool([r[path] for r in rounds]) for path in paths}
+    saturation = runner.closed_loop("gateway", f"{label}: closed loop", args.saturation_connections, args.duration)
+    more = pooled["gateway"].latency_ms.minus(pooled["floor"].latency_ms)
+    return ServerRow(
+        label=label,
+        added_p50=more.p50,
+        added_p99=more.p99,
+        errors=sum(pooled["gateway"].errors.values()),
+        cpu_ms=pooled["gateway"].cpu_ms("gateway"),
+        saturation=saturation.achieved_rate,
+        saturation_p50=saturation.latency_ms.p50,
+        saturation_cpu_ms=saturation.cpu_ms("gateway"),
     )
-    floor, gateway = pooled["floor"]["latency_ms"], pooled["gateway"]["latency_ms"]
-    return {
-        "label": label,
-        "added_p50": gateway["p50"] - floor["p50"],
-        "added_p99": gateway["p99"] - floor["p99"],
-        "errors": sum(pooled["gateway"]["errors"].values()),
-        "cpu_ms": pooled["gateway"]["proc"]["gateway"]["cpu_ms_per_request"],
-        "saturation": saturation["achieved_rate"],
-        "saturation_p50": saturation["latency_ms"]["p50"],
-        "saturation_cpu_ms": saturation["proc"]["gateway"]["cpu_ms_per_request"],
-    }
 
 
-def render(rows: list[dict[str, Any]], args: argparse.Namespace, machine: dict[str, Any], when: str) -> str:
-    lines = [
-        "## ASGI server, event loop and processes (`make bench-servers`)",
-        "",
-        f"Run {when} on {machine['cpu_model']}, {machine['cores']} cores; `python -m bench.servers`: the gateway of "
-        f"`make bench` (Redis rate limiting on, emulator at {args.emulator_delay_ms:g} ms) served each way in turn; "
-        f"{args.rounds} rounds of {args.duration:g} s at {args.rate:g} req/s interleaved with the floor, then "
-        f"{args.saturation_connections} closed-loop clients for {args.duration:g} s. CPU is the whole process tree's "
-        "(both workers, and the parent, for two processes).",
-        "",
-        f"| served by | added p50 at {args.rate:g}/s | added p99 | CPU per request | most answered "
-        "(closed loop) | its p50 | CPU per request there | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['label']} | {ms(row['added_p50'])} ms | {ms(row['added_p99'])} ms | {ms(row['cpu_ms'])} ms | "
-            f"{row['saturation']:.0f}/s | {ms(row['saturation_p50'])} ms | {ms(row['saturation_cpu_ms'])} ms | "
-            f"{row['errors']} |"
-        )
-    best = min(rows, key=lambda r: r["cpu_ms"] if not math.isnan(r["cpu_ms"]) else math.inf)
-    lines += ["", f"Least CPU per request at {args.rate:g} req/s: {best['label']}."]
-    return "\n".join(lines)
-
-
-def write_docs(path: Path, block: str, start: str = START, end: str = END) -> None:
-    """Replace the section between ``start`` and ``end`` (or add it), leaving the rest of the file alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{start}\n{block.rstrip()}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+def measure_variant(
+    stack: Stack, runner: Runner, variant: tuple[str, list[str], dict[str, str]], args: argparse.Namespace
+) -> ServerRow:
+    """Serve the gateway this way in place of the stack's own, measure it, stop it."""
+    label, command, env = variant
+    port = int(command[command.index("--port") + 1])
+    default = stack.services["gateway"]
+    service = start_service("gateway-variant", command, f"http://127.0.0.1:{port}", stack.workdir, env)
+    try:
+        service.wait_ready("/ready", 60)
+        stack.services["gateway"] = service
+        runner.warm_up(["gateway"], f"{label}: warm-up")
+        return measure(runner, label, args)
+    finally:
+        stack.services["gateway"] = default
+        service.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,26 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_redis(args.redis_url)
     machine = machine_info()
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = []
-    with running_stack(args) as stack:
-        default = stack.services["gateway"]
+    with running_stack(options.stack_options(args)) as stack:
+        runner = Runner(stack)
         config = stack.workdir / "gateway.json"
-        bench = Bench(args, stack)
-        for label, command, env in variants(config, free_port()):
-            port = int(command[command.index("--port") + 1])
-            service = start_service("gateway-variant", command, f"http://127.0.0.1:{port}", stack.workdir, env)
-            try:
-                service.wait_ready("/ready", 60)
-                stack.services["gateway"] = service
-                bench.run("gateway", f"{label}: warm-up", rate=100.0, duration=1.0, keep_latencies=False)
-                rows.append(measure(bench, label, args))
-            finally:
-                stack.services["gateway"] = default
-                service.stop()
-    block = render(rows, args, machine, when)
+        rows = [measure_variant(stack, runner, variant, args) for variant in variants(config, free_port())]
+    block = render_servers(rows, args, machine, when)
     print(block)
     if not args.no_docs:
-        write_docs(Path(args.docs), block)
+        write_docs(Path(args.docs), block, SERVERS)
         log(f"results written into {args.docs}")
     return 0
 
