@@ -140,9 +140,9 @@ class ProxyBench(Runner):
     # ----- (e) heavy answers
 
     def heavy(self) -> Heavy:
+        """Memory per heavy answer in flight (against each proxy's RSS before any), then latency at a low rate."""
         baseline = {p: rss_tree(self.stack.services[p].pid) for p in self.proxies}
-        memory = {path: [self._heavy_memory(path, n, baseline[path]) for n in self.plan.heavy_concurrency]
-                  for path in self.proxies}  # fmt: skip
+        memory = {path: self._heavy_memories(path, baseline[path]) for path in self.proxies}
         latency = {
             path: self.run(
                 path, "heavy latency", heavy=True, rate=self.plan.heavy_rate, duration=self.plan.heavy_duration
@@ -150,6 +150,9 @@ class ProxyBench(Runner):
             for path in self.paths
         }
         return Heavy(memory=memory, latency=latency)
+
+    def _heavy_memories(self, path: str, baseline: int) -> list[HeavyMemory]:
+        return [self._heavy_memory(path, clients, baseline) for clients in self.plan.heavy_concurrency]
 
     def _heavy_memory(self, path: str, clients: int, baseline: int) -> HeavyMemory:
         result = self.run(

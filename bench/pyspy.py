@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass, field
 
 from bench.results import Folded
 
@@ -68,48 +69,73 @@ def _function(frame: str) -> str:
     return f"{head} ({where.rsplit(':', 1)[0]})" if where else frame
 
 
+IDLE_LEAVES = ("select (selectors.py", "EpollSelector.select", "wait (threading.py", "Condition.wait")
+OURS = ("(gateway/", "(adapters/", "(schemas/")
+
+
+@dataclass
+class _Counts:
+    """Samples counted by leaf frame, by function anywhere on the stack, and by category."""
+
+    by_self: Counter[str] = field(default_factory=Counter)
+    inclusive: Counter[str] = field(default_factory=Counter)
+    categories: Counter[str] = field(default_factory=Counter)
+    busy: int = 0
+    idle: int = 0
+
+    def add(self, frames: list[str], count: int) -> None:
+        if frames[-1].startswith(IDLE_LEAVES):
+            self.idle += count  # waiting in epoll or on a lock: not work
+            return
+        self.busy += count
+        self.by_self[frames[-1]] += count
+        for function in dict.fromkeys(_function(frame) for frame in frames):  # once each, in stack order
+            self.inclusive[function] += count
+        self.categories[_category(frames)] += count
+
+    def share(self, samples: int) -> float:
+        """Percent of the busy samples."""
+        return 100.0 * samples / self.busy if self.busy else math.nan
+
+    def marks(self) -> dict[str, float]:
+        inclusive, by_self = self.inclusive.items(), self.by_self.items()
+        marks = {name: self.share(sum(n for f, n in inclusive if f.startswith(prefix))) for name, prefix in MARKS}
+        marks |= {name: self.share(sum(n for f, n in by_self if f.startswith(prefix))) for name, prefix in SELF_MARKS}
+        marks["async_bookkeeping"] = self.share(sum(n for f, n in by_self if _bookkeeping(f)))
+        return marks
+
+
+def _bookkeeping(frame: str) -> bool:
+    """asyncio's current_task, anyio and sniffio: the async libraries asking who is running."""
+    return frame.startswith("current_task (asyncio/") or "(anyio/" in frame or "(sniffio/" in frame
+
+
+def _samples(raw: str) -> list[tuple[list[str], int]]:
+    """(frames, outermost first; count) of each line of py-spy's raw output."""
+    found = []
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            found.append((stack.split(";"), int(count)))
+    return found
+
+
 def fold(raw: str) -> Folded:
     """py-spy's raw (collapsed) stacks: busy samples by category, top self and inclusive frames."""
-    by_self: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    categories: Counter[str] = Counter()
-    total = idle = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
-        leaf = frames[-1]
-        if leaf.startswith(("select (selectors.py", "EpollSelector.select", "wait (threading.py", "Condition.wait")):
-            idle += count  # waiting in epoll or on a lock: not work
-            continue
-        total += count
-        by_self[leaf] += count
-        for function in dict.fromkeys(_function(frame) for frame in frames):  # once each, in stack order
-            inclusive[function] += count
-        categories[_category(frames)] += count
-    share = (lambda n: 100.0 * n / total) if total else (lambda n: math.nan)
-    marks = {name: share(sum(n for f, n in inclusive.items() if f.startswith(prefix))) for name, prefix in MARKS}
-    marks |= {name: share(sum(n for f, n in by_self.items() if f.startswith(prefix))) for name, prefix in SELF_MARKS}
-    marks["async_bookkeeping"] = share(
-        sum(
-            n
-            for f, n in by_self.items()
-            if f.startswith("current_task (asyncio/") or "(anyio/" in f or "(sniffio/" in f
-        )
-    )
-    ours = ("(gateway/", "(adapters/", "(schemas/")
+    counts = _Counts()
+    for frames, count in _samples(raw):
+        counts.add(frames, count)
+    share, inclusive = counts.share, counts.inclusive.most_common()
     return Folded(
-        busy_samples=total,
-        idle_samples=idle,
-        categories=[(name, share(n)) for name, n in categories.most_common()],
-        top_self=[(frame, share(n)) for frame, n in by_self.most_common(15)],
-        top_inclusive=[(f, share(n)) for f, n in inclusive.most_common(80) if not f.startswith(BOOTSTRAP)][:20],
+        busy_samples=counts.busy,
+        idle_samples=counts.idle,
+        categories=[(name, share(n)) for name, n in counts.categories.most_common()],
+        top_self=[(frame, share(n)) for frame, n in counts.by_self.most_common(15)],
+        top_inclusive=[(f, share(n)) for f, n in inclusive[:80] if not f.startswith(BOOTSTRAP)][:20],
         gateway_inclusive=[
             (f, share(n))
-            for f, n in inclusive.most_common()
-            if any(o in f for o in ours) and not f.startswith(BOOTSTRAP) and "(gateway/cli.py" not in f
+            for f, n in inclusive
+            if any(o in f for o in OURS) and not f.startswith(BOOTSTRAP) and "(gateway/cli.py" not in f
         ][:12],
-        marks=marks,
+        marks=counts.marks(),
     )
