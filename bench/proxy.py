@@ -193,7 +193,8 @@ def publish(results: ProxyResults, args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def started(args: argparse.Namespace) -> Iterator[Stack]:
+def servers_up(args: argparse.Namespace) -> Iterator[Stack]:
+    """The stack the options ask for, started, with where each server listens logged."""
     with running_stack(stack_options(args)) as stack:
         log("servers up: " + ", ".join(f"{n} {s.base_url} (pid {s.pid})" for n, s in stack.services.items()))
         yield stack
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = time.monotonic()
     machine = machine_info()
     log(f"machine: {machine.cpu_model}, {machine.cores} cores, load {machine.loadavg_start[0]:.2f}")
-    with started(args) as stack:
+    with servers_up(args) as stack:
         bench = ProxyBench(stack, plan=plan_of(args))
         results = measure(bench, meta_of(args, argv, stack), machine, args.py_spy, 1.0 if args.quick else 5.0)
     results = finish(results, clock)
