@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, Operation
 
@@ -47,6 +48,8 @@ class BodyKind(enum.Enum):
 
 # A msgspec validation error names the field that failed: ``... - at `$.size```.
 _PATH_RE = re.compile(r"at `\$\.([A-Za-z_]+)|missing required field `([A-Za-z_]+)`")
+# Where a malformed JSON body went wrong: ``JSON is malformed: ... (byte 12)``.
+_BYTE_RE = re.compile(r"\(byte (\d+)\)")
 
 # Fields whose failure has a more precise canonical code than invalid_request.
 FIELD_ERROR_CODES: Mapping[str, ErrorCode] = {
@@ -57,16 +60,86 @@ FIELD_ERROR_CODES: Mapping[str, ErrorCode] = {
     "aspect_ratio": ErrorCode.INVALID_SIZE,
 }
 
+# The one rule every dialect's prompt follows on the wire (its length limit is the config's).
+PROMPT_RULE = "a text that is not empty or only spaces"
 
-def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError | ValueError) -> GatewayError:
-    """Turn a msgspec error into the canonical error, keeping msgspec's field path in the message."""
+# What a field of each kind may hold, in words a client reads (validator internals stay inside).
+_KIND_WORDS: Mapping[type, str] = {
+    msgspec.inspect.StrType: "a string",
+    msgspec.inspect.BoolType: "true or false",
+    msgspec.inspect.BytesType: "an image file",
+}
+
+
+def describe_type(kind: msgspec.inspect.Type) -> str:
+    """What a value of ``kind`` may be: the valid values of an enum, the range of a number.
+
+    A ``Meta(description=...)`` on the field wins; a string with a pattern must have one,
+    since a regex is no answer for a client.
+    """
+    if isinstance(kind, msgspec.inspect.Metadata):
+        description = (kind.extra_json_schema or {}).get("description")
+        return str(description) if description else describe_type(kind.type)
+    if isinstance(kind, msgspec.inspect.UnionType):
+        return " or ".join(describe_type(t) for t in kind.types if not isinstance(t, msgspec.inspect.NoneType))
+    if isinstance(kind, msgspec.inspect.LiteralType):
+        return "one of " + ", ".join(str(value) for value in kind.values)
+    if isinstance(kind, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+        return _describe_number(kind)
+    if isinstance(kind, msgspec.inspect.ListType):
+        item = describe_type(kind.item_type).removeprefix("an ").removeprefix("a ")
+        return f"one or more {item}s" if kind.min_length else f"a list of {item}s"
+    if isinstance(kind, msgspec.inspect.StrType) and kind.pattern:
+        raise TypeError(f"a string with the pattern {kind.pattern!r} needs Meta(description=...) for clients")
+    if isinstance(kind, msgspec.inspect.StrType) and kind.min_length:
+        return "a non-empty string"
+    return _KIND_WORDS.get(type(kind), "a valid value")
+
+
+def _describe_number(kind: msgspec.inspect.IntType | msgspec.inspect.FloatType) -> str:
+    noun = "an integer" if isinstance(kind, msgspec.inspect.IntType) else "a number"
+    if kind.ge is not None and kind.le is not None:
+        return f"{noun} from {kind.ge} to {kind.le}"
+    if kind.ge is not None:
+        return f"{noun} of at least {kind.ge}"
+    if kind.le is not None:
+        return f"{noun} of at most {kind.le}"
+    return noun
+
+
+def describe_fields(struct: type[msgspec.Struct]) -> dict[str, str]:
+    """Each wire field of ``struct`` (by its name on the wire) → what it may hold, in words."""
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {field.encode_name: describe_type(field.type) for field in info.fields}
+
+
+def validation_error(
+    exc: msgspec.ValidationError | msgspec.DecodeError | ValueError, fields: Mapping[str, str] | None = None
+) -> GatewayError:
+    """Turn a msgspec error into the canonical error: the field in the client's name and what it may hold.
+
+    ``fields`` is the endpoint's ``describe_fields``; msgspec's own wording is kept only for
+    a field it does not describe.
+    """
     message = str(exc)
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        where = _BYTE_RE.search(message)
+        at = f" (at byte {where.group(1)})" if where else " (it ends too early)" if "truncated" in message else ""
+        return GatewayError(ErrorCode.INVALID_REQUEST, f"Request body is not valid JSON{at}")
     match = _PATH_RE.search(message)
     param = (match.group(1) or match.group(2)) if match else None
-    code = FIELD_ERROR_CODES.get(param or "", ErrorCode.INVALID_REQUEST)
-    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-        message = f"Request body is not valid JSON: {message}"
-    return GatewayError(code, message, param=param)
+    if param is None:
+        if message.startswith("Expected `object`"):
+            return GatewayError(ErrorCode.INVALID_REQUEST, "Request body must be a JSON object")
+        return GatewayError(ErrorCode.INVALID_REQUEST, message)
+    code = FIELD_ERROR_CODES.get(param, ErrorCode.INVALID_REQUEST)
+    allowed = (fields or {}).get(param)
+    if allowed is None:
+        return GatewayError(code, message, param=param)
+    if "missing required field" in message:
+        return GatewayError(code, f"`{param}` is required: {allowed}", param=param)
+    return GatewayError(code, f"`{param}` must be {allowed}", param=param)
 
 
 class Endpoint(abc.ABC, Generic[ReqT, RespT]):
@@ -82,10 +155,29 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     body_kind: ClassVar[BodyKind] = BodyKind.JSON
     request_type: type[ReqT]
     response_type: type[RespT]
+    # Canonical field name → this endpoint's wire name, where they differ (``steps`` → ``num_steps``;
+    # ``width/height`` where one canonical field is two on the wire).
+    field_names: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self) -> None:
         self._request_decoder = msgspec.json.Decoder(self.request_type)
         self._response_decoder = msgspec.json.Decoder(self.response_type)
+        self.field_rules = describe_fields(self.request_type)
+
+    def client_error(self, error: GatewayError) -> GatewayError:
+        """``error`` (raised after decoding, in canonical field names) in this endpoint's field names.
+
+        The field is named in the message, so a client reads which of its own fields to fix.
+        """
+        if error.param is None:
+            return error
+        wire = self.field_names.get(error.param, error.param)
+        label = "/".join(f"`{name}`" for name in wire.split("/"))
+        if label not in error.message:
+            error.message = f"{label}: {error.message}"
+            error.args = (error.message,)
+        error.param = wire
+        return error
 
     # --- inbound: a client speaks this dialect to the gateway ---
     def decode_json(self, body: Buffer) -> ImageRequest:
@@ -94,7 +186,7 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
             wire = self._request_decoder.decode(body)
             return self.to_canonical(wire)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise validation_error(exc) from exc
+            raise validation_error(exc, self.field_rules) from exc
 
     def decode_form(self, form: Mapping[str, Any]) -> ImageRequest:
         """Decode multipart fields (strings and lists of file bytes) into the canonical request."""
@@ -102,7 +194,7 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
             wire = msgspec.convert(form, self.request_type, strict=False)
             return self.to_canonical(wire)
         except msgspec.ValidationError as exc:
-            raise validation_error(exc) from exc
+            raise validation_error(exc, self.field_rules) from exc
 
     @abc.abstractmethod
     def to_canonical(self, wire: ReqT) -> ImageRequest:

@@ -16,7 +16,7 @@ from schemas.canonical import (
     ImageResult,
     ResponseFormat,
 )
-from schemas.dialect import Buffer, Endpoint, ErrorTable, code_for_status, parse_size
+from schemas.dialect import PROMPT_RULE, Buffer, Endpoint, ErrorTable, code_for_status, parse_size
 
 __all__ = ["ERRORS", "GENERATIONS", "MeliousGenerationRequest", "MeliousGenerationResponse"]
 
@@ -24,9 +24,12 @@ DEFAULT_MODEL = "flux-schnell"
 MAX_N = 4
 SIZES = ("512x512", "768x768", "1024x1024", "1024x768", "768x1024", "1280x720", "720x1280")
 
-Size = Literal["512x512", "768x768", "1024x1024", "1024x768", "768x1024", "1280x720", "720x1280"]
+Size = Annotated[
+    Literal["512x512", "768x768", "1024x1024", "1024x768", "768x1024", "1280x720", "720x1280"],
+    msgspec.Meta(description="one of " + ", ".join(SIZES)),
+]
 DEFAULT_SIZE: Size = "1024x1024"
-Prompt = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S")]
+Prompt = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S", description=PROMPT_RULE)]
 
 
 class MeliousGenerationRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -143,10 +146,13 @@ class MeliousError(msgspec.Struct):
     error: MeliousErrorBody
 
 
+# The Melious document names three codes (BILLING_INSUFFICIENT_ENERGY, VALIDATION_INVALID_VALUE,
+# INFERENCE_PROVIDER_ERROR); every invalid value (prompt and size too) is its VALIDATION_INVALID_VALUE.
+# The others follow its AREA_DETAIL pattern for cases it has no code for (docs/errors.md).
 CODES: dict[ErrorCode, str] = {
     ErrorCode.INVALID_REQUEST: "VALIDATION_INVALID_VALUE",
-    ErrorCode.INVALID_PROMPT: "VALIDATION_INVALID_PROMPT",
-    ErrorCode.INVALID_SIZE: "VALIDATION_INVALID_SIZE",
+    ErrorCode.INVALID_PROMPT: "VALIDATION_INVALID_VALUE",
+    ErrorCode.INVALID_SIZE: "VALIDATION_INVALID_VALUE",
     ErrorCode.CONTENT_POLICY: "POLICY_CONTENT_VIOLATION",
     ErrorCode.UNAUTHORIZED: "AUTH_INVALID_API_KEY",
     ErrorCode.MODEL_NOT_FOUND: "MODEL_NOT_FOUND",
@@ -158,7 +164,8 @@ CODES: dict[ErrorCode, str] = {
     ErrorCode.OVERLOADED: "INFERENCE_OVERLOADED",
     ErrorCode.INTERNAL: "INTERNAL_ERROR",
 }
-_FROM_CODE = {wire: canonical for canonical, wire in CODES.items()}
+# Read back, a code several canonical codes share stands for the first of them (invalid_request).
+_FROM_CODE = {wire: canonical for canonical, wire in reversed(CODES.items())}
 _ERROR_DECODER = msgspec.json.Decoder(MeliousError)
 
 

@@ -18,6 +18,7 @@ from schemas.canonical import (
     Usage,
 )
 from schemas.dialect import (
+    PROMPT_RULE,
     BodyKind,
     Buffer,
     Endpoint,
@@ -48,9 +49,14 @@ DEFAULT_BACKGROUND = "auto"
 DEFAULT_OUTPUT_FORMAT = "png"
 MAX_N = 10
 
-Prompt = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S")]
+Prompt = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S", description=PROMPT_RULE)]
 Model = Annotated[str, msgspec.Meta(min_length=1)]
-Size = Annotated[str, msgspec.Meta(pattern=r"^(auto|[1-9]\d{0,4}x[1-9]\d{0,4})$")]
+Size = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(auto|[1-9]\d{0,4}x[1-9]\d{0,4})$", description="auto or WIDTHxHEIGHT in pixels, e.g. 1024x1024"
+    ),
+]
 ResponseFormatName = Literal["url", "b64_json"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 Images = Annotated[list[bytes], msgspec.Meta(min_length=1)]

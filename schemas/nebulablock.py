@@ -27,6 +27,7 @@ from schemas.canonical import (
     Usage,
 )
 from schemas.dialect import (
+    PROMPT_RULE,
     Buffer,
     Endpoint,
     ErrorTable,
@@ -52,10 +53,17 @@ MAX_SIDE = 2048
 MAX_N = 10
 GENERATED_MESSAGE = "Image generated successfully"
 
-Prompt = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S")]
+Prompt = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S", description=PROMPT_RULE)]
 Model = Annotated[str, msgspec.Meta(min_length=1)]
 Side = Annotated[int, msgspec.Meta(ge=MIN_SIDE, le=MAX_SIDE)]
-SizeText = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,5}x[0-9]{1,5}$")]
+SizeText = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9]{1,5}x[0-9]{1,5}$",
+        description=f"WIDTHxHEIGHT in pixels, {MIN_SIDE} to {MAX_SIDE} a side, e.g. 1024x1024",
+    ),
+]
+B64Image = Annotated[str, msgspec.Meta(description="a base64 JPEG or PNG image")]
 Quality = Literal["standard", "hd"]
 Style = Literal["natural", "vivid", "artistic"]
 QUALITIES: tuple[Quality, ...] = ("standard", "hd")
@@ -95,8 +103,8 @@ class NebulaBlockServerlessRequest(msgspec.Struct, kw_only=True, omit_defaults=T
     width: Side | None = None
     height: Side | None = None
     negative_prompt: str | None = None
-    image: str | None = None
-    mask: str | None = None
+    image: B64Image | None = None
+    mask: B64Image | None = None
 
 
 class NebulaBlockTimings(msgspec.Struct, kw_only=True):
@@ -128,6 +136,7 @@ class ServerlessImages(Endpoint[NebulaBlockServerlessRequest, NebulaBlockServerl
     path = "/api/v1/images/generation"
     request_type = NebulaBlockServerlessRequest
     response_type = NebulaBlockServerlessResponse
+    field_names = {"steps": "num_steps", "guidance": "guidance_scale", "size": "width/height"}
 
     def to_canonical(self, wire: NebulaBlockServerlessRequest) -> ImageRequest:
         if wire.mask is not None and wire.image is None:

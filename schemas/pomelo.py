@@ -24,7 +24,7 @@ from schemas.canonical import (
     Operation,
     ResponseFormat,
 )
-from schemas.dialect import Buffer, Endpoint, ErrorTable, code_for_status
+from schemas.dialect import PROMPT_RULE, Buffer, Endpoint, ErrorTable, code_for_status
 from schemas.nebulablock import CODES
 
 __all__ = [
@@ -52,10 +52,16 @@ DEFAULT_ASPECT_RATIO = "1:1"
 LONG_SIDE = 1024
 SIDE_STEP = 64
 
-Prompt = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S")]
+Prompt = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S", description=PROMPT_RULE)]
 Side = Annotated[int, msgspec.Meta(ge=MIN_SIDE, le=MAX_SIDE)]
 # Two positive integers without leading zeros, e.g. "16:9".
-AspectRatio = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,3}:[1-9][0-9]{0,3}$")]
+AspectRatio = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[1-9][0-9]{0,3}:[1-9][0-9]{0,3}$",
+        description="a ratio WIDTH:HEIGHT of whole numbers, e.g. 1:1, 16:9, 4:3",
+    ),
+]
 
 
 def _require_generate(request: ImageRequest) -> None:
@@ -121,6 +127,7 @@ class Midjourney(Endpoint[PomeloMidjourneyRequest, PomeloMidjourneyResponse]):
     path = "/api/v1/midjourney/generate"
     request_type = PomeloMidjourneyRequest
     response_type = PomeloMidjourneyResponse
+    field_names = {"n": "num_outputs", "size": "width/height"}
 
     def to_canonical(self, wire: PomeloMidjourneyRequest) -> ImageRequest:
         return ImageRequest(
@@ -252,6 +259,7 @@ class Flux(Endpoint[PomeloFluxRequest, PomeloFluxResponse]):
     path = "/api/v1/flux.1"
     request_type = PomeloFluxRequest
     response_type = PomeloFluxResponse
+    field_names = {"size": "aspect_ratio"}
 
     def to_canonical(self, wire: PomeloFluxRequest) -> ImageRequest:
         width, height = size_for_aspect_ratio(wire.aspect_ratio)

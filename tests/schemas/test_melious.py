@@ -27,6 +27,7 @@ from schemas.canonical import (
     ImageResult,
     ResponseFormat,
 )
+from tests.schemas.test_dialect import refusal
 
 ERRORS_MD = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
@@ -251,12 +252,25 @@ def test_errors_render_the_documented_envelope(row: DocumentedError) -> None:
     assert rendered == {"error": {"code": row.melious, "message": "what went wrong"}}
 
 
+def read_back(melious_code: str) -> ErrorCode:
+    """The canonical code a Melious code is read as: the first row of the table that spells it so."""
+    return next(row.code for row in documented_errors() if row.melious == melious_code)
+
+
+def test_every_invalid_value_is_the_documented_code() -> None:
+    """seeds/melious.txt names VALIDATION_INVALID_VALUE for "Invalid size or parameter", and no other."""
+    for code in (ErrorCode.INVALID_REQUEST, ErrorCode.INVALID_PROMPT, ErrorCode.INVALID_SIZE):
+        rendered = json.loads(melious.ERRORS.render(GatewayError(code, "m")))
+        assert rendered["error"]["code"] == "VALIDATION_INVALID_VALUE"
+    assert read_back("VALIDATION_INVALID_VALUE") is ErrorCode.INVALID_REQUEST
+
+
 @pytest.mark.parametrize("row", documented_errors(), ids=lambda row: row.code.value)
 def test_errors_parse_every_documented_code(row: DocumentedError) -> None:
     body = json.dumps({"error": {"code": row.melious, "message": "upstream said no"}}).encode()
     error = melious.ERRORS.parse(row.status, body, retry_after=3.0)
     assert (error.code, error.message, error.status, error.retry_after) == (
-        row.code,
+        read_back(row.melious),
         "upstream said no",
         row.status,
         3.0,
@@ -265,8 +279,10 @@ def test_errors_parse_every_documented_code(row: DocumentedError) -> None:
 
 @pytest.mark.parametrize("code", list(ErrorCode), ids=lambda code: code.value)
 def test_errors_round_trip(code: ErrorCode) -> None:
+    """Canonical → Melious → canonical keeps the code, up to the codes Melious spells alike."""
+    wire = json.loads(melious.ERRORS.render(GatewayError(code, "m")))["error"]["code"]
     error = melious.ERRORS.parse(code.http_status, melious.ERRORS.render(GatewayError(code, "m")))
-    assert (error.code, error.message) == (code, "m")
+    assert (error.code, error.message) == (read_back(wire), "m")
 
 
 @pytest.mark.parametrize(
@@ -307,3 +323,48 @@ def melious_requests(draw: st.DrawFn) -> ImageRequest:
 def test_canonical_round_trips_through_the_wire(request: ImageRequest) -> None:
     body = msgspec.json.encode(melious.GENERATIONS.from_canonical(request))
     assert melious.GENERATIONS.decode_json(body) == request
+
+
+# --- validation: the documented code, the field named, what it may hold ---
+
+SIZE_WORDS = "one of 512x512, 768x768, 1024x1024, 1024x768, 768x1024, 1280x720, 720x1280"
+
+
+@pytest.mark.parametrize(
+    ("patch", "param", "message"),
+    [
+        pytest.param({"size": "256x256"}, "size", f"`size` must be {SIZE_WORDS}", id="size"),
+        pytest.param({"size": 512}, "size", f"`size` must be {SIZE_WORDS}", id="size-type"),
+        pytest.param(
+            {"prompt": None},
+            "prompt",
+            "`prompt` is required: a text that is not empty or only spaces",
+            id="prompt-missing",
+        ),
+        pytest.param(
+            {"prompt": 42}, "prompt", "`prompt` must be a text that is not empty or only spaces", id="prompt-type"
+        ),
+        pytest.param(
+            {"prompt": "  "}, "prompt", "`prompt` must be a text that is not empty or only spaces", id="prompt-blank"
+        ),
+        pytest.param({"n": 5}, "n", "`n` must be an integer from 1 to 4", id="n-range"),
+        pytest.param({"n": "two"}, "n", "`n` must be an integer from 1 to 4", id="n-type"),
+        pytest.param(
+            {"response_format": "gif"},
+            "response_format",
+            "`response_format` must be one of b64_json, url",
+            id="response_format",
+        ),
+        pytest.param({"user": 7}, "user", "`user` must be a string", id="user-type"),
+    ],
+)
+def test_every_invalid_value_answers_the_documented_code_naming_the_field(
+    patch: dict[str, Any], param: str, message: str
+) -> None:
+    body = {key: value for key, value in {"prompt": "a cat", **patch}.items() if value is not None}
+    error = refusal(melious.GENERATIONS, body)
+    assert (error.param, error.message) == (param, message)
+    assert json.loads(melious.ERRORS.render(error)) == {
+        "error": {"code": "VALIDATION_INVALID_VALUE", "message": message}
+    }
+    assert error.status == 400

@@ -32,6 +32,7 @@ from schemas.canonical import (
     ResponseFormat,
     Usage,
 )
+from tests.schemas.test_dialect import refusal
 from tests.schemas.test_melious import DocumentedError, documented_errors, shape
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC")
@@ -555,3 +556,66 @@ def test_edit_round_trips_through_multipart(request: ImageRequest) -> None:
 def test_variation_round_trips_through_multipart(request: ImageRequest) -> None:
     form = form_of(nebul.VARIATIONS.multipart_fields(nebul.VARIATIONS.from_canonical(request)))
     assert nebul.VARIATIONS.decode_form(form) == request
+
+
+# --- validation: the field named, what it may hold, the OpenAI envelope's code ---
+
+SIZE_WORDS = "`size` must be auto or WIDTHxHEIGHT in pixels, e.g. 1024x1024"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "code", "param", "message"),
+    [
+        (nebul.GENERATIONS, {"prompt": "p", "size": "big"}, "invalid_size", "size", SIZE_WORDS),
+        (nebul.GENERATIONS, {"prompt": "p", "n": 11}, "invalid_value", "n", "`n` must be an integer from 1 to 10"),
+        (
+            nebul.GENERATIONS,
+            {"prompt": "p", "guidance": "high"},
+            "invalid_value",
+            "guidance",
+            "`guidance` must be a number of at least 0",
+        ),
+        (
+            nebul.GENERATIONS,
+            {"prompt": "p", "output_format": "gif"},
+            "invalid_value",
+            "output_format",
+            "`output_format` must be one of jpeg, png, webp",
+        ),
+        (
+            nebul.GENERATIONS,
+            {},
+            "invalid_prompt",
+            "prompt",
+            "`prompt` is required: a text that is not empty or only spaces",
+        ),
+        (
+            nebul.EDITS,
+            {"model": "m", "prompt": "p", "image": [PNG], "n": "eleven"},
+            "invalid_value",
+            "n",
+            "`n` must be an integer from 1 to 10",
+        ),
+        (
+            nebul.EDITS,
+            {"model": "m", "prompt": "p"},
+            "invalid_value",
+            "image",
+            "`image` is required: one or more image files",
+        ),
+        (
+            nebul.EDITS,
+            {"model": "m", "prompt": "p", "image": "text, not a file"},
+            "invalid_value",
+            "image",
+            "`image` must be one or more image files",
+        ),
+        (nebul.VARIATIONS, {"image": [PNG], "size": "1024"}, "invalid_size", "size", SIZE_WORDS),
+    ],
+)
+def test_validation_names_the_field_and_what_it_may_hold(
+    endpoint: nebul.NebulEndpoint[Any], body: dict[str, Any], code: str, param: str, message: str
+) -> None:
+    error = refusal(endpoint, body)
+    rendered = json.loads(nebul.ERRORS.render(error))["error"]
+    assert rendered == {"message": message, "type": "invalid_request_error", "param": param, "code": code}

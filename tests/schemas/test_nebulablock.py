@@ -25,6 +25,7 @@ from schemas.canonical import (
     Timings,
 )
 from schemas.nebulablock import ERRORS, SERVERLESS, V1
+from tests.schemas.test_dialect import refusal
 
 
 def png(width: int, height: int, grey: int = 0x80) -> bytes:
@@ -610,3 +611,45 @@ def test_serverless_round_trip(request: ImageRequest) -> None:
 @given(v1_requests())
 def test_v1_round_trip(request: ImageRequest) -> None:
     assert V1.decode_json(msgspec.json.encode(V1.from_canonical(request))) == request
+
+
+# --- validation: the field named in NebulaBlock's own names, what it may hold ---
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "patch", "code", "message"),
+    [
+        (SERVERLESS, {"num_steps": "many"}, "invalid_request", "`num_steps` must be an integer of at least 1"),
+        (SERVERLESS, {"num_steps": 0}, "invalid_request", "`num_steps` must be an integer of at least 1"),
+        (SERVERLESS, {"guidance_scale": -1}, "invalid_request", "`guidance_scale` must be a number of at least 0"),
+        (SERVERLESS, {"width": 5000}, "invalid_size", "`width` must be an integer from 64 to 2048"),
+        (SERVERLESS, {"image": 5}, "invalid_request", "`image` must be a base64 JPEG or PNG image"),
+        (SERVERLESS, {"prompt": ""}, "invalid_prompt", "`prompt` must be a text that is not empty or only spaces"),
+        (
+            V1,
+            {"size": "huge"},
+            "invalid_size",
+            "`size` must be WIDTHxHEIGHT in pixels, 64 to 2048 a side, e.g. 1024x1024",
+        ),
+        (V1, {"style": "anime"}, "invalid_request", "`style` must be one of artistic, natural, vivid"),
+        (V1, {"quality": "ultra"}, "invalid_request", "`quality` must be one of hd, standard"),
+        (V1, {"n": 11}, "invalid_request", "`n` must be an integer from 1 to 10"),
+        (V1, {"model": None}, "invalid_request", "`model` is required: a non-empty string"),
+    ],
+)
+def test_validation_names_the_field_and_what_it_may_hold(
+    endpoint: Any, patch: dict[str, Any], code: str, message: str
+) -> None:
+    body = {key: value for key, value in {"model": "m", "prompt": "a cat", **patch}.items() if value is not None}
+    error = refusal(endpoint, body)
+    rendered = json.loads(ERRORS.render(error))["error"]
+    assert (rendered["code"], rendered["message"]) == (code, message)
+    assert rendered["details"]["reason"].endswith(f"(`{error.param}`)")
+
+
+def test_a_models_step_limit_names_num_steps() -> None:
+    """A limit checked after decoding (the local backend's ``steps``) is NebulaBlock's ``num_steps``."""
+    later = GatewayError(ErrorCode.INVALID_REQUEST, "model 'sdxl' takes 1 to 8 steps, not 50", param="steps")
+    rendered = json.loads(ERRORS.render(SERVERLESS.client_error(later)))["error"]
+    assert rendered["message"] == "`num_steps`: model 'sdxl' takes 1 to 8 steps, not 50"
+    assert rendered["details"]["reason"] == "Request has a missing or invalid value (`num_steps`)"

@@ -20,6 +20,7 @@ from schemas.canonical import (
     ResponseFormat,
 )
 from schemas.pomelo import ERRORS, FLUX, MIDJOURNEY, aspect_ratio_for_size, size_for_aspect_ratio
+from tests.schemas.test_dialect import refusal
 
 # --- the document's examples, verbatim ---
 
@@ -468,3 +469,31 @@ def test_any_aspect_ratio_gives_a_1024_long_side_and_64_steps(across: int, down:
         assert width >= height
     else:
         assert height >= width
+
+
+# --- validation: the field named, what it may hold, NebulaBlock's codes ---
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "patch", "code", "message"),
+    [
+        (MIDJOURNEY, {"width": 5000}, "invalid_size", "`width` must be an integer from 64 to 2048"),
+        (MIDJOURNEY, {"height": "tall"}, "invalid_size", "`height` must be an integer from 64 to 2048"),
+        (MIDJOURNEY, {"num_outputs": 5}, "invalid_request", "`num_outputs` must be an integer from 1 to 4"),
+        (MIDJOURNEY, {"prompt": 3}, "invalid_prompt", "`prompt` must be a text that is not empty or only spaces"),
+        (
+            FLUX,
+            {"aspect_ratio": "wide"},
+            "invalid_size",
+            "`aspect_ratio` must be a ratio WIDTH:HEIGHT of whole numbers, e.g. 1:1, 16:9, 4:3",
+        ),
+        (FLUX, {"steps": 51}, "invalid_request", "`steps` must be an integer from 1 to 50"),
+        (FLUX, {"seed": "lucky"}, "invalid_request", "`seed` must be an integer"),
+        (FLUX, {"negative_prompt": 1}, "invalid_request", "`negative_prompt` must be a string"),
+    ],
+)
+def test_validation_names_the_field_and_what_it_may_hold(
+    endpoint: Any, patch: dict[str, Any], code: str, message: str
+) -> None:
+    error = refusal(endpoint, {"prompt": "a cat", **patch})
+    assert json.loads(ERRORS.render(error)) == {"status": "error", "error": {"code": code, "message": message}}

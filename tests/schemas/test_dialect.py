@@ -1,0 +1,113 @@
+"""What every dialect shares: validation messages in the client's words, and its field names.
+
+Per-dialect cases live beside each dialect's tests; this file holds the helper they use
+and the checks that hold for every endpoint of every dialect.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import msgspec
+import pytest
+
+from schemas import melious, nebul, nebulablock, openai, pomelo
+from schemas.canonical import ErrorCode, GatewayError
+from schemas.dialect import BodyKind, Endpoint, describe_type
+
+ENDPOINTS: list[Endpoint[Any, Any]] = [
+    melious.GENERATIONS,
+    nebul.GENERATIONS,
+    nebul.EDITS,
+    nebul.VARIATIONS,
+    openai.GENERATIONS,
+    openai.EDITS,
+    openai.VARIATIONS,
+    pomelo.MIDJOURNEY,
+    pomelo.FLUX,
+    nebulablock.SERVERLESS,
+    nebulablock.V1,
+]
+# What a message to a client never shows: msgspec's wording, JSON paths, regexes.
+INTERNALS = ("Expected `", "enum", "regex", "$.", "^(", "\\d", "`str`", "`int`", "Object missing")
+
+
+def assert_plain(message: str) -> None:
+    """``message`` is written for a client: no validator internals."""
+    for internal in INTERNALS:
+        assert internal not in message, f"{internal!r} in {message!r}"
+
+
+def refusal(endpoint: Endpoint[Any, Any], body: bytes | Mapping[str, Any]) -> GatewayError:
+    """The error ``endpoint`` raises decoding ``body`` (raw JSON bytes, or fields as JSON or a form)."""
+    with pytest.raises(GatewayError) as info:
+        if isinstance(body, bytes):
+            endpoint.decode_json(body)
+        elif endpoint.body_kind is BodyKind.MULTIPART:
+            endpoint.decode_form(body)
+        else:
+            endpoint.decode_json(json.dumps(body).encode())
+    assert_plain(info.value.message)
+    return info.value
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: f"{e.dialect}{e.path}")
+def test_every_field_is_described_in_words(endpoint: Endpoint[Any, Any]) -> None:
+    wire_names = {field.encode_name for field in msgspec.structs.fields(endpoint.request_type)}
+    assert set(endpoint.field_rules) == wire_names
+    for field, rule in endpoint.field_rules.items():
+        assert rule and rule != "a valid value", f"{field}: {rule!r}"
+        assert_plain(rule)
+
+
+def test_a_pattern_without_words_is_refused_where_it_is_declared() -> None:
+    """A regex is no answer for a client: a patterned string must say in words what it takes."""
+    with pytest.raises(TypeError, match="description"):
+        describe_type(msgspec.inspect.type_info(Annotated[str, msgspec.Meta(pattern="^a+$")]))
+    described = Annotated[str, msgspec.Meta(pattern="^a+$", description="one or more a's")]
+    assert describe_type(msgspec.inspect.type_info(described)) == "one or more a's"
+
+
+@pytest.mark.parametrize("endpoint", [e for e in ENDPOINTS if e.body_kind is BodyKind.JSON], ids=lambda e: e.path)
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b"{not json", "Request body is not valid JSON (at byte 1)"),
+        (b'{"prompt": "a"', "Request body is not valid JSON (it ends too early)"),
+        (b"", "Request body is not valid JSON (it ends too early)"),
+        (b"[]", "Request body must be a JSON object"),
+        (b'"prompt"', "Request body must be a JSON object"),
+        (b"42", "Request body must be a JSON object"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object(endpoint: Endpoint[Any, Any], raw: bytes, words: str) -> None:
+    error = refusal(endpoint, raw)
+    assert (error.code, error.message, error.param) == (ErrorCode.INVALID_REQUEST, words, None)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "canonical", "wire"),
+    [
+        (nebulablock.SERVERLESS, "steps", "num_steps"),
+        (nebulablock.SERVERLESS, "guidance", "guidance_scale"),
+        (nebulablock.SERVERLESS, "size", "width/height"),
+        (pomelo.MIDJOURNEY, "n", "num_outputs"),
+        (pomelo.MIDJOURNEY, "size", "width/height"),
+        (pomelo.FLUX, "size", "aspect_ratio"),
+        (melious.GENERATIONS, "size", "size"),
+        (nebul.GENERATIONS, "guidance", "guidance"),
+    ],
+)
+def test_a_later_refusal_names_the_clients_own_field(endpoint: Endpoint[Any, Any], canonical: str, wire: str) -> None:
+    """A model's own limit (checked after decoding, in canonical names) reaches the client in its names."""
+    error = endpoint.client_error(GatewayError(ErrorCode.INVALID_REQUEST, "model 'm' takes at most 8", param=canonical))
+    label = "/".join(f"`{name}`" for name in wire.split("/"))
+    assert (error.param, error.message) == (wire, f"{label}: model 'm' takes at most 8")
+
+
+def test_a_message_that_names_its_field_is_kept() -> None:
+    error = GatewayError(ErrorCode.INVALID_REQUEST, "`mask` needs an `image` to paint into", param="mask")
+    assert nebulablock.SERVERLESS.client_error(error).message == "`mask` needs an `image` to paint into"
+    assert melious.GENERATIONS.client_error(GatewayError(ErrorCode.UPSTREAM_ERROR, "no")).message == "no"
