@@ -59,8 +59,15 @@ class Admission:
         return self.auth.authenticate(headers)
 
     def check_inputs(self, request: ImageRequest) -> None:
-        """Input images within the configured count and size."""
+        """Prompts within the configured length; input images within the configured count and size."""
         server = self.config.server
+        for name, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+            if text is not None and len(text) > server.max_prompt_chars:
+                raise GatewayError(
+                    ErrorCode.INVALID_PROMPT,
+                    f"`{name}` is {len(text)} characters long; at most {server.max_prompt_chars} are allowed",
+                    param=name,
+                )
         if len(request.images) > server.max_input_images:
             raise GatewayError(
                 ErrorCode.INVALID_REQUEST, f"at most {server.max_input_images} input images", param="image"

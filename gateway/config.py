@@ -168,6 +168,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_inflight_body_bytes: PositiveInt = DEFAULT_MAX_INFLIGHT_BODY_BYTES
     max_input_images: PositiveInt = 16
     max_input_image_bytes: PositiveInt = DEFAULT_MAX_INPUT_IMAGE_BYTES
+    max_prompt_chars: PositiveInt = 32_000  # a longer prompt or negative prompt is refused (400); OpenAI's limit
     request_deadline_s: Seconds = 120.0  # no chain of retries and fallbacks outlives it
     # The HTTP client every adapter sends through (adapters/upstream.py): aiohttp's own client
     # (fastest, measured), httpx over aiohttp's transport, or httpx with its own transport.

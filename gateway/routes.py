@@ -171,6 +171,7 @@ async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request
         record.outcome = "ok"
         return answer
     except GatewayError as error:
+        endpoint.client_error(error)  # the field in the client's own name (`num_steps`, not `steps`)
         record.outcome = error.code.value
         record.provider = error.provider or record.provider
         error.headers[ATTEMPTS_HEADER] = str(record.attempts.calls)

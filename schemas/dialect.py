@@ -167,13 +167,15 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     def client_error(self, error: GatewayError) -> GatewayError:
         """``error`` (raised after decoding, in canonical field names) in this endpoint's field names.
 
-        The field is named in the message, so a client reads which of its own fields to fix.
+        The field is named in the message, so a client reads which of its own fields to fix; a
+        message that already names it (in the client's name) is kept.
         """
         if error.param is None:
             return error
         wire = self.field_names.get(error.param, error.param)
         label = "/".join(f"`{name}`" for name in wire.split("/"))
-        if label not in error.message:
+        said = wire == error.param and re.search(rf"\b{re.escape(wire)}\b", error.message)  # "model 'x' ..."
+        if label not in error.message and not said:
             error.message = f"{label}: {error.message}"
             error.args = (error.message,)
         error.param = wire

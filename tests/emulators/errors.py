@@ -25,8 +25,8 @@ class CodeRow:
 # canonical             HTTP Melious                     Nebul                    NebulaBlock / Pomelo
 _TABLE = """
 invalid_request         400  VALIDATION_INVALID_VALUE    invalid_value            invalid_request
-invalid_prompt          400  VALIDATION_INVALID_PROMPT   invalid_prompt           invalid_prompt
-invalid_size            400  VALIDATION_INVALID_SIZE     invalid_size             invalid_size
+invalid_prompt          400  VALIDATION_INVALID_VALUE    invalid_prompt           invalid_prompt
+invalid_size            400  VALIDATION_INVALID_VALUE    invalid_size             invalid_size
 content_policy          400  POLICY_CONTENT_VIOLATION    content_policy_violation content_policy_violation
 unauthorized            401  AUTH_INVALID_API_KEY        invalid_api_key          unauthorized
 model_not_found         404  MODEL_NOT_FOUND             model_not_found          model_not_found

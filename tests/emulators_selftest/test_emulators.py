@@ -38,8 +38,8 @@ BASIC: dict[str, tuple[str, str, dict[str, Any]]] = {
 CODES: dict[str, dict[str, str]] = {
     "melious": {
         "unauthorized": "AUTH_INVALID_API_KEY",
-        "invalid_size": "VALIDATION_INVALID_SIZE",
-        "invalid_prompt": "VALIDATION_INVALID_PROMPT",
+        "invalid_size": "VALIDATION_INVALID_VALUE",
+        "invalid_prompt": "VALIDATION_INVALID_VALUE",
         "content_policy": "POLICY_CONTENT_VIOLATION",
         "overloaded": "INFERENCE_OVERLOADED",
         "invalid_request": "VALIDATION_INVALID_VALUE",

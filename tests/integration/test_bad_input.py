@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import MAX_BODY_BYTES
+from tests.emulators import EmulatorServer
+from tests.integration.conftest import MAX_BODY_BYTES, start_gateway
 from tests.integration.gateway_server import GatewayServer
 
 DROP = object()  # a patch value meaning "leave the field out"
@@ -21,8 +22,8 @@ DROP = object()  # a patch value meaning "leave the field out"
 EXPECTED: dict[str, dict[str, str]] = {
     "melious": {
         "invalid_request": "VALIDATION_INVALID_VALUE",
-        "invalid_prompt": "VALIDATION_INVALID_PROMPT",
-        "invalid_size": "VALIDATION_INVALID_SIZE",
+        "invalid_prompt": "VALIDATION_INVALID_VALUE",
+        "invalid_size": "VALIDATION_INVALID_VALUE",
         "model_not_found": "MODEL_NOT_FOUND",
     },
     "openai": {
@@ -160,6 +161,8 @@ def test_bad_json_input(dialect: str, case: str, gateway: GatewayServer, http: h
     response = http.post(gateway.url + path, json=patched(body, patch))
     assert response.status_code == STATUS[code], response.text
     assert check_envelope(family, response.json()) == EXPECTED[family][code]
+    (field,) = patch
+    assert field in response.json()["error"]["message"], "the message names the client's field"
 
 
 @pytest.mark.parametrize("dialect", list(JSON_DIALECTS))
@@ -235,3 +238,157 @@ def test_wrong_method_or_path(method: str, path: str, family: str, gateway: Gate
     response = http.request(method, gateway.url + path)
     assert response.status_code in (404, 405), response.text
     check_envelope(family, response.json())
+
+
+# dialect → (a patch, words the message must hold: the client's field and what it may hold)
+ALLOWED_VALUES: dict[str, tuple[dict[str, Any], str]] = {
+    "melious": (
+        {"size": "256x256"},
+        "`size` must be one of 512x512, 768x768, 1024x1024, 1024x768, 768x1024, 1280x720, 720x1280",
+    ),
+    "nebul": ({"size": "big"}, "`size` must be auto or WIDTHxHEIGHT in pixels"),
+    "openai-root": ({"n": 0}, "`n` must be an integer from 1 to 10"),
+    "pomelo-midjourney": ({"num_outputs": 5}, "`num_outputs` must be an integer from 1 to 4"),
+    "pomelo-flux": ({"aspect_ratio": "wide"}, "`aspect_ratio` must be a ratio WIDTH:HEIGHT of whole numbers"),
+    "nebulablock-serverless": ({"num_steps": 0}, "`num_steps` must be an integer of at least 1"),
+    "nebulablock-v1": ({"style": "anime"}, "`style` must be one of artistic, natural, vivid"),
+}
+# What a client never reads: the validator's own wording.
+INTERNALS = ("Expected `", "enum", "regex", "$.", "^(")
+
+
+@pytest.mark.parametrize("dialect", list(JSON_DIALECTS))
+def test_message_says_what_is_allowed(dialect: str, gateway: GatewayServer, http: httpx.Client) -> None:
+    path, family, body, _ = JSON_DIALECTS[dialect]
+    patch, words = ALLOWED_VALUES[dialect]
+    response = http.post(gateway.url + path, json=patched(body, patch))
+    assert response.status_code == 400, response.text
+    check_envelope(family, response.json())
+    message = response.json()["error"]["message"]
+    assert words in message
+    assert not [internal for internal in INTERNALS if internal in message], message
+
+
+@pytest.mark.parametrize("dialect", list(JSON_DIALECTS))
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [(b"{not json", "Request body is not valid JSON"), (b"[1, 2]", "Request body must be a JSON object")],
+)
+def test_not_json_or_not_an_object_says_so(
+    dialect: str, raw: bytes, words: str, gateway: GatewayServer, http: httpx.Client
+) -> None:
+    path, family, _, _ = JSON_DIALECTS[dialect]
+    response = http.post(gateway.url + path, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert check_envelope(family, response.json()) == EXPECTED[family]["invalid_request"]
+    assert response.json()["error"]["message"].startswith(words)
+
+
+def test_melious_answers_only_its_documented_validation_code(gateway: GatewayServer, http: httpx.Client) -> None:
+    """seeds/melious.txt: VALIDATION_INVALID_VALUE, "Invalid size or parameter"; no other validation code."""
+    url = gateway.url + "/melious/v1/images/generations"
+    for patch, field in [
+        ({"size": "1000x1000"}, "size"),
+        ({"prompt": DROP}, "prompt"),
+        ({"prompt": ["a", "list"]}, "prompt"),
+        ({"n": 9}, "n"),
+        ({"n": 1.5}, "n"),
+        ({"response_format": "png"}, "response_format"),
+        ({"user": {"id": 1}}, "user"),
+    ]:
+        response = http.post(url, json=patched({"model": "via-melious", "prompt": "ok"}, patch))
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "VALIDATION_INVALID_VALUE", response.text
+        assert f"`{field}`" in response.json()["error"]["message"]
+
+
+def test_a_later_limit_names_the_clients_field(gateway: GatewayServer, http: httpx.Client) -> None:
+    """A NebulaBlock client's `num_steps`, refused by the Flux.1 provider behind it as `steps`, is `num_steps`."""
+    response = http.post(
+        gateway.url + "/nebulablock/api/v1/images/generation",
+        json={"model": "via-pomelo-flux", "prompt": "ok", "num_steps": 60},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["message"].startswith("`num_steps`") and "`steps`" not in error["message"]
+    assert error["details"]["reason"].endswith("(`num_steps`)")
+
+
+# dialect → (path, envelope family, a valid body with room for a prompt, its prompt fields)
+PROMPTED: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
+    "melious": ("/melious/v1/images/generations", "melious", {"model": "via-melious"}, ("prompt",)),
+    "nebul": ("/nebul/v1/images/generations", "openai", {"model": "via-nebul"}, ("prompt",)),
+    "openai-root": ("/v1/images/generations", "openai", {"model": "via-melious"}, ("prompt",)),
+    "pomelo-midjourney": ("/pomelo/api/v1/midjourney/generate", "pomelo", {"model": "via-melious"}, ("prompt",)),
+    "pomelo-flux": ("/pomelo/api/v1/flux.1", "pomelo", {}, ("prompt", "negative_prompt")),
+    "nebulablock-serverless": (
+        "/nebulablock/api/v1/images/generation",
+        "nebulablock",
+        {"model": "via-nebulablock-serverless", "width": 512, "height": 512},
+        ("prompt", "negative_prompt"),
+    ),
+    "nebulablock-v1": (
+        "/nebulablock/v1/images/generate",
+        "nebulablock",
+        {"model": "via-nebulablock-v1"},
+        ("prompt", "negative_prompt"),
+    ),
+}
+DEFAULT_MAX_PROMPT_CHARS = 32_000  # OpenAI's limit, the documented default
+
+
+def calls(emulators: dict[str, EmulatorServer]) -> int:
+    return sum(len(server.emulator.calls) for server in emulators.values())
+
+
+@pytest.mark.parametrize("dialect", list(PROMPTED))
+def test_a_prompt_over_the_limit_is_refused_in_the_dialect(
+    dialect: str, gateway: GatewayServer, http: httpx.Client, emulators: dict[str, EmulatorServer]
+) -> None:
+    path, family, body, fields = PROMPTED[dialect]
+    for field in fields:
+        long = {"prompt": "ok", field: "x" * (DEFAULT_MAX_PROMPT_CHARS + 1)}
+        response = http.post(gateway.url + path, json={**body, **long})
+        assert response.status_code == 400, response.text
+        assert check_envelope(family, response.json()) == EXPECTED[family]["invalid_prompt"]
+        message = response.json()["error"]["message"]
+        assert f"`{field}`" in message and str(DEFAULT_MAX_PROMPT_CHARS) in message
+        if family == "openai":
+            assert response.json()["error"]["param"] == field
+    assert calls(emulators) == 0, "a refused prompt is never forwarded"
+    at_limit = http.post(gateway.url + path, json={**body, "prompt": "x" * DEFAULT_MAX_PROMPT_CHARS})
+    assert at_limit.status_code == 200, at_limit.text
+
+
+def test_a_multipart_prompt_over_the_limit_is_refused(gateway: GatewayServer, http: httpx.Client) -> None:
+    response = http.post(
+        gateway.url + "/nebul/v1/images/edits",
+        data={"model": "via-nebul", "prompt": "x" * (DEFAULT_MAX_PROMPT_CHARS + 1)},
+        files={"image": ("a.png", PNG, "image/png")},
+    )
+    assert response.status_code == 400, response.text
+    assert check_envelope("openai", response.json()) == "invalid_prompt"
+    assert response.json()["error"]["param"] == "prompt"
+
+
+def test_the_prompt_limit_is_configurable(
+    emulators: dict[str, EmulatorServer], http: httpx.Client, tmp_path: Path
+) -> None:
+    server = start_gateway(
+        emulators,
+        [{"name": "m", "targets": [{"provider": "melious", "model": "flux-schnell"}]}],
+        tmp_path,
+        server={"max_prompt_chars": 10},
+    )
+    try:
+        url = server.url + "/melious/v1/images/generations"
+        refused = http.post(url, json={"model": "m", "prompt": "eleven char"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == {
+            "code": "VALIDATION_INVALID_VALUE",
+            "message": "`prompt` is 11 characters long; at most 10 are allowed",
+        }
+        assert http.post(url, json={"model": "m", "prompt": "ten chars!"}).status_code == 200
+    finally:
+        server.stop()

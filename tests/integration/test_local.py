@@ -267,7 +267,7 @@ def test_a_missing_model_is_model_not_found_naming_its_path(gateway: GatewayServ
     [
         ("/nebul/v1/images/generations", {"model": "tiny", "prompt": PROMPT, "size": "100x100"}, "invalid_size"),
         ("/melious/v1/images/generations", {"model": "tiny", "prompt": PROMPT, "size": "768x768"},
-         "VALIDATION_INVALID_SIZE"),  # over the model's max_pixels
+         "VALIDATION_INVALID_VALUE"),  # over the model's max_pixels
         ("/pomelo/api/v1/midjourney/generate", {"model": "tiny", "prompt": PROMPT, "width": 100, "height": 64},
          "invalid_size"),
         ("/nebulablock/api/v1/images/generation", {"model": "flux.1", "prompt": PROMPT, "width": 72, "height": 64},

@@ -111,3 +111,8 @@ def test_a_message_that_names_its_field_is_kept() -> None:
     error = GatewayError(ErrorCode.INVALID_REQUEST, "`mask` needs an `image` to paint into", param="mask")
     assert nebulablock.SERVERLESS.client_error(error).message == "`mask` needs an `image` to paint into"
     assert melious.GENERATIONS.client_error(GatewayError(ErrorCode.UPSTREAM_ERROR, "no")).message == "no"
+    unknown = GatewayError(ErrorCode.MODEL_NOT_FOUND, "model 'x' is not served here", param="model")
+    assert melious.GENERATIONS.client_error(unknown).message == "model 'x' is not served here"
+    steps = GatewayError(ErrorCode.INVALID_REQUEST, "Flux.1 takes 1 to 50 steps", param="steps")
+    assert pomelo.FLUX.client_error(steps).message == "Flux.1 takes 1 to 50 steps"
+    assert nebulablock.SERVERLESS.client_error(steps).message == "`num_steps`: Flux.1 takes 1 to 50 steps"
