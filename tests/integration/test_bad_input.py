@@ -7,6 +7,7 @@ under test.
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -287,7 +288,7 @@ def test_not_json_or_not_an_object_says_so(
 def test_melious_answers_only_its_documented_validation_code(gateway: GatewayServer, http: httpx.Client) -> None:
     """seeds/melious.txt: VALIDATION_INVALID_VALUE, "Invalid size or parameter"; no other validation code."""
     url = gateway.url + "/melious/v1/images/generations"
-    for patch, field in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"size": "1000x1000"}, "size"),
         ({"prompt": DROP}, "prompt"),
         ({"prompt": ["a", "list"]}, "prompt"),
@@ -295,7 +296,8 @@ def test_melious_answers_only_its_documented_validation_code(gateway: GatewaySer
         ({"n": 1.5}, "n"),
         ({"response_format": "png"}, "response_format"),
         ({"user": {"id": 1}}, "user"),
-    ]:
+    ]
+    for patch, field in cases:
         response = http.post(url, json=patched({"model": "via-melious", "prompt": "ok"}, patch))
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == "VALIDATION_INVALID_VALUE", response.text
