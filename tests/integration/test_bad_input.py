@@ -207,8 +207,10 @@ def test_multipart_bad_input(path: str, fields: dict[str, str], gateway: Gateway
     assert not_image["error"]["param"] == "image"
     missing = post(fields, None)
     assert check_envelope("openai", missing) == "invalid_value"
+    assert missing["error"]["message"] == "`image` is required: one or more image files"
     bad_n = post({**fields, "n": "eleven"}, {"image": ("a.png", PNG, "image/png")})
     assert check_envelope("openai", bad_n) == "invalid_value"
+    assert bad_n["error"]["message"] == "`n` must be an integer from 1 to 10"
     if "prompt" in fields:
         no_prompt = post({"model": fields["model"]}, {"image": ("a.png", PNG, "image/png")})
         assert check_envelope("openai", no_prompt) == "invalid_prompt"
