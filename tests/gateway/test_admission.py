@@ -45,6 +45,19 @@ def test_inputs_beyond_the_configured_bounds_are_refused() -> None:
     assert raised.value.param == "mask" and raised.value.status == 413
 
 
+def test_a_prompt_over_the_configured_length_is_refused_naming_its_field() -> None:
+    gate = admission(server={"max_prompt_chars": 5})
+    gate.check_inputs(ImageRequest(model="m", prompt="12345", negative_prompt="12345"))
+    for field, request in [
+        ("prompt", ImageRequest(model="m", prompt="123456")),
+        ("negative_prompt", ImageRequest(model="m", prompt="ok", negative_prompt="123456")),
+    ]:
+        with pytest.raises(GatewayError) as raised:
+            gate.check_inputs(request)
+        assert (raised.value.code, raised.value.param, raised.value.status) == (ErrorCode.INVALID_PROMPT, field, 400)
+        assert raised.value.message == f"`{field}` is 6 characters long; at most 5 are allowed"
+
+
 async def test_a_key_limited_to_other_models_is_told_model_not_found() -> None:
     cfg_keys = {"keys": [{"name": "narrow", "hash": hash_key("k1"), "models": ["other"]}]}
     gate = admission(auth=cfg_keys)
