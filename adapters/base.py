@@ -15,6 +15,8 @@ class CallOptions(msgspec.Struct, kw_only=True, frozen=True):
     """What the router sets for one call."""
 
     timeout: float | None = None  # seconds this call may take in all (the router also enforces it)
+    # The client's request id, sent upstream as X-Request-ID so provider-side logs can be matched with ours.
+    request_id: str | None = None
 
 
 @runtime_checkable

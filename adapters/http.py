@@ -18,6 +18,7 @@ from adapters.base import CallOptions, HttpProviderSettings
 from adapters.upstream import Answer, AnswerTooLarge, UpstreamClient, UpstreamFailure, encode_multipart
 from schemas.canonical import (
     ErrorCode,
+    FailureReason,
     GatewayError,
     GeneratedImage,
     ImageRequest,
@@ -31,12 +32,12 @@ __all__ = ["HttpAdapter"]
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
-# An upstream's own failure is not the client's: its internal error, or its refusal of the
-# gateway's key, reaches the client as an upstream error (502), and a fallback may still help.
+# An upstream's own failure is not the client's: its internal error reaches the client as an
+# upstream error (502), and a fallback may still help. (Its refusal of the gateway's key: below.)
 _RECAST: Mapping[ErrorCode, str] = {
     ErrorCode.INTERNAL: "provider {name} failed internally: {message}",
-    ErrorCode.UNAUTHORIZED: "provider {name} refused the gateway's credentials",
 }
+REQUEST_ID_HEADER = "X-Request-ID"
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -129,6 +130,8 @@ class HttpAdapter:
         """One exchange within this provider's concurrency limit, its failures translated here."""
         connect, read = self._timeouts(options)
         method = "GET" if body is None else "POST"
+        if options.request_id is not None:
+            headers = {**(headers or {}), REQUEST_ID_HEADER: options.request_id}
         try:
             async with self._in_flight:
                 return await self.client.send(
@@ -153,7 +156,9 @@ class HttpAdapter:
         status, headers, body = answer
         if status >= 400:
             error = self.errors.parse(status, body, _retry_after(headers))
-            if error.code in _RECAST:
+            if status == 401 or error.code is ErrorCode.UNAUTHORIZED:
+                error = self._credentials_refused(status, error)
+            elif error.code in _RECAST:
                 message = _RECAST[error.code].format(name=self.name, message=error.message)
                 error = GatewayError(ErrorCode.UPSTREAM_ERROR, message, retry_after=error.retry_after)
             error.provider = self.name
@@ -170,6 +175,18 @@ class HttpAdapter:
         except GatewayError as error:
             error.provider = self.name
             raise
+
+    def _credentials_refused(self, status: int, said: GatewayError) -> GatewayError:
+        """The upstream refused the gateway's own key (never the client's): 502, called once, cooled down.
+
+        A 401 is always that; a 403 when its body names no other code (a 403 that says
+        ``content_policy_violation`` is still about the prompt). The key itself is never in the text.
+        """
+        return GatewayError(
+            ErrorCode.UPSTREAM_ERROR,
+            f"provider {self.name} answered {status}, refusing the gateway's credentials: {said.message}",
+            reason=FailureReason.UPSTREAM_CREDENTIALS,
+        )
 
     async def _fetch(self, image: GeneratedImage, options: CallOptions) -> None:
         """Replace an upstream URL by its bytes: only from this provider's hosts, and only up to the cap."""

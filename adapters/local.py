@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -74,7 +75,7 @@ class LocalAdapter:
         started = time.perf_counter()
         timeout = options.timeout or self.settings.timeout.read
         if self.remote:
-            result = await self._remote(request, timeout)
+            result = await self._remote(request, timeout, options.request_id)
         else:
             result = await self._in_process(request, timeout)
         result.provider = self.name
@@ -105,20 +106,22 @@ class LocalAdapter:
             ) from exc
         except GatewayError as error:
             error.provider = self.name
+            error.public = True  # the engine is the gateway's own: its checks speak to the client
             raise
 
     # --- remote workers ---
 
-    async def _remote(self, request: ImageRequest, timeout: float) -> ImageResult:
+    async def _remote(self, request: ImageRequest, timeout: float, request_id: str | None) -> ImageResult:
         """Each worker at most once, starting with the next in turn; the last failure when all fail."""
         body = protocol.encode_request(request)
+        headers = _JSON_HEADERS if request_id is None else {**_JSON_HEADERS, "X-Request-ID": request_id}
         workers = self.settings.workers
         first = next(self._turn) % len(workers)
         failure: GatewayError | None = None
         for offset in range(len(workers)):
             url = workers[(first + offset) % len(workers)]
             try:
-                return await self._post(url, body, timeout)
+                return await self._post(url, body, headers, timeout)
             except GatewayError as error:
                 error.provider = self.name
                 if error.code not in _NEXT_WORKER and not isinstance(error, WorkerUnreachable):
@@ -127,13 +130,13 @@ class LocalAdapter:
         assert failure is not None
         raise failure
 
-    async def _post(self, url: str, body: bytes, timeout: float) -> ImageResult:
+    async def _post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> ImageResult:
         try:
             answer = await self.client.send(
                 "POST",
                 url + protocol.GENERATE_PATH,
                 body=body,
-                headers=_JSON_HEADERS,
+                headers=headers,
                 connect_timeout=min(self.settings.timeout.connect, timeout),
                 read_timeout=timeout,
                 max_bytes=MAX_WORKER_ANSWER_BYTES,
@@ -173,4 +176,5 @@ def _worker_error(url: str, answer: Answer) -> GatewayError:
     if error.code is ErrorCode.INTERNAL:
         # The worker's own failure is not the client's: a fallback target may still serve.
         return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {error.message}")
+    error.public = True  # the worker's engine is the gateway's own: its checks speak to the client
     return error

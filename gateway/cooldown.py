@@ -35,6 +35,10 @@ class Cooldowns:
     def cooling(self, provider: str) -> bool:
         return self._until.get(provider, 0.0) > time.time()
 
+    def remaining(self, provider: str) -> float:
+        """Seconds until ``provider``'s cooldown ends; 0 when it is not cooling down."""
+        return max(0.0, self._until.get(provider, 0.0) - time.time())
+
     def record_success(self, provider: str) -> None:
         self._failures.pop(provider, None)
 
@@ -44,15 +48,19 @@ class Cooldowns:
         self._failures[provider] = count
         if count < threshold or self.cooling(provider):
             return False
+        await self.cool_down(provider, seconds, failures=count)
+        return True
+
+    async def cool_down(self, provider: str, seconds: float, **why: object) -> None:
+        """Skip ``provider`` for ``seconds`` from now, here and (with Redis) on every replica."""
         self._failures.pop(provider, None)
         self._until[provider] = time.time() + seconds
-        log.warning("provider_cooled_down", provider=provider, seconds=seconds, failures=count)
+        log.warning("provider_cooled_down", provider=provider, seconds=seconds, **why)
         if self._client is not None:
             try:
                 await self._client.set(self._prefix + provider, self._until[provider], px=int(seconds * 1000))
             except (RedisError, OSError):
                 log.warning("cooldown_not_shared", provider=provider)
-        return True
 
     async def refresh(self, providers: Sequence[str]) -> None:
         """Learn the other replicas' cooldowns for ``providers``: one MGET of those not read in the last REFRESH_S."""

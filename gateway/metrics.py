@@ -78,7 +78,18 @@ RETRIES = Counter("retries", "Calls that were retries of a failed call.", ["prov
 FALLBACKS = Counter(
     "fallbacks", "Times a request moved on to the next target of its model.", ["model"], namespace=NAMESPACE
 )
-COOLDOWNS = Counter("cooldowns", "Times a provider was cooled down after failures.", ["provider"], namespace=NAMESPACE)
+UPSTREAM_AUTH_FAILURES = Counter(
+    "upstream_auth_failures",
+    "Calls a provider answered by refusing the gateway's own credentials (its 401/403): a key to renew.",
+    ["provider"],
+    namespace=NAMESPACE,
+)
+COOLDOWNS = Counter(
+    "cooldowns",
+    "Times a provider was cooled down after failures (or at once, its credentials refused).",
+    ["provider"],
+    namespace=NAMESPACE,
+)
 RATE_LIMITED = Counter(
     "rate_limited", "Requests refused (or targets skipped) by a rate limit, by scope.", ["scope"], namespace=NAMESPACE
 )

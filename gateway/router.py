@@ -22,8 +22,9 @@ from adapters.base import Adapter, CallOptions
 from gateway import metrics
 from gateway.config import CooldownPolicy, GatewayConfig, ModelConfig, RateLimit, RetryPolicy, TargetConfig
 from gateway.cooldown import Cooldowns
+from gateway.failures import cooling_down, current_request_id, tell_client
 from gateway.ratelimit import Limiter, limit_checks
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
+from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, ImageResult
 
 __all__ = ["Plan", "Route", "Router"]
 
@@ -47,17 +48,24 @@ class Route(msgspec.Struct, frozen=True):
     timeout: float | None
 
     def refuses(self, request: ImageRequest) -> GatewayError | None:
-        """Why this target cannot serve ``request`` (so it is skipped without a call), or None."""
-        target, why = self.target, f"target {self.provider} of model {request.model!r}"
+        """Why this target cannot serve ``request`` (so it is skipped without a call), or None.
+
+        Told in terms of the model the client asked for: the provider's name stays in the config.
+        """
+        target, why = self.target, f"model {request.model!r}"
         if target.operations is not None and request.operation not in target.operations:
-            return GatewayError(ErrorCode.OPERATION_NOT_SUPPORTED, f"{why} does not do {request.operation.value}")
+            return _public(ErrorCode.OPERATION_NOT_SUPPORTED, f"{why} does not do {request.operation.value}")
         if target.max_n is not None and request.n > target.max_n:
-            return GatewayError(ErrorCode.INVALID_REQUEST, f"{why} makes at most {target.max_n} images", param="n")
+            return _public(ErrorCode.INVALID_REQUEST, f"{why} makes at most {target.max_n} images", param="n")
         if target.max_width is not None and (request.width or 0) > target.max_width:
-            return GatewayError(ErrorCode.INVALID_SIZE, f"{why} is at most {target.max_width} px wide", param="size")
+            return _public(ErrorCode.INVALID_SIZE, f"{why} is at most {target.max_width} px wide", param="size")
         if target.max_height is not None and (request.height or 0) > target.max_height:
-            return GatewayError(ErrorCode.INVALID_SIZE, f"{why} is at most {target.max_height} px high", param="size")
+            return _public(ErrorCode.INVALID_SIZE, f"{why} is at most {target.max_height} px high", param="size")
         return None
+
+
+def _public(code: ErrorCode, message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(code, message, param=param, public=True)
 
 
 class Plan(NamedTuple):
@@ -91,8 +99,8 @@ class _StopAtDeadline(stop_base):
         return time.monotonic() + retry_state.upcoming_sleep >= self.deadline
 
 
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, GatewayError) and exc.retryable
+def _retry_same_target(exc: BaseException) -> bool:
+    return isinstance(exc, GatewayError) and exc.retry_same_target
 
 
 class Attempts:
@@ -158,46 +166,56 @@ class Router:
     async def generate(
         self, request: ImageRequest, plan: Plan, deadline: float, attempts: Attempts | None = None
     ) -> ImageResult:
-        """Each target of ``plan`` that can serve the request, retried by its policy; a retryable failure falls back."""
+        """Each target of ``plan`` that can serve the request, retried by its policy; a retryable failure falls back.
+
+        A failure reaches the client in the gateway's own words about the model it asked for
+        (``gateway.failures``); what the upstream said was logged with each attempt.
+        """
         attempts = attempts or Attempts()
         routes = plan.routes
         await self._cooldowns.refresh([route.provider for route in routes])
         last_error: GatewayError | None = None
-        called = False
+        skips: list[GatewayError] = []
         for route in routes:
             skipped = await self._skip_reason(route, request)
             if skipped is not None:
-                attempts.record(route.provider, f"skipped: {skipped.code.value}")
+                attempts.record(route.provider, f"skipped: {skipped.outcome}")
+                skips.append(skipped)
                 last_error = last_error or skipped
                 continue
-            if called:  # an earlier target was called and failed
+            if attempts.calls:  # an earlier target was called and failed
                 attempts.fallbacks += 1
                 metrics.FALLBACKS.labels(plan.model.name).inc()
-            called = True
             try:
                 result = await self._call(route, request, deadline, attempts)
             except GatewayError as error:
                 if not error.retryable or time.monotonic() >= deadline:
-                    raise
+                    raise tell_client(error, request.model) from error.__cause__
                 last_error = error
                 continue
             result.model = request.model
             return result
         assert last_error is not None  # a model always has at least one target
-        raise last_error
+        if len(skips) == len(routes) and last_error.retryable:
+            # Nothing was called: the client may come back when the first skipped target is.
+            waits = [skip.retry_after for skip in skips if skip.retry_after is not None]
+            last_error.retry_after = min(waits, default=last_error.retry_after)
+        raise tell_client(last_error, request.model)
 
     async def _skip_reason(self, route: Route, request: ImageRequest) -> GatewayError | None:
         refusal = route.refuses(request)
         if refusal is not None:
             return refusal
         if self._cooldowns.cooling(route.provider):
-            return GatewayError(ErrorCode.OVERLOADED, f"provider {route.provider} is cooling down after failures")
+            return cooling_down(request.model, self._cooldowns.remaining(route.provider))
         checks = limit_checks(route.limits, "provider", route.provider, request.n, self._prefix)
         if checks:
             decision = await self._limiter.check(checks)
             if not decision.allowed:
                 metrics.RATE_LIMITED.labels("provider").inc()
-                return decision.refusal()
+                refusal = decision.refusal()
+                refusal.public = True  # the gateway's own limit, told in its own words
+                return refusal
         return None
 
     async def _call(self, route: Route, request: ImageRequest, deadline: float, attempts: Attempts) -> ImageResult:
@@ -205,13 +223,13 @@ class Router:
         try:  # the first call goes straight: the retry machinery costs only when something failed
             return await self._attempt(route, upstream, deadline, attempts)
         except GatewayError as error:
-            if not error.retryable or route.retry.attempts < 2:
+            if not error.retry_same_target or route.retry.attempts < 2:
                 raise
             first_failure = error
         retrying = AsyncRetrying(
             stop=stop_any(stop_after_attempt(route.retry.attempts), _StopAtDeadline(deadline)),
             wait=_Wait(route.retry),
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(_retry_same_target),
             reraise=True,
         )
         async for attempt in retrying:
@@ -231,10 +249,13 @@ class Router:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
-                result = await route.adapter.generate(request, CallOptions(timeout=timeout))
+                options = CallOptions(timeout=timeout, request_id=current_request_id())
+                result = await route.adapter.generate(request, options)
         except TimeoutError:
             error = GatewayError(
-                ErrorCode.UPSTREAM_TIMEOUT, f"provider {route.provider} did not answer in time", provider=route.provider
+                ErrorCode.UPSTREAM_TIMEOUT,
+                f"provider {route.provider} did not answer in {timeout:g} s",
+                provider=route.provider,
             )
             await self._failed(route, error, attempts, time.perf_counter() - started)
             raise error from None
@@ -242,29 +263,57 @@ class Router:
             await self._failed(route, error, attempts, time.perf_counter() - started)
             raise
         self._cooldowns.record_success(route.provider)
-        self._observe(route, "ok", attempts, time.perf_counter() - started)
+        self._observe(route, None, attempts, time.perf_counter() - started)
         return result
 
-    def _observe(self, route: Route, outcome: str, attempts: Attempts, seconds: float) -> None:
-        """Metrics for every call; a log line of its own for a failed one (the request's line tells the rest)."""
+    def _observe(self, route: Route, error: GatewayError | None, attempts: Attempts, seconds: float) -> None:
+        """Metrics for every call; a log line of its own for a failed one (the request's line tells the rest).
+
+        The failed call's line holds what the client is not told: the provider, the
+        upstream's own words or the exception, under the request id.
+        """
         duration_ms = round(seconds * 1000, 2)
+        outcome = "ok" if error is None else error.outcome
         attempts.record(route.provider, outcome, duration_ms)
         metrics.child(metrics.UPSTREAM_CALLS, route.provider, outcome).inc()
         metrics.child(metrics.UPSTREAM_DURATION, route.provider, outcome).observe(seconds)
-        if outcome == "ok":
+        if error is None:
             return
+        cause = error.__cause__
         log.info(
             "upstream_attempt",
             provider=route.provider,
             upstream_model=route.target.model,
             attempt=attempts.calls,
             outcome=outcome,
+            detail=error.message,
+            exception=type(cause).__name__ if cause is not None else None,
             duration_ms=duration_ms,
         )
 
     async def _failed(self, route: Route, error: GatewayError, attempts: Attempts, seconds: float) -> None:
-        self._observe(route, error.code.value, attempts, seconds)
-        if error.retryable and await self._cooldowns.record_failure(
+        self._observe(route, error, attempts, seconds)
+        if error.reason is FailureReason.UPSTREAM_CREDENTIALS:
+            await self._credentials_refused(route, error)
+        elif error.retryable and await self._cooldowns.record_failure(
             route.provider, route.cooldown.failures, route.cooldown.seconds
         ):
+            metrics.COOLDOWNS.labels(route.provider).inc()
+
+    async def _credentials_refused(self, route: Route, error: GatewayError) -> None:
+        """The provider refused the gateway's own key: an operator must act, and nobody gains from calling again.
+
+        Logged at error level and counted, then the provider cools down at once for its
+        cooldown's seconds: the key is not hammered meanwhile, and the next replica learns it too.
+        """
+        metrics.UPSTREAM_AUTH_FAILURES.labels(route.provider).inc()
+        log.error(
+            "upstream_credentials_refused",
+            provider=route.provider,
+            upstream_model=route.target.model,
+            detail=error.message,
+            cooldown_s=route.cooldown.seconds,
+        )
+        if not self._cooldowns.cooling(route.provider):
+            await self._cooldowns.cool_down(route.provider, route.cooldown.seconds, reason=error.outcome)
             metrics.COOLDOWNS.labels(route.provider).inc()

@@ -15,6 +15,7 @@ import msgspec
 __all__ = [
     "EnvironmentImpact",
     "ErrorCode",
+    "FailureReason",
     "GatewayError",
     "GeneratedImage",
     "ImageRequest",
@@ -88,12 +89,32 @@ _RETRYABLE = frozenset(
 )
 
 
+class FailureReason(enum.Enum):
+    """Why an upstream failed, finer than its code, where the gateway acts on the difference.
+
+    A client sees only the code; the router and the operator see the reason.
+    """
+
+    # The upstream refused the gateway's own credentials (its 401/403): the same key will
+    # not start working on a retry, so that target is called once, cooled down at once,
+    # and the next target (another provider, another key) may still serve.
+    UPSTREAM_CREDENTIALS = "upstream_credentials"
+
+
+# Reasons a retry on the same target cannot cure (a fallback to another target still may).
+_NOT_RETRIED_ON_SAME_TARGET = frozenset({FailureReason.UPSTREAM_CREDENTIALS})
+
+
 class GatewayError(Exception):
     """A failure with a canonical code; rendered into the client's dialect at the edge.
 
     ``status`` overrides the code's HTTP status where the taxonomy is too coarse (413 for
     a body over the limit). ``param`` names the offending field when one is known.
     ``headers`` are extra response headers the edge adds (rate-limit state on a refusal).
+    ``reason`` is a finer cause than the code (see ``FailureReason``). ``public`` says the
+    message was written by the gateway for clients (its own checks, the local engine's);
+    an upstream failure's message is not (an upstream's text, an exception's name, a
+    provider's name), so the router logs it and tells the client its own sentence instead.
     """
 
     def __init__(
@@ -106,6 +127,8 @@ class GatewayError(Exception):
         retry_after: float | None = None,
         provider: str | None = None,
         headers: dict[str, str] | None = None,
+        reason: FailureReason | None = None,
+        public: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -115,10 +138,23 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         self.provider = provider
         self.headers = headers or {}
+        self.reason = reason
+        self.public = public
 
     @property
     def retryable(self) -> bool:
+        """Whether another attempt may help: a fallback to the next target, at least."""
         return self.code.retryable
+
+    @property
+    def retry_same_target(self) -> bool:
+        """Whether calling the same target again may help (not when the gateway's own key was refused)."""
+        return self.retryable and self.reason not in _NOT_RETRIED_ON_SAME_TARGET
+
+    @property
+    def outcome(self) -> str:
+        """The label of this failure in metrics and logs: the reason when there is one, else the code."""
+        return self.reason.value if self.reason is not None else self.code.value
 
     def __repr__(self) -> str:
         return f"GatewayError({self.code.value!r}, {self.message!r}, status={self.status})"

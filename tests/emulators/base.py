@@ -126,6 +126,11 @@ class Emulator:
         """The image requests received so far, oldest first (a copy)."""
         return self._calls.snapshot()
 
+    @property
+    def request_ids(self) -> list[str | None]:
+        """The ``X-Request-ID`` of each image request received, oldest first (None where none was sent)."""
+        return [call.request_id for call in self._calls.snapshot()]
+
     def reset(self) -> None:
         """Forget calls and faults."""
         self._faults.clear()
@@ -202,6 +207,7 @@ class Emulator:
     def _record(self, request: Request) -> Call:
         """Log the request, keeping whether the key matched but never the key."""
         authorized = request.headers.get("authorization", "") == f"Bearer {self.api_key}"
+        request_id = request.headers.get("x-request-id")
         if not self.record_calls:
             return Call(
                 method=request.method,
@@ -213,6 +219,7 @@ class Emulator:
                 body=None,
                 authorized=authorized,
                 time=time.time(),
+                request_id=request_id,
             )
         headers = dict(request.headers)
         if "authorization" in headers:
@@ -227,6 +234,7 @@ class Emulator:
             body=summarise_body(request),
             authorized=authorized,
             time=time.time(),
+            request_id=request_id,
         )
         self._calls.record(call)
         return call

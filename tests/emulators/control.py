@@ -65,6 +65,7 @@ class Call(msgspec.Struct, kw_only=True):
     body: Any  # JSON fields, or multipart fields with files as {filename, size, ...}
     authorized: bool
     time: float
+    request_id: str | None = None  # the caller's X-Request-ID (so a test can match calls with its requests)
     status: int | None = None  # the status the emulator answered
     fault: bool = False  # whether a queued fault answered (or delayed) it
 
