@@ -280,6 +280,8 @@ class Router:
         if error is None:
             return
         cause = error.__cause__
+        while cause is not None and cause.__cause__ is not None:  # the client library's own, under our wrappers
+            cause = cause.__cause__
         log.info(
             "upstream_attempt",
             provider=route.provider,

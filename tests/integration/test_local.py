@@ -19,10 +19,13 @@ import httpx
 import pytest
 
 from adapters.local import LocalAdapter
+from local_backend import protocol
+from local_backend.server import create_worker_app
 from schemas.dialect import image_dimensions
 from tests.integration.gateway_server import GatewayServer, gateway_config
 from tests.local_backend.engines import held_device, local_settings
 from tests.local_backend.worker_server import WorkerServer
+from tests.servers import ThreadedServer
 
 PROMPT = "a lighthouse at dusk"
 MISSING_DIR = "/nonexistent/models/sd-turbo"
@@ -348,6 +351,36 @@ def test_the_remote_worker_path_over_real_http(tmp_path_factory: pytest.TempPath
     # The router retries a timeout, so the gateway may have given up more than once: each was dropped.
     assert after.requests_dropped > before.requests_dropped
     assert after.images_generated == before.images_generated + 1  # no abandoned request was drawn
+
+
+class RequestIdsSeen:
+    """The worker app, keeping the ``X-Request-ID`` of each generate call it is sent."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[str | None] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == protocol.GENERATE_PATH:
+            self.seen.append(dict(scope["headers"]).get(b"x-request-id", b"").decode() or None)
+        await self.app(scope, receive, send)
+
+
+class SlowStartingServer(ThreadedServer):
+    startup_timeout_s = 60.0  # the worker loads its models before it listens
+
+
+def test_the_request_id_reaches_the_remote_worker(tmp_path_factory: pytest.TempPathFactory, http: httpx.Client) -> None:
+    worker_app = RequestIdsSeen(create_worker_app(local_settings({"tiny": "builtin:tiny-sd"}, batch_window_ms=0)))
+    with SlowStartingServer(worker_app) as worker:
+        providers = {"remote": {"kind": "local", "workers": [worker.url]}}
+        models = [{"name": "tiny", "targets": [{"provider": "remote", "model": "tiny"}]}]
+        with start(providers, models, tmp_path_factory.mktemp("store")) as server:
+            body = {"model": "tiny", "prompt": PROMPT, "size": "64x64", "response_format": "b64_json"}
+            headers = {"X-Request-ID": "trace-worker-0001"}
+            made = http.post(server.url + "/nebul/v1/images/generations", json=body, headers=headers)
+    assert made.status_code == 200, made.text
+    assert worker_app.seen == ["trace-worker-0001"]
 
 
 def test_a_client_that_hangs_up_has_its_queued_request_dropped(
