@@ -106,7 +106,7 @@ class LocalAdapter:
             ) from exc
         except GatewayError as error:
             error.provider = self.name
-            error.public = True  # the engine is the gateway's own: its checks speak to the client
+            error.public = _speaks_to_the_client(error)
             raise
 
     # --- remote workers ---
@@ -176,5 +176,14 @@ def _worker_error(url: str, answer: Answer) -> GatewayError:
     if error.code is ErrorCode.INTERNAL:
         # The worker's own failure is not the client's: a fallback target may still serve.
         return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {error.message}")
-    error.public = True  # the worker's engine is the gateway's own: its checks speak to the client
+    error.public = _speaks_to_the_client(error)
     return error
+
+
+def _speaks_to_the_client(error: GatewayError) -> bool:
+    """The engine is the gateway's own: its refusals of the client's input are told as it words them.
+
+    Its failures (a model that did not load, a drawing that raised) name exceptions: the
+    router logs those and tells the client its own sentence.
+    """
+    return not error.retryable and error.code is not ErrorCode.INTERNAL

@@ -26,10 +26,11 @@ _SAID: Mapping[ErrorCode, str] = {
     ErrorCode.UPSTREAM_ERROR: _THE_UPSTREAM + " failed to give a usable answer.",
     ErrorCode.INSUFFICIENT_QUOTA: "This gateway's quota at the upstream serving model {model!r} is used up.",
     ErrorCode.CONTENT_POLICY: _THE_UPSTREAM + " refused the prompt under its content policy.",
-    ErrorCode.INVALID_REQUEST: _THE_UPSTREAM + " refused the request as invalid{field}.",
-    ErrorCode.INVALID_PROMPT: _THE_UPSTREAM + " refused the prompt as invalid.",
-    ErrorCode.INVALID_SIZE: _THE_UPSTREAM + " refused the requested size.",
-    ErrorCode.OPERATION_NOT_SUPPORTED: _THE_UPSTREAM + " does not support this operation.",
+    # Refused by the upstream, or by the gateway encoding the request in the upstream's terms.
+    ErrorCode.INVALID_REQUEST: "Model {model!r} cannot serve this request as given{field}.",
+    ErrorCode.INVALID_PROMPT: "Model {model!r} cannot take this prompt.",
+    ErrorCode.INVALID_SIZE: "Model {model!r} cannot make images of the requested size.",
+    ErrorCode.OPERATION_NOT_SUPPORTED: "Model {model!r} does not support this operation.",
     ErrorCode.MODEL_NOT_FOUND: _THE_UPSTREAM + " does not know the model this gateway asked it for.",
 }
 _FAILED = _THE_UPSTREAM + " failed."
