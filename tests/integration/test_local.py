@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from adapters.local import LocalAdapter
-from local_backend import protocol
 from local_backend.server import create_worker_app
+from schemas import worker as protocol
 from schemas.dialect import image_dimensions
 from tests.integration.gateway_server import GatewayServer, gateway_config
 from tests.local_backend.engines import held_device, local_settings
