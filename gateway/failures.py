@@ -27,7 +27,7 @@ _SAID: Mapping[ErrorCode, str] = {
     ErrorCode.INSUFFICIENT_QUOTA: "This gateway's quota at the upstream serving model {model!r} is used up.",
     ErrorCode.CONTENT_POLICY: _THE_UPSTREAM + " refused the prompt under its content policy.",
     # Refused by the upstream, or by the gateway encoding the request in the upstream's terms.
-    ErrorCode.INVALID_REQUEST: "Model {model!r} cannot serve this request as given{field}.",
+    ErrorCode.INVALID_REQUEST: "Model {model!r} cannot serve this request as given.",
     ErrorCode.INVALID_PROMPT: "Model {model!r} cannot take this prompt.",
     ErrorCode.INVALID_SIZE: "Model {model!r} cannot make images of the requested size.",
     ErrorCode.OPERATION_NOT_SUPPORTED: "Model {model!r} does not support this operation.",
@@ -63,8 +63,8 @@ def tell_client(error: GatewayError, model: str) -> GatewayError:
         template = _REASONS[error.reason]
     else:
         template = _SAID.get(error.code, _FAILED)
-    field = f" (`{error.param}`)" if error.param else ""
-    error.message = _quote_request_id(template.format(model=model, field=field))
+    # The field, when known, stays in ``param``: the edge names it as the client's dialect does.
+    error.message = _quote_request_id(template.format(model=model))
     error.args = (error.message,)
     error.public = True
     return error
