@@ -5,23 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adapters.base import Adapter, CallOptions, HttpProviderSettings
+from adapters.base import Adapter, AdapterBase, CallOptions, HttpProviderSettings
 from adapters.http import HttpAdapter
+from adapters.local import LocalAdapter
 from adapters.melious import MeliousAdapter
 from adapters.nebul import NebulAdapter
 from adapters.nebulablock import NebulaBlockAdapter
 from adapters.pomelo import PomeloAdapter
 from adapters.upstream import UpstreamClient
 
-__all__ = ["ADAPTER_CLASSES", "Adapter", "CallOptions", "HttpAdapter", "build_adapter"]
-
-
-def _local_adapter(name: str, config: Any, client: UpstreamClient) -> Adapter:
-    # Imported on use: the local backend's in-process engine brings torch, which a
-    # gateway-only install does not have.
-    from adapters.local import LocalAdapter
-
-    return LocalAdapter(name, config, client)
+__all__ = ["ADAPTER_CLASSES", "Adapter", "AdapterBase", "CallOptions", "HttpAdapter", "build_adapter"]
 
 
 # Provider kind (the `kind` of a provider in the config) → what builds its adapter.
@@ -30,7 +23,7 @@ ADAPTER_CLASSES: Mapping[str, Callable[[str, Any, UpstreamClient], Adapter]] = {
     "nebul": NebulAdapter,
     "pomelo": PomeloAdapter,
     "nebulablock": NebulaBlockAdapter,
-    "local": _local_adapter,
+    "local": LocalAdapter,  # imports the engine (and torch) only when it runs models in process
 }
 
 

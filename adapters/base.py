@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 from schemas.canonical import ImageRequest, ImageResult
 
-__all__ = ["Adapter", "CallOptions", "HttpProviderSettings", "TimeoutSettings"]
+__all__ = ["Adapter", "AdapterBase", "BackendObserver", "CallOptions", "HttpProviderSettings", "TimeoutSettings"]
 
 
 class CallOptions(msgspec.Struct, kw_only=True, frozen=True):
@@ -19,19 +19,59 @@ class CallOptions(msgspec.Struct, kw_only=True, frozen=True):
     request_id: str | None = None
 
 
+class BackendObserver(Protocol):
+    """Where a backend with a queue of its own reports as it goes (the gateway's Prometheus metrics)."""
+
+    def queue_depth(self, model: str, depth: int) -> None: ...
+
+    def batch_drawn(self, model: str, images: int, seconds: float) -> None: ...
+
+
 @runtime_checkable
 class Adapter(Protocol):
-    """A backend that turns a canonical request into a canonical result.
+    """A backend that turns a canonical request into a canonical result: every method the app calls.
 
     ``generate`` raises ``GatewayError`` for every failure, already translated into the
-    canonical taxonomy; ``aclose`` releases what the adapter owns (not shared clients).
+    canonical taxonomy. The app calls ``observe`` and then ``start`` once at start-up,
+    ``ready`` for ``/ready``, and ``aclose`` at shutdown (it releases what the adapter owns,
+    not shared clients). ``AdapterBase`` gives each a no-op default.
     """
 
     name: str
 
+    def observe(self, observer: BackendObserver) -> None:
+        """Report queue depth and batches to ``observer`` (backends with a queue of their own)."""
+        ...
+
+    async def start(self) -> None:
+        """Load what the backend needs before it serves (the local backend's models)."""
+        ...
+
+    async def ready(self) -> dict[str, Any] | None:
+        """For ``/ready``: a report with a ``ready`` flag, or None when there is nothing to report."""
+        ...
+
     async def generate(self, request: ImageRequest, options: CallOptions) -> ImageResult: ...
 
     async def aclose(self) -> None: ...
+
+
+class AdapterBase:
+    """No-op defaults for the lifecycle methods of ``Adapter``: an adapter overrides what it needs."""
+
+    name: str
+
+    def observe(self, observer: BackendObserver) -> None:
+        """Nothing to report by default."""
+
+    async def start(self) -> None:
+        """Nothing to load by default."""
+
+    async def ready(self) -> dict[str, Any] | None:
+        return None
+
+    async def aclose(self) -> None:
+        """Nothing to release by default (the upstream client is shared and closed by the app)."""
 
 
 class TimeoutSettings(Protocol):

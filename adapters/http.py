@@ -1,7 +1,7 @@
 """The HTTP adapter every provider shares: encode ▸ send ▸ decode, with errors translated once, here.
 
-A provider module only says which of its dialect's endpoints serves which operation, how
-many images one call may ask for, and which error table reads its answers.
+A provider module only says which of its dialect's endpoints serves which operation and
+which error table reads its answers; each endpoint says how many images one call may ask for.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from adapters.base import CallOptions, HttpProviderSettings
+from adapters.base import AdapterBase, CallOptions, HttpProviderSettings
 from adapters.upstream import Answer, AnswerTooLarge, UpstreamClient, UpstreamFailure, encode_multipart
 from schemas.canonical import (
     ErrorCode,
@@ -48,12 +48,10 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None  # an HTTP date: rare for these APIs; the retry policy's own backoff applies
 
 
-class HttpAdapter:
+class HttpAdapter(AdapterBase):
     """A provider reached over HTTP through the dialect it speaks."""
 
     errors: ClassVar[ErrorTable]
-    # Most images one upstream call may ask for; a larger n is split into concurrent calls.
-    max_n_per_call: ClassVar[int] = 1
 
     def __init__(self, name: str, config: HttpProviderSettings, client: UpstreamClient) -> None:
         self.name = name
@@ -70,9 +68,6 @@ class HttpAdapter:
         """The endpoint serving each operation this provider can do."""
         raise NotImplementedError
 
-    async def aclose(self) -> None:
-        """Nothing to release: the upstream client is shared and closed by the app."""
-
     async def generate(self, request: ImageRequest, options: CallOptions) -> ImageResult:
         endpoint = self.endpoints.get(request.operation)
         if endpoint is None:
@@ -82,7 +77,7 @@ class HttpAdapter:
                 provider=self.name,
             )
         started = time.perf_counter()
-        parts = self._split(request)
+        parts = self._split(request, endpoint.max_n_per_call)
         if len(parts) == 1:  # the usual case, without the cost of tasks
             result = await self._call(endpoint, request, options)
         else:
@@ -96,13 +91,14 @@ class HttpAdapter:
         result.timings.total = time.perf_counter() - started
         return result
 
-    def _split(self, request: ImageRequest) -> list[ImageRequest]:
+    @staticmethod
+    def _split(request: ImageRequest, max_n_per_call: int) -> list[ImageRequest]:
         """One request per upstream call; each part keeps its own seed so results stay reproducible."""
-        if request.n <= self.max_n_per_call:
+        if request.n <= max_n_per_call:
             return [request]
         parts = []
-        for offset in range(0, request.n, self.max_n_per_call):
-            count = min(self.max_n_per_call, request.n - offset)
+        for offset in range(0, request.n, max_n_per_call):
+            count = min(max_n_per_call, request.n - offset)
             seed = None if request.seed is None else request.seed + offset
             parts.append(msgspec.structs.replace(request, n=count, seed=seed))
         return parts

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from adapters.base import CallOptions
+from adapters.base import AdapterBase, BackendObserver, CallOptions
 from adapters.upstream import Answer, AnswerTooLarge, UpstreamClient, UpstreamFailure
 from schemas import worker as protocol
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
 from schemas.local import LocalBackendSettings
 
 if TYPE_CHECKING:
-    from local_backend.engine import EngineObserver, LocalEngine
+    from local_backend.engine import LocalEngine
 
 __all__ = ["LocalAdapter", "WorkerUnreachable"]
 
@@ -38,7 +38,7 @@ class WorkerUnreachable(GatewayError):
     """No connection to a worker: the request never reached it, so the next worker may take it."""
 
 
-class LocalAdapter:
+class LocalAdapter(AdapterBase):
     """The adapter of a ``kind: local`` provider."""
 
     def __init__(self, name: str, settings: LocalBackendSettings, client: UpstreamClient) -> None:
@@ -46,14 +46,17 @@ class LocalAdapter:
         self.settings = settings
         self.client = client
         self.engine: LocalEngine | None = None
-        # Set before start() to have the in-process engine report queue depth and batches (metrics).
-        self.observer: EngineObserver | None = None
+        self.observer: BackendObserver | None = None  # set by observe(), before start()
         self._turn = itertools.count()
         self._starting = asyncio.Lock()
 
     @property
     def remote(self) -> bool:
         return bool(self.settings.workers)
+
+    def observe(self, observer: BackendObserver) -> None:
+        """The in-process engine reports queue depth and batches to ``observer`` (metrics)."""
+        self.observer = observer
 
     async def start(self) -> None:
         """Load the models in-process (nothing to do when the models live on workers)."""
@@ -82,7 +85,7 @@ class LocalAdapter:
         result.timings.total = time.perf_counter() - started
         return result
 
-    async def ready(self) -> dict[str, Any]:
+    async def ready(self) -> dict[str, Any] | None:
         """Whether this provider can serve: its models loaded, or at least one worker healthy."""
         if not self.remote:
             if self.engine is None:

@@ -14,7 +14,6 @@ from schemas.dialect import Endpoint
 
 class MeliousAdapter(HttpAdapter):
     errors = melious.ERRORS
-    max_n_per_call = melious.MAX_N
 
     def endpoints_for(self, config: HttpProviderSettings) -> Mapping[Operation, Endpoint[Any, Any]]:
         return {Operation.GENERATE: melious.GENERATIONS}

@@ -14,7 +14,6 @@ from schemas.dialect import Endpoint
 
 class NebulAdapter(HttpAdapter):
     errors = nebul.ERRORS
-    max_n_per_call = 10
 
     def endpoints_for(self, config: HttpProviderSettings) -> Mapping[Operation, Endpoint[Any, Any]]:
         return {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 from adapters.base import HttpProviderSettings
 from adapters.http import HttpAdapter
@@ -16,11 +16,14 @@ class NebulaBlockAdapter(HttpAdapter):
     """One provider entry speaks one API generation, named by its ``api`` setting."""
 
     errors = nebulablock.ERRORS
-    APIS: ClassVar[Mapping[str, tuple[Mapping[Operation, Endpoint[Any, Any]], int]]] = {
-        "serverless": ({Operation.GENERATE: nebulablock.SERVERLESS, Operation.EDIT: nebulablock.SERVERLESS}, 1),
-        "v1": ({Operation.GENERATE: nebulablock.V1}, 10),
+    APIS: ClassVar[Mapping[str, Mapping[Operation, Endpoint[Any, Any]]]] = {
+        "serverless": {Operation.GENERATE: nebulablock.SERVERLESS, Operation.EDIT: nebulablock.SERVERLESS},
+        "v1": {Operation.GENERATE: nebulablock.V1},
     }
 
     def endpoints_for(self, config: HttpProviderSettings) -> Mapping[Operation, Endpoint[Any, Any]]:
-        endpoints, self.max_n_per_call = self.APIS[config.api]  # type: ignore[attr-defined, misc]
-        return endpoints
+        return self.APIS[cast(NebulaBlockSettings, config).api]
+
+
+class NebulaBlockSettings(HttpProviderSettings, Protocol):
+    api: str

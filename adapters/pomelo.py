@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 from adapters.base import HttpProviderSettings
 from adapters.http import HttpAdapter
@@ -16,11 +16,11 @@ class PomeloAdapter(HttpAdapter):
     """One provider entry speaks one of Pomelo's endpoints, named by its ``endpoint`` setting."""
 
     errors = pomelo.ERRORS
-    ENDPOINTS: ClassVar[Mapping[str, tuple[Endpoint[Any, Any], int]]] = {
-        "midjourney": (pomelo.MIDJOURNEY, 4),
-        "flux": (pomelo.FLUX, 1),
-    }
+    ENDPOINTS: ClassVar[Mapping[str, Endpoint[Any, Any]]] = {"midjourney": pomelo.MIDJOURNEY, "flux": pomelo.FLUX}
 
     def endpoints_for(self, config: HttpProviderSettings) -> Mapping[Operation, Endpoint[Any, Any]]:
-        endpoint, self.max_n_per_call = self.ENDPOINTS[config.endpoint]  # type: ignore[attr-defined, misc]
-        return {Operation.GENERATE: endpoint}
+        return {Operation.GENERATE: self.ENDPOINTS[cast(PomeloSettings, config).endpoint]}
+
+
+class PomeloSettings(HttpProviderSettings, Protocol):
+    endpoint: str

@@ -20,7 +20,7 @@ from adapters.upstream import UpstreamClient, build_upstream_client
 from gateway import metrics
 from gateway.admission import Admission
 from gateway.auth import Authenticator
-from gateway.config import CONFIG_ENV, GatewayConfig, load_config
+from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.cooldown import Cooldowns
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
@@ -41,7 +41,7 @@ log = structlog.get_logger("gateway.app")
 
 def build_adapters(config: GatewayConfig, client: UpstreamClient) -> dict[str, Adapter]:
     return {
-        name: build_adapter(provider.__struct_config__.tag, name, provider, client)  # type: ignore[arg-type]
+        name: build_adapter(provider_kind(provider), name, provider, client)
         for name, provider in config.providers.items()
     }
 
@@ -71,11 +71,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     client = build_upstream_client(config.server.upstream_transport)
     adapters = build_adapters(config, client)
     for adapter in adapters.values():
-        if hasattr(adapter, "observer"):  # the local backend reports its queue and batches
-            adapter.observer = metrics.LocalBackendMetrics()
-        start = getattr(adapter, "start", None)  # backends with something to load (the local one)
-        if start is not None:
-            await start()
+        adapter.observe(metrics.LocalBackendMetrics())  # backends with a queue report it (the local one)
+        await adapter.start()
     limiter, redis_client = build_limiter(config)
     cooldowns = Cooldowns(redis_client, config.redis.key_prefix)
     auth = Authenticator(config.auth)
@@ -122,9 +119,9 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
             checks["redis"] = f"unreachable ({type(exc).__name__}): {gateway.config.redis.on_failure}"
             ok = gateway.config.redis.on_failure == "open"
     for name, adapter in gateway.adapters.items():
-        report = getattr(adapter, "ready", None)  # backends that load something (the local one)
-        if report is not None:
-            checks[name] = state = await report()
+        state = await adapter.ready()  # backends that load something report (the local one)
+        if state is not None:
+            checks[name] = state
             ok = ok and bool(state.get("ready"))
     body = {"status": "ready" if ok else "not ready", "checks": checks, "models": gateway.router.model_names}
     return Response(body, status_code=200 if ok else 503)

@@ -16,6 +16,7 @@ import yaml
 
 from schemas.canonical import Operation
 from schemas.local import LocalBackendSettings
+from schemas.policy import ProviderPolicy, RateLimit
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -52,32 +53,9 @@ class Timeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     total: Seconds = 180.0
 
 
-class RetryPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """How a target is retried on a retryable failure, before the route falls back to the next target."""
-
-    attempts: PositiveInt = 3  # calls in all, the first one included
-    backoff_initial_s: Annotated[float, msgspec.Meta(ge=0)] = 0.2
-    backoff_max_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
-    retry_after_cap_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0  # an upstream's Retry-After is honoured up to this
-
-
-class CooldownPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A provider that fails ``failures`` times in a row is skipped for ``seconds``."""
-
-    failures: PositiveInt = 5
-    seconds: Seconds = 30.0
-
-
-class RateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """At most ``requests`` requests and ``images`` images per ``period_s`` (GCRA: a full burst, then evenly)."""
-
-    requests: PositiveInt | None = None
-    images: PositiveInt | None = None
-    period_s: Seconds = 60.0
-
-
-class _Provider(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
-    """What every HTTP provider needs: where it is, its key, and how long to wait."""
+class _Provider(ProviderPolicy, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
+    """What every HTTP provider needs: where it is, its key, and how long to wait (and the policy
+    fields every provider has: ``retry``, ``cooldown``, ``limits``)."""
 
     base_url: str
     api_key: str = ""
@@ -87,9 +65,10 @@ class _Provider(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_fi
     max_image_bytes: PositiveInt = DEFAULT_MAX_IMAGE_BYTES
     max_response_bytes: PositiveInt = DEFAULT_MAX_RESPONSE_BYTES
     max_concurrency: PositiveInt = 64  # calls in flight to this provider from one gateway process
-    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
-    cooldown: CooldownPolicy = msgspec.field(default_factory=CooldownPolicy)
-    limits: RateLimit | None = None  # keeps the gateway inside the provider's quota
+
+    @property
+    def call_timeout_s(self) -> float | None:
+        return self.timeout.total
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.base_url):
@@ -118,6 +97,13 @@ class NebulaBlockProvider(_Provider, tag="nebulablock"):
 
 
 ProviderConfig = MeliousProvider | NebulProvider | PomeloProvider | NebulaBlockProvider | LocalBackendSettings
+
+
+def provider_kind(provider: ProviderConfig) -> str:
+    """The ``kind`` a provider entry is written with (its tag in the config), which picks its adapter."""
+    info = msgspec.inspect.type_info(type(provider))
+    assert isinstance(info, msgspec.inspect.StructType), "every provider entry is a tagged Struct"
+    return str(info.tag)
 
 
 class TargetConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -21,9 +21,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway import metrics
-from gateway.config import RateLimit
 from gateway.redis_script import DEFAULT_TIMEOUT_S, RedisScript
 from schemas.canonical import ErrorCode, GatewayError
+from schemas.policy import RateLimit
 
 __all__ = ["Decision", "LimitCheck", "Limiter", "MemoryLimiter", "RedisLimiter", "limit_checks"]
 

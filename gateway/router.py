@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 import structlog
@@ -20,20 +20,17 @@ from tenacity.wait import wait_random_exponential
 
 from adapters.base import Adapter, CallOptions
 from gateway import metrics
-from gateway.config import CooldownPolicy, GatewayConfig, ModelConfig, RateLimit, RetryPolicy, TargetConfig
+from gateway.config import GatewayConfig, ModelConfig, TargetConfig
 from gateway.cooldown import Cooldowns
 from gateway.failures import cooling_down, current_request_id, tell_client
 from gateway.ratelimit import Limiter, limit_checks
 from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, ImageResult
+from schemas.policy import CooldownPolicy, ProviderPolicy, RateLimit, RetryPolicy
 
 __all__ = ["Plan", "Route", "Router"]
 
 log = structlog.get_logger("gateway.router")
 
-# For providers whose settings name no policy (the local backend): one call, no retry. A full
-# local queue answers `overloaded` at once, and the route falls back to its next target, if any.
-SINGLE_ATTEMPT = RetryPolicy(attempts=1)
-DEFAULT_COOLDOWN = CooldownPolicy()
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -140,16 +137,15 @@ class Router:
                 self._models[name] = plan
 
     @staticmethod
-    def _route(target: TargetConfig, provider: Any, adapters: Mapping[str, Adapter]) -> Route:
-        total = getattr(getattr(provider, "timeout", None), "total", None)
+    def _route(target: TargetConfig, provider: ProviderPolicy, adapters: Mapping[str, Adapter]) -> Route:
         return Route(
             provider=target.provider,
             adapter=adapters[target.provider],
             target=target,
-            retry=getattr(provider, "retry", SINGLE_ATTEMPT),
-            cooldown=getattr(provider, "cooldown", DEFAULT_COOLDOWN),
-            limits=getattr(provider, "limits", None),
-            timeout=target.timeout or total,
+            retry=provider.retry,
+            cooldown=provider.cooldown,
+            limits=provider.limits,
+            timeout=target.timeout or provider.call_timeout_s,
         )
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.base import Adapter
 from adapters.upstream import UpstreamClient
 from gateway.admission import Admission
 from gateway.config import GatewayConfig
@@ -26,7 +27,7 @@ class Gateway:
     admission: Admission
     cooldowns: Cooldowns
     redis: Any = None
-    adapters: dict[str, Any] = field(default_factory=dict)
+    adapters: dict[str, Adapter] = field(default_factory=dict)
 
     @property
     def public_base_url(self) -> str:

@@ -152,6 +152,8 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     dialect: ClassVar[str]
     path: ClassVar[str]
     operation: ClassVar[Operation] = Operation.GENERATE
+    # Most images one call to this endpoint may ask for, as a provider; the gateway splits a larger n.
+    max_n_per_call: ClassVar[int] = 1
     body_kind: ClassVar[BodyKind] = BodyKind.JSON
     request_type: type[ReqT]
     response_type: type[RespT]

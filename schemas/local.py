@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from schemas.policy import ProviderPolicy, RetryPolicy
+
 __all__ = ["LocalBackendSettings", "LocalModelSettings", "WorkerTimeouts"]
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -48,7 +50,7 @@ class WorkerTimeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     read: Seconds = 300.0
 
 
-class LocalBackendSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="local"):
+class LocalBackendSettings(ProviderPolicy, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="local"):
     """The local backend: in-process pipelines, or remote workers when ``workers`` lists their URLs.
 
     With ``workers`` empty the gateway runs ``models`` itself; otherwise it sends every
@@ -68,6 +70,9 @@ class LocalBackendSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     # How long the first request of a batch waits for companions while the device is idle.
     batch_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     timeout: WorkerTimeouts = msgspec.field(default_factory=WorkerTimeouts)
+    # One call, no retry: a full local queue answers `overloaded` at once, and the route falls back
+    # to its next target, if any. Set `retry` to retry anyway (e.g. remote workers across a restart).
+    retry: RetryPolicy = msgspec.field(default_factory=lambda: RetryPolicy(attempts=1))
 
     def __post_init__(self) -> None:
         if not self.models and not self.workers:

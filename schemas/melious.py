@@ -72,6 +72,7 @@ class Generations(Endpoint[MeliousGenerationRequest, MeliousGenerationResponse])
 
     dialect = "melious"
     path = "/v1/images/generations"
+    max_n_per_call = MAX_N
     request_type = MeliousGenerationRequest
     response_type = MeliousGenerationResponse
 

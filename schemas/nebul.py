@@ -192,6 +192,8 @@ class NebulEndpoint(Endpoint[RequestT, NebulImageResponse]):
     reusing these endpoints with subclassed Structs (the root OpenAI family) gets its own.
     """
 
+    max_n_per_call = 10
+
     dialect = "nebul"
     response_type = NebulImageResponse
 

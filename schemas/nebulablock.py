@@ -267,6 +267,7 @@ class V1Images(Endpoint[NebulaBlockV1Request, NebulaBlockV1Response]):
 
     dialect = "nebulablock"
     path = "/v1/images/generate"
+    max_n_per_call = 10
     request_type = NebulaBlockV1Request
     response_type = NebulaBlockV1Response
 

@@ -125,6 +125,7 @@ class Midjourney(Endpoint[PomeloMidjourneyRequest, PomeloMidjourneyResponse]):
 
     dialect = "pomelo"
     path = "/api/v1/midjourney/generate"
+    max_n_per_call = 4
     request_type = PomeloMidjourneyRequest
     response_type = PomeloMidjourneyResponse
     field_names = {"n": "num_outputs", "size": "width/height"}

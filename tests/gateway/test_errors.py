@@ -21,7 +21,7 @@ TABLES: dict[str, ErrorTable] = {
 
 @pytest.mark.parametrize("dialect", sorted(TABLES))
 def test_an_unexpected_exception_is_internal_and_says_nothing_of_itself(dialect: str) -> None:
-    status, headers, body = render(KeyError("api_key=sk-secret"), TABLES[dialect], 1024)
+    status, _, body = render(KeyError("api_key=sk-secret"), TABLES[dialect], 1024)
     assert status == 500 and "sk-secret" not in body.decode() and "KeyError" not in body.decode()
     assert json.loads(body)["error"]["message"]
 

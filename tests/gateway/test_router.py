@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from gateway.config import parse_config
 from gateway.cooldown import Cooldowns
 from gateway.ratelimit import MemoryLimiter
 from gateway.router import Attempts, Router
@@ -97,3 +98,24 @@ def test_an_unknown_model_is_model_not_found() -> None:
         router.plan("nope")
     assert raised.value.code is ErrorCode.MODEL_NOT_FOUND and raised.value.param == "model"
     assert router.plan("alias") is router.plan("m")
+
+
+async def test_every_provider_kind_carries_the_policy_fields_and_local_means_one_attempt() -> None:
+    cfg = config({"http": {"retry": QUICK, "limits": {"requests": 5}}}, [{"name": "m", "targets": [target("http")]}])
+    text = """
+providers:
+  gpu: {kind: local, workers: ["http://127.0.0.1:9"], cooldown: {failures: 2, seconds: 5}}
+models:
+  - {name: m, targets: [{provider: gpu, model: tiny}]}
+"""
+    gpu = parse_config(text).providers["gpu"]
+    assert gpu.retry.attempts == 1 and gpu.cooldown.failures == 2 and gpu.limits is None
+    assert gpu.call_timeout_s is None
+    http = cfg.providers["http"]
+    assert http.retry.attempts == 3 and http.limits is not None and http.call_timeout_s == 180.0
+    down = GatewayError(ErrorCode.UPSTREAM_ERROR, "down")
+    adapter = ScriptedAdapter("gpu", [down, down])
+    router = Router(parse_config(text), {"gpu": adapter}, MemoryLimiter(), Cooldowns())
+    with pytest.raises(GatewayError):
+        await generate(router, ImageRequest(model="m", prompt="p"))
+    assert len(adapter.calls) == 1  # the local provider's default: one call, no retry
