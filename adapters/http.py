@@ -28,7 +28,7 @@ from schemas.canonical import (
 )
 from schemas.dialect import BodyKind, Endpoint, ErrorTable, sniff_image
 
-__all__ = ["HttpAdapter"]
+__all__ = ["HttpAdapter", "UpstreamUnreachable"]
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -46,6 +46,10 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None  # an HTTP date: rare for these APIs; the retry policy's own backoff applies
+
+
+class UpstreamUnreachable(GatewayError):
+    """No connection could be made: the request never left, so another server of the same backend may take it."""
 
 
 class HttpAdapter(AdapterBase):
@@ -138,6 +142,12 @@ class HttpAdapter(AdapterBase):
             if failure.timed_out:
                 raise GatewayError(
                     ErrorCode.UPSTREAM_TIMEOUT, f"provider {self.name} {doing} timed out", provider=self.name
+                ) from failure
+            if not failure.reached:
+                raise UpstreamUnreachable(
+                    ErrorCode.UPSTREAM_ERROR,
+                    f"provider {self.name} could not be reached ({failure.reason})",
+                    provider=self.name,
                 ) from failure
             raise GatewayError(
                 ErrorCode.UPSTREAM_ERROR, f"provider {self.name} {doing} failed: {failure.reason}", provider=self.name

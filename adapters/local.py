@@ -1,9 +1,10 @@
 """The ``local`` provider: diffusers pipelines in this process, or on remote worker servers.
 
 With ``workers`` empty the adapter runs a ``local_backend.engine.LocalEngine`` itself
-(torch is imported then, and only then). Otherwise it posts the canonical request to the
-workers in turn, moving on to the next one when a worker cannot be reached or is
-overloaded, so GPU nodes scale apart from gateway replicas.
+(torch is imported then, and only then). Otherwise each worker is an HTTP provider like
+any other (``HttpAdapter`` with the worker's endpoint and error table, ``schemas.worker``),
+and the request goes to the workers in turn, moving on to the next one when a worker
+cannot be reached or is overloaded, so GPU nodes scale apart from gateway replicas.
 """
 
 from __future__ import annotations
@@ -11,31 +12,50 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from adapters.base import AdapterBase, BackendObserver, CallOptions
-from adapters.upstream import Answer, AnswerTooLarge, UpstreamClient, UpstreamFailure
+from adapters.base import AdapterBase, BackendObserver, CallOptions, TimeoutSettings
+from adapters.http import HttpAdapter, UpstreamUnreachable
+from adapters.upstream import AnswerTooLarge, UpstreamClient, UpstreamFailure
 from schemas import worker as protocol
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, Operation
+from schemas.dialect import Endpoint
 from schemas.local import LocalBackendSettings
 
 if TYPE_CHECKING:
     from local_backend.engine import LocalEngine
 
-__all__ = ["LocalAdapter", "WorkerUnreachable"]
+__all__ = ["LocalAdapter", "WorkerAdapter"]
 
-_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 # The most a worker's answer may hold: n images of the largest size, as base64 JSON, fit well within.
 MAX_WORKER_ANSWER_BYTES = 1 << 30
 # A worker's failures that another worker may not have: try the next one.
 _NEXT_WORKER = frozenset({ErrorCode.OVERLOADED})
 
 
-class WorkerUnreachable(GatewayError):
-    """No connection to a worker: the request never reached it, so the next worker may take it."""
+@dataclass
+class WorkerSettings:
+    """One remote worker, as the HTTP adapter reads a provider's settings."""
+
+    base_url: str
+    timeout: TimeoutSettings
+    api_key: str = ""
+    image_hosts: list[str] = field(default_factory=list)
+    max_image_bytes: int = MAX_WORKER_ANSWER_BYTES
+    max_response_bytes: int = MAX_WORKER_ANSWER_BYTES
+    max_concurrency: int = 1024  # the worker's own bounded queue refuses what it cannot hold
+
+
+class WorkerAdapter(HttpAdapter):
+    """One remote worker server: every operation on ``POST /v1/generate``, failures read by its error table."""
+
+    errors = protocol.ERRORS
+
+    def endpoints_for(self, config: object) -> dict[Operation, Endpoint[Any, Any]]:
+        return dict.fromkeys(Operation, protocol.GENERATE)
 
 
 class LocalAdapter(AdapterBase):
@@ -49,6 +69,10 @@ class LocalAdapter(AdapterBase):
         self.observer: BackendObserver | None = None  # set by observe(), before start()
         self._turn = itertools.count()
         self._starting = asyncio.Lock()
+        self._workers = [
+            WorkerAdapter(name, WorkerSettings(base_url=url, timeout=settings.timeout), client)
+            for url in settings.workers
+        ]
 
     @property
     def remote(self) -> bool:
@@ -78,7 +102,7 @@ class LocalAdapter(AdapterBase):
         started = time.perf_counter()
         timeout = options.timeout or self.settings.timeout.read
         if self.remote:
-            result = await self._remote(request, timeout, options.request_id)
+            result = await self._remote(request, msgspec.structs.replace(options, timeout=timeout))
         else:
             result = await self._in_process(request, timeout)
         result.provider = self.name
@@ -114,54 +138,22 @@ class LocalAdapter(AdapterBase):
 
     # --- remote workers ---
 
-    async def _remote(self, request: ImageRequest, timeout: float, request_id: str | None) -> ImageResult:
+    async def _remote(self, request: ImageRequest, options: CallOptions) -> ImageResult:
         """Each worker at most once, starting with the next in turn; the last failure when all fail."""
-        body = protocol.encode_request(request)
-        headers = _JSON_HEADERS if request_id is None else {**_JSON_HEADERS, "X-Request-ID": request_id}
-        workers = self.settings.workers
-        first = next(self._turn) % len(workers)
+        first = next(self._turn) % len(self._workers)
         failure: GatewayError | None = None
-        for offset in range(len(workers)):
-            url = workers[(first + offset) % len(workers)]
+        for offset in range(len(self._workers)):
+            worker = self._workers[(first + offset) % len(self._workers)]
             try:
-                return await self._post(url, body, headers, timeout)
+                return await worker.generate(request, options)
             except GatewayError as error:
                 error.provider = self.name
-                if error.code not in _NEXT_WORKER and not isinstance(error, WorkerUnreachable):
+                error.public = _speaks_to_the_client(error)
+                if error.code not in _NEXT_WORKER and not isinstance(error, UpstreamUnreachable):
                     raise
                 failure = error
         assert failure is not None
         raise failure
-
-    async def _post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> ImageResult:
-        try:
-            answer = await self.client.send(
-                "POST",
-                url + protocol.GENERATE_PATH,
-                body=body,
-                headers=headers,
-                connect_timeout=min(self.settings.timeout.connect, timeout),
-                read_timeout=timeout,
-                max_bytes=MAX_WORKER_ANSWER_BYTES,
-            )
-        except UpstreamFailure as failure:
-            if not failure.reached:
-                raise WorkerUnreachable(
-                    ErrorCode.UPSTREAM_ERROR, f"local worker {url} could not be reached"
-                ) from failure
-            if failure.timed_out:
-                raise GatewayError(
-                    ErrorCode.UPSTREAM_TIMEOUT, f"local worker {url} did not answer in time"
-                ) from failure
-            raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {failure.reason}") from failure
-        except AnswerTooLarge as exc:
-            raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {exc}") from exc
-        if answer.status >= 400:
-            raise _worker_error(url, answer)
-        try:
-            return protocol.decode_result(answer.body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} answered something else: {exc}") from exc
 
     async def _health(self, url: str) -> bool:
         connect = self.settings.timeout.connect
@@ -172,15 +164,6 @@ class LocalAdapter(AdapterBase):
         except (UpstreamFailure, AnswerTooLarge):
             return False
         return answer.status == 200
-
-
-def _worker_error(url: str, answer: Answer) -> GatewayError:
-    error = protocol.decode_error(answer.status, answer.body)
-    if error.code is ErrorCode.INTERNAL:
-        # The worker's own failure is not the client's: a fallback target may still serve.
-        return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker {url} failed: {error.message}")
-    error.public = _speaks_to_the_client(error)
-    return error
 
 
 def _speaks_to_the_client(error: GatewayError) -> bool:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import msgspec
 
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
+from schemas.dialect import Buffer, Endpoint, ErrorTable
 
 __all__ = [
+    "ERRORS",
+    "GENERATE",
     "GENERATE_PATH",
     "HEALTH_PATH",
     "STATS_PATH",
@@ -74,7 +77,7 @@ def encode_error(error: GatewayError) -> bytes:
     )
 
 
-def decode_error(status: int, body: bytes | bytearray) -> GatewayError:
+def decode_error(status: int, body: Buffer) -> GatewayError:
     """A worker's error answer → the canonical error; a body that is not one is ``upstream_error``."""
     try:
         wire = _error_decoder.decode(body)
@@ -82,3 +85,49 @@ def decode_error(status: int, body: bytes | bytearray) -> GatewayError:
         return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker answered {status} without an error body")
     code = _CODES.get(wire.code, ErrorCode.UPSTREAM_ERROR)
     return GatewayError(code, wire.message, param=wire.param, retry_after=wire.retry_after)
+
+
+# --- the worker as a provider: an endpoint and an error table like any dialect's ---
+
+
+class Generate(Endpoint[ImageRequest, ImageResult]):
+    """``POST /v1/generate``: the canonical request out, the canonical result back.
+
+    The gateway's ``local`` adapter reaches remote workers through the same HTTP adapter as
+    every provider, with this endpoint and ``ERRORS``.
+    """
+
+    dialect = "worker"
+    path = GENERATE_PATH
+    max_n_per_call = 1 << 16  # the worker batches n images itself: never split
+    request_type = ImageRequest
+    response_type = ImageResult
+
+    def to_canonical(self, wire: ImageRequest) -> ImageRequest:
+        return wire
+
+    def encode_result(self, result: ImageResult, request: ImageRequest) -> ImageResult:
+        return result
+
+    def from_canonical(self, request: ImageRequest) -> ImageRequest:
+        return request
+
+    def decode_result(self, wire: ImageResult, request: ImageRequest) -> ImageResult:
+        return wire
+
+
+class WorkerErrors(ErrorTable):
+    """A worker's failures are already canonical: ``ErrorBody`` both ways."""
+
+    def render(self, error: GatewayError) -> bytes:
+        return encode_error(error)
+
+    def parse(self, status: int, body: Buffer, retry_after: float | None = None) -> GatewayError:
+        error = decode_error(status, body)
+        if error.retry_after is None:
+            error.retry_after = retry_after
+        return error
+
+
+GENERATE = Generate()
+ERRORS = WorkerErrors()
