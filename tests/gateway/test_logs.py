@@ -33,7 +33,7 @@ def logged(capfd: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[
 
 
 def fail_holding_secrets(config: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
-    api_key = config["api_key"]  # a local that a traceback with locals would write
+    api_key = config["api_key"]  # noqa: F841 - a local that a traceback with locals would write
     raise RuntimeError("upstream refused")
 
 
