@@ -132,9 +132,9 @@ def secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(alternatives)) if alternatives else None  # re caches it: a key seen again is free
 
 
-def bind_inbound_keys(scope: Scope) -> Token[re.Pattern[str] | None]:
-    """Remember the key this request presents, so that no line written while serving it carries it."""
-    keys = inbound_keys(scope.get("headers", ()))
+def bind_inbound_keys(headers: Iterable[tuple[bytes, bytes]]) -> Token[re.Pattern[str] | None]:
+    """Remember the key a request presents (its ASGI headers), so that no line written while serving it carries it."""
+    keys = inbound_keys(headers)
     return _inbound_keys.set(secrets_pattern(keys) if keys else None)
 
 
@@ -215,7 +215,7 @@ class RequestIdMiddleware:
             await send(message)
 
         tokens = structlog.contextvars.bind_contextvars(request_id=given_id)
-        keys = bind_inbound_keys(scope)
+        keys = bind_inbound_keys(scope["headers"])
         try:
             await self.app(scope, receive, send_with_id)
         finally:

@@ -71,7 +71,7 @@ async def serve_dialect_route(
     """Serve one dialect request: the answer, or any failure in the dialect's envelope."""
     given_id = request_id(scope)
     tokens = structlog.contextvars.bind_contextvars(request_id=given_id)
-    keys = bind_inbound_keys(scope)  # no line of this request carries the key it presents
+    keys = bind_inbound_keys(scope["headers"])  # no line of this request carries the key it presents
     max_body = gateway.config.server.max_body_bytes
     inbound = ScopeInbound(scope, receive, max_body, gateway.admission.body_budget)
     mount = route.by_method.get(scope["method"])  # type: ignore[typeddict-item]

@@ -73,10 +73,10 @@ def test_configured_secrets_are_scrubbed_wherever_they_are(logged: pytest.Captur
 
 def test_the_key_a_request_presents_is_scrubbed_from_its_lines(logged: pytest.CaptureFixture[str]) -> None:
     log = structlog.get_logger("t")
-    scope = {"headers": [(b"authorization", f"Bearer {CLIENT_KEY}".encode()), (b"x-api-key", b"other-key-77aa")]}
-    token = bind_inbound_keys(scope)
+    headers = [(b"authorization", f"Bearer {CLIENT_KEY}".encode()), (b"x-api-key", b"other-key-77aa")]
+    token = bind_inbound_keys(headers)
     try:
-        log.info("seen", headers=scope["headers"], again=CLIENT_KEY, other="other-key-77aa")
+        log.info("seen", headers=headers, again=CLIENT_KEY, other="other-key-77aa")
     finally:
         unbind_inbound_keys(token)
     log.info("outside", header=f"Authorization: Bearer {CLIENT_KEY}")  # the bearer pattern catches it here
