@@ -13,14 +13,16 @@ headers), and the last step of every line removes each configured secret
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, MutableMapping
+import traceback
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -50,7 +52,7 @@ _SECRET_CONFIG_FIELD = re.compile(r"(^|_)(api_key|secret|password|token)$")
 # The headers a client presents its key in (gateway.auth).
 _KEY_HEADERS = (b"authorization", b"x-api-key")
 # The key the request being served presents: every line written while serving it is scrubbed of it.
-_inbound_keys: ContextVar[re.Pattern[str] | None] = ContextVar("inbound_keys", default=None)
+_inbound_keys: ContextVar[Secrets | None] = ContextVar("inbound_keys", default=None)
 # A secret this short is scrubbed only where it stands alone, so that it cannot take every line apart.
 _SHORT = 8
 # A backstop for keys logged outside any request: whatever follows "Bearer".
@@ -122,23 +124,42 @@ def inbound_keys(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
-    """One pattern matching every secret in every form a line may write it; None for no secrets."""
+class Secrets(NamedTuple):
+    """Secrets in every form a line may write them, and one pattern that replaces them all."""
+
+    forms: tuple[str, ...]
+    pattern: re.Pattern[str]
+
+    def scrub(self, line: str) -> str:
+        # Looking for each form costs far less than a pattern's search: the pattern runs only on a hit.
+        for form in self.forms:
+            if form in line:
+                return self.pattern.sub(REDACTED, line)
+        return line
+
+
+def secrets_matcher(secrets: Iterable[str]) -> Secrets | None:
+    """What finds ``secrets`` in a line; None for no secrets."""
     forms = {form for secret in secrets if secret for form in _written_forms(secret) if form}
     ordered = sorted(forms, key=len, reverse=True)  # a longer form first, so no piece of it stays
     alternatives = [
         re.escape(form) if len(form) >= _SHORT else rf"(?<![\w-]){re.escape(form)}(?![\w-])" for form in ordered
     ]
-    return re.compile("|".join(alternatives)) if alternatives else None  # re caches it: a key seen again is free
+    # re caches the compiled pattern: a key presented again is not compiled again.
+    return Secrets(tuple(ordered), re.compile("|".join(alternatives))) if ordered else None
 
 
-def bind_inbound_keys(headers: Iterable[tuple[bytes, bytes]]) -> Token[re.Pattern[str] | None]:
+# A client presents the same key request after request: its matcher is made once.
+_key_matcher = functools.lru_cache(maxsize=256)(secrets_matcher)
+
+
+def bind_inbound_keys(headers: Iterable[tuple[bytes, bytes]]) -> Token[Secrets | None]:
     """Remember the key a request presents (its ASGI headers), so that no line written while serving it carries it."""
     keys = inbound_keys(headers)
-    return _inbound_keys.set(secrets_pattern(keys) if keys else None)
+    return _inbound_keys.set(_key_matcher(keys) if keys else None)
 
 
-def unbind_inbound_keys(token: Token[re.Pattern[str] | None]) -> None:
+def unbind_inbound_keys(token: Token[Secrets | None]) -> None:
     _inbound_keys.reset(token)
 
 
@@ -151,17 +172,46 @@ class _Scrubber:
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._pattern = secrets_pattern(secrets)
+        self._configured = secrets_matcher(secrets)
 
     def __call__(self, _logger: Any, _name: str, line: Any) -> Any:
-        if not isinstance(line, str):
-            return line
-        if self._pattern is not None:
-            line = self._pattern.sub(REDACTED, line)
-        inbound = _inbound_keys.get()
-        if inbound is not None:
-            line = inbound.sub(REDACTED, line)
-        return _BEARER.sub(r"\1" + REDACTED, line)
+        return self.scrub(line) if isinstance(line, str) else line
+
+    def scrub(self, line: str) -> str:
+        return scrub(line, self._configured)
+
+
+def scrub(line: str, configured: Secrets | None) -> str:
+    """``line`` without the configured secrets, the current request's key, or a bearer token."""
+    if configured is not None:
+        line = configured.scrub(line)
+    inbound = _inbound_keys.get()
+    if inbound is not None:
+        line = inbound.scrub(line)
+    if "earer" in line or "EARER" in line:  # the pattern is case-blind, so costly: only where it may match
+        line = _BEARER.sub(r"\1" + REDACTED, line)
+    return line
+
+
+_RECORD_FACTORY = logging.getLogRecordFactory()
+
+
+def _scrubbing_records(scrubber: _Scrubber) -> Callable[..., logging.LogRecord]:
+    """A standard-library record factory whose message and traceback text are scrubbed as they are made."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = _RECORD_FACTORY(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit the format: as the library wrote them
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg, record.args = scrubber.scrub(message), None
+        if record.exc_info and record.exc_info[1] is not None:
+            # Formatted here, without locals (the standard library never writes them), then scrubbed.
+            record.exc_text = scrubber.scrub("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        return record
+
+    return make
 
 
 def configure_logging(level: str = "info", log_prompts: bool = False, secrets: Iterable[str] = ()) -> None:
@@ -172,6 +222,9 @@ def configure_logging(level: str = "info", log_prompts: bool = False, secrets: I
     """
     # httpx logs every request in plain text at INFO; the gateway's own upstream_attempt lines replace it.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    scrubber = _Scrubber(secrets)
+    # What other libraries log through the standard library (uvicorn's errors) is scrubbed too.
+    logging.setLogRecordFactory(_scrubbing_records(scrubber))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -181,7 +234,7 @@ def configure_logging(level: str = "info", log_prompts: bool = False, secrets: I
             # Type, message and frames; never the frames' locals (the config, the request's headers).
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False, use_rich=False)),
             structlog.processors.JSONRenderer(serializer=_serialize),
-            _Scrubber(secrets),
+            scrubber,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         # The process's real stdout: a log line never goes to a stream that someone replaced and closed.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,3 +105,25 @@ models: [{{name: m, targets: [{{provider: a, model: m}}]}}]
 """
     )
     assert set(config_secrets(config)) == {REDIS_PASSWORD, STORE_SECRET, UPSTREAM_KEY, "url-pw-1234"}
+
+
+def test_standard_library_records_are_scrubbed(logged: pytest.CaptureFixture[str]) -> None:
+    """What uvicorn and other libraries log through ``logging`` (their own handlers, not ours) is scrubbed too."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    library = logging.getLogger("tests.some_library")
+    library.addHandler(handler)
+    try:
+        try:
+            fail_holding_secrets({"api_key": UPSTREAM_KEY}, [])
+        except RuntimeError as exc:
+            raise ValueError(f"wrapped {STORE_SECRET}") from exc
+    except ValueError:
+        library.error("Exception in ASGI application: %s", UPSTREAM_KEY, exc_info=True)
+    finally:
+        library.removeHandler(handler)
+    written = stream.getvalue()
+    assert "Exception in ASGI application: [redacted]" in written
+    assert "ValueError: wrapped [redacted]" in written and "fail_holding_secrets" in written
+    assert UPSTREAM_KEY not in written and STORE_SECRET not in written
