@@ -178,10 +178,10 @@ class _Scrubber:
         return self.scrub(line) if isinstance(line, str) else line
 
     def scrub(self, line: str) -> str:
-        return scrub(line, self._configured)
+        return _scrub(line, self._configured)
 
 
-def scrub(line: str, configured: Secrets | None) -> str:
+def _scrub(line: str, configured: Secrets | None) -> str:
     """``line`` without the configured secrets, the current request's key, or a bearer token."""
     if configured is not None:
         line = configured.scrub(line)
