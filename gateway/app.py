@@ -24,7 +24,7 @@ from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.cooldown import Cooldowns
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
-from gateway.logs import RequestIdMiddleware, configure_logging
+from gateway.logs import RequestIdMiddleware, config_secrets, configure_logging
 from gateway.memory import return_large_buffers
 from gateway.openapi import DocumentedRoute, add_dialect_routes
 from gateway.pipeline import dialect_route_for, serve_dialect_route
@@ -178,7 +178,7 @@ def create_app_from_env() -> Litestar:
 def create_app(config: GatewayConfig | None = None) -> Litestar:
     """The gateway app for ``config`` (the built-in default when None)."""
     config = config or load_config()
-    configure_logging(config.server.log_level, config.server.log_prompts)
+    configure_logging(config.server.log_level, config.server.log_prompts, secrets=config_secrets(config))
     app = GatewayApp(
         route_handlers=[health, ready, prometheus_metrics, stored_image],
         middleware=[RequestIdMiddleware],

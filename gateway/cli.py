@@ -49,12 +49,12 @@ def _worker(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return 1
-    from gateway.logs import configure_logging
+    from gateway.logs import config_secrets, configure_logging
     from gateway.memory import return_large_buffers
     from local_backend.server import serve_worker  # brings torch: only on a GPU worker
 
     return_large_buffers()
-    configure_logging(config.server.log_level, config.server.log_prompts)
+    configure_logging(config.server.log_level, config.server.log_prompts, secrets=config_secrets(config))
 
     return serve_worker(config, host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8090)
 

@@ -18,7 +18,7 @@ from litestar.types import HTTPResponseStartEvent, Receive, Scope, Send
 
 from gateway.errors import render
 from gateway.inbound import ScopeInbound
-from gateway.logs import REQUEST_ID_HEADER, request_id
+from gateway.logs import REQUEST_ID_HEADER, bind_inbound_keys, request_id, unbind_inbound_keys
 from gateway.routes import JSON, MOUNTS, Mount, serve_recorded
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError
@@ -71,6 +71,7 @@ async def serve_dialect_route(
     """Serve one dialect request: the answer, or any failure in the dialect's envelope."""
     given_id = request_id(scope)
     tokens = structlog.contextvars.bind_contextvars(request_id=given_id)
+    keys = bind_inbound_keys(scope["headers"])  # no line of this request carries the key it presents
     max_body = gateway.config.server.max_body_bytes
     inbound = ScopeInbound(scope, receive, max_body, gateway.admission.body_budget)
     mount = route.by_method.get(scope["method"])  # type: ignore[typeddict-item]
@@ -84,6 +85,7 @@ async def serve_dialect_route(
         status, headers, body = CLIENT_CLOSED_REQUEST, {}, b""  # nobody is there to read it
     finally:
         inbound.release()
+        unbind_inbound_keys(keys)
         structlog.contextvars.reset_contextvars(**tokens)
     await _send(send, status, headers, body, given_id)
 

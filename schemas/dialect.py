@@ -12,6 +12,7 @@ import abc
 import base64
 import binascii
 import enum
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
@@ -142,6 +143,55 @@ def validation_error(
     return GatewayError(code, f"`{param}` must be {allowed}", param=param)
 
 
+def not_utf8(field: str | None) -> GatewayError:
+    """Text that is not UTF-8: a 400 naming the field when it is known."""
+    if field is None:
+        return GatewayError(ErrorCode.INVALID_REQUEST, "Request body holds text that is not valid UTF-8")
+    return GatewayError(ErrorCode.INVALID_REQUEST, f"`{field}` is not valid UTF-8 text", param=field)
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def _undecodable_field(body: Buffer) -> str | None:
+    """The top-level field whose value holds the bytes that are not UTF-8 (None when it cannot be told).
+
+    Only on the error path: the body is read again with each bad byte kept as a lone surrogate.
+    """
+    try:
+        fields = json.loads(bytes(body).decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(fields, dict):
+        return None
+    for name, value in fields.items():
+        try:
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        except (ValueError, RecursionError):
+            continue
+        if _UNDECODABLE.search(text) and not _UNDECODABLE.search(name):
+            return name
+    return None
+
+
+def _binary_fields(struct: type[msgspec.Struct]) -> frozenset[str]:
+    """The fields of a wire request that hold file bytes (``image``, ``mask``), not text."""
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return frozenset(field.encode_name for field in info.fields if _holds_bytes(field.type))
+
+
+def _holds_bytes(kind: msgspec.inspect.Type) -> bool:
+    if isinstance(kind, msgspec.inspect.BytesType | msgspec.inspect.ByteArrayType | msgspec.inspect.MemoryViewType):
+        return True
+    if isinstance(kind, msgspec.inspect.Metadata):
+        return _holds_bytes(kind.type)
+    if isinstance(kind, msgspec.inspect.UnionType):
+        return any(_holds_bytes(member) for member in kind.types)
+    item = getattr(kind, "item_type", None)  # list[bytes] and the like
+    return item is not None and _holds_bytes(item)
+
+
 class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     """One endpoint of a dialect: its path, wire Structs and the mappings both ways.
 
@@ -164,6 +214,7 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     def __init__(self) -> None:
         self._request_decoder = msgspec.json.Decoder(self.request_type)
         self._response_decoder = msgspec.json.Decoder(self.response_type)
+        self._binary_fields = _binary_fields(self.request_type)
         self.field_rules = describe_fields(self.request_type)
 
     def client_error(self, error: GatewayError) -> GatewayError:
@@ -188,17 +239,37 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
         """Decode a JSON body into the canonical request, or raise a 4xx ``GatewayError``."""
         try:
             wire = self._request_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise validation_error(exc, self.field_rules) from exc
+        except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only in the strings it keeps
+            raise not_utf8(_undecodable_field(body)) from exc
+        except RecursionError as exc:
+            raise GatewayError(ErrorCode.INVALID_REQUEST, "Request body is nested too deeply") from exc
+        try:
             return self.to_canonical(wire)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise validation_error(exc, self.field_rules) from exc
 
     def decode_form(self, form: Mapping[str, Any]) -> ImageRequest:
-        """Decode multipart fields (strings and lists of file bytes) into the canonical request."""
+        """Decode multipart fields into the canonical request.
+
+        Text fields may come as str or as the part's raw bytes (UTF-8, refused with a 400
+        naming the field when they are not); ``image``/``mask`` hold file bytes.
+        """
+        fields = {name: self._form_value(name, value) for name, value in form.items()}
         try:
-            wire = msgspec.convert(form, self.request_type, strict=False)
+            wire = msgspec.convert(fields, self.request_type, strict=False)
             return self.to_canonical(wire)
         except msgspec.ValidationError as exc:
             raise validation_error(exc, self.field_rules) from exc
+
+    def _form_value(self, name: str, value: Any) -> Any:
+        if name in self._binary_fields or not isinstance(value, bytes | bytearray | memoryview):
+            return value
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise not_utf8(name) from exc
 
     @abc.abstractmethod
     def to_canonical(self, wire: ReqT) -> ImageRequest:
