@@ -29,6 +29,7 @@ from gateway.memory import return_large_buffers
 from gateway.openapi import DocumentedRoute, add_dialect_routes
 from gateway.pipeline import dialect_route_for, serve_dialect_route
 from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
+from gateway.redis_health import start_probe
 from gateway.router import Router
 from gateway.routes import MOUNTS
 from gateway.state import Gateway
@@ -77,6 +78,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if start is not None:
             await start()
     limiter, redis_client = build_limiter(config)
+    redis_probe = start_probe(limiter, redis_client, config.redis.probe_interval_s)  # a lost Redis shows
     cooldowns = Cooldowns(redis_client, config.redis.key_prefix)
     auth = Authenticator(config.auth)
     if auth.open:
@@ -97,6 +99,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     finally:
         for adapter in adapters.values():
             await adapter.aclose()
+        if redis_probe is not None:
+            await redis_probe.aclose()
         await limiter.aclose()
         await client.aclose()
 
