@@ -22,6 +22,7 @@ from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config
 from gateway.cooldown import Cooldowns
+from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
 from gateway.logs import RequestIdMiddleware, configure_logging
@@ -137,7 +138,8 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 @get("/metrics", tags=["ops"], include_in_schema=False)
 async def prometheus_metrics() -> Response[bytes]:
     """Prometheus exposition of the gateway's metrics (see docs/operations.md)."""
-    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+    # Given as the header: Litestar would append a second `; charset=utf-8` to a text/ media type.
+    return Response(metrics.render(), headers={"content-type": metrics.CONTENT_TYPE_LATEST})
 
 
 @get("/images/{name:str}", tags=["images"])
@@ -187,7 +189,7 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
     config = config or load_config()
     configure_logging(config.server.log_level, config.server.log_prompts)
     app = GatewayApp(
-        route_handlers=[health, ready, prometheus_metrics, stored_image],
+        route_handlers=[health, ready, prometheus_metrics, stored_image, assets_router()],
         middleware=[RequestIdMiddleware],
         lifespan=[lifespan],
         logging_config=None,  # structlog writes every line; Litestar's own config would start a queue thread
@@ -198,6 +200,7 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
             version="0.1.0",
             path="/docs",
             description="Image generation in the Melious, Nebul, Pomelo and NebulaBlock dialects. See README.md.",
+            render_plugins=render_plugins(),  # the pages' scripts are served from the package: /docs works offline
         ),
         debug=False,
     )
