@@ -365,7 +365,10 @@ def parse_config(text: str, source: str = "<string>", environ: dict[str, str] | 
     if not isinstance(expanded, dict):
         errors.append(f"Expected `object`, got `{type(expanded).__name__}` - at `$`")
     else:
-        _check_parts(expanded, errors)
+        unset = [error.split("(needed at ", 1)[1][:-1] for error in errors]  # a value left empty: no second error
+        checked: list[str] = []
+        _check_parts(expanded, checked)
+        errors += [error for error in checked if not any(error.endswith(f" - at {path}") for path in unset)]
     if not errors:
         try:
             return msgspec.convert(expanded, GatewayConfig)
