@@ -10,6 +10,7 @@ import tempfile
 from typing import Any
 
 from gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, load_config, require_models
+from local_backend.config import LocalBackendSettings
 
 __all__ = ["main"]
 
@@ -121,11 +122,25 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.file, serving=True)
+    config = _load_or_report(args.file)
     if config is None:
+        return 1
+    worker_models = _worker_models(config)
+    if not config.models and worker_models:  # a GPU worker's config: `image-gateway worker` serves it
+        print(f"{args.file}: ok ({worker_models} local models for `image-gateway worker`; no `models`: not for serve)")
+        return 0
+    try:
+        require_models(config, args.file)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
         return 1
     print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} models)")
     return 0
+
+
+def _worker_models(config: GatewayConfig) -> int:
+    """How many models the config's local providers hold (what a GPU worker would serve)."""
+    return sum(len(p.models) for p in config.providers.values() if isinstance(p, LocalBackendSettings))
 
 
 def _load_or_report(path: str | None, *, serving: bool = False) -> GatewayConfig | None:

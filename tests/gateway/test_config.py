@@ -201,3 +201,13 @@ def test_listen_address_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "9200")
     assert listen_address(parser.parse_args(["serve"]), config) == ("0.0.0.0", 9200)
     assert listen_address(parser.parse_args(["serve", "--host", "::1", "--port", "9300"]), config) == ("::1", 9300)
+
+
+def test_a_worker_config_passes_check_config_but_not_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A GPU worker's config has local models and no `models`: fine for `worker`, refused by `serve`."""
+    worker = tmp_path / "worker.yaml"
+    worker.write_text("providers: {local: {kind: local, models: {tiny: {path: 'builtin:tiny-sd'}}}}\n")
+    assert main(["check-config", str(worker)]) == 0
+    assert "ok (1 local models for `image-gateway worker`" in capsys.readouterr().out
+    assert main(["serve", "--config", str(worker), "--port", "0"]) == 1
+    assert "no models under `models`" in capsys.readouterr().err
