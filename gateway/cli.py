@@ -10,7 +10,7 @@ import tempfile
 from typing import Any
 
 from gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, load_config, require_models
-from local_backend.config import LocalBackendSettings
+from schemas.local import LocalBackendSettings
 
 __all__ = ["main"]
 
