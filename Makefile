@@ -2,9 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PORT ?= 8080
-HOST ?= 127.0.0.1
+# Where `make run` listens: HOST and PORT when given (PORT=9000 make run), else the config's server.host/port.
+HOST ?=
+PORT ?=
 CONFIG ?=
+# `make emulators` listens on EMULATOR_PORT..EMULATOR_PORT+3 (Melious, Nebul, Pomelo, NebulaBlock);
+# examples/emulators.yaml reads the four ports below, so `EMULATOR_PORT=9201 make emulators` and
+# `EMULATOR_PORT=9201 CONFIG=examples/emulators.yaml make run` go together.
+EMULATOR_PORT ?= 9101
+export MELIOUS_PORT ?= $(EMULATOR_PORT)
+export NEBUL_PORT ?= $(shell expr $(EMULATOR_PORT) + 1)
+export POMELO_PORT ?= $(shell expr $(EMULATOR_PORT) + 2)
+export NEBULABLOCK_PORT ?= $(shell expr $(EMULATOR_PORT) + 3)
 STAMP := $(VENV)/.installed
 # Optional: an index for hosts where plain torch==2.13.0 would resolve to a CUDA build.
 TORCH_INDEX ?=
@@ -21,7 +30,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) --host $(HOST) --port $(PORT)
+	$(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -30,9 +39,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy schemas adapters gateway local_backend bench
 
-# All four provider emulators on 127.0.0.1:9101..9104, for the README's examples.
+# All four provider emulators on 127.0.0.1:9101..9104 (EMULATOR_PORT moves them), for the README's examples.
 emulators: $(STAMP)
-	$(BIN)/python -m tests.emulators all --base-port 9101
+	$(BIN)/python -m tests.emulators all --base-port $(EMULATOR_PORT)
 
 # LiteLLM's proxy lives in its own virtualenv: it pins versions of its own.
 $(LITELLM_VENV)/bin/python:

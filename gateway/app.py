@@ -22,6 +22,7 @@ from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.cooldown import Cooldowns
+from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
 from gateway.imagestore import DirectoryImageStore
 from gateway.logs import RequestIdMiddleware, config_secrets, configure_logging
@@ -29,6 +30,7 @@ from gateway.memory import return_large_buffers
 from gateway.openapi import DocumentedRoute, add_dialect_routes
 from gateway.pipeline import dialect_route_for, serve_dialect_route
 from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
+from gateway.redis_health import start_probe
 from gateway.router import Router
 from gateway.routes import MOUNTS
 from gateway.state import Gateway
@@ -74,6 +76,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         adapter.observe(metrics.LocalBackendMetrics())  # backends with a queue report it (the local one)
         await adapter.start()
     limiter, redis_client = build_limiter(config)
+    redis_probe = start_probe(limiter, redis_client, config.redis.probe_interval_s)  # a lost Redis shows
     cooldowns = Cooldowns(redis_client, config.redis.key_prefix)
     auth = Authenticator(config.auth)
     if auth.open:
@@ -94,6 +97,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     finally:
         for adapter in adapters.values():
             await adapter.aclose()
+        if redis_probe is not None:
+            await redis_probe.aclose()
         await limiter.aclose()
         await client.aclose()
 
@@ -130,7 +135,8 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 @get("/metrics", tags=["ops"], include_in_schema=False)
 async def prometheus_metrics() -> Response[bytes]:
     """Prometheus exposition of the gateway's metrics (see docs/operations.md)."""
-    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+    # Given as the header: Litestar would append a second `; charset=utf-8` to a text/ media type.
+    return Response(metrics.render(), headers={"content-type": metrics.CONTENT_TYPE_LATEST})
 
 
 @get("/images/{name:str}", tags=["images"])
@@ -180,7 +186,7 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
     config = config or load_config()
     configure_logging(config.server.log_level, config.server.log_prompts, secrets=config_secrets(config))
     app = GatewayApp(
-        route_handlers=[health, ready, prometheus_metrics, stored_image],
+        route_handlers=[health, ready, prometheus_metrics, stored_image, assets_router()],
         middleware=[RequestIdMiddleware],
         lifespan=[lifespan],
         logging_config=None,  # structlog writes every line; Litestar's own config would start a queue thread
@@ -191,6 +197,7 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
             version="0.1.0",
             path="/docs",
             description="Image generation in the Melious, Nebul, Pomelo and NebulaBlock dialects. See README.md.",
+            render_plugins=render_plugins(),  # the pages' scripts are served from the package: /docs works offline
         ),
         debug=False,
     )

@@ -1,4 +1,4 @@
-"""The command line: ``image-gateway serve`` and ``image-gateway check-config``."""
+"""The command line: serve, worker, hash-key and check-config."""
 
 from __future__ import annotations
 
@@ -9,9 +9,24 @@ import sys
 import tempfile
 from typing import Any
 
-from gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, load_config
+from gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, load_config, require_models
+from schemas.local import LocalBackendSettings
 
 __all__ = ["main"]
+
+DESCRIPTION = """\
+image-gateway: one gateway for image generation in the Melious, Nebul, Pomelo and
+NebulaBlock dialects.
+
+commands:
+  serve          serve the gateway (image-gateway serve --config my.yaml)
+  worker         serve the config's local models as a standalone GPU worker
+  hash-key       print the sha256:<hex> form of an inbound key, for auth.keys
+  check-config   check a config file: print every problem and exit 1, or print ok
+
+Where the gateway listens: --host/--port when given, else $PORT for the port, else the
+config's server.host and server.port.
+"""
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -19,12 +34,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.memory import return_large_buffers
 
-    config = _load_or_report(args.config)
+    config = _load_or_report(args.config, serving=True)
     if config is None:
         return 1
     return_large_buffers()  # each worker process does the same in create_app_from_env
-    host = args.host or config.server.host
-    port = args.port if args.port is not None else int(os.environ.get("PORT", config.server.port))
+    host, port = listen_address(args, config)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -37,12 +51,49 @@ def _serve(args: argparse.Namespace) -> int:
         # which must be named before any worker imports prometheus_client.
         os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="image-gateway-metrics-"))
+        from gateway.logs import configure_logging
+
+        configure_logging(config.server.log_level, config.server.log_prompts)
+        log_listening(host, port, args.workers)  # the supervisor binds the socket first thing in run()
         uvicorn.run("gateway.app:create_app_from_env", factory=True, workers=args.workers, **options)
         return 0
     from gateway.app import create_app
 
-    uvicorn.run(create_app(config), **options)
+    _announcing_server(uvicorn.Config(create_app(config), **options)).run()
     return 0
+
+
+def listen_address(args: argparse.Namespace, config: GatewayConfig) -> tuple[str, int]:
+    """--host/--port when given; else $PORT for the port; else the config's ``server.host``/``server.port``."""
+    host = args.host or config.server.host
+    if args.port is not None:
+        return host, args.port
+    env_port = os.environ.get("PORT", "")
+    return host, int(env_port) if env_port.strip() else config.server.port
+
+
+def log_listening(host: str, port: int, workers: int = 1) -> None:
+    import structlog
+
+    shown = f"[{host}]" if ":" in host else host
+    structlog.get_logger("gateway.cli").info("listening", url=f"http://{shown}:{port}", workers=workers)
+
+
+def _announcing_server(config: Any) -> Any:
+    """uvicorn's server, logging the URL it listens on once its socket is bound and the app has started.
+
+    (Defined here so that ``check-config`` and ``hash-key`` never import uvicorn.)
+    """
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers and self.servers[0].sockets:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                log_listening(host, port)
+
+    return AnnouncingServer(config)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -63,6 +114,9 @@ def _hash_key(args: argparse.Namespace) -> int:
     from gateway.auth import hash_key
 
     key = args.key if args.key != "-" else sys.stdin.readline().strip()
+    if not key.strip():
+        print("hash-key: the key is empty; give a key, or - and the key on standard input", file=sys.stderr)
+        return 2
     print(hash_key(key))
     return 0
 
@@ -71,20 +125,41 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load_or_report(args.file)
     if config is None:
         return 1
+    worker_models = _worker_models(config)
+    if not config.models and worker_models:  # a GPU worker's config: `image-gateway worker` serves it
+        print(f"{args.file}: ok ({worker_models} local models for `image-gateway worker`; no `models`: not for serve)")
+        return 0
+    try:
+        require_models(config, args.file)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 1
     print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} models)")
     return 0
 
 
-def _load_or_report(path: str | None) -> GatewayConfig | None:
+def _worker_models(config: GatewayConfig) -> int:
+    """How many models the config's local providers hold (what a GPU worker would serve)."""
+    return sum(len(p.models) for p in config.providers.values() if isinstance(p, LocalBackendSettings))
+
+
+def _load_or_report(path: str | None, *, serving: bool = False) -> GatewayConfig | None:
+    """The config, or None after printing every problem; ``serving`` also refuses a config with no models."""
     try:
-        return load_config(path)
+        config = load_config(path)
+        if serving:
+            require_models(config, path or "<built-in config>")
+        return config
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        for error in exc.errors:
+            print(f"config error: {error}", file=sys.stderr)
         return None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="image-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="image-gateway", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the gateway")
     serve.add_argument("--config", help="YAML config file (default: the built-in one)")
@@ -93,14 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (default: 1)")
     serve.set_defaults(run=_serve)
     worker = commands.add_parser("worker", help="serve the config's local models as a standalone GPU worker")
-    worker.add_argument("--config", help="YAML config file with a `kind: local` provider (default: the built-in one)")
+    worker.add_argument("--config", help="YAML config file with a kind: local provider (default: the built-in one)")
     worker.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     worker.add_argument("--port", type=int, help="port to listen on (default: 8090)")
     worker.set_defaults(run=_worker)
-    hashed = commands.add_parser("hash-key", help="print the sha256:<hex> form of an inbound key for `auth.keys`")
+    hashed = commands.add_parser("hash-key", help="print the sha256:<hex> form of an inbound key for auth.keys")
     hashed.add_argument("key", help="the key, or - to read it from standard input (keeps it out of shell history)")
     hashed.set_defaults(run=_hash_key)
-    check = commands.add_parser("check-config", help="check a config file; prints what is wrong, exit 1")
+    check = commands.add_parser("check-config", help="check a config file; prints every problem, exit 1")
     check.add_argument("file")
     check.set_defaults(run=_check_config)
     return parser

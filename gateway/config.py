@@ -26,6 +26,8 @@ __all__ = [
     "ProviderConfig",
     "TargetConfig",
     "load_config",
+    "parse_config",
+    "require_models",
 ]
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
@@ -42,7 +44,23 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; the message names the file and the field."""
+    """The configuration cannot be used; the message names the file and the field.
+
+    ``errors`` holds every problem found (one line each), so that one run of
+    ``check-config`` shows them all instead of one per edit.
+    """
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
+
+
+class FieldValueError(ValueError):
+    """A check in a ``__post_init__`` that knows its field: the error's path then names the field, not the struct."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class Timeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -72,7 +90,7 @@ class _Provider(ProviderPolicy, kw_only=True, forbid_unknown_fields=True, tag_fi
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.base_url):
-            raise ValueError("base_url must be an http:// or https:// URL")
+            raise FieldValueError("base_url", "base_url must be an http:// or https:// URL")
         self.base_url = self.base_url.rstrip("/")
 
 
@@ -177,6 +195,9 @@ class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     on_failure: Literal["open", "closed"] = "open"
     timeout_s: Seconds = 0.25
     key_prefix: str = "igw:"
+    # How often each process pings Redis, so that a lost Redis shows (image_gateway_redis_up, a log line)
+    # even when nothing else calls it for a while (no rate limits: Redis only for cooldowns).
+    probe_interval_s: Seconds = 5.0
 
 
 class InboundKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -207,32 +228,54 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     models: list[ModelConfig] = []
 
     def __post_init__(self) -> None:
-        names = [key.name for key in self.auth.keys]
-        if len(names) != len(set(names)):
-            raise ValueError("two inbound keys under `auth.keys` share a name")
-        seen: set[str] = set()
-        for index, model in enumerate(self.models):
-            for name in (model.name, *model.aliases):
-                if name in seen:
-                    raise ValueError(f"model name or alias {name!r} is used twice (models[{index}])")
-                seen.add(name)
-            for target in model.targets:
-                if target.provider not in self.providers:
-                    raise ValueError(
-                        f"models[{index}] ({model.name}) targets provider {target.provider!r}, "
-                        f"which is not under `providers`"
-                    )
+        problems = cross_check(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def cross_check(config: GatewayConfig) -> list[str]:
+    """What no single section can see: names used twice, targets naming providers that are not there."""
+    problems: list[str] = []
+    names = [key.name for key in config.auth.keys]
+    if len(names) != len(set(names)):
+        problems.append("two inbound keys under `auth.keys` share a name - at `$.auth.keys`")
+    seen: set[str] = set()
+    for index, model in enumerate(config.models):
+        for name in (model.name, *model.aliases):
+            if name in seen:
+                problems.append(f"model name or alias {name!r} is used twice - at `$.models[{index}]`")
+            seen.add(name)
+        for number, target in enumerate(model.targets):
+            if target.provider not in config.providers:
+                problems.append(
+                    f"model {model.name!r} targets provider {target.provider!r}, which is not under `providers`"
+                    f" - at `$.models[{index}].targets[{number}].provider`"
+                )
+    return problems
+
+
+def require_models(config: GatewayConfig, source: str = "<config>") -> None:
+    """A gateway with no models answers every request ``model_not_found``: refuse to check or serve it.
+
+    (A GPU worker's config needs none: it serves its ``kind: local`` providers.)
+    """
+    if not config.models:
+        message = (
+            f"{source}: no models under `models`, so every request would be answered model_not_found; "
+            "add at least one (see examples/emulators.yaml) - at `$.models`"
+        )
+        raise ConfigError(message)
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand(value: Any, path: str, environ: dict[str, str]) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of the parsed YAML."""
+def _expand(value: Any, path: str, environ: dict[str, str], errors: list[str]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of the parsed YAML; a missing VAR goes to ``errors``."""
     if isinstance(value, dict):
-        return {key: _expand(item, f"{path}.{key}", environ) for key, item in value.items()}
+        return {key: _expand(item, f"{path}.{key}", environ, errors) for key, item in value.items()}
     if isinstance(value, list):
-        return [_expand(item, f"{path}[{index}]", environ) for index, item in enumerate(value)]
+        return [_expand(item, f"{path}[{index}]", environ, errors) for index, item in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -242,40 +285,83 @@ def _expand(value: Any, path: str, environ: dict[str, str]) -> Any:
             return environ[name]
         if default is not None:
             return default
-        raise ConfigError(f"environment variable {name} is not set (needed at `{path}`)")
+        errors.append(f"environment variable {name} is not set (needed at `{path}`)")
+        return ""
 
     return _ENV_RE.sub(substitute, value)
 
 
-def _check_providers(raw: Any) -> None:
-    """Check each provider alone, so an error's path names the provider (msgspec elides dict keys)."""
-    providers = raw.get("providers") if isinstance(raw, dict) else None
-    if not isinstance(providers, dict):
-        return
-    for name, value in providers.items():
-        try:
-            msgspec.convert(value, ProviderConfig)
-        except msgspec.ValidationError as exc:
-            message = str(exc)
-            if " - at `$" not in message:
-                message += " - at `$`"
-            raise ConfigError(message.replace("`$", f"`$.providers.{name}", 1)) from exc
+_AT = re.compile(r" - at `\$([^`]*)`$")
+
+
+def _convert_at(value: Any, kind: Any, path: str, errors: list[str]) -> Any:
+    """Check ``value`` alone as ``kind``; an error is noted with its full path from the file's root.
+
+    msgspec elides dict keys (``$.providers[...]``) and names a ``__post_init__`` error at
+    its struct, so each part is converted by itself and the path is rebuilt here.
+    """
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _AT.search(message)
+        inner = match.group(1) if match else ""
+        message = message[: match.start()] if match else message
+        if isinstance(exc.__cause__, FieldValueError):
+            inner += f".{exc.__cause__.field}"
+        errors.append(f"{message} - at `{path}{inner}`")
+        return None
+
+
+def _check_parts(raw: dict[str, Any], errors: list[str]) -> None:
+    """Check each section, each provider and each model by itself, so that every error is reported."""
+    sections = {
+        "server": ServerConfig,
+        "redis": RedisConfig,
+        "auth": AuthConfig,
+        "image_store": ImageStoreConfig,
+    }
+    for key, value in raw.items():
+        if key in sections:
+            _convert_at(value, sections[key], f"$.{key}", errors)
+        elif key == "providers":
+            if not isinstance(value, dict):
+                _convert_at(value, dict[str, Any], "$.providers", errors)
+                continue
+            for name, provider in value.items():
+                _convert_at(provider, ProviderConfig, f"$.providers.{name}", errors)
+        elif key == "models":
+            if not isinstance(value, list):
+                _convert_at(value, list[Any], "$.models", errors)
+                continue
+            for index, model in enumerate(value):
+                _convert_at(model, ModelConfig, f"$.models[{index}]", errors)
+        else:
+            errors.append(f"Object contains unknown field `{key}` - at `$`")
 
 
 def parse_config(text: str, source: str = "<string>", environ: dict[str, str] | None = None) -> GatewayConfig:
-    """Parse and check YAML text; a ``ConfigError`` names ``source`` and the field at fault."""
+    """Parse and check YAML text; a ``ConfigError`` names ``source`` and every field at fault."""
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    try:
-        expanded = _expand(raw, "$", dict(os.environ) if environ is None else environ)
-        _check_providers(expanded)
-        return msgspec.convert(expanded, GatewayConfig)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
+    errors: list[str] = []
+    expanded = _expand(raw, "$", dict(os.environ) if environ is None else environ, errors)
+    if not isinstance(expanded, dict):
+        errors.append(f"Expected `object`, got `{type(expanded).__name__}` - at `$`")
+    else:
+        unset = [error.split("(needed at ", 1)[1][:-1] for error in errors]  # a value left empty: no second error
+        checked: list[str] = []
+        _check_parts(expanded, checked)
+        errors += [error for error in checked if not any(error.endswith(f" - at {path}") for path in unset)]
+    if not errors:
+        try:
+            return msgspec.convert(expanded, GatewayConfig)
+        except msgspec.ValidationError as exc:
+            errors += str(exc).removesuffix(" - at `$`").split("; ")
+    lines = [f"{source}: {error}" for error in errors]
+    raise ConfigError("\n".join(lines), lines)
 
 
 def load_config(path: str | Path | None = None) -> GatewayConfig:

@@ -2,7 +2,8 @@
 
 Each image sits in a directory for ``ttl_seconds`` behind an id that carries its expiry
 and an HMAC signature: ids cannot be guessed, and an id is checked before the disk is
-touched.
+touched. Without a configured secret, one is generated on first start and kept in a file
+beside the image directory (mode 0600), so URLs outlive a restart on the same machine.
 """
 
 from __future__ import annotations
@@ -10,15 +11,58 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from pathlib import Path
 
-__all__ = ["DirectoryImageStore"]
+import structlog
+
+__all__ = ["SECRET_FILE", "DirectoryImageStore", "kept_secret"]
+
+log = structlog.get_logger("gateway.imagestore")
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _MEDIA_TYPES = {extension: media for media, extension in _EXTENSIONS.items()}
 SWEEP_INTERVAL_S = 60.0
+SECRET_FILE = "image-store.secret"  # beside the image directory: var/image-store.secret for var/images
+
+
+def kept_secret(store: Path) -> str:
+    """The signing secret kept beside ``store``, made on first use (mode 0600).
+
+    Written to a temporary file and linked into place, so that server workers starting
+    together all end up with the one secret. Unwritable: a per-process secret, logged.
+    """
+    path = store.resolve().parent / SECRET_FILE
+    try:
+        return _read_or_create(path)
+    except OSError as exc:
+        log.warning(
+            "image_store_secret_not_kept",
+            path=str(path),
+            error=type(exc).__name__,
+            detail="image URLs will not survive a restart; set image_store.secret",
+        )
+        return secrets.token_hex(32)
+
+
+def _read_or_create(path: Path) -> str:
+    if not path.exists():
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(partial, path)  # fails if another process got there first: theirs is kept
+        except FileExistsError:
+            pass
+        finally:
+            partial.unlink(missing_ok=True)
+    secret = path.read_text(encoding="ascii").strip()
+    if not secret:
+        raise OSError(f"{path} is empty")
+    return secret
 
 
 class DirectoryImageStore:
@@ -28,7 +72,7 @@ class DirectoryImageStore:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.ttl_seconds = ttl_seconds
-        self._key = (secret or secrets.token_hex(32)).encode()
+        self._key = (secret or kept_secret(self.path)).encode()
         self._last_sweep = 0.0
 
     def _sign(self, token: str) -> str:

@@ -2,7 +2,8 @@
 
 The dialect routes are served by ``gateway.pipeline``, not by Litestar route handlers, so
 Litestar cannot see them; this module adds each to the app's OpenAPI document, with the
-JSON Schemas that msgspec derives from the same Structs the wire is decoded with.
+JSON Schemas that msgspec derives from the same Structs the wire is decoded with. Each
+operation lists the error statuses a client can get, each with its dialect's error envelope.
 """
 
 from __future__ import annotations
@@ -13,13 +14,51 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin  # the app's OpenAPI document (no public accessor)
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, PathItem, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    PathItem,
+    Reference,
+    RequestBody,
+    Schema,
+)
 
 from schemas.dialect import BodyKind, Endpoint
+from schemas.melious import MeliousError
+from schemas.nebul import NebulError
+from schemas.nebulablock import NebulaBlockError
+from schemas.pomelo import PomeloError
 
-__all__ = ["DocumentedRoute", "add_dialect_routes", "operation_class"]
+__all__ = ["ERROR_ENVELOPES", "ERROR_STATUSES", "DocumentedRoute", "add_dialect_routes", "operation_class"]
 
 REF = "#/components/schemas/{name}"
+# Each dialect's error envelope (the OpenAI family answers in Nebul's, which is OpenAI's).
+ERROR_ENVELOPES: dict[str, type] = {
+    "melious": MeliousError,
+    "nebul": NebulError,
+    "openai": NebulError,
+    "pomelo": PomeloError,
+    "nebulablock": NebulaBlockError,
+}
+# The error statuses every dialect operation can answer (docs/errors.md has the codes behind them).
+ERROR_STATUSES: dict[int, str] = {
+    400: "The request is not valid in this dialect (the field is named in the message)",
+    401: "No inbound API key, or one the gateway does not know",
+    404: "No such model, or this key may not use it",
+    413: "The body is larger than server.max_body_bytes, or an input image is too large",
+    429: "A rate limit refused the request (Retry-After says when to try again)",
+    502: "The upstream failed, or refused the gateway's own credentials",
+    503: "Overloaded, or every target of the model is cooling down (Retry-After)",
+    504: "The upstream did not answer in time",
+}
+_RETRY_AFTER: dict[str, OpenAPIHeader | Reference] = {
+    "Retry-After": OpenAPIHeader(
+        description="Seconds to wait before trying again", schema=Schema(type=OpenAPIType.INTEGER)
+    )
+}
 
 
 @dataclass
@@ -49,8 +88,20 @@ def operation_class(endpoint: Endpoint[Any, Any]) -> type[Operation]:
             if self.responses and "200" in self.responses:
                 answer = self.responses["200"]
                 answer.content = {"application/json": OpenAPIMediaType(schema=_ref(endpoint.response_type))}  # type: ignore[union-attr]
+            self.responses = {**(self.responses or {}), **error_responses(endpoint)}
 
     return DialectOperation
+
+
+def error_responses(endpoint: Endpoint[Any, Any]) -> dict[str, OpenAPIResponse]:
+    """Every error status of ``endpoint``, each answered in its dialect's envelope."""
+    envelope = {"application/json": OpenAPIMediaType(schema=_ref(ERROR_ENVELOPES[endpoint.dialect]))}
+    return {
+        str(status): OpenAPIResponse(
+            description=description, content=envelope, headers=_RETRY_AFTER if status in (429, 503) else None
+        )
+        for status, description in ERROR_STATUSES.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -81,6 +132,7 @@ def add_dialect_routes(app: Litestar, routes: list[DocumentedRoute]) -> None:
     """
     endpoints = [route.endpoint for route in routes]
     types = [struct for endpoint in endpoints for struct in (endpoint.request_type, endpoint.response_type)]
+    types += list(dict.fromkeys(ERROR_ENVELOPES.values()))
     _, schemas = msgspec.json.schema_components(types, ref_template=REF)
     document = app.plugins.get(OpenAPIPlugin).provide_openapi()
     document.components.schemas.update({name: RawSchema(raw=schema) for name, schema in schemas.items()})

@@ -17,17 +17,15 @@ from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 import redis.asyncio as aioredis
-import structlog
 from redis.exceptions import RedisError
 
-from gateway import metrics
+from gateway.redis_health import RedisHealth
 from gateway.redis_script import DEFAULT_TIMEOUT_S, RedisScript
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.policy import RateLimit
 
 __all__ = ["Decision", "LimitCheck", "Limiter", "MemoryLimiter", "RedisLimiter", "limit_checks"]
 
-log = structlog.get_logger("gateway.ratelimit")
 
 GCRA_SCRIPT = resources.files("gateway").joinpath("lua/gcra.lua").read_text(encoding="utf-8")
 # After Redis fails, how long to stay on the fallback before trying Redis again.
@@ -182,14 +180,18 @@ class RedisLimiter:
         on_failure: Literal["open", "closed"],
         timeout_s: float = DEFAULT_TIMEOUT_S,
         fallback: MemoryLimiter | None = None,
+        health: RedisHealth | None = None,
     ) -> None:
         self.client = client
         self.on_failure = on_failure
         self.fallback = fallback or MemoryLimiter()
         self._script = RedisScript(GCRA_SCRIPT, url, timeout_s=timeout_s)
         self._down_until = 0.0
-        self.redis_up = True
-        metrics.REDIS_UP.set(1)
+        self.health = health or RedisHealth(on_failure)  # shared with the probe (gateway/redis_health.py)
+
+    @property
+    def redis_up(self) -> bool:
+        return self.health.up
 
     async def check(self, checks: Sequence[LimitCheck]) -> Decision:
         if not checks:
@@ -204,15 +206,9 @@ class RedisLimiter:
             reply = await self._script(keys=[check.key for check in checks], args=args)
         except (RedisError, OSError) as exc:
             self._down_until = time.monotonic() + REDIS_RETRY_INTERVAL_S
-            if self.redis_up:
-                log.error("redis_unavailable", policy=self.on_failure, error=type(exc).__name__)
-            self.redis_up = False
-            metrics.REDIS_UP.set(0)
+            self.health.observe(False, type(exc).__name__)
             return await self._without_redis(checks)
-        if not self.redis_up:
-            log.warning("redis_recovered")
-            self.redis_up = True
-            metrics.REDIS_UP.set(1)
+        self.health.observe(True)
         admitted, index, remaining, retry_ms, reset_ms = (int(value) for value in reply)
         return _decision(checks, admitted, index - 1, remaining, retry_ms, reset_ms)
 

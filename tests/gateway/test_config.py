@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import build_parser, listen_address, main
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
 from schemas.canonical import Operation
 
@@ -92,3 +93,121 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     assert main(["check-config", str(tmp_path / "missing.yaml")]) == 1
     assert "cannot read the config file" in capsys.readouterr().err
+
+
+def test_every_error_is_reported_with_its_full_path() -> None:
+    """One run names every problem, each at its full path: dict keys and list indexes included."""
+    text = """
+server: {port: abc}
+redis: {on_failure: sometimes}
+providers:
+  pomelo-flux: {kind: pomelo, endpoint: flux, base_url: 'ftp://x'}
+  mel: {kind: melious, base_url: 'http://x', timeout: {read: 0}}
+models:
+  - {name: a, targets: [{provider: mel, model: m}]}
+  - {name: b, targets: [{provider: mel, model: m, max_n: 0}]}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "bad.yaml", environ={})
+    errors = caught.value.errors
+    assert all(error.startswith("bad.yaml: ") for error in errors)
+    paths = [error.rsplit(" - at ", 1)[1] for error in errors]
+    assert paths == [
+        "`$.server.port`",
+        "`$.redis.on_failure`",
+        "`$.providers.pomelo-flux.base_url`",
+        "`$.providers.mel.timeout.read`",
+        "`$.models[1].targets[0].max_n`",
+    ]
+    assert "base_url must be an http:// or https:// URL" in errors[2]
+
+
+def test_references_name_the_target_that_is_wrong() -> None:
+    text = """
+providers: {mel: {kind: melious, base_url: 'http://x'}}
+models:
+  - {name: a, targets: [{provider: mel, model: m}]}
+  - {name: b, targets: [{provider: mel, model: m}, {provider: nope, model: m}]}
+  - {name: c, aliases: [a], targets: [{provider: gone, model: m}]}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "refs.yaml", environ={})
+    text_of = str(caught.value)
+    assert "provider 'nope', which is not under `providers` - at `$.models[1].targets[1].provider`" in text_of
+    assert "'a' is used twice - at `$.models[2]`" in text_of
+    assert "- at `$.models[2].targets[0].provider`" in text_of
+    assert len(caught.value.errors) == 3
+
+
+def test_every_missing_environment_variable_is_named() -> None:
+    text = "providers: {mel: {kind: melious, base_url: '${MEL_URL}', api_key: '${MEL_KEY}'}}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "env.yaml", environ={})
+    assert [error.split(": ", 1)[1] for error in caught.value.errors] == [
+        "environment variable MEL_URL is not set (needed at `$.providers.mel.base_url`)",
+        "environment variable MEL_KEY is not set (needed at `$.providers.mel.api_key`)",
+    ]
+
+
+def test_check_config_prints_every_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: {port: abc}\nproviders: {p: {kind: melious, base_url: 'ftp://x'}}\nmodels: []\n")
+    assert main(["check-config", str(bad)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert "`$.server.port`" in lines[0] and "`$.providers.p.base_url`" in lines[1]
+
+
+@pytest.mark.parametrize("text", ["", "providers: {}\nmodels: []\n", "server: {port: 8080}\n"])
+def test_a_config_without_models_is_refused(text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With no models every request would be model_not_found: check-config and serve both refuse it."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    assert main(["check-config", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert "no models under `models`" in err and str(empty) in err
+    assert main(["serve", "--config", str(empty), "--port", "0"]) == 1
+    assert "no models under `models`" in capsys.readouterr().err
+
+
+def test_top_level_help_lists_every_command_in_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text
+    for command in ("serve", "worker", "hash-key", "check-config"):
+        assert f"\n  {command} " in text, command
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin"), [(["hash-key", ""], ""), (["hash-key", "-"], "\n"), (["hash-key", " "], "")]
+)
+def test_hash_key_refuses_an_empty_key(
+    argv: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "empty" in captured.err
+
+
+def test_listen_address_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--host/--port when given, else $PORT for the port, else the config's server.host and server.port."""
+    config = parse_config("server: {host: 0.0.0.0, port: 9123}\n")
+    parser = build_parser()
+    monkeypatch.delenv("PORT", raising=False)
+    assert listen_address(parser.parse_args(["serve"]), config) == ("0.0.0.0", 9123)
+    monkeypatch.setenv("PORT", "9200")
+    assert listen_address(parser.parse_args(["serve"]), config) == ("0.0.0.0", 9200)
+    assert listen_address(parser.parse_args(["serve", "--host", "::1", "--port", "9300"]), config) == ("::1", 9300)
+
+
+def test_a_worker_config_passes_check_config_but_not_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A GPU worker's config has local models and no `models`: fine for `worker`, refused by `serve`."""
+    worker = tmp_path / "worker.yaml"
+    worker.write_text("providers: {local: {kind: local, models: {tiny: {path: 'builtin:tiny-sd'}}}}\n")
+    assert main(["check-config", str(worker)]) == 0
+    assert "ok (1 local models for `image-gateway worker`" in capsys.readouterr().out
+    assert main(["serve", "--config", str(worker), "--port", "0"]) == 1
+    assert "no models under `models`" in capsys.readouterr().err

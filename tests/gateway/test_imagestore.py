@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.imagestore import DirectoryImageStore
+from gateway.imagestore import SECRET_FILE, DirectoryImageStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
@@ -50,3 +50,14 @@ async def test_expired_images_are_gone(tmp_path: Path, monkeypatch: pytest.Monke
     store._last_sweep = 0.0
     await store.put(PNG)  # a write sweeps expired files from the directory
     assert not (tmp_path / name).exists()
+
+
+async def test_without_a_secret_one_is_kept_beside_the_directory(tmp_path: Path) -> None:
+    """No configured secret: the one made on first start is kept (0600) and read back by the next store."""
+    images = tmp_path / "var" / "images"
+    name = await DirectoryImageStore(images, 3600).put(PNG)
+    kept = tmp_path / "var" / SECRET_FILE
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert len(kept.read_text().strip()) == 64
+    assert await DirectoryImageStore(images, 3600).get(name) == (PNG, "image/png")
+    assert {path.name for path in (tmp_path / "var").iterdir()} == {SECRET_FILE, "images"}  # no partial file left
