@@ -69,6 +69,17 @@ class UpstreamFailure(Exception):
         self.timed_out = timed_out
 
 
+def aiohttp_failure(exc: aiohttp.ClientError | TimeoutError) -> UpstreamFailure:
+    """aiohttp's exceptions → ``UpstreamFailure``: the one table, for its own client and under httpx."""
+    reason = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, name not resolved
+        return UpstreamFailure(reason, reached=False, timed_out=False)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamFailure(reason, reached=False, timed_out=True)
+    # a read timeout, or a reset, a disconnect, a cut-off or malformed answer
+    return UpstreamFailure(reason, reached=True, timed_out=isinstance(exc, TimeoutError))
+
+
 class AnswerTooLarge(Exception):
     """The answer declared, or grew, past the most the caller would read."""
 
@@ -213,14 +224,8 @@ class AiohttpUpstream:
                 while chunk := await content.readany():
                     buffer.add(chunk)
                 return Answer(response.status, response.headers, buffer.finish())
-        except aiohttp.ClientConnectorError as exc:  # refused, unreachable, name not resolved
-            raise UpstreamFailure(type(exc).__name__, reached=False, timed_out=False) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamFailure(type(exc).__name__, reached=False, timed_out=True) from exc
-        except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
-            raise UpstreamFailure(type(exc).__name__, reached=True, timed_out=True) from exc
-        except aiohttp.ClientError as exc:  # reset, disconnected, a cut-off or malformed answer
-            raise UpstreamFailure(type(exc).__name__, reached=True, timed_out=False) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:  # aiohttp's read timeouts are TimeoutErrors too
+            raise aiohttp_failure(exc) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -291,13 +296,8 @@ class HttpxUpstream:
     def _failure(self, exc: Exception) -> UpstreamFailure:
         """httpx-aiohttp reports every aiohttp connection error as ``ConnectTimeout``: read the cause."""
         cause = exc.__cause__
-        if self._aiohttp_transport and cause is not None and type(cause).__module__.startswith("aiohttp"):
-            if isinstance(cause, aiohttp.ClientConnectorError):
-                return UpstreamFailure(type(cause).__name__, reached=False, timed_out=False)
-            if isinstance(cause, aiohttp.ConnectionTimeoutError):
-                return UpstreamFailure(type(cause).__name__, reached=False, timed_out=True)
-            timed_out = isinstance(cause, TimeoutError)
-            return UpstreamFailure(type(cause).__name__, reached=True, timed_out=timed_out)
+        if self._aiohttp_transport and isinstance(cause, aiohttp.ClientError | TimeoutError):
+            return aiohttp_failure(cause)
         reason = type(exc).__name__
         if isinstance(exc, httpx.ConnectTimeout):
             return UpstreamFailure(reason, reached=False, timed_out=True)

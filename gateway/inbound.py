@@ -171,43 +171,40 @@ class ScopeInbound:
             )
         self.reserved += size
 
+    async def _chunk(self) -> bytes:
+        """The next piece of the body (``finished`` tells whether it was the last); ``ClientGone`` on a hang-up."""
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        self.finished = not message.get("more_body", False)
+        return message.get("body", b"")  # type: ignore[return-value]
+
     async def _read_exactly(self, size: int) -> bytes | bytearray:
         """A body of a declared length, read into one buffer of that size (no chunks, no join)."""
         buffer = bytearray(size)
         view = memoryview(buffer)
         filled = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        while not self.finished:
+            chunk = await self._chunk()
             end = filled + len(chunk)
             if end > size:  # more than it declared: the server normally stops this first
                 raise GatewayError(ErrorCode.INVALID_REQUEST, "request body is longer than its Content-Length")
             view[filled:end] = chunk
             filled = end
-            if not message.get("more_body", False):
-                self.finished = True
-                view.release()
-                return buffer if filled == size else buffer[:filled]
+        view.release()
+        return buffer if filled == size else buffer[:filled]
 
     async def _read_chunked(self, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        while not self.finished:
+            chunk = await self._chunk()
             size += len(chunk)
-            more = bool(message.get("more_body", False))
-            self.finished = not more
             if size > limit:
                 raise body_too_large(limit)
             self._reserve(len(chunk))
             chunks.append(chunk)
-            if not more:
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def form(self) -> dict[str, Any]:
         """The body as form fields (``parse_form``)."""
@@ -225,11 +222,7 @@ class ScopeInbound:
         try:
             async with asyncio.timeout(DRAIN_SECONDS):
                 while not self.finished and left > 0:
-                    message = await self.receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientGone
-                    left -= len(message.get("body", b""))  # type: ignore[arg-type]
-                    self.finished = not message.get("more_body", False)
+                    left -= len(await self._chunk())
         except TimeoutError:
             return
 
