@@ -24,7 +24,7 @@ from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.cooldown import Cooldowns
 from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
-from gateway.imagestore import DirectoryImageStore
+from gateway.imagestore import ImageStore, StoreUnavailable, build_image_store
 from gateway.logs import RequestIdMiddleware, config_secrets, configure_logging
 from gateway.memory import return_large_buffers
 from gateway.openapi import DocumentedRoute, add_dialect_routes
@@ -67,6 +67,17 @@ def build_limiter(config: GatewayConfig) -> tuple[Limiter, aioredis.Redis | None
     return limiter, client
 
 
+async def start_image_store(config: GatewayConfig) -> ImageStore:
+    """The configured image store, checked once: a missing bucket or refused credentials are logged
+    now and keep ``/ready`` at 503, while clients that want base64 are still served."""
+    store = build_image_store(config.image_store)
+    try:
+        await store.check()
+    except StoreUnavailable as exc:
+        log.error("image_store_unavailable", detail=str(exc))
+    return store
+
+
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     config: GatewayConfig = app.state.config
@@ -81,12 +92,12 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     auth = Authenticator(config.auth)
     if auth.open:
         log.warning("gateway_open", detail="no inbound API keys configured: every client is admitted")
-    store = config.image_store
+    image_store = await start_image_store(config)
     app.state.gateway = Gateway(
         config=config,
         client=client,
         router=Router(config, adapters, limiter, cooldowns),
-        image_store=DirectoryImageStore(store.path, store.ttl_seconds, store.secret),
+        image_store=image_store,
         admission=Admission(config, auth, limiter),
         cooldowns=cooldowns,
         redis=redis_client,
@@ -101,6 +112,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             await redis_probe.aclose()
         await limiter.aclose()
         await client.aclose()
+        await image_store.aclose()
 
 
 @get("/health", sync_to_thread=False, tags=["ops"])
@@ -111,8 +123,9 @@ def health() -> dict[str, str]:
 
 @get("/ready", tags=["ops"])
 async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Ready for traffic: config loaded, local models loaded (or a worker up), and Redis reachable
-    when one is configured with ``on_failure: closed`` (with ``open`` a lost Redis is degraded, not down)."""
+    """Ready for traffic: config loaded, the image store usable, local models loaded (or a worker up), and
+    Redis reachable when one is configured with ``on_failure: closed`` (with ``open`` a lost Redis is
+    degraded, not down)."""
     gateway: Gateway = request.app.state.gateway
     checks: dict[str, Any] = {"config": "ok"}
     ok = True
@@ -123,6 +136,12 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         except Exception as exc:  # any failure means Redis is away; the reason is reported, never raised
             checks["redis"] = f"unreachable ({type(exc).__name__}): {gateway.config.redis.on_failure}"
             ok = gateway.config.redis.on_failure == "open"
+    try:
+        await gateway.image_store.check()
+        checks["image_store"] = "ok"
+    except StoreUnavailable as exc:  # URL answers would fail: not ready
+        checks["image_store"] = str(exc)
+        ok = False
     for name, adapter in gateway.adapters.items():
         state = await adapter.ready()  # backends that load something report (the local one)
         if state is not None:
@@ -143,7 +162,10 @@ async def prometheus_metrics() -> Response[bytes]:
 async def stored_image(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
     """An image kept for a client that asked for a URL (valid for the store's TTL)."""
     gateway: Gateway = request.app.state.gateway
-    found = await gateway.image_store.get(name)
+    try:
+        found = await gateway.image_store.get(name)
+    except StoreUnavailable as exc:
+        raise GatewayError(ErrorCode.UPSTREAM_ERROR, str(exc)) from exc
     if found is None:
         raise GatewayError(ErrorCode.INVALID_REQUEST, "no such image, or it has expired", status=404)
     data, media_type = found

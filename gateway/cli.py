@@ -134,8 +134,53 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 1
+    problem = _store_problem(config)
+    if problem:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+        return 1
     print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} models)")
     return 0
+
+
+def _store_problem(config: GatewayConfig) -> str | None:
+    """The image store's check (bucket there, credentials taken): what is wrong, or None."""
+    import asyncio
+
+    from gateway.imagestore import StoreUnavailable, build_image_store
+
+    async def check() -> None:
+        store = build_image_store(config.image_store)
+        try:
+            await store.check()
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(check())
+    except StoreUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def _store_setup(args: argparse.Namespace) -> int:
+    from gateway.config import S3StoreConfig
+    from gateway.storesetup import apply_lifecycle
+
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    store = config.image_store
+    if not isinstance(store, S3StoreConfig):
+        print("image_store.kind is directory: the gateway removes expired files itself; nothing to set up")
+        return 0
+    if args.print_only:
+        from gateway.storesetup import manual_steps
+
+        print(manual_steps(store))
+        return 0
+    applied, message = apply_lifecycle(store)
+    print(message, file=sys.stdout if applied else sys.stderr)
+    return 0 if applied else 1
 
 
 def _worker_models(config: GatewayConfig) -> int:
@@ -178,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="check a config file; prints every problem, exit 1")
     check.add_argument("file")
     check.set_defaults(run=_check_config)
+    setup = commands.add_parser("store-setup", help="give the s3 image store's bucket its lifecycle rule (expiry)")
+    setup.add_argument("--config", help="YAML config file (default: the built-in one)")
+    setup.add_argument("--print", dest="print_only", action="store_true", help="print what to apply; change nothing")
+    setup.set_defaults(run=_store_setup)
     return parser
 
 

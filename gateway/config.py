@@ -21,9 +21,12 @@ from schemas.policy import ProviderPolicy, RateLimit
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ConfigError",
+    "DirectoryStoreConfig",
     "GatewayConfig",
+    "ImageStoreConfig",
     "ModelConfig",
     "ProviderConfig",
+    "S3StoreConfig",
     "TargetConfig",
     "load_config",
     "parse_config",
@@ -149,16 +152,58 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limits: RateLimit | None = None
 
 
-class ImageStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Where images live that clients fetch by URL, and for how long."""
+class _StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
+    """What every image store has: how long an image lives, and where clients reach this gateway."""
 
-    kind: Literal["directory"] = "directory"
-    path: str = "var/images"
     ttl_seconds: PositiveInt = 3600
-    # Signs image ids; replicas that share a store must share it. Empty: random per process.
+    # Signs image names; replicas that share a store must share it. Empty: random per process.
     secret: str = ""
     # The URL prefix clients reach this gateway at; empty: taken from each request.
     public_base_url: str = ""
+
+
+class DirectoryStoreConfig(_StoreConfig, tag="directory"):
+    """Images as files in a directory (replicas share it over a ReadWriteMany volume)."""
+
+    path: str = "var/images"
+
+
+class S3StoreConfig(_StoreConfig, tag="s3"):
+    """Images in an S3-compatible bucket (AWS S3, R2, MinIO, SeaweedFS, GCS's XML API).
+
+    Credentials: ``access_key_id``/``secret_access_key`` (write them as ``${ENV}``), else the
+    standard AWS environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``, web identity) and instance credentials.
+    """
+
+    bucket: Annotated[str, msgspec.Meta(min_length=3)]
+    prefix: str = "images/"
+    endpoint_url: str = ""  # empty: AWS S3 in ``region``
+    region: str = ""  # empty: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    # presigned: clients get a presigned GET URL of the bucket, expiring with ttl_seconds (no gateway bandwidth);
+    # gateway: clients get this gateway's signed URL, and any replica serves it from the bucket.
+    url_mode: Literal["presigned", "gateway"] = "presigned"
+    timeout_s: Seconds = 10.0  # per storage call; an unreachable store fails URL answers after this, not later
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url and not re.match(r"^https?://[^/\s]+", self.endpoint_url):
+            raise ValueError("image_store.endpoint_url must be an http:// or https:// URL")
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("image_store: give both access_key_id and secret_access_key, or neither")
+        if self.url_mode == "gateway" and not self.secret:
+            raise ValueError(
+                "image_store.url_mode gateway needs image_store.secret: every replica signs and checks "
+                "image URLs with it"
+            )
+        if self.prefix and not self.prefix.endswith("/"):
+            self.prefix += "/"
+        self.prefix = self.prefix.lstrip("/")
+
+
+# `kind` picks the store; without one, the directory store (configs written before the S3 store).
+ImageStoreConfig = DirectoryStoreConfig | S3StoreConfig
 
 
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -223,7 +268,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
-    image_store: ImageStoreConfig = msgspec.field(default_factory=ImageStoreConfig)
+    image_store: ImageStoreConfig = msgspec.field(default_factory=DirectoryStoreConfig)
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
 
@@ -340,6 +385,14 @@ def _check_parts(raw: dict[str, Any], errors: list[str]) -> None:
             errors.append(f"Object contains unknown field `{key}` - at `$`")
 
 
+def _default_store_kind(raw: Any) -> Any:
+    """An ``image_store`` without ``kind`` is the directory store."""
+    store = raw.get("image_store") if isinstance(raw, dict) else None
+    if isinstance(store, dict) and "kind" not in store:
+        raw["image_store"] = {"kind": "directory", **store}
+    return raw
+
+
 def parse_config(text: str, source: str = "<string>", environ: dict[str, str] | None = None) -> GatewayConfig:
     """Parse and check YAML text; a ``ConfigError`` names ``source`` and every field at fault."""
     try:
@@ -347,7 +400,7 @@ def parse_config(text: str, source: str = "<string>", environ: dict[str, str] | 
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     errors: list[str] = []
-    expanded = _expand(raw, "$", dict(os.environ) if environ is None else environ, errors)
+    expanded = _default_store_kind(_expand(raw, "$", dict(os.environ) if environ is None else environ, errors))
     if not isinstance(expanded, dict):
         errors.append(f"Expected `object`, got `{type(expanded).__name__}` - at `$`")
     else:

@@ -1,9 +1,11 @@
 """Images kept for clients that asked for a URL while the backend gave bytes.
 
-Each image sits in a directory for ``ttl_seconds`` behind an id that carries its expiry
-and an HMAC signature: ids cannot be guessed, and an id is checked before the disk is
-touched. Without a configured secret, one is generated on first start and kept in a file
-beside the image directory (mode 0600), so URLs outlive a restart on the same machine.
+One interface (``ImageStore``), two places: a directory (``DirectoryImageStore``) and an
+S3-compatible bucket (``gateway.s3store.S3ImageStore``). Each image is stored under a name
+that carries its expiry and an HMAC signature (``SignedNames``): names cannot be guessed,
+and a name is checked before the disk or the bucket is touched.
+The directory store without a configured secret generates one on first start and keeps it in a
+file beside the image directory (mode 0600), so its URLs outlive a restart on the same machine.
 """
 
 from __future__ import annotations
@@ -15,10 +17,23 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-__all__ = ["SECRET_FILE", "DirectoryImageStore", "kept_secret"]
+if TYPE_CHECKING:
+    from gateway.config import ImageStoreConfig
+
+__all__ = [
+    "SECRET_FILE",
+    "DirectoryImageStore",
+    "ImageStore",
+    "SignedNames",
+    "StoreUnavailable",
+    "build_image_store",
+    "gateway_url",
+    "kept_secret",
+]
 
 log = structlog.get_logger("gateway.imagestore")
 
@@ -65,35 +80,59 @@ def _read_or_create(path: Path) -> str:
     return secret
 
 
-class DirectoryImageStore:
-    """Signed, expiring image files under one directory."""
+class StoreUnavailable(Exception):
+    """The store cannot be used (bucket missing, credentials refused, storage unreachable).
 
-    def __init__(self, path: str | Path, ttl_seconds: int, secret: str = "") -> None:
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+    The message says which, in words an operator can act on, and holds no secret.
+    """
+
+
+class ImageStore(Protocol):
+    """Where images wait for the clients that asked for a URL."""
+
+    ttl_seconds: int
+
+    async def put(self, data: bytes, media_type: str = "image/png") -> str:
+        """Store ``data``; returns its name. Raises ``StoreUnavailable`` when the store cannot take it."""
+        ...
+
+    def url(self, name: str, base_url: str) -> str:
+        """The URL a client fetches ``name`` at; ``base_url`` is the gateway's own (for its ``/images/`` route)."""
+        ...
+
+    async def get(self, name: str) -> tuple[bytes, str] | None:
+        """The bytes and media type of a stored image; None when the name is forged, unknown or expired."""
+        ...
+
+    async def check(self) -> None:
+        """Raise ``StoreUnavailable`` when the store cannot be used (at start and in ``/ready``)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def gateway_url(name: str, base_url: str) -> str:
+    """The gateway's own URL for a stored image (its ``/images/{name}`` route)."""
+    return f"{base_url}/images/{name}"
+
+
+class SignedNames:
+    """Names ``<expiry hex><random>.<hmac>.<ext>``: unguessable, expiring, checked without I/O."""
+
+    def __init__(self, ttl_seconds: int, secret: str) -> None:
         self.ttl_seconds = ttl_seconds
-        self._key = (secret or kept_secret(self.path)).encode()
-        self._last_sweep = 0.0
+        self._key = (secret or secrets.token_hex(32)).encode()
 
     def _sign(self, token: str) -> str:
         return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()[:32]
 
-    async def put(self, data: bytes, media_type: str = "image/png") -> str:
-        """Store ``data``; returns the file name clients fetch it by (``<id>.<ext>``)."""
+    def new(self, media_type: str) -> str:
         expires = int(time.time()) + self.ttl_seconds
         token = f"{expires:x}{secrets.token_urlsafe(18)}"
-        name = f"{token}.{self._sign(token)}.{_EXTENSIONS.get(media_type, 'png')}"
-        await asyncio.to_thread(self._write, name, data)
-        return name
+        return f"{token}.{self._sign(token)}.{_EXTENSIONS.get(media_type, 'png')}"
 
-    def _write(self, name: str, data: bytes) -> None:
-        partial = self.path / f".{name}.partial"
-        partial.write_bytes(data)
-        partial.replace(self.path / name)
-        self._sweep_if_due()
-
-    async def get(self, name: str) -> tuple[bytes, str] | None:
-        """The bytes and media type of a stored image; None when the name is forged, unknown or expired."""
+    def media_type(self, name: str) -> str | None:
+        """The media type of a valid, unexpired name; None for a forged, foreign or expired one."""
         parts = name.split(".")
         if len(parts) != 3 or not hmac.compare_digest(self._sign(parts[0]), parts[1]):
             return None
@@ -103,11 +142,52 @@ class DirectoryImageStore:
             return None
         if expires < time.time():
             return None
+        return _MEDIA_TYPES.get(parts[2], "application/octet-stream")
+
+
+class DirectoryImageStore:
+    """Signed, expiring image files under one directory (replicas must share it, and the secret)."""
+
+    def __init__(self, path: str | Path, ttl_seconds: int, secret: str = "") -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.ttl_seconds = ttl_seconds
+        self.names = SignedNames(ttl_seconds, secret or kept_secret(self.path))
+        self._last_sweep = 0.0
+
+    async def put(self, data: bytes, media_type: str = "image/png") -> str:
+        """Store ``data``; returns the file name clients fetch it by (``<id>.<ext>``)."""
+        name = self.names.new(media_type)
+        await asyncio.to_thread(self._write, name, data)
+        return name
+
+    def url(self, name: str, base_url: str) -> str:
+        return gateway_url(name, base_url)
+
+    def _write(self, name: str, data: bytes) -> None:
+        partial = self.path / f".{name}.partial"
+        partial.write_bytes(data)
+        partial.replace(self.path / name)
+        self._sweep_if_due()
+
+    async def get(self, name: str) -> tuple[bytes, str] | None:
+        """The bytes and media type of a stored image; None when the name is forged, unknown or expired."""
+        media_type = self.names.media_type(name)
+        if media_type is None:
+            return None
         try:
             data = await asyncio.to_thread((self.path / name).read_bytes)
         except OSError:
             return None
-        return data, _MEDIA_TYPES.get(parts[2], "application/octet-stream")
+        return data, media_type
+
+    async def check(self) -> None:
+        """The directory exists (it was made at start); nothing else can be known without a write."""
+        if not self.path.is_dir():
+            raise StoreUnavailable(f"image_store.path {str(self.path)!r} is not a directory")
+
+    async def aclose(self) -> None:
+        return None
 
     def _sweep_if_due(self) -> None:
         """Delete expired files, at most once a minute (runs in the writer's thread)."""
@@ -121,3 +201,14 @@ class DirectoryImageStore:
                     file.unlink(missing_ok=True)
             except ValueError:
                 continue
+
+
+def build_image_store(config: ImageStoreConfig) -> ImageStore:
+    """The store the config names (``image_store.kind``)."""
+    from gateway.config import S3StoreConfig
+
+    if isinstance(config, S3StoreConfig):
+        from gateway.s3store import S3ImageStore
+
+        return S3ImageStore(config)
+    return DirectoryImageStore(config.path, config.ttl_seconds, config.secret)

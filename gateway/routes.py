@@ -8,6 +8,7 @@ runs it for every dialect route and renders any failure in the client's own enve
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,11 +19,12 @@ import structlog
 from litestar.types import Method
 
 from gateway import metrics
+from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
 from gateway.router import Attempts
 from gateway.state import Gateway
 from schemas import melious, nebul, nebulablock, openai, pomelo
-from schemas.canonical import GatewayError, ImageRequest, ImageResult, ResponseFormat
+from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 from schemas.disconnect import ClientGone, unless_client_leaves
 
@@ -84,15 +86,28 @@ async def decode_request(endpoint: Endpoint[Any, Any], request: ScopeInbound) ->
 
 
 async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: ScopeInbound) -> None:
-    """Give each image the form the client wants: a gateway URL for bytes when it asked for ``url``."""
+    """Give each image the form the client wants: a stored image's URL for bytes when it asked for ``url``.
+
+    One store call per image, all at once; a store that cannot take them is the client's
+    ``upstream_error`` (502). Clients that want base64 never reach the store.
+    """
     if wanted is not ResponseFormat.URL:
         return
-    for image in result.images:
-        if image.url is None:
-            data = image.as_bytes()
-            assert data is not None, "an image holds a URL, base64 or bytes"
-            name = await gateway.image_store.put(data, image.media_type)
-            image.url = f"{gateway.public_base_url or request.base_url()}/images/{name}"
+    pending = [image for image in result.images if image.url is None]
+    if not pending:
+        return
+    store = gateway.image_store
+    base_url = gateway.public_base_url or request.base_url()
+
+    async def publish(image: GeneratedImage) -> None:
+        data = image.as_bytes()
+        assert data is not None, "an image holds a URL, base64 or bytes"
+        image.url = store.url(await store.put(data, image.media_type), base_url)
+
+    try:
+        await asyncio.gather(*(publish(image) for image in pending))
+    except StoreUnavailable as exc:
+        raise GatewayError(ErrorCode.UPSTREAM_ERROR, f"the image could not be stored: {exc}") from exc
 
 
 @dataclass

@@ -10,7 +10,7 @@ from adapters.upstream import UpstreamClient
 from gateway.admission import Admission
 from gateway.config import GatewayConfig
 from gateway.cooldown import Cooldowns
-from gateway.imagestore import DirectoryImageStore
+from gateway.imagestore import ImageStore
 from gateway.router import Router
 
 __all__ = ["Gateway"]
@@ -23,7 +23,7 @@ class Gateway:
     config: GatewayConfig
     client: UpstreamClient
     router: Router
-    image_store: DirectoryImageStore
+    image_store: ImageStore
     admission: Admission
     cooldowns: Cooldowns
     redis: Any = None

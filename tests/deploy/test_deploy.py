@@ -27,7 +27,7 @@ from gateway import metrics
 from gateway.app import create_app
 from gateway.cli import build_parser
 from gateway.cli import main as cli_main
-from gateway.config import GatewayConfig, ImageStoreConfig, ServerConfig, parse_config
+from gateway.config import DirectoryStoreConfig, GatewayConfig, ServerConfig, parse_config
 from schemas import worker as protocol
 from schemas.canonical import ErrorCode
 from schemas.local import LocalBackendSettings
@@ -156,7 +156,7 @@ def code_spans(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient[Any]]:
     """The gateway app as the code builds it (no Redis, no providers), images in a temporary directory."""
-    config = GatewayConfig(image_store=ImageStoreConfig(path=str(tmp_path_factory.mktemp("images"))))
+    config = GatewayConfig(image_store=DirectoryStoreConfig(path=str(tmp_path_factory.mktemp("images"))))
     with TestClient(create_app(config)) as test_client:
         yield test_client
 
