@@ -44,6 +44,7 @@ DEFAULT_MAX_INFLIGHT_BODY_BYTES = 512 * 1024 * 1024
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+MAX_PRESIGNED_TTL_S = 7 * 86400  # SigV4's limit on a presigned URL
 
 
 class ConfigError(Exception):
@@ -190,6 +191,8 @@ class S3StoreConfig(_StoreConfig, tag="s3"):
     def __post_init__(self) -> None:
         if self.endpoint_url and not re.match(r"^https?://[^/\s]+", self.endpoint_url):
             raise ValueError("image_store.endpoint_url must be an http:// or https:// URL")
+        if self.url_mode == "presigned" and self.ttl_seconds > MAX_PRESIGNED_TTL_S:
+            raise ValueError("image_store.ttl_seconds: presigned URLs live 7 days at most (604800 s)")
         if bool(self.access_key_id) != bool(self.secret_access_key):
             raise ValueError("image_store: give both access_key_id and secret_access_key, or neither")
         if self.url_mode == "gateway" and not self.secret:

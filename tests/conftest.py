@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.emulators import EMULATORS, EmulatorServer, start_emulator
+from tests.seaweedfs import SeaweedFS, SeaweedFSUnavailable
 
 API_KEY = "test-key"
 
@@ -34,3 +35,14 @@ def http() -> Iterator[httpx.Client]:
     """A plain HTTP client for the tests' own requests."""
     with httpx.Client(timeout=30.0) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3-compatible server (SeaweedFS) for the session; the suite fails, never skips, without it."""
+    try:
+        server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    except SeaweedFSUnavailable as exc:
+        pytest.fail(f"the S3 tests need SeaweedFS: {exc}", pytrace=False)
+    yield server
+    server.stop()

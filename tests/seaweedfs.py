@@ -90,7 +90,8 @@ class SeaweedFS:
         command = [
             weed_binary(), "server", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.telemetry=false",
-            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=8",
+            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=0",  # slots by free disk
+            "-master.volumeSizeLimitMB=64",  # each bucket grows 7 volumes: small ones
             f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
             "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.config={config}",
@@ -101,24 +102,53 @@ class SeaweedFS:
         return self
 
     def _wait_up(self) -> None:
-        """Up when the S3 port answers an HTTP request (any status: anonymous requests are refused)."""
-        import urllib.error
-        import urllib.request
-
+        """Up when a write goes through: the S3 port answers before its volume server has joined."""
         assert self.process is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        last: Exception | None = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise SeaweedFSUnavailable(f"`weed server` exited at start: {self.log.read_text()[-2000:]}")
             try:
-                urllib.request.urlopen(self.endpoint + "/", timeout=1)
+                client = self.client()
+                client.create_bucket(Bucket="igw-ready")
+                client.put_object(Bucket="igw-ready", Key="probe", Body=b"ok")
                 return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
+            except Exception as exc:  # not up yet: connection refused, 500 while the volume server joins
+                last = exc
                 time.sleep(0.2)
         self.stop()
-        raise SeaweedFSUnavailable(f"SeaweedFS's S3 port did not answer in {STARTUP_TIMEOUT_S:g} s; log: {self.log}")
+        raise SeaweedFSUnavailable(f"SeaweedFS took no write in {STARTUP_TIMEOUT_S:g} s ({last!r}); log: {self.log}")
+
+    def client(self, secret_access_key: str = SECRET_KEY) -> Any:
+        """A botocore S3 client for the tests' own bucket work (create, lifecycle, list)."""
+        import botocore.config
+        import botocore.session
+
+        return botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=secret_access_key,
+            config=botocore.config.Config(signature_version="s3v4", retries={"max_attempts": 1}),
+        )
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def store_config(self, bucket: str, **overrides: Any) -> dict[str, Any]:
+        """An ``image_store`` section for ``bucket`` on this server."""
+        return {
+            "kind": "s3",
+            "bucket": bucket,
+            "endpoint_url": self.endpoint,
+            "region": "us-east-1",
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key": SECRET_KEY,
+            **overrides,
+        }
 
     def pause(self) -> None:
         """Stop the whole server (SIGSTOP): requests to it hang, as to storage gone away."""
@@ -130,15 +160,11 @@ class SeaweedFS:
         os.killpg(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
+        """Killed outright: its data is thrown away, and a graceful stop takes it seconds."""
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGCONT)
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            self.process.wait()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
