@@ -39,7 +39,8 @@ def describe_failure(config: S3StoreConfig, exc: BaseException) -> str:
         return f"image store: {where} refused the credentials (HTTP {code or 403}): check the keys and their rights"
     if code:
         return f"image store: {where} answered HTTP {code}"
-    return f"image store: {where} is unreachable ({type(exc).__name__})"
+    reason = "timed out" if "Timeout" in text or "TimedOut" in text else "no connection"
+    return f"image store: {where} is unreachable ({reason})"
 
 
 class S3ImageStore:

@@ -134,8 +134,12 @@ class SeaweedFS:
             config=botocore.config.Config(signature_version="s3v4", retries={"max_attempts": 1}),
         )
 
-    def create_bucket(self, name: str) -> str:
-        self.client().create_bucket(Bucket=name)
+    def create_bucket(self, name: str, prefix: str = "images/") -> str:
+        """A new bucket, written to once under ``prefix``: the first write grows the bucket's volumes and
+        makes the prefix's directory, which can take a second on a busy machine."""
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        client.put_object(Bucket=name, Key=f"{prefix}warm-up", Body=b"")
         return name
 
     def store_config(self, bucket: str, **overrides: Any) -> dict[str, Any]:

@@ -123,12 +123,12 @@ async def test_credentials_from_the_standard_aws_environment(
 
 
 async def test_expired_urls_are_refused(seaweedfs: SeaweedFS, bucket: str) -> None:
-    presigned = S3ImageStore(s3_config(seaweedfs, bucket, ttl_seconds=1))
-    gateway = S3ImageStore(s3_config(seaweedfs, bucket, ttl_seconds=1, url_mode="gateway", secret="s"))
+    presigned = S3ImageStore(s3_config(seaweedfs, bucket, ttl_seconds=2))
+    gateway = S3ImageStore(s3_config(seaweedfs, bucket, ttl_seconds=2, url_mode="gateway", secret="s"))
     url = presigned.url(await presigned.put(PNG), "")
     name = await gateway.put(PNG)
     assert httpx.get(url).status_code == 200
-    time.sleep(2.1)  # past both expiries (whole seconds)
+    time.sleep(3.1)  # past both expiries (whole seconds)
     refused = httpx.get(url)
     assert refused.status_code == 403 and b"expired" in refused.content.lower()
     assert await gateway.get(name) is None
