@@ -97,7 +97,7 @@ async def test_presigned_url_serves_the_image_from_the_bucket(seaweedfs: Seaweed
     assert fetched.headers["content-type"] == "image/png"
     assert await store.get(name) == (PNG, "image/png")
     keys = [item["Key"] for item in seaweedfs.client().list_objects_v2(Bucket=bucket)["Contents"]]
-    assert keys == [f"images/{name}"]
+    assert f"images/{name}" in keys
 
 
 async def test_gateway_mode_names_are_checked_before_the_bucket(seaweedfs: SeaweedFS, bucket: str) -> None:
