@@ -134,7 +134,7 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 1
-    problem = _store_problem(config)
+    problem = None if args.no_store else _store_problem(config)
     if problem:
         print(f"{args.file}: {problem}", file=sys.stderr)
         return 1
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     hashed.set_defaults(run=_hash_key)
     check = commands.add_parser("check-config", help="check a config file; prints every problem, exit 1")
     check.add_argument("file")
+    check.add_argument("--no-store", action="store_true", help="do not reach the image store's bucket")
     check.set_defaults(run=_check_config)
     setup = commands.add_parser("store-setup", help="give the s3 image store's bucket its lifecycle rule (expiry)")
     setup.add_argument("--config", help="YAML config file (default: the built-in one)")
