@@ -190,15 +190,14 @@ class S3StoreConfig(_StoreConfig, tag="s3"):
 
     def __post_init__(self) -> None:
         if self.endpoint_url and not re.match(r"^https?://[^/\s]+", self.endpoint_url):
-            raise ValueError("image_store.endpoint_url must be an http:// or https:// URL")
+            raise FieldValueError("endpoint_url", "endpoint_url must be an http:// or https:// URL")
         if self.url_mode == "presigned" and self.ttl_seconds > MAX_PRESIGNED_TTL_S:
-            raise ValueError("image_store.ttl_seconds: presigned URLs live 7 days at most (604800 s)")
+            raise FieldValueError("ttl_seconds", "presigned URLs live 7 days at most (604800 s)")
         if bool(self.access_key_id) != bool(self.secret_access_key):
-            raise ValueError("image_store: give both access_key_id and secret_access_key, or neither")
+            raise FieldValueError("secret_access_key", "give both access_key_id and secret_access_key, or neither")
         if self.url_mode == "gateway" and not self.secret:
-            raise ValueError(
-                "image_store.url_mode gateway needs image_store.secret: every replica signs and checks "
-                "image URLs with it"
+            raise FieldValueError(
+                "secret", "url_mode gateway needs image_store.secret: every replica signs and checks image URLs with it"
             )
         if self.prefix and not self.prefix.endswith("/"):
             self.prefix += "/"

@@ -48,7 +48,7 @@ _SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _SECRET_FIELDS = frozenset({"api_key", "authorization", "key", "token", "secret", "password", "x_api_key"})
 REDACTED = "[redacted]"
 # Config fields whose values are secrets, wherever they are in the config.
-_SECRET_CONFIG_FIELD = re.compile(r"(^|_)(api_key|secret|password|token)$")
+_SECRET_CONFIG_FIELD = re.compile(r"(^|_)(api_key|secret|secret_access_key|password|token)$")
 # The headers a client presents its key in (gateway.auth).
 _KEY_HEADERS = (b"authorization", b"x-api-key")
 # The key the request being served presents: every line written while serving it is scrubbed of it.

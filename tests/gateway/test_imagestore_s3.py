@@ -14,6 +14,7 @@ import yaml
 from gateway.cli import main as cli_main
 from gateway.config import ConfigError, DirectoryStoreConfig, S3StoreConfig, parse_config
 from gateway.imagestore import StoreUnavailable, build_image_store
+from gateway.logs import config_secrets
 from gateway.s3store import S3ImageStore
 from gateway.storesetup import RULE_ID, apply_lifecycle
 from tests.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
@@ -73,9 +74,14 @@ image_store:
     ],
 )
 def test_bad_s3_store_configs_are_refused_with_the_field(section: dict[str, Any], expected: str) -> None:
-    with pytest.raises(ConfigError, match="image_store") as raised:
+    with pytest.raises(ConfigError, match=r"at `\$\.image_store") as raised:
         store_section(yaml.safe_dump({"image_store": section}))
     assert expected in str(raised.value)
+
+
+def test_the_bucket_keys_are_kept_out_of_logs() -> None:
+    text = "image_store: {kind: s3, bucket: bkt, access_key_id: AKIAEXAMPLE, secret_access_key: s3-secret-value}"
+    assert "s3-secret-value" in config_secrets(parse_config(text, "<test>", {}))
 
 
 def test_the_store_the_config_names_is_built() -> None:
