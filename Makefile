@@ -7,13 +7,12 @@ HOST ?=
 PORT ?=
 CONFIG ?=
 # `make emulators` listens on EMULATOR_PORT..EMULATOR_PORT+3 (Melious, Nebul, Pomelo, NebulaBlock);
-# examples/emulators.yaml reads the four ports below, so `EMULATOR_PORT=9201 make emulators` and
-# `EMULATOR_PORT=9201 CONFIG=examples/emulators.yaml make run` go together.
+# examples/emulators.yaml reads MELIOUS_PORT..NEBULABLOCK_PORT, which `make run` sets from EMULATOR_PORT,
+# so `EMULATOR_PORT=9201 make emulators` and `EMULATOR_PORT=9201 CONFIG=examples/emulators.yaml make run`
+# go together. They are set for `make run` alone: exported, they would reach every recipe (the test suite too).
 EMULATOR_PORT ?= 9101
-export MELIOUS_PORT ?= $(EMULATOR_PORT)
-export NEBUL_PORT ?= $(shell expr $(EMULATOR_PORT) + 1)
-export POMELO_PORT ?= $(shell expr $(EMULATOR_PORT) + 2)
-export NEBULABLOCK_PORT ?= $(shell expr $(EMULATOR_PORT) + 3)
+EMULATOR_PORTS = MELIOUS_PORT=$(EMULATOR_PORT) NEBUL_PORT=$$(($(EMULATOR_PORT) + 1)) \
+	POMELO_PORT=$$(($(EMULATOR_PORT) + 2)) NEBULABLOCK_PORT=$$(($(EMULATOR_PORT) + 3))
 STAMP := $(VENV)/.installed
 # Optional: an index for hosts where plain torch==2.13.0 would resolve to a CUDA build.
 TORCH_INDEX ?=
@@ -30,7 +29,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+	$(EMULATOR_PORTS) $(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
