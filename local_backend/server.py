@@ -18,7 +18,8 @@ from litestar import Litestar, Request, Response, get, post
 
 from local_backend.engine import EngineStats, LocalEngine
 from schemas import worker as protocol
-from schemas.canonical import ErrorCode, GatewayError
+from schemas.canonical import ErrorCode, GatewayError, as_gateway_error
+from schemas.dialect import error_answer
 from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_client_leaves
 from schemas.local import LocalBackendSettings
 
@@ -62,19 +63,15 @@ def stats(request: Request[Any, Any, Any]) -> EngineStats:
 
 
 def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Any exception in the worker protocol's envelope: the same translation as the gateway's (``as_gateway_error``)."""
     if isinstance(exc, ClientGone):
         return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
-    if isinstance(exc, GatewayError):
-        error = exc
-    else:
-        status = getattr(exc, "status_code", 500)
-        if status < 500:
-            error = GatewayError(ErrorCode.INVALID_REQUEST, str(getattr(exc, "detail", exc)), status=status)
-        else:
-            log.error("worker_unhandled_exception", exc_info=exc)
-            error = GatewayError(ErrorCode.INTERNAL, "internal error in the local worker")
-    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after is not None else {}
-    return Response(protocol.encode_error(error), status_code=error.status, media_type=JSON, headers=headers)
+    error = as_gateway_error(exc)
+    if error is None:
+        log.error("worker_unhandled_exception", exc_info=exc)
+        error = GatewayError(ErrorCode.INTERNAL, "internal error in the local worker")
+    status, headers, body = error_answer(error, protocol.ERRORS)
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
 def create_worker_app(settings: LocalBackendSettings) -> Litestar:

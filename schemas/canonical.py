@@ -24,6 +24,7 @@ __all__ = [
     "ResponseFormat",
     "Timings",
     "Usage",
+    "as_gateway_error",
 ]
 
 
@@ -161,6 +162,26 @@ class GatewayError(Exception):
 
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+def as_gateway_error(exc: BaseException) -> GatewayError | None:
+    """``exc`` as the canonical error a client should see; None for an unexpected failure (the server
+    that caught it logs it and answers ``internal``). One translation for the gateway and the worker server.
+
+    A ``GatewayError`` is itself. A web framework's refusal of the HTTP request itself, below 500 (an
+    exception with an int ``status_code`` and a ``detail``, as Litestar's ``HTTPException``), is
+    ``invalid_request`` with that status.
+    """
+    if isinstance(exc, GatewayError):
+        return exc
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int) or status >= 500:
+        return None
+    message = _HTTP_REFUSALS.get(status) or str(getattr(exc, "detail", "") or "the request was refused")
+    return GatewayError(ErrorCode.INVALID_REQUEST, message, status=status)
+
+
+_HTTP_REFUSALS = {404: "no such route", 405: "method not allowed on this route"}
 
 
 class ImageRequest(msgspec.Struct, kw_only=True, frozen=True):

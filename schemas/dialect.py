@@ -13,9 +13,10 @@ import base64
 import binascii
 import enum
 import json
+import math
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import msgspec
 import msgspec.inspect
@@ -26,8 +27,10 @@ __all__ = [
     "BodyKind",
     "Buffer",
     "Endpoint",
+    "ErrorAnswer",
     "ErrorTable",
     "decode_b64_image",
+    "error_answer",
     "image_dimensions",
     "parse_size",
     "sniff_image",
@@ -309,6 +312,24 @@ class ErrorTable(abc.ABC):
     @abc.abstractmethod
     def parse(self, status: int, body: Buffer, retry_after: float | None = None) -> GatewayError:
         """A provider's error answer → canonical error (unknown codes fall back on the status)."""
+
+
+class ErrorAnswer(NamedTuple):
+    """An error as it goes on the wire: status, headers, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def error_answer(error: GatewayError, table: ErrorTable) -> ErrorAnswer:
+    """``error`` in the envelope of ``table``, with ``Retry-After`` in whole seconds when it has one."""
+    headers = dict(error.headers)
+    if error.retry_after is not None and "Retry-After" not in headers:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    if error.provider:
+        headers["X-Gateway-Provider"] = error.provider
+    return ErrorAnswer(error.status, headers, table.render(error))
 
 
 STATUS_FALLBACK: Mapping[int, ErrorCode] = {

@@ -38,3 +38,19 @@ def test_headers_the_error_carries_are_kept() -> None:
     status, headers, body = render(error, TABLES["openai"], 1024)
     assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
     assert json.loads(body)["error"]["message"] == "no key"
+
+
+def test_one_translation_serves_the_gateway_and_the_worker_server() -> None:
+    from litestar.exceptions import MethodNotAllowedException, NotFoundException, ValidationException
+
+    from schemas.canonical import as_gateway_error
+
+    assert as_gateway_error(KeyError("x")) is None  # unexpected: the server logs it and answers internal
+    own = GatewayError(ErrorCode.OVERLOADED, "busy")
+    assert as_gateway_error(own) is own
+    missing = as_gateway_error(NotFoundException())
+    assert missing is not None and (missing.status, missing.message) == (404, "no such route")
+    wrong = as_gateway_error(MethodNotAllowedException())
+    assert wrong is not None and wrong.status == 405 and wrong.code is ErrorCode.INVALID_REQUEST
+    refused = as_gateway_error(ValidationException(detail="bad field"))
+    assert refused is not None and (refused.status, refused.message) == (400, "bad field")
