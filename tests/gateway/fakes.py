@@ -7,12 +7,12 @@ from typing import Any
 
 import yaml
 
-from adapters.base import CallOptions
+from adapters.base import AdapterBase, CallOptions
 from gateway.config import GatewayConfig, parse_config
 from schemas.canonical import GatewayError, GeneratedImage, ImageRequest, ImageResult
 
 
-class ScriptedAdapter:
+class ScriptedAdapter(AdapterBase):
     """Answers each call with the next scripted outcome: a GatewayError is raised, anything else is a result."""
 
     def __init__(self, name: str, outcomes: Iterable[GatewayError | None] = ()) -> None:
@@ -29,8 +29,6 @@ class ScriptedAdapter:
             images=[GeneratedImage(b64_json="aW1n")] * request.n, created=1, model=request.model, provider=self.name
         )
 
-    async def aclose(self) -> None:
-        pass
 
 
 def config(providers: dict[str, dict[str, Any]], models: list[dict[str, Any]], **sections: Any) -> GatewayConfig:
