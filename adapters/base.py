@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from schemas.canonical import ImageRequest, ImageResult
+from schemas.canonical import ImageRequest, ImageResult, Progress
 
 __all__ = ["Adapter", "AdapterBase", "BackendObserver", "CallOptions", "HttpProviderSettings", "TimeoutSettings"]
 
@@ -17,6 +18,9 @@ class CallOptions(msgspec.Struct, kw_only=True, frozen=True):
     timeout: float | None = None  # seconds this call may take in all (the router also enforces it)
     # The client's request id, sent upstream as X-Request-ID so provider-side logs can be matched with ours.
     request_id: str | None = None
+    # Called on the event loop as the backend works (steps done, partial previews); backends that
+    # cannot tell how far they are never call it. It must not block and must not raise.
+    progress: Callable[[Progress], None] | None = None
 
 
 class BackendObserver(Protocol):

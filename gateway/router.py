@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import msgspec
@@ -24,13 +24,12 @@ from gateway.config import GatewayConfig, ModelConfig, TargetConfig
 from gateway.cooldown import Cooldowns
 from gateway.failures import cooling_down, current_request_id, tell_client
 from gateway.ratelimit import Limiter, limit_checks
-from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, ImageResult
+from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, ImageResult, Progress
 from schemas.policy import CooldownPolicy, ProviderPolicy, RateLimit, RetryPolicy
 
 __all__ = ["Plan", "Route", "Router"]
 
 log = structlog.get_logger("gateway.router")
-
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -160,10 +159,16 @@ class Router:
         return found
 
     async def generate(
-        self, request: ImageRequest, plan: Plan, deadline: float, attempts: Attempts | None = None
+        self,
+        request: ImageRequest,
+        plan: Plan,
+        deadline: float,
+        attempts: Attempts | None = None,
+        progress: Callable[[Progress], None] | None = None,
     ) -> ImageResult:
         """Each target of ``plan`` that can serve the request, retried by its policy; a retryable failure falls back.
 
+        ``progress`` is handed to each call (``CallOptions.progress``).
         A failure reaches the client in the gateway's own words about the model it asked for
         (``gateway.failures``); what the upstream said was logged with each attempt.
         """
@@ -183,7 +188,7 @@ class Router:
                 attempts.fallbacks += 1
                 metrics.FALLBACKS.labels(plan.model.name).inc()
             try:
-                result = await self._call(route, request, deadline, attempts)
+                result = await self._call(route, request, deadline, attempts, progress)
             except GatewayError as error:
                 if not error.retryable or time.monotonic() >= deadline:
                     raise tell_client(error, request.model) from error.__cause__
@@ -214,10 +219,17 @@ class Router:
                 return refusal
         return None
 
-    async def _call(self, route: Route, request: ImageRequest, deadline: float, attempts: Attempts) -> ImageResult:
+    async def _call(
+        self,
+        route: Route,
+        request: ImageRequest,
+        deadline: float,
+        attempts: Attempts,
+        progress: Callable[[Progress], None] | None,
+    ) -> ImageResult:
         upstream = msgspec.structs.replace(request, model=route.target.model)
         try:  # the first call goes straight: the retry machinery costs only when something failed
-            return await self._attempt(route, upstream, deadline, attempts)
+            return await self._attempt(route, upstream, deadline, attempts, progress)
         except GatewayError as error:
             if not error.retry_same_target or route.retry.attempts < 2:
                 raise
@@ -234,10 +246,17 @@ class Router:
                     raise first_failure  # tenacity waits and counts from the call already made
                 attempts.retries += 1
                 metrics.RETRIES.labels(route.provider).inc()
-                return await self._attempt(route, upstream, deadline, attempts)
+                return await self._attempt(route, upstream, deadline, attempts, progress)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _attempt(self, route: Route, request: ImageRequest, deadline: float, attempts: Attempts) -> ImageResult:
+    async def _attempt(
+        self,
+        route: Route,
+        request: ImageRequest,
+        deadline: float,
+        attempts: Attempts,
+        progress: Callable[[Progress], None] | None,
+    ) -> ImageResult:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, "the request's deadline passed before an answer")
@@ -245,7 +264,7 @@ class Router:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
-                options = CallOptions(timeout=timeout, request_id=current_request_id())
+                options = CallOptions(timeout=timeout, request_id=current_request_id(), progress=progress)
                 result = await route.adapter.generate(request, options)
         except TimeoutError:
             error = GatewayError(

@@ -21,6 +21,7 @@ __all__ = [
     "ImageRequest",
     "ImageResult",
     "Operation",
+    "Progress",
     "ResponseFormat",
     "Timings",
     "Usage",
@@ -206,6 +207,10 @@ class ImageRequest(msgspec.Struct, kw_only=True, frozen=True):
     background: str | None = None
     output_format: str | None = None
     response_format: ResponseFormat = ResponseFormat.URL
+    # Streamed answers (OpenAI's ``stream``): the client reads server-sent events, with up to
+    # ``partial_images`` previews before the final image.
+    stream: bool = False
+    partial_images: int = 0
     images: tuple[bytes, ...] = ()
     mask: bytes | None = None
     user: str | None = None
@@ -244,6 +249,19 @@ class GeneratedImage(msgspec.Struct, kw_only=True):
         if self.data is None and self.b64_json is not None:
             self.data = base64.b64decode(self.b64_json)
         return self.data
+
+
+class Progress(msgspec.Struct, kw_only=True):
+    """How far one generation is, as a backend reports it while it works.
+
+    ``step`` of ``steps`` denoising steps are done. ``preview`` is a partial image (number
+    ``index`` of the request's ``partial_images``) when the backend drew one at this step.
+    """
+
+    step: int
+    steps: int
+    preview: GeneratedImage | None = None
+    index: int = 0
 
 
 class Timings(msgspec.Struct, kw_only=True):
