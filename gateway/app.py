@@ -34,6 +34,7 @@ from gateway.redis_health import start_probe
 from gateway.router import Router
 from gateway.routes import MOUNTS
 from gateway.state import Gateway
+from gateway.webhooks import Webhooks
 from schemas.canonical import ErrorCode, GatewayError
 
 __all__ = ["create_app"]
@@ -93,6 +94,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     if auth.open:
         log.warning("gateway_open", detail="no inbound API keys configured: every client is admitted")
     image_store = await start_image_store(config)
+    webhooks = Webhooks(config)
     app.state.gateway = Gateway(
         config=config,
         client=client,
@@ -100,6 +102,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         image_store=image_store,
         admission=Admission(config, auth, limiter),
         cooldowns=cooldowns,
+        webhooks=webhooks,
         redis=redis_client,
         adapters=adapters,
     )
@@ -113,6 +116,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await limiter.aclose()
         await client.aclose()
         await image_store.aclose()
+        await webhooks.aclose()
 
 
 @get("/health", sync_to_thread=False, tags=["ops"])

@@ -6,10 +6,13 @@ config never gets as far as serving.
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -24,10 +27,12 @@ __all__ = [
     "DirectoryStoreConfig",
     "GatewayConfig",
     "ImageStoreConfig",
+    "KeyWebhooks",
     "ModelConfig",
     "ProviderConfig",
     "S3StoreConfig",
     "TargetConfig",
+    "WebhooksConfig",
     "load_config",
     "parse_config",
     "require_models",
@@ -247,6 +252,64 @@ class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     probe_interval_s: Seconds = 5.0
 
 
+_WHSEC = re.compile(r"^whsec_([A-Za-z0-9+/]+={0,2})$")
+# A host an allow-list entry matches: a name (`hooks.example.com`), every name under a domain
+# (`*.example.com`), or an IP address.
+HOST_PATTERN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class KeyWebhooks(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Webhooks of one inbound key (gateway/webhooks.py): the signing secret, a default URL, the hosts it may call."""
+
+    secret: str  # Standard Webhooks form: whsec_<base64 of 24-64 random bytes>
+    url: str = ""  # the default when a job names no X-Webhook-URL; empty: none
+    allow_hosts: list[str] = []  # hosts an X-Webhook-URL may name; the default url's host always may
+    allow_private: bool = False  # let this key call private, loopback and link-local addresses
+    allow_http: bool = False  # let this key call http:// URLs (https only otherwise)
+
+    def __post_init__(self) -> None:
+        match = _WHSEC.match(self.secret)
+        try:
+            key = base64.b64decode(match.group(1), validate=True) if match else b""
+        except ValueError:
+            key = b""
+        if not 24 <= len(key) <= 64:
+            raise FieldValueError("secret", "secret must be whsec_<base64 of 24 to 64 bytes> (Standard Webhooks)")
+        for index, host in enumerate(self.allow_hosts):
+            if not (HOST_PATTERN.match(host) or _is_ip(host)):
+                raise FieldValueError(
+                    f"allow_hosts[{index}]",
+                    "an allow_hosts entry is a lower-case host name, *.domain or an IP address (no scheme or port)",
+                )
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise FieldValueError("url", "url must be an https:// URL")
+            if parts.scheme == "http" and not self.allow_http:
+                raise FieldValueError("url", "url is http://: give allow_http: true, or use https://")
+
+
+class WebhooksConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How webhooks are delivered (every key's): attempts, backoff, timeouts."""
+
+    attempts: PositiveInt = 8  # deliveries of one event at most, the first included
+    backoff_initial_s: Seconds = 1.0  # the wait before the first retry; doubled before each next one
+    backoff_max_s: Seconds = 300.0  # the longest wait between two attempts
+    give_up_after_s: Seconds = 3600.0  # no retry starts later than this after the first attempt
+    timeout_s: Seconds = 10.0  # one attempt, connection and answer
+    resolve_timeout_s: Seconds = 2.0  # resolving a URL's host when a job names it
+    # The webhooks of an open gateway (no auth.keys): every request is anonymous. null: none.
+    anonymous: KeyWebhooks | None = None
+
+
 class InboundKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A client's API key, stored as ``sha256:<hex>`` (``image-gateway hash-key`` makes one)."""
 
@@ -255,6 +318,7 @@ class InboundKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     models: list[str] | None = None  # None: every model
     limits: RateLimit | None = None
     revoked: bool = False
+    webhooks: KeyWebhooks | None = None  # null: jobs of this key cannot ask for webhooks
 
 
 class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -273,6 +337,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     image_store: ImageStoreConfig = msgspec.field(default_factory=DirectoryStoreConfig)
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
+    webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
 
     def __post_init__(self) -> None:
         problems = cross_check(self)
@@ -367,6 +432,7 @@ def _check_parts(raw: dict[str, Any], errors: list[str]) -> None:
         "redis": RedisConfig,
         "auth": AuthConfig,
         "image_store": ImageStoreConfig,
+        "webhooks": WebhooksConfig,
     }
     for key, value in raw.items():
         if key in sections:

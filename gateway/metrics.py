@@ -127,6 +127,18 @@ LOCAL_BATCH_DURATION = Histogram(
     namespace=NAMESPACE,
     buckets=LATENCY_BUCKETS,
 )
+WEBHOOK_DELIVERIES = Counter(
+    "webhook_deliveries",
+    "Webhook attempts, by outcome: ok (a 2xx), status (another answer), timeout, network_error, refused.",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+WEBHOOK_FAILURES = Counter(
+    "webhook_failures",
+    "Webhooks given up on, by reason: exhausted (attempts or time spent), refused (a URL or address not allowed).",
+    ["reason"],
+    namespace=NAMESPACE,
+)
 
 
 def render() -> bytes:

@@ -12,6 +12,7 @@ from gateway.config import GatewayConfig
 from gateway.cooldown import Cooldowns
 from gateway.imagestore import ImageStore
 from gateway.router import Router
+from gateway.webhooks import Webhooks
 
 __all__ = ["Gateway"]
 
@@ -26,6 +27,7 @@ class Gateway:
     image_store: ImageStore
     admission: Admission
     cooldowns: Cooldowns
+    webhooks: Webhooks
     redis: Any = None
     adapters: dict[str, Adapter] = field(default_factory=dict)
 

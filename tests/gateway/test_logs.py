@@ -107,6 +107,29 @@ models: [{{name: m, targets: [{{provider: a, model: m}}]}}]
     assert set(config_secrets(config)) == {REDIS_PASSWORD, STORE_SECRET, UPSTREAM_KEY, "url-pw-1234"}
 
 
+def test_webhook_secrets_are_config_secrets_and_scrubbed(capfd: pytest.CaptureFixture[str]) -> None:
+    """A key's webhook secret and the open gateway's (``webhooks.anonymous.secret``) are found and never written."""
+    key_secret = "whsec_" + "a2V5LXdlYmhvb2stc2VjcmV0LTAxMjM0NTY3ODk="
+    anonymous_secret = "whsec_" + "YW5vbi13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5"
+    config = parse_config(
+        f"""
+auth:
+  keys: [{{name: a, hash: "sha256:{"0" * 64}", webhooks: {{secret: {key_secret}}}}}]
+webhooks: {{anonymous: {{secret: {anonymous_secret}}}}}
+"""
+    )
+    assert {key_secret, anonymous_secret} <= set(config_secrets(config))
+    configure_logging("debug", log_prompts=True, secrets=config_secrets(config))
+    capfd.readouterr()
+    try:
+        structlog.get_logger("t").info("signing", detail=f"with {key_secret} and {anonymous_secret}")
+    finally:
+        configure_logging()
+    out = capfd.readouterr().out
+    assert key_secret not in out and anonymous_secret not in out
+    assert lines(out)[0]["detail"] == "with [redacted] and [redacted]"
+
+
 def test_standard_library_records_are_scrubbed(logged: pytest.CaptureFixture[str]) -> None:
     """What uvicorn and other libraries log through ``logging`` (their own handlers, not ours) is scrubbed too."""
     stream = io.StringIO()
