@@ -4,14 +4,16 @@ In the order the pipeline asks (``gateway.routes.serve``): the key, from the hea
 (``authorize``); room for the body in the in-flight budget (``BodyBudget``, taken by
 ``gateway.inbound`` as the body is read); the inputs within the configured bounds
 (``check_inputs``); then model access and the key's and the model's rate limits
-(``admit``). The provider's own limits are checked by the router, per target.
+(``admit``), and the key's budget with them (``gateway.accounting``), settled by
+``settle`` when the request ends. The provider's own limits are checked by the router, per target.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway import metrics
+from gateway import accounting, metrics
+from gateway.accounting import Reservation
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, InboundKey, ModelConfig
 from gateway.ratelimit import ALLOWED, Decision, Limiter, limit_checks
@@ -53,6 +55,9 @@ class Admission:
         self.auth = auth
         self.limiter = limiter
         self.body_budget = BodyBudget(config.server.max_inflight_body_bytes)
+        for key in config.auth.keys:
+            if key.budget is not None:
+                metrics.BUDGET_AMOUNT.labels(key.name, key.budget.currency).set(key.budget.amount)
 
     def authorize(self, headers: Mapping[str, str]) -> InboundKey | None:
         """The caller's key (None when the gateway is open), from the headers alone: before any body is read."""
@@ -82,7 +87,8 @@ class Admission:
                 )
 
     async def admit(self, key: InboundKey | None, request: ImageRequest, model: ModelConfig) -> Decision:
-        """The key may use the model, and the key's and the model's rate limits admit the request."""
+        """The key may use the model, the key's and the model's rate limits admit the request, and the
+        key's budget has room for its estimated cost (reserved: the decision's ``reservation``)."""
         if key is not None and key.models is not None and not {request.model, model.name} & set(key.models):
             raise GatewayError(
                 ErrorCode.MODEL_NOT_FOUND,
@@ -94,10 +100,25 @@ class Admission:
         if key is not None:
             key_limits = key.limits or self.config.auth.default_limits
             checks += limit_checks(key_limits, "key", key.name, request.n, prefix)
-        if not checks:
+        budget = None
+        if key is not None and key.budget is not None:
+            estimated = accounting.estimate(model, request)  # None: unpriced, admitted without a reservation
+            if estimated is not None:
+                budget = accounting.budget_check(key, estimated, prefix)
+        if not checks and budget is None:
             return ALLOWED
-        decision = await self.limiter.check(checks)
+        decision = await self.limiter.check(checks, [budget] if budget is not None else [])
         if not decision.allowed:
-            metrics.RATE_LIMITED.labels(decision.scope).inc()
+            if decision.budget is not None:
+                metrics.BUDGET_REFUSED.labels(decision.budget.name).inc()
+            else:
+                metrics.RATE_LIMITED.labels(decision.scope).inc()
             raise decision.refusal()
         return decision
+
+    async def settle(self, reservation: Reservation, actual: int) -> None:
+        """The request ended: its reservation becomes ``actual`` micros (0: a failed request gives it all back)."""
+        spent = await self.limiter.settle(reservation, actual)
+        for check, total in zip(reservation.checks, spent, strict=False):
+            if total >= 0:
+                metrics.BUDGET_SPENT.labels(check.name, check.budget.currency).set(total / accounting.MICROS)

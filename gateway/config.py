@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from gateway.accounting import BudgetConfig, PriceConfig, currency_problems
 from schemas.canonical import Operation
 from schemas.local import LocalBackendSettings
 from schemas.policy import ProviderPolicy, RateLimit
@@ -147,6 +148,7 @@ class TargetConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_height: PositiveInt | None = None
     max_n: PositiveInt | None = None
     operations: list[Operation] | None = None
+    price: PriceConfig | None = None  # None: unpriced (gateway/accounting.py)
 
 
 class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -317,6 +319,7 @@ class InboundKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hash: Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
     models: list[str] | None = None  # None: every model
     limits: RateLimit | None = None
+    budget: BudgetConfig | None = None  # None: no budget (gateway/accounting.py)
     revoked: bool = False
     webhooks: KeyWebhooks | None = None  # null: jobs of this key cannot ask for webhooks
 
@@ -363,7 +366,7 @@ def cross_check(config: GatewayConfig) -> list[str]:
                     f"model {model.name!r} targets provider {target.provider!r}, which is not under `providers`"
                     f" - at `$.models[{index}].targets[{number}].provider`"
                 )
-    return problems
+    return problems + currency_problems(config)
 
 
 def require_models(config: GatewayConfig, source: str = "<config>") -> None:

@@ -94,6 +94,39 @@ RATE_LIMITED = Counter(
     "rate_limited", "Requests refused (or targets skipped) by a rate limit, by scope.", ["scope"], namespace=NAMESPACE
 )
 IMAGES = Counter("images_generated", "Images returned to clients.", ["provider"], namespace=NAMESPACE)
+# Cost and budgets (gateway/accounting.py); `key` is the inbound key's name ("none" on an open gateway).
+COST = Counter(
+    "cost",
+    "What answered requests cost at the configured prices, in units of `currency`.",
+    ["model", "provider", "key", "currency"],
+    namespace=NAMESPACE,
+)
+UNPRICED_IMAGES = Counter(
+    "unpriced_images",
+    "Images returned by targets without a price: their cost is unknown, not zero.",
+    ["model", "provider", "key"],
+    namespace=NAMESPACE,
+)
+BUDGET_REFUSED = Counter(
+    "budget_refused",
+    "Requests refused (insufficient_quota) because the key's budget for the period was spent.",
+    ["key"],
+    namespace=NAMESPACE,
+)
+BUDGET_SPENT = Gauge(
+    "budget_spent",
+    "What the key's current budget period has spent (as last settled by this gateway), in units of `currency`.",
+    ["key", "currency"],
+    namespace=NAMESPACE,
+    multiprocess_mode="mostrecent",
+)
+BUDGET_AMOUNT = Gauge(
+    "budget_amount",
+    "The key's configured budget per period, in units of `currency`.",
+    ["key", "currency"],
+    namespace=NAMESPACE,
+    multiprocess_mode="max",
+)
 BODY_BYTES_IN_FLIGHT = Gauge(
     "inbound_body_bytes_in_flight",
     "Bytes of request bodies held now, against server.max_inflight_body_bytes.",

@@ -18,7 +18,8 @@ import msgspec
 import structlog
 from litestar.types import Method
 
-from gateway import metrics
+from gateway import accounting, metrics
+from gateway.accounting import Cost, Reservation
 from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
 from gateway.router import Attempts
@@ -35,6 +36,7 @@ log = structlog.get_logger("gateway.request")
 JSON = "application/json"
 PROVIDER_HEADER = "X-Gateway-Provider"
 ATTEMPTS_HEADER = "X-Gateway-Attempts"  # upstream calls made for this request, retries and fallbacks included
+COST_HEADER = "X-Gateway-Cost"  # `0.0120 USD`; absent when the target that answered has no price
 
 
 class Mount(NamedTuple):
@@ -122,12 +124,20 @@ class RequestRecord:
     images: int = 0
     prompt: str | None = None
     attempts: Attempts = field(default_factory=Attempts)
+    key: str = "none"  # the inbound key's name
+    cost: Cost | None = None  # of an answered request; None: unpriced (gateway/accounting.py)
+    reservation: Reservation | None = None  # of the key's budget, settled when the request ends
 
     def finish(self, seconds: float) -> None:
         metrics.child(metrics.REQUESTS, self.dialect, self.operation, self.model, self.provider, self.outcome).inc()
         metrics.child(metrics.REQUEST_DURATION, self.dialect, self.outcome).observe(seconds)
         if self.images:
             metrics.child(metrics.IMAGES, self.provider).inc(self.images)
+            if self.cost is not None:
+                labels = (self.model, self.provider, self.key, self.cost.currency)
+                metrics.child(metrics.COST, *labels).inc(float(self.cost.amount))
+            else:
+                metrics.child(metrics.UNPRICED_IMAGES, self.model, self.provider, self.key).inc(self.images)
         log.info(
             "request",
             dialect=self.dialect,
@@ -136,6 +146,7 @@ class RequestRecord:
             provider=self.provider,
             outcome=self.outcome,
             images=self.images,
+            cost=str(self.cost) if self.cost is not None else ("unpriced" if self.images else None),
             tried=[f"{provider}:{outcome}" for provider, outcome in self.attempts.tried],
             upstream_ms=self.attempts.durations_ms,
             retries=self.attempts.retries,
@@ -157,12 +168,14 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     deadline = time.monotonic() + gateway.config.server.request_deadline_s
     admission = gateway.admission
     key = admission.authorize(request.headers)  # before reading the body: refusals stay cheap
+    record.key = key.name if key is not None else "none"
     canonical = await decode_request(endpoint, request)
     record.prompt = canonical.prompt
     admission.check_inputs(canonical)
     plan = gateway.router.plan(canonical.model)  # the model, resolved once
     record.model = plan.model.name
     decision = await admission.admit(key, canonical, plan.model)
+    record.reservation = decision.reservation
     # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled.
     generation = gateway.router.generate(canonical, plan, deadline, record.attempts)
     result = await unless_client_leaves(request.receive, generation)
@@ -170,8 +183,11 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     await deliver(gateway, result, canonical.response_format, request)
     body = msgspec.json.encode(endpoint.encode_result(result, canonical))
     record.images = len(result.images)
+    record.cost = accounting.cost_of(plan.model, canonical, result)
     headers = {PROVIDER_HEADER: result.provider, ATTEMPTS_HEADER: str(record.attempts.calls)}
-    if decision.limit:
+    if record.cost is not None:
+        headers[COST_HEADER] = record.cost.header()
+    if decision.limit or decision.policies:
         headers.update(decision.headers())
     return Answer(body, headers)
 
@@ -196,4 +212,7 @@ async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request
         raise
     finally:
         metrics.IN_FLIGHT.dec()
+        if record.reservation is not None:  # answered: the actual cost; failed: all of it given back
+            actual = record.cost.micros if record.outcome == "ok" and record.cost is not None else 0
+            await gateway.admission.settle(record.reservation, actual)
         record.finish(time.perf_counter() - started)
