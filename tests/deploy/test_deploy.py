@@ -427,6 +427,11 @@ def test_dashboard_covers_the_operator_questions() -> None:
         "image_gateway_local_queue_depth",
         "image_gateway_local_batch_size_images_bucket",
         "image_gateway_local_batch_duration_seconds_bucket",
+        "image_gateway_cost_total",  # cost and budgets
+        "image_gateway_unpriced_images_total",
+        "image_gateway_budget_spent",
+        "image_gateway_budget_amount",
+        "image_gateway_budget_refused_total",
     }
     assert wanted <= read, f"no panel reads {sorted(wanted - read)}"
     quantiles = " ".join(expr for expr in dashboard_exprs() if "histogram_quantile" in expr)
