@@ -242,6 +242,7 @@ class MemoryLimiter:
         self._sweep(now, wall_ms)
         new_tats: list[float] = []
         states: list[float] = []
+        unchanged: list[float] = []  # the states if nothing is charged
         refused: list[float] | None = None
         decide, least, reset = 0, math.inf, 0.0
         for index, check in enumerate(checks):
@@ -256,6 +257,7 @@ class MemoryLimiter:
             new_tats.append(now + new_ahead)
             remaining = math.floor((burst - new_ahead) / interval)
             states += [remaining, new_ahead]
+            unchanged += [math.floor((burst - ahead) / interval), ahead]
             if remaining < least:
                 decide, least, reset = index, remaining, new_ahead
         spent = [self._spent.get(budget.key, (0, 0))[0] for budget in budgets]
@@ -264,7 +266,7 @@ class MemoryLimiter:
                 renew = budget.period_end_ms - wall_ms
                 refused = [0, len(checks) + number + 1, budget.limit - spent[number], renew, renew]
         if refused is not None:
-            return _decision(checks, budgets, "memory", [*refused, *states])
+            return _decision(checks, budgets, "memory", [*refused, *unchanged])
         for check, new_tat in zip(checks, new_tats, strict=True):
             self._tats[check.key] = new_tat
         for number, budget in enumerate(budgets):

@@ -11,12 +11,13 @@
 --   ARGV[b+3]: the period's end (epoch ms)   ARGV[b+4]: when the counter expires (epoch ms)
 -- Returns {admitted (1|0), index of the deciding check (1-based, budgets after the limits),
 --          remaining units, retry after (ms, 0 when admitted), reset (ms until the deciding
---          limit is full again), then per rate limit: remaining, reset (ms), then per budget:
+--          limit is full again), then per rate limit: remaining, reset (ms) (after this request
+--          when admitted, as they were when refused), then per budget:
 --          spent and reserved in this period (micros, after this request when admitted)}
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 local g = tonumber(ARGV[1])
-local new_tats, states = {}, {}
+local new_tats, states, unchanged = {}, {}, {}
 local refused = nil
 local decide, least, reset = 1, nil, 0
 for i = 1, g do
@@ -37,6 +38,8 @@ for i = 1, g do
   local remaining = math.floor((burst - new_ahead) / interval)
   states[#states + 1] = remaining
   states[#states + 1] = math.ceil(new_ahead)
+  unchanged[#unchanged + 1] = math.floor((burst - ahead) / interval)  -- the state if nothing is charged
+  unchanged[#unchanged + 1] = math.ceil(ahead)
   if least == nil or remaining < least then decide, least, reset = i, remaining, new_ahead end
 end
 local spent = {}
@@ -50,7 +53,7 @@ for j = 1, #KEYS - g do
   end
 end
 if refused ~= nil then
-  for _, value in ipairs(states) do refused[#refused + 1] = value end
+  for _, value in ipairs(unchanged) do refused[#refused + 1] = value end
   for j = 1, #spent do refused[#refused + 1] = spent[j] end
   return refused
 end
