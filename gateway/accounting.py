@@ -113,12 +113,15 @@ class Cost(NamedTuple):
 def image_price(
     price: PriceConfig, width: int | None, height: int | None, steps: int | None, quality: str | None
 ) -> Decimal:
-    """The price of one image of that size, steps and quality."""
-    megapixels = Decimal(width * height) / _MEGAPIXEL if width and height else _decimal(price.default_megapixels)
+    """The price of one image of that size, steps and quality (never below zero, whatever a client sends)."""
+    if width is not None and height is not None and width > 0 and height > 0:
+        megapixels = Decimal(width * height) / _MEGAPIXEL
+    else:
+        megapixels = _decimal(price.default_megapixels)
     base = (
         _decimal(price.per_image)
         + _decimal(price.per_megapixel) * megapixels
-        + _decimal(price.per_step) * (steps if steps is not None else price.default_steps)
+        + _decimal(price.per_step) * max(0, steps if steps is not None else price.default_steps)
     )
     factor = _decimal(price.quality[quality]) if quality is not None and quality in price.quality else Decimal(1)
     return base * factor

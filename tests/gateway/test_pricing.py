@@ -71,6 +71,11 @@ def test_unknown_size_and_steps_take_the_price_defaults() -> None:
     assert image_price(price, 1000, 1000, 0, None) == Decimal("0.010")
 
 
+def test_a_client_cannot_make_a_price_negative() -> None:
+    price = PriceConfig(per_image=0.01, per_megapixel=1.0, per_step=0.01)
+    assert image_price(price, -1000, -1000, -50, None) == Decimal("1.01")  # no size, no steps: the defaults (1 MP, 0)
+
+
 def test_prices_are_exact_decimals_not_binary_floats() -> None:
     # 0.1 + 0.2 in floats is 0.30000000000000004; here it is what the operator wrote.
     price = PriceConfig(per_image=0.1, per_step=0.2)
