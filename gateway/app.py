@@ -22,6 +22,7 @@ from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.cooldown import Cooldowns
+from gateway.dedup import Dedup
 from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
 from gateway.imagestore import ImageStore, StoreUnavailable, build_image_store
@@ -95,14 +96,16 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         log.warning("gateway_open", detail="no inbound API keys configured: every client is admitted")
     image_store = await start_image_store(config)
     webhooks = Webhooks(config)
+    router = Router(config, adapters, limiter, cooldowns)
     app.state.gateway = Gateway(
         config=config,
         client=client,
-        router=Router(config, adapters, limiter, cooldowns),
+        router=router,
         image_store=image_store,
         admission=Admission(config, auth, limiter),
         cooldowns=cooldowns,
         webhooks=webhooks,
+        dedup=Dedup(config, router, image_store, redis_client),
         redis=redis_client,
         adapters=adapters,
     )

@@ -151,6 +151,12 @@ class TargetConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     price: PriceConfig | None = None  # None: unpriced (gateway/accounting.py)
 
 
+class ResultCache(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Keep this model's seeded results (gateway/dedup.py): only for backends known to be deterministic."""
+
+    ttl_s: Seconds  # how long a result is answered from the cache (at most the image store's ttl_seconds)
+
+
 class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A model clients may ask for, by its name or any alias, and its ordered targets."""
 
@@ -158,6 +164,7 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     targets: Annotated[list[TargetConfig], msgspec.Meta(min_length=1)]
     aliases: list[str] = []
     limits: RateLimit | None = None
+    cache: ResultCache | None = None  # null: every seeded request is generated (identical ones still share)
 
 
 class _StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
@@ -215,6 +222,14 @@ class S3StoreConfig(_StoreConfig, tag="s3"):
 ImageStoreConfig = DirectoryStoreConfig | S3StoreConfig
 
 
+class DedupConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One generation for identical seeded requests (gateway/dedup.py)."""
+
+    enabled: bool = True  # concurrent identical seeded requests share one generation
+    across_keys: bool = False  # share (and answer from the cache) across inbound keys too
+    memory_cache_bytes: PositiveInt = 16 * 1024 * 1024  # the in-process result cache's bound, without Redis
+
+
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The listening socket and the limits on what a client may send."""
 
@@ -234,6 +249,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace_s: Seconds = 30.0  # on SIGTERM: stop accepting, let requests in flight finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
+    dedup: DedupConfig = msgspec.field(default_factory=DedupConfig)
 
     def __post_init__(self) -> None:
         if self.max_inflight_body_bytes < self.max_body_bytes:

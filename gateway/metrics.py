@@ -172,6 +172,13 @@ WEBHOOK_FAILURES = Counter(
     ["reason"],
     namespace=NAMESPACE,
 )
+CACHE_LOOKUPS = Counter(
+    "cache_lookups",
+    "Seeded requests by how they were answered: hit (from the result cache), miss (generated), "
+    "shared (joined an identical generation in progress).",
+    ["model", "outcome"],
+    namespace=NAMESPACE,
+)
 
 
 def render() -> bytes:

@@ -20,6 +20,7 @@ from litestar.types import Method
 
 from gateway import accounting, metrics
 from gateway.accounting import Cost, Reservation
+from gateway.dedup import CACHE_HEADER
 from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
 from gateway.router import Attempts
@@ -27,7 +28,7 @@ from gateway.state import Gateway
 from schemas import melious, nebul, nebulablock, openai, pomelo
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
-from schemas.disconnect import ClientGone, unless_client_leaves
+from schemas.disconnect import ClientGone
 
 __all__ = ["MOUNTS", "Mount", "errors_for_path", "serve_recorded"]
 
@@ -176,9 +177,10 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     record.model = plan.model.name
     decision = await admission.admit(key, canonical, plan.model)
     record.reservation = decision.reservation
-    # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled.
-    generation = gateway.router.generate(canonical, plan, deadline, record.attempts)
-    result = await unless_client_leaves(request.receive, generation)
+    # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled; a
+    # generation shared by identical seeded requests, or answered from the cache: gateway.dedup.
+    key_name = key.name if key is not None else None
+    result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts, request.receive)
     record.provider = result.provider
     await deliver(gateway, result, canonical.response_format, request)
     body = msgspec.json.encode(endpoint.encode_result(result, canonical))
@@ -187,6 +189,8 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     headers = {PROVIDER_HEADER: result.provider, ATTEMPTS_HEADER: str(record.attempts.calls)}
     if record.cost is not None:
         headers[COST_HEADER] = record.cost.header()
+    if cache is not None:
+        headers[CACHE_HEADER] = cache
     if decision.limit or decision.policies:
         headers.update(decision.headers())
     return Answer(body, headers)

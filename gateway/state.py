@@ -10,6 +10,7 @@ from adapters.upstream import UpstreamClient
 from gateway.admission import Admission
 from gateway.config import GatewayConfig
 from gateway.cooldown import Cooldowns
+from gateway.dedup import Dedup
 from gateway.imagestore import ImageStore
 from gateway.router import Router
 from gateway.webhooks import Webhooks
@@ -28,6 +29,7 @@ class Gateway:
     admission: Admission
     cooldowns: Cooldowns
     webhooks: Webhooks
+    dedup: Dedup
     redis: Any = None
     adapters: dict[str, Adapter] = field(default_factory=dict)
 
