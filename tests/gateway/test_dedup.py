@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from adapters.base import AdapterBase, CallOptions
 from gateway.config import GatewayConfig
@@ -21,6 +23,7 @@ from schemas import melious, pomelo
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, ResponseFormat
 from schemas.disconnect import ClientGone
 from tests.gateway.fakes import config
+from tests.redis_support import require_shared_redis
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"image-bytes" * 8
 
@@ -69,16 +72,19 @@ class Client:
 
 
 def build(
-    backend: HeldBackend, tmp_path: Path, *, cache: bool = False, **dedup: Any
+    backend: HeldBackend, tmp_path: Path, *, cache: bool = False, redis: Any = None, prefix: str = "igw:", **dedup: Any
 ) -> tuple[Dedup, Router, GatewayConfig]:
     model: dict[str, Any] = {"name": "m", "aliases": ["alias"], "targets": [{"provider": "held", "model": "hm"}]}
     if cache:
         model["cache"] = {"ttl_s": 60}
     quick = {"attempts": 1, "backoff_initial_s": 0.0, "backoff_max_s": 0.0}
-    cfg = config({"held": {"retry": quick}}, [model], server={"dedup": dedup} if dedup else {})
+    sections: dict[str, Any] = {"redis": {"key_prefix": prefix}}
+    if dedup:
+        sections["server"] = {"dedup": dedup}
+    cfg = config({"held": {"retry": quick}}, [model], **sections)
     router = Router(cfg, {"held": backend}, MemoryLimiter(), Cooldowns())
     store = DirectoryImageStore(tmp_path / "images", ttl_seconds=3600, secret="s" * 32)
-    return Dedup(cfg, router, store), router, cfg
+    return Dedup(cfg, router, store, redis), router, cfg
 
 
 REQUEST = ImageRequest(model="m", prompt="a lighthouse", seed=42)
@@ -258,3 +264,27 @@ async def test_a_seed_past_64_bits_is_shared_and_cached(tmp_path: Path) -> None:
     assert [status for _, status in await asyncio.gather(*tasks)] == ["miss", "shared"]
     result, status = await start(dedup, router, huge)
     assert status == "hit" and result.images[0].seed == 2**64 and len(backend.calls) == 1
+
+
+async def test_with_redis_every_replica_answers_from_one_cache(tmp_path: Path) -> None:
+    """Two processes' Dedup over one real Redis and one image store: the second answers the first's result."""
+    client = aioredis.Redis.from_url(require_shared_redis())
+    prefix = f"test-dedup-{uuid.uuid4().hex}:"
+    try:
+        first_backend, second_backend = HeldBackend(), HeldBackend()
+        first_backend.release.set()
+        second_backend.release.set()
+        first, first_router, _ = build(first_backend, tmp_path, cache=True, redis=client, prefix=prefix)
+        second, second_router, _ = build(second_backend, tmp_path, cache=True, redis=client, prefix=prefix)
+        _, status = await start(first, first_router)
+        assert status == "miss"
+        [key] = await client.keys(prefix + "cache:*")
+        assert 0 < await client.pttl(key) <= 60_000
+        assert b"a lighthouse" not in await client.get(key)  # the request is only a hash
+        result, status = await start(second, second_router)
+        assert status == "hit" and not second_backend.calls and result.images[0].data == PNG
+    finally:
+        keys = await client.keys(prefix + "*")
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
