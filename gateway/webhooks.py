@@ -218,6 +218,10 @@ class Webhooks:
             raise _bad_url(f"{HEADER}: the host {host!r} is {why}, which webhooks may not call")
         return WebhookTarget(url=url, key=name)
 
+    async def target_async(self, key_name: str | None, header_url: str | None) -> WebhookTarget | None:
+        """``target`` off the event loop: its name resolution may wait up to ``webhooks.resolve_timeout_s``."""
+        return await asyncio.to_thread(self.target, key_name, header_url)
+
     def _resolve(self, host: str, port: int | None) -> list[str]:
         future = _resolving.submit(socket.getaddrinfo, host, port or 443, type=socket.SOCK_STREAM)
         try:

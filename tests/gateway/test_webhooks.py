@@ -243,6 +243,14 @@ def test_a_name_that_does_not_resolve_is_refused() -> None:
     assert "does not resolve" in refusal(hooks, "alice", "https://no-such-host.invalid/hook").message
 
 
+async def test_target_async_checks_the_same_off_the_event_loop() -> None:
+    hooks = Webhooks(config(ALLOW))
+    with pytest.raises(GatewayError, match="is a loopback address"):
+        await hooks.target_async("alice", "https://localhost/hook")
+    default = WebhookTarget(url="https://hooks.example.com/default", key="alice")
+    assert await hooks.target_async("alice", None) == default
+
+
 def test_a_key_without_webhooks_cannot_name_a_url() -> None:
     assert "no webhooks configured" in refusal(Webhooks(config(ALLOW)), "bob", "https://hooks.example.com/x").message
 
