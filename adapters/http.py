@@ -24,9 +24,9 @@ from schemas.canonical import (
     ImageRequest,
     ImageResult,
     Operation,
-    ResponseFormat,
 )
 from schemas.dialect import BodyKind, Endpoint, ErrorTable, sniff_image
+from schemas.imageforms import Conversion, conversion
 
 __all__ = ["HttpAdapter", "UpstreamUnreachable"]
 
@@ -89,8 +89,9 @@ class HttpAdapter(AdapterBase):
             result = results[0]
             for extra in results[1:]:
                 result.images.extend(extra.images)
-        if request.response_format is ResponseFormat.B64_JSON and any(image.url for image in result.images):
-            await asyncio.gather(*(self._fetch(image, options) for image in result.images if image.url))
+        fetches = [image for image in result.images if conversion(image, request.response_format) is Conversion.FETCH]
+        if fetches:  # within the upstream call: a failed download is a failed attempt
+            await asyncio.gather(*(self._fetch(image, options) for image in fetches))
         result.provider = self.name
         result.timings.total = time.perf_counter() - started
         return result
@@ -177,7 +178,7 @@ class HttpAdapter(AdapterBase):
                 provider=self.name,
             )
         try:
-            return endpoint.decode_response(body, request)
+            return endpoint.decode_response(body, request, slices=True)  # base64 stays a slice of the answer
         except GatewayError as error:
             error.provider = self.name
             raise

@@ -29,6 +29,7 @@ from schemas import melious, nebul, nebulablock, openai, pomelo
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 from schemas.disconnect import ClientGone
+from schemas.imageforms import Conversion, conversion
 
 __all__ = ["MOUNTS", "Mount", "errors_for_path", "serve_recorded"]
 
@@ -89,14 +90,13 @@ async def decode_request(endpoint: Endpoint[Any, Any], request: ScopeInbound) ->
 
 
 async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: ScopeInbound) -> None:
-    """Give each image the form the client wants: a stored image's URL for bytes when it asked for ``url``.
+    """Give each image the form the client wants (``schemas.imageforms.conversion`` decides): a stored
+    image's URL for bytes when it asked for ``url``.
 
     One store call per image, all at once; a store that cannot take them is the client's
     ``upstream_error`` (502). Clients that want base64 never reach the store.
     """
-    if wanted is not ResponseFormat.URL:
-        return
-    pending = [image for image in result.images if image.url is None]
+    pending = [image for image in result.images if conversion(image, wanted) is Conversion.STORE]
     if not pending:
         return
     store = gateway.image_store

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import enum
-from typing import Annotated
+from typing import Annotated, cast
 
 import msgspec
 
@@ -227,10 +227,12 @@ class GeneratedImage(msgspec.Struct, kw_only=True):
     """One image, held in the form it arrived in until a client needs another.
 
     Exactly one of ``b64_json`` (base64 text), ``data`` (raw bytes) or ``url`` is the
-    source; converting between them is done on demand and only once.
+    source; converting between them is done on demand and only once. ``b64_json`` may be a
+    ``msgspec.Raw``: the JSON string (quotes included) sliced from a provider's answer
+    (``schemas.imageforms``), written to the client's answer as it is.
     """
 
-    b64_json: str | None = None
+    b64_json: str | msgspec.Raw | None = None
     data: bytes | None = None
     url: str | None = None
     width: int | None = None
@@ -242,12 +244,25 @@ class GeneratedImage(msgspec.Struct, kw_only=True):
         """Base64 text of the image, without decoding when it already is base64."""
         if self.b64_json is None and self.data is not None:
             self.b64_json = base64.b64encode(self.data).decode("ascii")
+        if isinstance(self.b64_json, msgspec.Raw):
+            self.b64_json = str(memoryview(self.b64_json)[1:-1], "ascii")
         return self.b64_json
+
+    def as_json_b64(self) -> str | None:
+        """Base64 text for a client's JSON answer: a provider's slice as it came, else ``as_b64``.
+
+        Typed ``str`` for the wire Structs; a slice is a ``msgspec.Raw``, which msgspec writes as
+        it is (one copy, no escaping).
+        """
+        if isinstance(self.b64_json, msgspec.Raw):
+            return cast(str, self.b64_json)
+        return self.as_b64()
 
     def as_bytes(self) -> bytes | None:
         """Raw bytes of the image, when it is held locally (not only as a URL)."""
         if self.data is None and self.b64_json is not None:
-            self.data = base64.b64decode(self.b64_json)
+            text = self.b64_json
+            self.data = base64.b64decode(memoryview(text)[1:-1] if isinstance(text, msgspec.Raw) else text)
         return self.data
 
 

@@ -22,6 +22,7 @@ import msgspec
 import msgspec.inspect
 
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, Operation
+from schemas.imageforms import sliceable, slicing_decoder
 
 __all__ = [
     "BodyKind",
@@ -217,6 +218,7 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     def __init__(self) -> None:
         self._request_decoder = msgspec.json.Decoder(self.request_type)
         self._response_decoder = msgspec.json.Decoder(self.response_type)
+        self._slicing_decoder = slicing_decoder(self.response_type)  # base64 as slices: schemas.imageforms
         self._binary_fields = _binary_fields(self.request_type)
         self.field_rules = describe_fields(self.request_type)
 
@@ -291,10 +293,17 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     def decode_result(self, wire: RespT, request: ImageRequest) -> ImageResult:
         """This provider's wire response → canonical result."""
 
-    def decode_response(self, body: Buffer, request: ImageRequest) -> ImageResult:
-        """Decode a provider's raw answer; a body that is not the documented shape is ``upstream_error``."""
+    def decode_response(self, body: Buffer, request: ImageRequest, *, slices: bool = False) -> ImageResult:
+        """Decode a provider's raw answer; a body that is not the documented shape is ``upstream_error``.
+
+        With ``slices``, base64 images stay slices of ``body`` where they can (``schemas.imageforms``):
+        the caller keeps ``body`` as it is while the result lives.
+        """
+        decoder = self._response_decoder
+        if slices and self._slicing_decoder is not None and sliceable(body):
+            decoder = self._slicing_decoder
         try:
-            wire = self._response_decoder.decode(body)
+            wire = decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise GatewayError(
                 ErrorCode.UPSTREAM_ERROR, f"{self.dialect} answered a body that is not its documented shape: {exc}"

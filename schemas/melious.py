@@ -105,7 +105,7 @@ class Generations(Endpoint[MeliousGenerationRequest, MeliousGenerationResponse])
 
     def encode_result(self, result: ImageResult, request: ImageRequest) -> MeliousGenerationResponse:
         if request.response_format is ResponseFormat.B64_JSON:
-            data = [MeliousImage(b64_json=image.as_b64()) for image in result.images]
+            data = [MeliousImage(b64_json=image.as_json_b64()) for image in result.images]
         else:
             data = [MeliousImage(url=image.url) for image in result.images]
         impact = result.environment_impact

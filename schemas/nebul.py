@@ -199,7 +199,7 @@ class NebulEndpoint(Endpoint[RequestT, NebulImageResponse]):
 
     def encode_result(self, result: ImageResult, request: ImageRequest) -> NebulImageResponse:
         if request.response_format is ResponseFormat.B64_JSON:
-            data = [NebulImage(b64_json=image.as_b64()) for image in result.images]
+            data = [NebulImage(b64_json=image.as_json_b64()) for image in result.images]
         else:
             data = [NebulImage(url=image.url) for image in result.images]
         return self.response_type(

@@ -181,7 +181,7 @@ class ServerlessImages(Endpoint[NebulaBlockServerlessRequest, NebulaBlockServerl
         inference = result.timings.inference if result.timings.inference is not None else 0.0
         data = [
             NebulaBlockServerlessImage(
-                timings=NebulaBlockTimings(inference=inference), index=index, b64_json=image.as_b64() or ""
+                timings=NebulaBlockTimings(inference=inference), index=index, b64_json=image.as_json_b64() or ""
             )
             for index, image in enumerate(result.images)
         ]
@@ -307,7 +307,7 @@ class V1Images(Endpoint[NebulaBlockV1Request, NebulaBlockV1Response]):
 
     def encode_result(self, result: ImageResult, request: ImageRequest) -> NebulaBlockV1Response:
         if request.response_format is ResponseFormat.B64_JSON:
-            images = [NebulaBlockV1Image(b64_json=image.as_b64()) for image in result.images]
+            images = [NebulaBlockV1Image(b64_json=image.as_json_b64()) for image in result.images]
         else:
             images = [NebulaBlockV1Image(url=image.url) for image in result.images]
         usage = NebulaBlockV1Usage(images_generated=len(images), resolution=_resolution(result, request))

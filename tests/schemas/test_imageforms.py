@@ -1,0 +1,119 @@
+"""schemas.imageforms: the one rule for each image's form, and base64 carried as a slice of the upstream's answer.
+
+A provider answer read with slices must give every client dialect the same bytes as the
+same answer read into strings; bodies a slice cannot carry (an escape, a non-ASCII byte)
+and bodies of the wrong shape go the ordinary way, with the ordinary errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from schemas import melious, nebul, nebulablock, openai
+from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ResponseFormat
+from schemas.dialect import Endpoint
+from schemas.imageforms import Conversion, conversion, sliceable
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # every byte value: base64 with '+' and '/'
+B64 = [base64.b64encode(PNG + bytes([i])).decode() for i in range(3)]
+REQUEST = ImageRequest(model="m", n=3, width=1024, height=1024, response_format=ResponseFormat.B64_JSON)
+
+
+def upstream_bodies() -> dict[str, tuple[Endpoint[Any, Any], dict[str, Any]]]:
+    """One base64 answer of each provider that answers base64, as it documents it."""
+    items = [{"b64_json": text} for text in B64]
+    return {
+        "melious": (melious.GENERATIONS, {"created": 1700000000, "data": items}),
+        "nebul": (nebul.GENERATIONS, {"created": 1700000000, "data": [{**i, "url": None} for i in items]}),
+        "nebulablock": (
+            nebulablock.SERVERLESS,
+            {"model": "m", "object": "list", "data": [{"index": n, **i} for n, i in enumerate(items)]},
+        ),
+        "nebulablock-v1": (
+            nebulablock.V1,
+            {
+                "status": "success",
+                "data": {"images": [{"url": None, **i} for i in items], "usage": {"images_generated": 3}},
+            },
+        ),
+    }
+
+
+CLIENTS = [melious.GENERATIONS, nebul.GENERATIONS, openai.GENERATIONS, nebulablock.SERVERLESS, nebulablock.V1]
+
+
+@pytest.mark.parametrize("provider", list(upstream_bodies()))
+def test_a_sliced_answer_gives_every_client_the_same_bytes(provider: str) -> None:
+    endpoint, answer = upstream_bodies()[provider]
+    body = bytearray(json.dumps(answer).encode())
+    sliced = endpoint.decode_response(body, REQUEST, slices=True)
+    assert all(isinstance(image.b64_json, msgspec.Raw) for image in sliced.images)  # not decoded into str
+    for client in CLIENTS:
+        copied = endpoint.decode_response(bytes(body), REQUEST)
+        sliced = endpoint.decode_response(body, REQUEST, slices=True)
+        before = msgspec.json.encode(client.encode_result(copied, REQUEST))
+        assert msgspec.json.encode(client.encode_result(sliced, REQUEST)) == before
+        assert json.loads(before)  # and it is JSON holding the upstream's text
+        assert all(text in before.decode() for text in B64)
+
+
+def test_a_slice_gives_the_same_bytes_and_text_when_asked() -> None:
+    endpoint, answer = upstream_bodies()["melious"]
+    images = endpoint.decode_response(json.dumps(answer).encode(), REQUEST, slices=True).images
+    assert [image.as_bytes() for image in images] == [base64.b64decode(text) for text in B64]
+    assert [image.as_b64() for image in images] == B64
+    assert [image.as_json_b64() for image in images] == B64  # once text, stays text
+
+
+@pytest.mark.parametrize("text", ["abc\\/def", "caf\u00e9"])
+def test_a_body_a_slice_cannot_carry_is_read_into_strings(text: str) -> None:
+    body = json.dumps({"created": 1, "data": [{"b64_json": text}]}, ensure_ascii=False).encode()
+    assert not sliceable(body)
+    image = melious.GENERATIONS.decode_response(body, REQUEST, slices=True).images[0]
+    assert image.b64_json == json.loads(body)["data"][0]["b64_json"]
+
+
+@pytest.mark.parametrize(
+    ("provider", "broken"),
+    [
+        ("melious", {"created": 1, "data": [{"b64_json": 12}]}),
+        ("melious", {"created": 1, "data": [{"b64_json": {"x": 1}}]}),
+        ("nebulablock", {"data": [{"index": 0, "b64_json": None}]}),  # required there
+        ("nebulablock", {"data": [{"index": 0}]}),
+    ],
+)
+def test_a_wrong_shape_is_the_same_upstream_error_with_slices(provider: str, broken: dict[str, Any]) -> None:
+    endpoint = upstream_bodies()[provider][0]
+    body = json.dumps(broken).encode()
+    errors = []
+    for slices in (False, True):
+        with pytest.raises(GatewayError) as caught:
+            endpoint.decode_response(body, REQUEST, slices=slices)
+        errors.append(caught.value.code)
+    assert errors == [ErrorCode.UPSTREAM_ERROR, ErrorCode.UPSTREAM_ERROR]
+
+
+def test_null_where_allowed_is_no_image_text() -> None:
+    body = json.dumps({"created": 1, "data": [{"url": "https://x/1.png", "b64_json": None}]}).encode()
+    image = nebul.GENERATIONS.decode_response(body, REQUEST, slices=True).images[0]
+    assert (image.url, image.b64_json) == ("https://x/1.png", None)
+
+
+@pytest.mark.parametrize(
+    ("image", "wanted", "expected"),
+    [
+        (GeneratedImage(url="https://p/1.png"), ResponseFormat.B64_JSON, Conversion.FETCH),
+        (GeneratedImage(url="https://p/1.png"), ResponseFormat.URL, Conversion.KEEP),
+        (GeneratedImage(data=PNG), ResponseFormat.URL, Conversion.STORE),
+        (GeneratedImage(b64_json=B64[0]), ResponseFormat.URL, Conversion.STORE),
+        (GeneratedImage(data=PNG), ResponseFormat.B64_JSON, Conversion.KEEP),
+        (GeneratedImage(b64_json=B64[0]), ResponseFormat.B64_JSON, Conversion.KEEP),
+    ],
+)
+def test_one_rule_decides_each_images_form(image: GeneratedImage, wanted: ResponseFormat, expected: Conversion) -> None:
+    assert conversion(image, wanted) is expected
