@@ -23,6 +23,7 @@ from gateway.routes import JSON, MOUNTS, Mount, serve_recorded
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
+from schemas.imageforms import Pieces
 
 __all__ = ["DIALECT_ROUTES", "DialectRoute", "serve_dialect_route"]
 
@@ -92,7 +93,7 @@ async def serve_dialect_route(
 
 async def _answer(
     gateway: Gateway, route: DialectRoute, mount: Mount | None, inbound: ScopeInbound
-) -> tuple[int, dict[str, str], bytes]:
+) -> tuple[int, dict[str, str], bytes | Pieces]:
     errors = (mount or route.mount).errors
     try:
         if mount is None:
@@ -105,7 +106,7 @@ async def _answer(
         return render(exc, errors, gateway.config.server.max_body_bytes)
 
 
-async def _send(send: Send, status: int, headers: dict[str, str], body: bytes, given_id: str) -> None:
+async def _send(send: Send, status: int, headers: dict[str, str], body: bytes | Pieces, given_id: str) -> None:
     raw_headers: list[tuple[bytes, bytes]] = [
         _CONTENT_TYPE_JSON,
         (b"content-length", str(len(body)).encode()),
@@ -114,6 +115,12 @@ async def _send(send: Send, status: int, headers: dict[str, str], body: bytes, g
     ]
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status, "headers": raw_headers}
     await send(start)
+    if isinstance(body, Pieces):  # a heavy answer: each chunk copied once, as the server takes it
+        chunks = body.chunks()
+        last = len(chunks) - 1
+        for n, chunk in enumerate(chunks):
+            await send({"type": "http.response.body", "body": bytes(chunk), "more_body": n < last})
+        return
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import msgspec
 import structlog
 from litestar.types import Method
 
@@ -29,7 +28,7 @@ from schemas import melious, nebul, nebulablock, openai, pomelo
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, ResponseFormat
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 from schemas.disconnect import ClientGone
-from schemas.imageforms import Conversion, conversion
+from schemas.imageforms import Conversion, Pieces, conversion, encode_answer
 
 __all__ = ["MOUNTS", "Mount", "errors_for_path", "serve_recorded"]
 
@@ -160,7 +159,7 @@ class RequestRecord:
 class Answer(NamedTuple):
     """A dialect answer: its JSON body and the headers the gateway adds."""
 
-    body: bytes
+    body: bytes | Pieces
     headers: dict[str, str]
 
 
@@ -183,7 +182,7 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts, request.receive)
     record.provider = result.provider
     await deliver(gateway, result, canonical.response_format, request)
-    body = msgspec.json.encode(endpoint.encode_result(result, canonical))
+    body = encode_answer(endpoint.encode_result(result, canonical))  # large base64 slices stay pieces
     record.images = len(result.images)
     record.cost = accounting.cost_of(plan.model, canonical, result)
     headers = {PROVIDER_HEADER: result.provider, ATTEMPTS_HEADER: str(record.attempts.calls)}

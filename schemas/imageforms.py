@@ -28,7 +28,7 @@ import msgspec
 
 from schemas.canonical import GeneratedImage, ResponseFormat
 
-__all__ = ["Conversion", "conversion", "sliceable", "slicing_decoder"]
+__all__ = ["Conversion", "Pieces", "conversion", "encode_answer", "sliceable", "slicing_decoder"]
 
 B64_FIELD = "b64_json"
 _NULL = msgspec.Raw(b"null")
@@ -128,3 +128,88 @@ def _check_text(optional: bool) -> Any:
         raise ValueError(f"Expected `str{' | null' if optional else ''}` at `{B64_FIELD}`")
 
     return check
+
+
+# --------------------------------------------------------------------------- answers in pieces
+
+PIECE_MIN = 64 * 1024  # a slice smaller than this is written into the answer (a copy costs less than a piece)
+CHUNK = 1024 * 1024  # what one ASGI message carries of a slice: the bytes held at once per answer
+
+
+class Pieces:
+    """A JSON answer as the text around its large base64 slices and the slices themselves.
+
+    Nothing is joined: ``chunks`` copies each part into ``bytes`` (what ASGI carries) once, a
+    chunk at a time, as the server takes it, so an answer in flight holds the provider's buffer
+    and about one chunk, not a second copy of the whole answer.
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = parts
+        self.size = sum(len(part) for part in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+    def chunks(self) -> list[bytes | memoryview]:
+        """The parts cut to at most ``CHUNK`` bytes (views: each becomes bytes as it is sent)."""
+        out: list[bytes | memoryview] = []
+        for part in self.parts:
+            out.extend(part[i : i + CHUNK] for i in range(0, len(part), CHUNK))
+        return out
+
+
+def encode_answer(wire: Any) -> bytes | Pieces:
+    """``wire`` (a client's answer Struct) as JSON: bytes, or ``Pieces`` when it holds large slices.
+
+    The slices are swapped for markers (``\\x00n\\x00``: msgspec escapes a NUL in any string, so
+    none occurs elsewhere), the small rest is encoded, and the answer is cut at the markers.
+    """
+    slices: list[msgspec.Raw] = []
+    if not _mark(wire, slices):
+        return msgspec.json.encode(wire)
+    try:
+        frame = msgspec.json.encode(wire)
+    finally:
+        _unmark(wire, slices)
+    parts: list[bytes | memoryview] = []
+    for n, text in enumerate(frame.split(b"\x00")):
+        parts.append(text if n % 2 == 0 else memoryview(slices[int(text)]))
+    return Pieces([part for part in parts if len(part)])
+
+
+def _mark(value: Any, slices: list[msgspec.Raw]) -> bool:
+    """Swap each large slice inside ``value`` (Structs and lists) for its marker; whether any was."""
+    found = False
+    if isinstance(value, list):
+        for item in value:
+            found = _mark(item, slices) or found
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            field = getattr(value, name)
+            if isinstance(field, msgspec.Raw) and len(field) >= PIECE_MIN:
+                setattr(value, name, msgspec.Raw(b"\x00%d\x00" % len(slices)))
+                slices.append(field)
+                found = True
+            elif isinstance(field, list | msgspec.Struct):
+                found = _mark(field, slices) or found
+    return found
+
+
+def _unmark(value: Any, slices: list[msgspec.Raw]) -> None:
+    """Put the slices back where ``_mark`` took them (the wire Struct may be encoded again)."""
+    if isinstance(value, list):
+        for item in value:
+            _unmark(item, slices)
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            field = getattr(value, name)
+            if isinstance(field, msgspec.Raw) and len(field) < 32 and bytes(field)[:1] == b"\x00":
+                setattr(value, name, slices[int(bytes(field)[1:-1])])
+            elif isinstance(field, list | msgspec.Struct):
+                _unmark(field, slices)

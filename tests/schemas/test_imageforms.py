@@ -17,7 +17,7 @@ import pytest
 from schemas import melious, nebul, nebulablock, openai
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ResponseFormat
 from schemas.dialect import Endpoint
-from schemas.imageforms import Conversion, conversion, sliceable
+from schemas.imageforms import CHUNK, Conversion, Pieces, conversion, encode_answer, sliceable
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # every byte value: base64 with '+' and '/'
 B64 = [base64.b64encode(PNG + bytes([i])).decode() for i in range(3)]
@@ -117,3 +117,32 @@ def test_null_where_allowed_is_no_image_text() -> None:
 )
 def test_one_rule_decides_each_images_form(image: GeneratedImage, wanted: ResponseFormat, expected: Conversion) -> None:
     assert conversion(image, wanted) is expected
+
+
+def heavy_answer() -> tuple[bytearray, list[str]]:
+    texts = [base64.b64encode(PNG * (30 + 80 * i) + bytes([i])).decode() for i in range(3)]  # 0.4 to 2.6 MB
+    return bytearray(json.dumps({"created": 1, "data": [{"b64_json": t} for t in texts]}).encode()), texts
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_heavy_answer_in_pieces_is_the_same_bytes(client: Endpoint[Any, Any]) -> None:
+    body, texts = heavy_answer()
+    before = msgspec.json.encode(
+        client.encode_result(melious.GENERATIONS.decode_response(bytes(body), REQUEST), REQUEST)
+    )
+    wire = client.encode_result(melious.GENERATIONS.decode_response(body, REQUEST, slices=True), REQUEST)
+    answer = encode_answer(wire)
+    assert isinstance(answer, Pieces)
+    slices = [part for part in answer.parts if isinstance(part, memoryview)]
+    assert [bytes(part) for part in slices] == [f'"{t}"'.encode() for t in texts]  # views, not copies
+    assert all(part.obj is not None for part in slices)
+    assert bytes(answer) == before and len(answer) == len(before)
+    assert b"".join(bytes(chunk) for chunk in answer.chunks()) == before
+    assert max(len(chunk) for chunk in answer.chunks()) <= CHUNK
+    assert msgspec.json.encode(wire) == before  # the wire Struct holds its slices again
+
+
+def test_a_light_answer_is_plain_bytes() -> None:
+    endpoint, answer = upstream_bodies()["melious"]
+    result = endpoint.decode_response(json.dumps(answer).encode(), REQUEST, slices=True)
+    assert isinstance(encode_answer(openai.GENERATIONS.encode_result(result, REQUEST)), bytes)
