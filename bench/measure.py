@@ -44,14 +44,14 @@ PROMPT = "A lighthouse on a cliff at dusk, volumetric light"
 ENDPOINT = "/v1/images/generations"
 
 
-def request_body(heavy: bool, path: str) -> str:
-    """The request every phase sends: n=1 (an ~8 KB answer), or n=4 incompressible PNGs when heavy."""
+def request_body(heavy: bool, path: str, heavy_n: int = 4) -> str:
+    """The request every phase sends: n=1 (an ~8 KB answer), or ``heavy_n`` incompressible PNGs when heavy."""
     model = MODEL if path == "floor" or not heavy else HEAVY_MODEL
     payload = {
         "model": model,
         "prompt": PROMPT,
         "size": "1024x1024",
-        "n": 4 if heavy else 1,
+        "n": heavy_n if heavy else 1,
         "response_format": "b64_json",
     }
     return json.dumps(payload)
@@ -79,6 +79,7 @@ class Runner:
 
     stack: Stack
     phases: list[Phase] = field(default_factory=list)
+    heavy_n: int = 4  # images per heavy answer (4 MiB of base64 each)
 
     def target(self, path: str, heavy: bool) -> Destination:
         """floor: the emulator itself; gateway and litellm: the proxy in front of it."""
@@ -96,7 +97,7 @@ class Runner:
         target = self.target(path, heavy)
         fields = {
             "url": target.base_url + ENDPOINT,
-            "body": request_body(heavy, path),
+            "body": request_body(heavy, path, self.heavy_n),
             "headers": target.headers,
             "expect": '"b64_json"',
             "watch": target.watch,

@@ -57,6 +57,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     heavy_duration: float = 8.0
     heavy_concurrency: tuple[int, ...] = (1, 4)
     heavy_requests_per_client: int = 4
+    heavy_n: int = 4  # images per heavy answer: 4 is 16 MiB of JSON, 2 is 8 MiB
     profile_rates: tuple[float, ...] = (200.0, 1000.0)
 
 

@@ -80,6 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--heavy-duration", type=float, default=8.0, help="heavy answers: seconds per latency phase (default 8)")
     add("--heavy-concurrency", type=_ints, default=[1, 4], help="heavy answers: in-flight for memory (default 1,4)")
     add("--heavy-requests-per-client", type=int, default=4, help="heavy memory phases: requests per client")
+    add("--heavy-n", type=int, default=4, help="images per heavy answer: 4 (16 MiB, default) or 2 (8 MiB)")
     add("--litellm-python", default=DEFAULT_LITELLM_PYTHON, help=f"LiteLLM's python (default {DEFAULT_LITELLM_PYTHON})")
     add("--no-litellm", action="store_true", help="leave LiteLLM out")
     add("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info()
     log(f"machine: {machine.cpu_model}, {machine.cores} cores, load {machine.loadavg_start[0]:.2f}")
     with servers_up(args) as stack:
-        bench = ProxyBench(stack, plan=plan_of(args))
+        bench = ProxyBench(stack, plan=plan_of(args), heavy_n=args.heavy_n)
         results = measure(bench, meta_of(args, argv, stack), machine, args.py_spy, 1.0 if args.quick else 5.0)
     results = finish(results, clock)
     publish(results, args)
