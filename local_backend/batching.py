@@ -2,10 +2,11 @@
 
 Requests wait here as ``Job``s. The device takes them a batch at a time: the oldest job,
 plus the waiting jobs that agree with it on model, size, steps and guidance, up to
-``max_images`` images. When the device is idle, the oldest job waits up to the batch
-window for companions; when it was busy, companions have gathered already and nobody
-waits. A full queue refuses at once (``overloaded``), and a job whose client has gone is
-taken out before it runs.
+``max_images`` images. The batch window holds only while companions are likely: a job
+that arrived while the device was busy or behind other waiting jobs waits up to the
+window (from its arrival) for companions; a lone job at an idle device starts at once.
+A full queue refuses at once (``overloaded``), and a job whose client has gone is taken
+out before it runs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Job(msgspec.Struct, kw_only=True):
     work: Work
     future: asyncio.Future[Any]
     enqueued_at: float
+    # Set by ``BatchQueue.put``: companions are likely (the device was busy, or others were waiting).
+    hold: bool = True
 
     @property
     def key(self) -> BatchKey | None:
@@ -47,6 +50,11 @@ class BatchQueue:
         self.window_s = window_s
         self._jobs: deque[Job] = deque()
         self._changed = asyncio.Event()
+        self._busy = False  # the device is drawing (``next_batch`` is not being awaited)
+        # Batches whose first job started at once, and those whose first job held for companions
+        # (up to the window from its arrival, which a busy device may already have used up).
+        self.started_at_once = 0
+        self.held = 0
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -62,6 +70,7 @@ class BatchQueue:
                 ErrorCode.OVERLOADED,
                 f"the local backend is busy: {len(self._jobs)} requests are already waiting",
             )
+        job.hold = self._busy or bool(self._jobs)
         self._jobs.append(job)
         self._changed.set()
 
@@ -80,13 +89,15 @@ class BatchQueue:
     async def next_batch(self) -> list[Job]:
         """Wait for work, then take the oldest job and its companions out of the queue."""
         loop = asyncio.get_running_loop()
+        self._busy = False
         while True:
             while not self._jobs:
                 await self._wait_for_change(None)
             head = self._jobs[0]
             deadline = head.enqueued_at + self.window_s
             while (
-                self._jobs
+                head.hold
+                and self._jobs
                 and self._jobs[0] is head
                 and head.key is not None
                 and self._images_like(head) < self.max_images
@@ -94,6 +105,11 @@ class BatchQueue:
             ):
                 await self._wait_for_change(deadline - loop.time())
             if self._jobs and self._jobs[0] is head:
+                self._busy = True
+                if head.hold:
+                    self.held += 1
+                else:
+                    self.started_at_once += 1
                 return self._take(head)
             # The head was dropped while it waited: start again from the new head.
 

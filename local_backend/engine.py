@@ -62,6 +62,9 @@ class EngineStats(msgspec.Struct, kw_only=True):
     images_generated: int
     requests_refused: int
     requests_dropped: int
+    # Batches that started at once (a lone request at an idle device) and that held the window for companions.
+    batches_at_once: int = 0
+    batches_held: int = 0
     # Each configured model: "ready", or why it is not.
     models: dict[str, str]
 
@@ -167,6 +170,8 @@ class LocalEngine:
             images_generated=self._images,
             requests_refused=self._refused,
             requests_dropped=self._dropped,
+            batches_at_once=self._queue.started_at_once if self._queue is not None else 0,
+            batches_held=self._queue.held if self._queue is not None else 0,
             models=models,
         )
 

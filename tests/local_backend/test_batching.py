@@ -29,6 +29,12 @@ def job(n: int = 1, *, width: int = 64, model: str = "tiny", edit: bool = False,
     return Job(work=work, future=loop.create_future(), enqueued_at=loop.time() if at is None else at)
 
 
+async def busy(queue: BatchQueue) -> None:
+    """Put the device to work: a batch taken and not yet over, as the engine's loop leaves it while drawing."""
+    queue.put(job(width=32))
+    assert len(await queue.next_batch()) == 1
+
+
 async def test_compatible_jobs_form_one_batch_up_to_the_image_limit() -> None:
     queue = BatchQueue(capacity=10, max_images=4, window_s=0)
     jobs = [job(), job(width=128), job(2), job(), job()]
@@ -50,8 +56,9 @@ async def test_edits_run_alone() -> None:
     assert await queue.next_batch() == [edits[1]]
 
 
-async def test_a_lone_job_waits_the_window_for_companions() -> None:
+async def test_a_job_arriving_at_a_busy_device_waits_the_window_for_companions() -> None:
     queue = BatchQueue(capacity=10, max_images=4, window_s=0.2)
+    await busy(queue)
     first = job()
     queue.put(first)
     batch = asyncio.create_task(queue.next_batch())
@@ -60,10 +67,35 @@ async def test_a_lone_job_waits_the_window_for_companions() -> None:
     companion = job()
     queue.put(companion)
     assert await batch == [first, companion]
+    assert (queue.started_at_once, queue.held) == (1, 1)
+
+
+async def test_a_lone_job_at_an_idle_device_starts_at_once() -> None:
+    queue = BatchQueue(capacity=10, max_images=4, window_s=3600)  # a wait would never end within the test
+    lone = job()
+    queue.put(lone)
+    assert await asyncio.wait_for(queue.next_batch(), 5) == [lone]
+    assert (queue.started_at_once, queue.held) == (1, 0)
+    # Once the device is idle again, the next lone job does not wait either.
+    batch = asyncio.create_task(queue.next_batch())
+    await asyncio.sleep(0)
+    later = job()
+    queue.put(later)
+    assert await asyncio.wait_for(batch, 5) == [later]
+    assert (queue.started_at_once, queue.held) == (2, 0)
+
+
+async def test_jobs_behind_others_hold_for_companions() -> None:
+    queue = BatchQueue(capacity=10, max_images=4, window_s=3600)
+    first, second = job(width=128), job()
+    queue.put(first)
+    queue.put(second)
+    assert (first.hold, second.hold) == (False, True)  # the second arrived while another waited
 
 
 async def test_the_window_ends_early_when_the_batch_is_full() -> None:
     queue = BatchQueue(capacity=10, max_images=2, window_s=30)
+    await busy(queue)
     a, b = job(), job()
     queue.put(a)
     batch = asyncio.create_task(queue.next_batch())
@@ -90,6 +122,7 @@ async def test_a_full_queue_refuses_at_once() -> None:
 
 async def test_a_discarded_job_never_comes_out() -> None:
     queue = BatchQueue(capacity=10, max_images=4, window_s=0.5)
+    await busy(queue)
     gone, stays = job(width=128), job()
     queue.put(gone)
     batch = asyncio.create_task(queue.next_batch())

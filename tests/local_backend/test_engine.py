@@ -244,3 +244,26 @@ async def test_an_engine_with_no_loadable_model_is_not_ready(tmp_path: Path) -> 
     async with running_engine(local_settings({"gone": str(tmp_path / "none")})) as engine:
         assert not engine.ready
         assert "no directory" in engine.stats().models["gone"]
+
+
+async def test_a_lone_request_at_an_idle_device_starts_without_the_window() -> None:
+    # An hour's window: a lone request held by it would never be answered within the test.
+    async with running_engine(local_settings(batch_window_ms=3_600_000)) as engine:
+        for seed in (1, 2):
+            await asyncio.wait_for(engine.generate(ask(seed=seed)), 60)
+        stats = engine.stats()
+    assert (stats.batches_at_once, stats.batches_held, stats.batch_sizes) == (2, 0, {1: 2})
+
+
+async def test_requests_arriving_while_the_device_is_busy_hold_for_companions() -> None:
+    async with running_engine(local_settings(batch_window_ms=50, max_batch_size=8)) as engine:
+        with held_device(engine) as hold:
+            first = asyncio.create_task(engine.generate(ask(seed=1)))
+            await hold.wait_started()
+            waiting = [asyncio.create_task(engine.generate(ask(seed=10 + i))) for i in range(3)]
+            await asyncio.sleep(0)
+            hold.release()
+            await asyncio.gather(first, *waiting)
+        stats = engine.stats()
+    assert stats.batch_sizes == {1: 1, 3: 1}, stats
+    assert (stats.batches_at_once, stats.batches_held) == (1, 1)  # the first at an idle device; then the window
