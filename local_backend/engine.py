@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from local_backend.batching import BatchQueue, Job
-from local_backend.images import encode_image
+from local_backend.images import encode_images
 from local_backend.pipelines import Drawn, LoadedModel, load_model, pick_device, pick_dtype
 from local_backend.rules import Work, resolve
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, Timings, Usage
@@ -275,7 +275,7 @@ class LocalEngine:
         if job.future.done():
             return  # its caller went away while it was drawn
         try:
-            encoded = await asyncio.to_thread(_encode, job.work, images)
+            encoded = await _encode(job.work, images)
         except Exception as exc:
             _fail(job, _drawing_error(exc, job.work))
             return
@@ -283,10 +283,11 @@ class LocalEngine:
             job.future.set_result((encoded, drawn.seconds))
 
 
-def _encode(work: Work, images: list[Image.Image]) -> list[GeneratedImage]:
+async def _encode(work: Work, images: list[Image.Image]) -> list[GeneratedImage]:
+    """The images as files, each on a thread of its own (every job of a batch at once)."""
     generated = []
-    for seed, image in zip(work.seeds, images, strict=True):
-        data, media_type = encode_image(image, work.output_format)
+    encoded = await encode_images(images, work.output_format, work.output_compression)
+    for seed, image, (data, media_type) in zip(work.seeds, images, encoded, strict=True):
         generated.append(
             GeneratedImage(data=data, width=image.width, height=image.height, seed=seed, media_type=media_type)
         )

@@ -70,6 +70,7 @@ class Work(msgspec.Struct, kw_only=True, frozen=True):
     image: bytes | None = None
     mask: bytes | None = None
     output_format: OutputFormat = "png"
+    output_compression: int | None = None  # jpeg/webp quality, 0-100
 
     @property
     def batch_key(self) -> BatchKey | None:
@@ -117,6 +118,7 @@ def resolve(request: ImageRequest, rules: ModelRules) -> Work:
         image=request.images[0] if edit else None,
         mask=request.mask if edit else None,
         output_format=request.output_format if request.output_format in OUTPUT_FORMATS else "png",  # type: ignore[arg-type]
+        output_compression=request.output_compression,
     )
 
 

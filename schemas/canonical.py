@@ -206,6 +206,8 @@ class ImageRequest(msgspec.Struct, kw_only=True, frozen=True):
     quality: str | None = None
     background: str | None = None
     output_format: str | None = None
+    # OpenAI's 0-100 for jpeg and webp: 100 (its default) the best quality, lower smaller files.
+    output_compression: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     response_format: ResponseFormat = ResponseFormat.URL
     # Streamed answers (OpenAI's ``stream``): the client reads server-sent events, with up to
     # ``partial_images`` previews before the final image.

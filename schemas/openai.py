@@ -9,7 +9,7 @@ dialect, but the outbound mappings work all the same, inherited from Nebul.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Annotated, cast
 
 import msgspec
 
@@ -30,6 +30,8 @@ __all__ = [
 
 DEFAULT_MODEL = "flux-schnell"
 DEFAULT_RESPONSE_FORMAT: nebul.ResponseFormatName = "url"
+# OpenAI's ``output_compression`` (jpeg and webp, 0-100); Nebul's document has no such field.
+Compression = Annotated[int, msgspec.Meta(ge=0, le=100)]
 
 
 class OpenAIGenerationRequest(nebul.NebulGenerationRequest, kw_only=True, omit_defaults=True):
@@ -37,18 +39,31 @@ class OpenAIGenerationRequest(nebul.NebulGenerationRequest, kw_only=True, omit_d
 
     model: nebul.Model = DEFAULT_MODEL
     response_format: nebul.ResponseFormatName = DEFAULT_RESPONSE_FORMAT
+    output_compression: Compression | None = None
 
 
 class OpenAIEditRequest(nebul.NebulEditRequest, kw_only=True, omit_defaults=True):
     """Nebul's edit request answering ``url`` images unless asked otherwise."""
 
     response_format: nebul.ResponseFormatName = DEFAULT_RESPONSE_FORMAT
+    output_compression: Compression | None = None
 
 
 class OpenAIVariationRequest(nebul.NebulVariationRequest, kw_only=True, omit_defaults=True):
     """Nebul's variation request answering ``url`` images unless asked otherwise."""
 
     response_format: nebul.ResponseFormatName = DEFAULT_RESPONSE_FORMAT
+    output_compression: Compression | None = None
+
+
+_COMPRESSED = (OpenAIGenerationRequest, OpenAIEditRequest, OpenAIVariationRequest)
+
+
+def _with_compression(request: ImageRequest, wire: object) -> ImageRequest:
+    """``request`` with the client's ``output_compression``, when it gave one."""
+    if isinstance(wire, _COMPRESSED) and wire.output_compression is not None:
+        return msgspec.structs.replace(request, output_compression=wire.output_compression)
+    return request
 
 
 class OpenAIImageResponse(nebul.NebulImageResponse, kw_only=True):
@@ -81,13 +96,22 @@ class _WithEnvironmentImpact(nebul.NebulEndpoint[nebul.RequestT]):
 class Generations(_WithEnvironmentImpact[OpenAIGenerationRequest], nebul.Generations):
     request_type = OpenAIGenerationRequest
 
+    def to_canonical(self, wire: nebul.NebulGenerationRequest) -> ImageRequest:
+        return _with_compression(super().to_canonical(wire), wire)
+
 
 class Edits(_WithEnvironmentImpact[OpenAIEditRequest], nebul.Edits):
     request_type = OpenAIEditRequest
 
+    def to_canonical(self, wire: nebul.NebulEditRequest) -> ImageRequest:
+        return _with_compression(super().to_canonical(wire), wire)
+
 
 class Variations(_WithEnvironmentImpact[OpenAIVariationRequest], nebul.Variations):
     request_type = OpenAIVariationRequest
+
+    def to_canonical(self, wire: nebul.NebulVariationRequest) -> ImageRequest:
+        return _with_compression(super().to_canonical(wire), wire)
 
 
 GENERATIONS = Generations()

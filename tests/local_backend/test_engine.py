@@ -267,3 +267,21 @@ async def test_requests_arriving_while_the_device_is_busy_hold_for_companions() 
         stats = engine.stats()
     assert stats.batch_sizes == {1: 1, 3: 1}, stats
     assert (stats.batches_at_once, stats.batches_held) == (1, 1)  # the first at an idle device; then the window
+
+
+async def test_jpeg_and_webp_are_drawn_in_that_format_at_the_asked_compression() -> None:
+    async with running_engine(local_settings()) as engine:
+        results = {
+            (fmt, compression): await engine.generate(
+                ask(seed=5, width=64, height=64, output_format=fmt, output_compression=compression)
+            )
+            for fmt in ("jpeg", "webp")
+            for compression in (10, 95)
+        }
+    for (fmt, _), result in results.items():
+        image = result.images[0]
+        assert image.data is not None and image.media_type == f"image/{fmt}"
+        assert Image.open(io.BytesIO(image.data)).format == fmt.upper()
+    for fmt in ("jpeg", "webp"):
+        low, high = results[fmt, 10].images[0].data, results[fmt, 95].images[0].data
+        assert low is not None and high is not None and len(low) < len(high)

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from local_backend.images import encode_image, read_image, read_mask
+from local_backend.images import encode_image, encode_images, read_image, read_mask
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.dialect import sniff_image
 
@@ -51,3 +51,34 @@ def test_encode_in_the_asked_format(fmt: str, media_type: str) -> None:
 def test_png_encoding_is_deterministic() -> None:
     image = Image.effect_noise((32, 32), 40).convert("RGB")
     assert encode_image(image)[0] == encode_image(image)[0]
+
+
+@pytest.mark.parametrize(("fmt", "pillow_format"), [("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_output_compression_sets_the_quality_of_jpeg_and_webp(fmt: str, pillow_format: str) -> None:
+    image = Image.effect_noise((64, 64), 60).convert("RGB")
+    sizes = []
+    for compression in (10, 95):
+        data, _ = encode_image(image, fmt, compression)
+        opened = Image.open(io.BytesIO(data))
+        assert opened.format == pillow_format and opened.size == (64, 64)
+        sizes.append(len(data))
+    assert sizes[0] < sizes[1]  # a lower quality, a smaller file
+    assert encode_image(image, fmt)[0] == encode_image(image, fmt, None)[0] != encode_image(image, fmt, 10)[0]
+
+
+def test_png_ignores_output_compression_and_keeps_every_pixel() -> None:
+    image = Image.effect_noise((32, 32), 40).convert("RGB")
+    data, _ = encode_image(image, "png", 10)
+    assert data == encode_image(image, "png")[0]
+    assert Image.open(io.BytesIO(data)).tobytes() == image.tobytes()
+
+
+def test_an_image_with_alpha_can_still_be_a_jpeg() -> None:
+    data, media = encode_image(Image.new("RGBA", (8, 8), (1, 2, 3, 4)), "jpeg", 80)
+    assert media == "image/jpeg" and Image.open(io.BytesIO(data)).format == "JPEG"
+
+
+async def test_a_batch_is_encoded_in_the_order_drawn() -> None:
+    images = [Image.effect_noise((16, 16), 10 + i).convert("RGB") for i in range(4)]
+    encoded = await encode_images(images, "webp", 50)
+    assert [data for data, _ in encoded] == [encode_image(image, "webp", 50)[0] for image in images]

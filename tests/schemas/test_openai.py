@@ -126,6 +126,7 @@ SDK_CALLS: list[tuple[str, Callable[[Any], Any], ImageRequest]] = [
             quality="high",
             background="transparent",
             output_format="webp",
+            output_compression=80,
         ),
     ),
     (
