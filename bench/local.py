@@ -278,12 +278,12 @@ def gpu_setup(images: int) -> Setup:
     )
 
 
-def cpu_setup(images: int) -> Setup:
+def cpu_setup(images: int, size: int = 64) -> Setup:
     return Setup(
         title="CPU: the built-in tiny model (tiny-sd: random weights, draws noise), float32",
         path="builtin:tiny-sd",
         device="cpu",
-        size=64,
+        size=size,
         steps=2,
         images=images,
     )
@@ -376,6 +376,7 @@ def _part(section: str, heading: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.local", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=64, help="images per measured run (default 64)")
+    parser.add_argument("--size", type=int, default=64, help="side of the CPU part's images in pixels (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per row; the median is reported (default 3)")
     parser.add_argument("--no-write", action="store_true", help=f"print only; leave {DOC.name} as it is")
     only = parser.add_mutually_exclusive_group()
@@ -385,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    setups = [] if args.gpu_only else [(CPU_PART, cpu_setup(args.images))]
+    setups = [] if args.gpu_only else [(CPU_PART, cpu_setup(args.images, args.size))]
     if not args.cpu_only and torch.cuda.is_available():
         setups.append((GPU_PART, gpu_setup(args.images)))
     elif args.gpu_only:
