@@ -67,7 +67,8 @@ class LocalBackendSettings(ProviderPolicy, kw_only=True, forbid_unknown_fields=T
     queue_size: PositiveInt = 64
     # Images one pipeline call may draw; requests that agree on model, size, steps and guidance share one.
     max_batch_size: PositiveInt = 4
-    # How long the first request of a batch waits for companions while the device is idle.
+    # How long the first request of a batch waits for companions, from its arrival, when they are likely
+    # (it arrived while the device was busy or behind others); a lone request at an idle device starts at once.
     batch_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     timeout: WorkerTimeouts = msgspec.field(default_factory=WorkerTimeouts)
     # One call, no retry: a full local queue answers `overloaded` at once, and the route falls back
