@@ -189,7 +189,7 @@ def _mark(value: Any, slices: list[msgspec.Raw]) -> bool:
     if isinstance(value, list):
         for item in value:
             found = _mark(item, slices) or found
-    elif isinstance(value, msgspec.Struct):
+    elif isinstance(value, msgspec.Struct) and not value.__struct_config__.frozen:  # a frozen one keeps its slices
         for name in value.__struct_fields__:
             field = getattr(value, name)
             if isinstance(field, msgspec.Raw) and len(field) >= PIECE_MIN:

@@ -146,3 +146,14 @@ def test_a_light_answer_is_plain_bytes() -> None:
     endpoint, answer = upstream_bodies()["melious"]
     result = endpoint.decode_response(json.dumps(answer).encode(), REQUEST, slices=True)
     assert isinstance(encode_answer(openai.GENERATIONS.encode_result(result, REQUEST)), bytes)
+
+
+class _Frozen(msgspec.Struct, frozen=True):
+    b64_json: Any
+
+
+def test_a_frozen_answer_keeps_its_slices_and_is_written_whole() -> None:
+    body, texts = heavy_answer()
+    image = melious.GENERATIONS.decode_response(body, REQUEST, slices=True).images[0]
+    wire = _Frozen(b64_json=image.as_json_b64())
+    assert encode_answer(wire) == msgspec.json.encode({"b64_json": texts[0]})
