@@ -273,6 +273,8 @@ class MultipartEndpoint(NebulEndpoint[FileRequestT]):
         fields = msgspec.structs.asdict(wire)
         images: list[bytes] = fields.pop("image")
         mask: bytes | None = fields.pop("mask", None)
+        for unsent in ("stream", "partial_images"):  # the gateway never asks a provider for a stream
+            fields.pop(unsent, None)
         data = {name: str(value) for name, value in fields.items() if value is not None}
         files = [("image", _form_file("image" if i == 0 else f"image-{i}", image)) for i, image in enumerate(images)]
         if mask is not None:
