@@ -38,7 +38,14 @@ from schemas.canonical import (
 from schemas.dialect import Endpoint, ErrorTable, error_answer
 from schemas.disconnect import ClientGone, unless_client_leaves
 
-__all__ = ["EVENT_STREAM", "StreamedAnswer", "completed_event", "partial_image_event"]
+__all__ = [
+    "EVENT_STREAM",
+    "STREAM_EVENT_TYPES",
+    "StreamedAnswer",
+    "completed_event",
+    "partial_image_event",
+    "streams",
+]
 
 log = structlog.get_logger("gateway.streams")
 
@@ -83,6 +90,22 @@ class StreamUsage(msgspec.Struct, kw_only=True):
 
 class CompletedEvent(_ImageEvent, kw_only=True):
     usage: StreamUsage
+
+
+class StreamErrorEvent(msgspec.Struct, kw_only=True):
+    """A failure after the stream began: ``type`` is ``error``, ``error`` the dialect's own error body."""
+
+    type: str
+    error: dict[str, Any]
+
+
+# What a streamed answer's ``data:`` lines hold (the OpenAPI document lists them).
+STREAM_EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (PartialImageEvent, CompletedEvent, StreamErrorEvent)
+
+
+def streams(endpoint: Endpoint[Any, Any]) -> bool:
+    """Whether ``endpoint`` answers ``stream: true`` with events (its request has ``partial_images``)."""
+    return any(field.name == "partial_images" for field in msgspec.structs.fields(endpoint.request_type))
 
 
 def _settings(request: ImageRequest, image: GeneratedImage) -> dict[str, Any]:

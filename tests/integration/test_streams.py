@@ -348,3 +348,17 @@ def test_js_sdk_streams(gateway: GatewayServer) -> None:
     ]
     for line in lines:
         assert line["png"] is True and line["bytes"] > 0
+
+
+def test_openapi_documents_the_streamed_events(gateway: GatewayServer, http: httpx.Client) -> None:
+    document = http.get(gateway.url + "/docs/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    for path in ("/v1/images/generations", "/v1/images/edits", "/nebul/v1/images/generations"):
+        content = document["paths"][path]["post"]["responses"]["200"]["content"]
+        events = content["text/event-stream"]["schema"]["oneOf"]
+        names = [event["$ref"].rsplit("/", 1)[1] for event in events]
+        assert names == ["PartialImageEvent", "CompletedEvent", "StreamErrorEvent"]
+        assert all(name in schemas for name in names)
+        assert "partial_image_index" in schemas["PartialImageEvent"]["properties"]
+    for path in ("/v1/images/variations", "/melious/v1/images/generations", "/pomelo/api/v1/flux.1"):
+        assert "text/event-stream" not in document["paths"][path]["post"]["responses"]["200"]["content"]
