@@ -50,6 +50,10 @@ __all__ = [
 log = structlog.get_logger("gateway.streams")
 
 EVENT_STREAM = "text/event-stream"
+# Seconds without an event after which a comment line (``: keep-alive``, which SSE clients skip) is sent,
+# so that a proxy's idle timeout does not cut a slow generation.
+KEEPALIVE_S = 15.0
+_KEEPALIVE = b": keep-alive\n\n"
 # The event type prefix of each operation that streams; variations do not (their endpoints refuse `stream`).
 _PREFIX = {Operation.GENERATE: "image_generation", Operation.EDIT: "image_edit"}
 _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
@@ -160,6 +164,15 @@ def error_event(error: GatewayError, errors: ErrorTable) -> bytes:
     return _sse("error", msgspec.json.encode({"type": "error", "error": inner}))
 
 
+async def _next(events: asyncio.Queue[bytes | None]) -> bytes | None:
+    """The next event, or a keep-alive comment when none came for ``KEEPALIVE_S``."""
+    try:
+        async with asyncio.timeout(KEEPALIVE_S):  # a cancelled get() leaves its event in the queue
+            return await events.get()
+    except TimeoutError:
+        return _KEEPALIVE
+
+
 async def _nothing(outcome: str, error: GatewayError | None) -> None:
     """The default ``finish``: nothing to record."""
 
@@ -203,7 +216,7 @@ class StreamedAnswer:
             await send(start)
             producing = asyncio.create_task(self._produce(events, errors, outcome))
             try:
-                while (chunk := await events.get()) is not None:
+                while (chunk := await _next(events)) is not None:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await producing
                 if outcome and outcome[0][0] != "client_gone":

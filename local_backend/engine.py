@@ -212,6 +212,8 @@ class LocalEngine:
             if self._queue.discard(job):
                 self._dropped += 1
                 self._report_depth(work.model)
+            elif id(job) in self._reporters:  # being drawn: its pipeline call may stop early
+                self._reporters[id(job)].cancelled = True
             raise
         finally:
             self._reporters.pop(id(job), None)

@@ -196,7 +196,8 @@ class LoadedModel:
         kwargs = self.family_arguments(negatives)
         listening = [(row, reporter) for row, reporter in enumerate(reporters) if reporter is not None]
         if listening:
-            kwargs["callback_on_step_end"] = _step_callback(listening, work, steps)
+            everyone = len(listening) == len(seeds)  # every image of the call has a reporter that may cancel
+            kwargs["callback_on_step_end"] = _step_callback(listening, work, steps, everyone)
         output = pipeline(
             prompt=prompts,
             height=work.height,
@@ -235,10 +236,19 @@ class LoadedModel:
         )
 
 
-def _step_callback(listening: list[tuple[int, Reporter]], work: Work, steps: int) -> Callable[..., dict[str, Any]]:
-    """diffusers' ``callback_on_step_end``: each reporter hears of the step; a preview from its row when due."""
+def _step_callback(
+    listening: list[tuple[int, Reporter]], work: Work, steps: int, everyone: bool
+) -> Callable[..., dict[str, Any]]:
+    """diffusers' ``callback_on_step_end``: each reporter hears of the step; a preview from its row when due.
+
+    When ``everyone`` (each image of the call has a reporter) and all their callers have gone,
+    the call stops denoising: the remaining steps are skipped (its images are thrown away).
+    """
 
     def on_step_end(pipeline: Pipeline, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if everyone and all(reporter.cancelled for _, reporter in listening):
+            pipeline._interrupt = True  # diffusers skips the steps left
+            return tensors
         total = int(getattr(pipeline, "_num_timesteps", None) or steps)  # img2img runs fewer than asked
         step = index + 1
         due = [(row, reporter) for row, reporter in listening if reporter.wants_preview(step, total)]

@@ -81,6 +81,9 @@ class Reporter:
         self.size = size
         self.output_format = output_format
         self.previews_made = 0
+        # Set on the loop when the request's caller stopped waiting: a pipeline call that holds only
+        # such requests stops denoising (diffusers' ``interrupt``).
+        self.cancelled = False
         self._pending: list[concurrent.futures.Future[None]] = []
 
     def wants_preview(self, step: int, steps: int) -> bool:

@@ -25,6 +25,7 @@ import openai
 import pytest
 
 from adapters.local import LocalAdapter
+from gateway import streams
 from schemas.dialect import image_dimensions, sniff_image
 from tests.emulators import EmulatorServer, solid_png
 from tests.emulators.control import Fault
@@ -362,3 +363,20 @@ def test_openapi_documents_the_streamed_events(gateway: GatewayServer, http: htt
         assert "partial_image_index" in schemas["PartialImageEvent"]["properties"]
     for path in ("/v1/images/variations", "/melious/v1/images/generations", "/pomelo/api/v1/flux.1"):
         assert "text/event-stream" not in document["paths"][path]["post"]["responses"]["200"]["content"]
+
+
+def test_a_slow_generation_keeps_the_stream_alive(
+    client: openai.OpenAI, emulators: dict[str, EmulatorServer], gateway: GatewayServer, http: httpx.Client
+) -> None:
+    """Comment lines while nothing else comes (the SDK skips them), so a proxy's idle timeout never cuts the stream."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(streams, "KEEPALIVE_S", 0.05)  # the gateway runs in this process
+        emulators["melious"].emulator.add_fault(Fault(delay=1.0))
+        answer = http.post(
+            gateway.url + "/v1/images/generations", json={"model": "flux-schnell", "prompt": "x", "stream": True}
+        )
+        emulators["melious"].emulator.add_fault(Fault(delay=1.0))
+        events = list(client.images.generate(model="flux-schnell", prompt="x", stream=True))
+    assert answer.text.startswith(": keep-alive\n\n")
+    assert answer.text.rstrip().split("\n\n")[-1].startswith("event: image_generation.completed\n")
+    assert [event.type for event in events] == ["image_generation.completed"]

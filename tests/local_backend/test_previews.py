@@ -7,9 +7,12 @@ import asyncio
 import pytest
 import torch
 
-from local_backend.previews import latents_to_rgb, preview_steps
+from local_backend.pipelines import load_model
+from local_backend.previews import Reporter, latents_to_rgb, preview_steps
+from local_backend.rules import Work
 from schemas.canonical import ImageRequest, Operation, Progress
 from schemas.dialect import image_dimensions
+from schemas.local import LocalModelSettings
 from tests.local_backend.engines import TINY, local_settings, running_engine
 
 
@@ -99,3 +102,21 @@ async def test_previews_of_an_edit_and_of_flux() -> None:
     assert [report.step for report in flux.previews] == [2]
     preview = flux.previews[0].preview
     assert preview is not None and preview.data is not None and image_dimensions(preview.data) == (64, 64)
+
+
+async def test_a_call_whose_callers_all_left_stops_denoising() -> None:
+    """A pipeline call holding only requests whose callers went away skips its remaining steps."""
+    model = load_model("tiny", LocalModelSettings(path="builtin:tiny-sd"), "cpu", torch.float32)
+    loop = asyncio.get_running_loop()
+    gone, staying = Heard(), Heard()
+    left = Reporter(loop, gone, 0, (64, 64))
+    left.cancelled = True
+    stays = Reporter(loop, staying, 0, (64, 64))
+    request = Work(model="tiny", operation=Operation.GENERATE, prompt="a fox", negative_prompt=None, n=1,
+                   width=64, height=64, steps=6, guidance=2.0, seed=3, strength=0.8)  # fmt: skip
+    await asyncio.to_thread(model.draw, [request], 4, [left])
+    await asyncio.to_thread(model.draw, [request, request], 4, [left, stays])  # someone still waits: all steps
+    await asyncio.sleep(0)  # the reports scheduled on the loop
+    await asyncio.sleep(0.05)
+    assert staying.steps == [(step, 6) for step in range(1, 7)]
+    assert gone.steps == [(step, 6) for step in range(1, 7)]  # only from the second call: the first stopped
