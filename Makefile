@@ -26,12 +26,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,local]' $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	touch $(STAMP)
 
-install: $(STAMP)
+# The official openai JS SDK for tests/integration/test_streams.py, at the version the lock file pins.
+JS_SDK := tests/js/node_modules/.package-lock.json
+$(JS_SDK): tests/js/package.json tests/js/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tests/js
+
+install: $(STAMP) $(JS_SDK)
 
 run: $(STAMP)
 	$(EMULATOR_PORTS) $(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-test: $(STAMP)
+test: $(STAMP) $(JS_SDK)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -104,7 +104,7 @@ class LocalAdapter(AdapterBase):
         if self.remote:
             result = await self._remote(request, msgspec.structs.replace(options, timeout=timeout))
         else:
-            result = await self._in_process(request, timeout)
+            result = await self._in_process(request, timeout, options)
         result.provider = self.name
         result.timings.total = time.perf_counter() - started
         return result
@@ -120,13 +120,13 @@ class LocalAdapter(AdapterBase):
 
     # --- in-process ---
 
-    async def _in_process(self, request: ImageRequest, timeout: float) -> ImageResult:
+    async def _in_process(self, request: ImageRequest, timeout: float, options: CallOptions) -> ImageResult:
         if self.engine is None:
             await self.start()
         assert self.engine is not None
         try:
             async with asyncio.timeout(timeout):  # leaving the wait drops the request if it is still queued
-                return await self.engine.generate(request)
+                return await self.engine.generate(request, options.progress)
         except TimeoutError as exc:
             raise GatewayError(
                 ErrorCode.UPSTREAM_TIMEOUT, f"local model did not answer within {timeout:g} s", provider=self.name

@@ -61,6 +61,18 @@ IN_FLIGHT = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="livesum",
 )
+STREAMS_OPEN = Gauge(
+    "streams_open",
+    "Streamed answers (server-sent events) being sent now.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+STREAM_EVENTS = Counter(
+    "stream_events",
+    "Server-sent events sent on streamed answers, by kind (partial_image, completed, error).",
+    ["event"],
+    namespace=NAMESPACE,
+)
 UPSTREAM_CALLS = Counter(
     "upstream_calls",
     "Calls to a provider, by outcome (ok or error code).",

@@ -26,6 +26,7 @@ from litestar.openapi.spec import (
     Schema,
 )
 
+from gateway.streams import EVENT_STREAM, STREAM_EVENT_TYPES, streams
 from schemas.dialect import BodyKind, Endpoint
 from schemas.melious import MeliousError
 from schemas.nebul import NebulError
@@ -75,6 +76,17 @@ def _ref(struct: type) -> RawSchema:
     return RawSchema(raw={"$ref": REF.format(name=struct.__name__)})
 
 
+# The data of each server-sent event of a streamed answer (``stream: true``).
+_STREAM_EVENTS = RawSchema(raw={"oneOf": [{"$ref": REF.format(name=event.__name__)} for event in STREAM_EVENT_TYPES]})
+_STREAMED = (
+    "The generated images, in the dialect's answer; with `stream: true`, `text/event-stream`: "
+    "`event: image_generation.partial_image` (`image_edit.partial_image` for edits) for each of up to "
+    "`partial_images` previews, then `event: image_generation.completed` (`image_edit.completed`) with the "
+    "final image; each event's `data:` line is the JSON named by its `type`. A failure after the stream "
+    "began is `event: error` with the dialect's error body."
+)
+
+
 def operation_class(endpoint: Endpoint[Any, Any]) -> type[Operation]:
     """An Operation that documents ``endpoint``'s request body and 200 answer."""
     media = "multipart/form-data" if endpoint.body_kind is BodyKind.MULTIPART else "application/json"
@@ -88,6 +100,9 @@ def operation_class(endpoint: Endpoint[Any, Any]) -> type[Operation]:
             if self.responses and "200" in self.responses:
                 answer = self.responses["200"]
                 answer.content = {"application/json": OpenAPIMediaType(schema=_ref(endpoint.response_type))}  # type: ignore[union-attr]
+                if streams(endpoint):
+                    answer.content[EVENT_STREAM] = OpenAPIMediaType(schema=_STREAM_EVENTS)  # type: ignore[union-attr]
+                    answer.description = _STREAMED  # type: ignore[union-attr]
             self.responses = {**(self.responses or {}), **error_responses(endpoint)}
 
     return DialectOperation
@@ -133,6 +148,7 @@ def add_dialect_routes(app: Litestar, routes: list[DocumentedRoute]) -> None:
     endpoints = [route.endpoint for route in routes]
     types = [struct for endpoint in endpoints for struct in (endpoint.request_type, endpoint.response_type)]
     types += list(dict.fromkeys(ERROR_ENVELOPES.values()))
+    types += STREAM_EVENT_TYPES
     _, schemas = msgspec.json.schema_components(types, ref_template=REF)
     document = app.plugins.get(OpenAPIPlugin).provide_openapi()
     document.components.schemas.update({name: RawSchema(raw=schema) for name, schema in schemas.items()})

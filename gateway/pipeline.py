@@ -21,6 +21,7 @@ from gateway.inbound import ScopeInbound
 from gateway.logs import REQUEST_ID_HEADER, bind_inbound_keys, request_id, unbind_inbound_keys
 from gateway.routes import JSON, MOUNTS, Mount, serve_recorded
 from gateway.state import Gateway
+from gateway.streams import StreamedAnswer
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
 from schemas.imageforms import Pieces
@@ -77,7 +78,12 @@ async def serve_dialect_route(
     inbound = ScopeInbound(scope, receive, max_body, gateway.admission.body_budget)
     mount = route.by_method.get(scope["method"])  # type: ignore[typeddict-item]
     try:
-        status, headers, body = await _answer(gateway, route, mount, inbound)
+        answered = await _answer(gateway, route, mount, inbound)
+        if isinstance(answered, StreamedAnswer):  # its body was read: the events go out as they come
+            assert mount is not None
+            await answered.send(send, [(REQUEST_ID_HEADER, given_id.encode())], mount.errors)
+            return
+        status, headers, body = answered
         if not inbound.finished:  # refused before its body was read: read it so the client sees the answer
             await inbound.drain()
             if not inbound.finished:
@@ -93,13 +99,15 @@ async def serve_dialect_route(
 
 async def _answer(
     gateway: Gateway, route: DialectRoute, mount: Mount | None, inbound: ScopeInbound
-) -> tuple[int, dict[str, str], bytes | Pieces]:
+) -> tuple[int, dict[str, str], bytes | Pieces] | StreamedAnswer:
     errors = (mount or route.mount).errors
     try:
         if mount is None:
             raise _method_not_allowed(route)
-        body, headers = await serve_recorded(gateway, mount.endpoint, inbound)
-        return 200, headers, body
+        answer = await serve_recorded(gateway, mount.endpoint, inbound)
+        if isinstance(answer, StreamedAnswer):
+            return answer
+        return 200, answer.headers, answer.body
     except ClientGone:
         raise
     except Exception as exc:  # every failure is answered in the client's dialect, never as a traceback

@@ -9,11 +9,13 @@ runs it for every dialect route and renders any failure in the client's own enve
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgspec
 import structlog
 from litestar.types import Method
 
@@ -24,8 +26,17 @@ from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
 from gateway.router import Attempts
 from gateway.state import Gateway
+from gateway.streams import StreamedAnswer
 from schemas import melious, nebul, nebulablock, openai, pomelo
-from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, ResponseFormat
+from schemas.canonical import (
+    ErrorCode,
+    GatewayError,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    Progress,
+    ResponseFormat,
+)
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 from schemas.disconnect import ClientGone
 from schemas.imageforms import Conversion, Pieces, conversion, encode_answer
@@ -163,8 +174,14 @@ class Answer(NamedTuple):
     headers: dict[str, str]
 
 
-async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeInbound, record: RequestRecord) -> Answer:
-    """authorize ▸ read body ▸ decode ▸ admit (inputs, model access, rate limits) ▸ route ▸ deliver ▸ encode."""
+async def serve(
+    gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeInbound, record: RequestRecord
+) -> Answer | StreamedAnswer:
+    """authorize ▸ read body ▸ decode ▸ admit (inputs, model access, rate limits) ▸ route ▸ deliver ▸ encode.
+
+    With ``stream: true`` the answer after admission is a ``StreamedAnswer`` (``gateway.streams``)
+    that routes as its events are sent.
+    """
     deadline = time.monotonic() + gateway.config.server.request_deadline_s
     admission = gateway.admission
     key = admission.authorize(request.headers)  # before reading the body: refusals stay cheap
@@ -176,6 +193,17 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     record.model = plan.model.name
     decision = await admission.admit(key, canonical, plan.model)
     record.reservation = decision.reservation
+    if canonical.stream:  # from here on, events: the generation runs as the stream is sent (never shared)
+        streamed = msgspec.structs.replace(canonical, response_format=ResponseFormat.B64_JSON)
+
+        async def generate(progress: Callable[[Progress], None]) -> ImageResult:
+            result = await gateway.router.generate(streamed, plan, deadline, record.attempts, progress)
+            record.provider, record.images = result.provider, len(result.images)
+            record.cost = accounting.cost_of(plan.model, canonical, result)
+            return result
+
+        limits = decision.headers() if decision.limit or decision.policies else {}
+        return StreamedAnswer(endpoint, canonical, request.receive, limits, generate)
     # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled; a
     # generation shared by identical seeded requests, or answered from the cache: gateway.dedup.
     key_name = key.name if key is not None else None
@@ -195,14 +223,20 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     return Answer(body, headers)
 
 
-async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeInbound) -> Answer:
-    """``serve``, counted and logged as one request whatever its end."""
+async def serve_recorded(
+    gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeInbound
+) -> Answer | StreamedAnswer:
+    """``serve``, counted and logged as one request whatever its end (a stream's when its last event is sent)."""
     record = RequestRecord(endpoint.dialect, endpoint.operation.value)
     started = time.perf_counter()
     metrics.IN_FLIGHT.inc()
+    streamed = False
     try:
         answer = await serve(gateway, endpoint, request, record)
         record.outcome = "ok"
+        if isinstance(answer, StreamedAnswer):
+            streamed = True
+            answer.finish = functools.partial(_stream_finished, gateway, record, started)
         return answer
     except GatewayError as error:
         endpoint.client_error(error)  # the field in the client's own name (`num_steps`, not `steps`)
@@ -214,8 +248,22 @@ async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request
         record.outcome = "client_gone"
         raise
     finally:
-        metrics.IN_FLIGHT.dec()
-        if record.reservation is not None:  # answered: the actual cost; failed: all of it given back
-            actual = record.cost.micros if record.outcome == "ok" and record.cost is not None else 0
-            await gateway.admission.settle(record.reservation, actual)
-        record.finish(time.perf_counter() - started)
+        if not streamed:
+            await _ended(gateway, record, started)
+
+
+async def _ended(gateway: Gateway, record: RequestRecord, started: float) -> None:
+    metrics.IN_FLIGHT.dec()
+    if record.reservation is not None:  # answered: the actual cost; failed: all of it given back
+        actual = record.cost.micros if record.outcome == "ok" and record.cost is not None else 0
+        await gateway.admission.settle(record.reservation, actual)
+    record.finish(time.perf_counter() - started)
+
+
+async def _stream_finished(
+    gateway: Gateway, record: RequestRecord, started: float, outcome: str, error: GatewayError | None
+) -> None:
+    record.outcome = outcome
+    if error is not None:
+        record.provider = error.provider or record.provider
+    await _ended(gateway, record, started)

@@ -27,8 +27,18 @@ from PIL import Image
 from local_backend.batching import BatchQueue, Job
 from local_backend.images import encode_images
 from local_backend.pipelines import Drawn, LoadedModel, load_model, pick_device, pick_dtype
+from local_backend.previews import Reporter
 from local_backend.rules import Work, resolve
-from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, Timings, Usage
+from schemas.canonical import (
+    ErrorCode,
+    GatewayError,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    Progress,
+    Timings,
+    Usage,
+)
 from schemas.local import LocalBackendSettings, LocalModelSettings
 
 __all__ = ["EngineObserver", "EngineStats", "LocalEngine"]
@@ -87,6 +97,7 @@ class LocalEngine:
         self._in_flight: asyncio.Future[None] | None = None
         self._closing = False
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._reporters: dict[int, Reporter] = {}  # id(job) → the progress reporter of a request that wants one
         self._running = 0
         self._batch_sizes: Counter[int] = Counter()
         self._images = self._refused = self._dropped = 0
@@ -177,8 +188,12 @@ class LocalEngine:
 
     # --- one request ---
 
-    async def generate(self, request: ImageRequest) -> ImageResult:
-        """Check, queue and draw ``request``; cancelling the caller before its batch starts drops it."""
+    async def generate(self, request: ImageRequest, progress: Callable[[Progress], None] | None = None) -> ImageResult:
+        """Check, queue and draw ``request``; cancelling the caller before its batch starts drops it.
+
+        ``progress`` hears of every step on the loop, and gets ``request.partial_images``
+        previews when the request streams (``local_backend.previews``).
+        """
         started = time.perf_counter()
         if self._queue is None:
             raise GatewayError(ErrorCode.INTERNAL, "the local backend has not been started")
@@ -192,6 +207,9 @@ class LocalEngine:
         except GatewayError:
             self._refused += 1
             raise
+        if progress is not None:
+            previews = request.partial_images if request.stream else 0
+            self._reporters[id(job)] = Reporter(loop, progress, previews, (work.width, work.height), work.output_format)
         self._report_depth(work.model)
         try:
             images, inference = await job.future
@@ -199,7 +217,11 @@ class LocalEngine:
             if self._queue.discard(job):
                 self._dropped += 1
                 self._report_depth(work.model)
+            elif id(job) in self._reporters:  # being drawn: its pipeline call may stop early
+                self._reporters[id(job)].cancelled = True
             raise
+        finally:
+            self._reporters.pop(id(job), None)
         return ImageResult(
             images=images,
             created=int(time.time()),
@@ -253,7 +275,10 @@ class LocalEngine:
         self._running = sum(work.n for work in works)
         loop = asyncio.get_running_loop()
         try:
-            drawn = await loop.run_in_executor(self._executor, model.draw, works, self.settings.max_batch_size)
+            reporters = [self._reporters.get(id(job)) for job in batch]
+            drawn = await loop.run_in_executor(
+                self._executor, model.draw, works, self.settings.max_batch_size, reporters
+            )
         except Exception as exc:
             error = _drawing_error(exc, works[0])
             for job in batch:
@@ -279,6 +304,9 @@ class LocalEngine:
         except Exception as exc:
             _fail(job, _drawing_error(exc, job.work))
             return
+        reporter = self._reporters.get(id(job))
+        if reporter is not None:
+            await reporter.flushed()  # its previews reach the caller before its final image
         if not job.future.done():
             job.future.set_result((encoded, drawn.seconds))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, O
 from PIL import Image
 
 from local_backend.images import read_image, read_mask
+from local_backend.previews import Reporter
 from local_backend.rules import ModelRules, Work
 from local_backend.tiny import BUILTIN_PREFIX, TINY_KINDS, ensure_tiny
 from schemas.canonical import ErrorCode, GatewayError, Operation
@@ -90,41 +91,57 @@ class LoadedModel:
             rules = msgspec.structs.replace(rules, operations=frozenset({Operation.GENERATE}))
         self.rules = rules
 
-    def draw(self, works: Sequence[Work], max_images: int) -> Drawn:
+    def draw(
+        self, works: Sequence[Work], max_images: int, reporters: Sequence[Reporter | None] | None = None
+    ) -> Drawn:
         """Draw every image of ``works`` in pipeline calls of at most ``max_images`` images.
 
         Several works form one call only when they agree on their batch key (the engine
-        sees to that); an edit or variation is always alone.
+        sees to that); an edit or variation is always alone. ``reporters`` (one per work, or
+        None) hear of each step and get their previews (``local_backend.previews``).
         """
         started = time.perf_counter()
         timings: list[float] = []
+        reporters = list(reporters) if reporters is not None else [None] * len(works)
         if works[0].operation is Operation.GENERATE:
-            images, calls = self._generate(works, max_images, timings)
+            images, calls = self._generate(works, max_images, timings, reporters)
         else:
             assert len(works) == 1, "an edit or variation runs alone"
-            images, calls = self._edit(works[0], max_images, timings)
+            images, calls = self._edit(works[0], max_images, timings, reporters[0])
         return Drawn(images=images, calls=calls, call_seconds=timings, seconds=time.perf_counter() - started)
 
     def _generate(
-        self, works: Sequence[Work], max_images: int, timings: list[float]
+        self, works: Sequence[Work], max_images: int, timings: list[float], reporters: Sequence[Reporter | None]
     ) -> tuple[list[list[Image.Image]], list[int]]:
         first = works[0]
-        # One entry per image: its prompt, negative prompt and seed.
-        rows = [(work.prompt, work.negative_prompt, seed) for work in works for seed in work.seeds]
+        # One entry per image: its prompt, negative prompt, seed and the reporter of its work (first image only).
+        rows = [
+            (work.prompt, work.negative_prompt, seed, reporter if i == 0 else None)
+            for work, reporter in zip(works, reporters, strict=True)
+            for i, seed in enumerate(work.seeds)
+        ]
         drawn: list[Image.Image] = []
         calls = []
         for chunk in _chunks(rows, max_images):
-            prompts = [prompt for prompt, _, _ in chunk]
-            negatives = [negative for _, negative, _ in chunk]
+            prompts = [prompt for prompt, _, _, _ in chunk]
+            negatives = [negative for _, negative, _, _ in chunk]
             started = time.perf_counter()
             drawn += self._call(
-                self.text_to_image, first, prompts, negatives, [seed for _, _, seed in chunk], first.steps
+                self.text_to_image,
+                first,
+                prompts,
+                negatives,
+                [seed for _, _, seed, _ in chunk],
+                first.steps,
+                reporters=[reporter for _, _, _, reporter in chunk],
             )
             timings.append(time.perf_counter() - started)
             calls.append(len(chunk))
         return _split(drawn, [work.n for work in works]), calls
 
-    def _edit(self, work: Work, max_images: int, timings: list[float]) -> tuple[list[list[Image.Image]], list[int]]:
+    def _edit(
+        self, work: Work, max_images: int, timings: list[float], reporter: Reporter | None
+    ) -> tuple[list[list[Image.Image]], list[int]]:
         pipeline = self.inpainting if work.mask is not None else self.image_to_image
         if pipeline is None:
             raise GatewayError(
@@ -142,10 +159,18 @@ class LoadedModel:
         steps = max(work.steps, math.ceil(1 / work.strength))
         drawn: list[Image.Image] = []
         calls = []
-        for chunk in _chunks(work.seeds, max_images):
+        for number, chunk in enumerate(_chunks(work.seeds, max_images)):
             count, started = len(chunk), time.perf_counter()
+            reporters = [reporter if number == 0 and i == 0 else None for i in range(count)]
             drawn += self._call(
-                pipeline, work, [work.prompt] * count, [work.negative_prompt] * count, list(chunk), steps, **extra
+                pipeline,
+                work,
+                [work.prompt] * count,
+                [work.negative_prompt] * count,
+                list(chunk),
+                steps,
+                reporters=reporters,
+                **extra,
             )
             timings.append(time.perf_counter() - started)
             calls.append(count)
@@ -159,12 +184,20 @@ class LoadedModel:
         negatives: list[str | None],
         seeds: list[int],
         steps: int,
+        reporters: Sequence[Reporter | None] = (),
         **extra: Any,
     ) -> list[Image.Image]:
-        """One pipeline call: one generator per image, so each image is fixed by its own seed."""
+        """One pipeline call: one generator per image, so each image is fixed by its own seed.
+
+        ``reporters`` (by row of the call) hear of each step, and take their previews from their row's latents.
+        """
         # Generators on the CPU: the same seed starts from the same noise on any device.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs = self.family_arguments(negatives)
+        listening = [(row, reporter) for row, reporter in enumerate(reporters) if reporter is not None]
+        if listening:
+            everyone = len(listening) == len(seeds)  # every image of the call has a reporter that may cancel
+            kwargs["callback_on_step_end"] = _step_callback(listening, work, steps, everyone)
         output = pipeline(
             prompt=prompts,
             height=work.height,
@@ -201,6 +234,35 @@ class LoadedModel:
             output_type="pil",
             **self.family_arguments([None]),
         )
+
+
+def _step_callback(
+    listening: list[tuple[int, Reporter]], work: Work, steps: int, everyone: bool
+) -> Callable[..., dict[str, Any]]:
+    """diffusers' ``callback_on_step_end``: each reporter hears of the step; a preview from its row when due.
+
+    When ``everyone`` (each image of the call has a reporter) and all their callers have gone,
+    the call stops denoising: the remaining steps are skipped (its images are thrown away).
+    """
+
+    def on_step_end(pipeline: Pipeline, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if everyone and all(reporter.cancelled for _, reporter in listening):
+            pipeline._interrupt = True  # diffusers skips the steps left
+            return tensors
+        total = int(getattr(pipeline, "_num_timesteps", None) or steps)  # img2img runs fewer than asked
+        step = index + 1
+        due = [(row, reporter) for row, reporter in listening if reporter.wants_preview(step, total)]
+        if due:
+            latents = tensors["latents"]
+            if latents.ndim == 3 and hasattr(pipeline, "_unpack_latents"):  # Flux packs 2x2 latents into tokens
+                latents = pipeline._unpack_latents(latents, work.height, work.width, pipeline.vae_scale_factor)
+            for row, reporter in due:
+                reporter.preview(step, total, latents[row])
+        for _, reporter in listening:
+            reporter.step(step, total)
+        return tensors
+
+    return on_step_end
 
 
 def _derived(auto: Any, pipeline: Pipeline) -> Pipeline | None:

@@ -34,6 +34,7 @@ __all__ = [
     "error_answer",
     "image_dimensions",
     "parse_size",
+    "refuse_stream",
     "sniff_image",
 ]
 
@@ -49,6 +50,20 @@ class BodyKind(enum.Enum):
 
     JSON = "json"
     MULTIPART = "multipart"
+
+
+# What the ``stream`` field of an endpoint that cannot stream its answer accepts (false, or left out).
+NO_STREAM = "false: this endpoint answers one JSON body and does not stream"
+
+
+def refuse_stream(stream: bool, where: str) -> None:
+    """A 400 for ``stream: true`` on an endpoint without streamed answers, rather than ignoring it."""
+    if stream:
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            f"`stream` is not supported by {where}: it answers one JSON body; leave `stream` out or false",
+            param="stream",
+        )
 
 
 # A msgspec validation error names the field that failed: ``... - at `$.size```.

@@ -16,7 +16,16 @@ from schemas.canonical import (
     ImageResult,
     ResponseFormat,
 )
-from schemas.dialect import PROMPT_RULE, Buffer, Endpoint, ErrorTable, code_for_status, parse_size
+from schemas.dialect import (
+    NO_STREAM,
+    PROMPT_RULE,
+    Buffer,
+    Endpoint,
+    ErrorTable,
+    code_for_status,
+    parse_size,
+    refuse_stream,
+)
 
 __all__ = ["ERRORS", "GENERATIONS", "MeliousGenerationRequest", "MeliousGenerationResponse"]
 
@@ -41,6 +50,8 @@ class MeliousGenerationRequest(msgspec.Struct, kw_only=True, omit_defaults=True)
     size: Size = DEFAULT_SIZE
     response_format: Literal["url", "b64_json"] = "url"
     user: str | None = None
+    # Not documented by this dialect: refused when true rather than silently ignored.
+    stream: Annotated[bool, msgspec.Meta(description=NO_STREAM)] = False
 
 
 class MeliousImage(msgspec.Struct, omit_defaults=True):
@@ -77,6 +88,7 @@ class Generations(Endpoint[MeliousGenerationRequest, MeliousGenerationResponse])
     response_type = MeliousGenerationResponse
 
     def to_canonical(self, wire: MeliousGenerationRequest) -> ImageRequest:
+        refuse_stream(wire.stream, "Melious image generations")
         width, height = parse_size(wire.size)
         return ImageRequest(
             model=wire.model,

@@ -18,6 +18,7 @@ from schemas.canonical import (
     Usage,
 )
 from schemas.dialect import (
+    NO_STREAM,
     PROMPT_RULE,
     BodyKind,
     Buffer,
@@ -25,6 +26,7 @@ from schemas.dialect import (
     ErrorTable,
     code_for_status,
     parse_size,
+    refuse_stream,
     require_image,
     sniff_image,
 )
@@ -48,6 +50,7 @@ DEFAULT_QUALITY = "auto"
 DEFAULT_BACKGROUND = "auto"
 DEFAULT_OUTPUT_FORMAT = "png"
 MAX_N = 10
+MAX_PARTIAL_IMAGES = 3  # OpenAI's limit on previews before the final image of a streamed answer
 
 Prompt = Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S", description=PROMPT_RULE)]
 Model = Annotated[str, msgspec.Meta(min_length=1)]
@@ -60,6 +63,7 @@ Size = Annotated[
 ResponseFormatName = Literal["url", "b64_json"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 Images = Annotated[list[bytes], msgspec.Meta(min_length=1)]
+PartialImages = Annotated[int, msgspec.Meta(ge=0, le=MAX_PARTIAL_IMAGES)]
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -81,14 +85,22 @@ class NebulOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     user: str | None = None
 
 
-class NebulGenerationRequest(NebulOptions, kw_only=True, omit_defaults=True):
+class StreamOptions(NebulOptions, kw_only=True, omit_defaults=True):
+    """The options of the routes that may stream their answer, OpenAI's way: server-sent events
+    with ``partial_images`` previews before the final image (``n`` must be 1)."""
+
+    stream: bool = False
+    partial_images: PartialImages | None = None
+
+
+class NebulGenerationRequest(StreamOptions, kw_only=True, omit_defaults=True):
     """The JSON request of ``POST /v1/images/generations``."""
 
     prompt: Prompt
     model: Model = DEFAULT_MODEL
 
 
-class NebulEditRequest(NebulOptions, kw_only=True, omit_defaults=True):
+class NebulEditRequest(StreamOptions, kw_only=True, omit_defaults=True):
     """The multipart request of ``POST /v1/images/edits``: one or more images, an optional mask."""
 
     model: Model
@@ -102,6 +114,8 @@ class NebulVariationRequest(NebulOptions, kw_only=True, omit_defaults=True):
 
     image: Images
     model: Model = DEFAULT_MODEL
+    # Variations answer one JSON body: refused when true rather than silently ignored.
+    stream: Annotated[bool, msgspec.Meta(description=NO_STREAM)] = False
 
 
 class NebulImage(msgspec.Struct):
@@ -145,6 +159,9 @@ def _to_canonical(
 ) -> ImageRequest:
     """The canonical request from the shared fields plus the endpoint's own."""
     width, height = (None, None) if wire.size == AUTO_SIZE else parse_size(wire.size)
+    stream = isinstance(wire, StreamOptions) and wire.stream
+    if stream and wire.n != 1:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, "`n` must be 1 when `stream` is true", param="n")
     return ImageRequest(
         model=model,
         prompt=prompt,
@@ -160,6 +177,8 @@ def _to_canonical(
         images=images,
         mask=mask,
         user=wire.user,
+        stream=stream,
+        partial_images=(wire.partial_images or 0) if isinstance(wire, StreamOptions) else 0,
     )
 
 
@@ -254,6 +273,8 @@ class MultipartEndpoint(NebulEndpoint[FileRequestT]):
         fields = msgspec.structs.asdict(wire)
         images: list[bytes] = fields.pop("image")
         mask: bytes | None = fields.pop("mask", None)
+        for unsent in ("stream", "partial_images"):  # the gateway never asks a provider for a stream
+            fields.pop(unsent, None)
         data = {name: str(value) for name, value in fields.items() if value is not None}
         files = [("image", _form_file("image" if i == 0 else f"image-{i}", image)) for i, image in enumerate(images)]
         if mask is not None:
@@ -301,6 +322,7 @@ class Variations(MultipartEndpoint[NebulVariationRequest]):
     request_type = NebulVariationRequest
 
     def to_canonical(self, wire: NebulVariationRequest) -> ImageRequest:
+        refuse_stream(wire.stream, "image variations")
         return _to_canonical(
             wire,
             model=wire.model,

@@ -27,6 +27,7 @@ from schemas.canonical import (
     Usage,
 )
 from schemas.dialect import (
+    NO_STREAM,
     PROMPT_RULE,
     Buffer,
     Endpoint,
@@ -35,6 +36,7 @@ from schemas.dialect import (
     decode_b64_image,
     image_dimensions,
     parse_size,
+    refuse_stream,
 )
 
 __all__ = [
@@ -105,6 +107,8 @@ class NebulaBlockServerlessRequest(msgspec.Struct, kw_only=True, omit_defaults=T
     negative_prompt: str | None = None
     image: B64Image | None = None
     mask: B64Image | None = None
+    # Not documented by this dialect: refused when true rather than silently ignored.
+    stream: Annotated[bool, msgspec.Meta(description=NO_STREAM)] = False
 
 
 class NebulaBlockTimings(msgspec.Struct, kw_only=True):
@@ -139,6 +143,7 @@ class ServerlessImages(Endpoint[NebulaBlockServerlessRequest, NebulaBlockServerl
     field_names = {"steps": "num_steps", "guidance": "guidance_scale", "size": "width/height"}
 
     def to_canonical(self, wire: NebulaBlockServerlessRequest) -> ImageRequest:
+        refuse_stream(wire.stream, "NebulaBlock's serverless images")
         if wire.mask is not None and wire.image is None:
             raise GatewayError(ErrorCode.INVALID_REQUEST, "`mask` needs an `image` to paint into", param="mask")
         images = () if wire.image is None else (decode_b64_image(wire.image, "image"),)
@@ -217,6 +222,8 @@ class NebulaBlockV1Request(msgspec.Struct, kw_only=True, omit_defaults=True):
     style: Style = "natural"
     negative_prompt: str | None = None
     response_format: Literal["url", "b64_json"] = "url"
+    # Not documented by this dialect: refused when true rather than silently ignored.
+    stream: Annotated[bool, msgspec.Meta(description=NO_STREAM)] = False
 
 
 class NebulaBlockV1Image(msgspec.Struct, kw_only=True):
@@ -272,6 +279,7 @@ class V1Images(Endpoint[NebulaBlockV1Request, NebulaBlockV1Response]):
     response_type = NebulaBlockV1Response
 
     def to_canonical(self, wire: NebulaBlockV1Request) -> ImageRequest:
+        refuse_stream(wire.stream, "NebulaBlock's v1 images")
         width, height = parse_size(wire.size) if wire.size is not None else (None, None)
         _check_size(width, height)
         return ImageRequest(

@@ -1,7 +1,8 @@
 """The root OpenAI family (``/v1/images/{generations,edits,variations}``): the union of Melious and Nebul.
 
 Requests take Nebul's fields (a superset of Melious's) with OpenAI's defaults; unknown
-fields the ``openai`` SDK may send (``style``, ``stream``, ...) are ignored. Responses are
+fields the ``openai`` SDK may send (``style``, ...) are ignored; ``stream`` and ``partial_images``
+answer server-sent events (``gateway.streams``) on generations and edits. Responses are
 Nebul's ``ImageResponse`` plus Melious's ``environment_impact`` when the result has one.
 The endpoints are Nebul's, parametrised with these Structs; no provider speaks this
 dialect, but the outbound mappings work all the same, inherited from Nebul.

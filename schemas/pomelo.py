@@ -24,7 +24,7 @@ from schemas.canonical import (
     Operation,
     ResponseFormat,
 )
-from schemas.dialect import PROMPT_RULE, Buffer, Endpoint, ErrorTable, code_for_status
+from schemas.dialect import NO_STREAM, PROMPT_RULE, Buffer, Endpoint, ErrorTable, code_for_status, refuse_stream
 from schemas.nebulablock import CODES
 
 __all__ = [
@@ -82,6 +82,8 @@ class PomeloMidjourneyRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     height: Side = DEFAULT_SIDE
     model: Annotated[str, msgspec.Meta(min_length=1)] = DEFAULT_MIDJOURNEY_MODEL
     num_outputs: Annotated[int, msgspec.Meta(ge=1, le=MAX_OUTPUTS)] = 1
+    # Not documented by this dialect: refused when true rather than silently ignored.
+    stream: Annotated[bool, msgspec.Meta(description=NO_STREAM)] = False
 
 
 class PomeloMidjourneyImage(msgspec.Struct, kw_only=True):
@@ -131,6 +133,7 @@ class Midjourney(Endpoint[PomeloMidjourneyRequest, PomeloMidjourneyResponse]):
     field_names = {"n": "num_outputs", "size": "width/height"}
 
     def to_canonical(self, wire: PomeloMidjourneyRequest) -> ImageRequest:
+        refuse_stream(wire.stream, "Pomelo's Midjourney endpoint")
         return ImageRequest(
             model=wire.model,
             prompt=wire.prompt,
@@ -216,6 +219,8 @@ class PomeloFluxRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     seed: int | None = None
     steps: Annotated[int, msgspec.Meta(ge=1, le=MAX_STEPS)] = DEFAULT_STEPS
     aspect_ratio: AspectRatio = DEFAULT_ASPECT_RATIO
+    # Not documented by this dialect: refused when true rather than silently ignored.
+    stream: Annotated[bool, msgspec.Meta(description=NO_STREAM)] = False
 
 
 class PomeloFluxImage(msgspec.Struct, kw_only=True):
@@ -263,6 +268,7 @@ class Flux(Endpoint[PomeloFluxRequest, PomeloFluxResponse]):
     field_names = {"size": "aspect_ratio"}
 
     def to_canonical(self, wire: PomeloFluxRequest) -> ImageRequest:
+        refuse_stream(wire.stream, "Pomelo's Flux endpoint")
         width, height = size_for_aspect_ratio(wire.aspect_ratio)
         return ImageRequest(
             model=FLUX_MODEL,
