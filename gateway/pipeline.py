@@ -97,8 +97,8 @@ async def _answer(
     try:
         if mount is None:
             raise _method_not_allowed(route)
-        body, headers = await serve_recorded(gateway, mount.endpoint, inbound)
-        return 200, headers, body
+        body, headers, status = await serve_recorded(gateway, mount.endpoint, inbound)
+        return status, headers, body
     except ClientGone:
         raise
     except Exception as exc:  # every failure is answered in the client's dialect, never as a traceback

@@ -20,9 +20,11 @@ from litestar.types import Method
 
 from gateway import accounting, metrics
 from gateway.accounting import Cost, Reservation
+from gateway.config import ModelConfig
 from gateway.dedup import CACHE_HEADER
 from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
+from gateway.prefer import parse_prefer, prefer_headers
 from gateway.router import Attempts
 from gateway.state import Gateway
 from schemas import melious, nebul, nebulablock, openai, pomelo
@@ -88,11 +90,14 @@ async def decode_request(endpoint: Endpoint[Any, Any], request: ScopeInbound) ->
     return endpoint.decode_json(await request.body())
 
 
-async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: ScopeInbound) -> None:
+async def deliver(
+    gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: ScopeInbound | str
+) -> None:
     """Give each image the form the client wants: a stored image's URL for bytes when it asked for ``url``.
 
     One store call per image, all at once; a store that cannot take them is the client's
-    ``upstream_error`` (502). Clients that want base64 never reach the store.
+    ``upstream_error`` (502). Clients that want base64 never reach the store. ``request`` is
+    the client's request, or (for a job run after its request ended) the base URL it came to.
     """
     if wanted is not ResponseFormat.URL:
         return
@@ -100,7 +105,7 @@ async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat,
     if not pending:
         return
     store = gateway.image_store
-    base_url = gateway.public_base_url or request.base_url()
+    base_url = gateway.public_base_url or (request if isinstance(request, str) else request.base_url())
 
     async def publish(image: GeneratedImage) -> None:
         data = image.as_bytes()
@@ -158,18 +163,23 @@ class RequestRecord:
 
 
 class Answer(NamedTuple):
-    """A dialect answer: its JSON body and the headers the gateway adds."""
+    """A dialect answer: its JSON body, the headers the gateway adds, and its status."""
 
     body: bytes
     headers: dict[str, str]
+    status: int = 200
 
 
 async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeInbound, record: RequestRecord) -> Answer:
-    """authorize ▸ read body ▸ decode ▸ admit (inputs, model access, rate limits) ▸ route ▸ deliver ▸ encode."""
+    """authorize ▸ read body ▸ decode ▸ admit (inputs, model access, rate limits) ▸ route ▸ deliver ▸ encode.
+
+    With ``Prefer: respond-async`` the last three run detached as a job (``gateway.jobs``).
+    """
     deadline = time.monotonic() + gateway.config.server.request_deadline_s
     admission = gateway.admission
     key = admission.authorize(request.headers)  # before reading the body: refusals stay cheap
     record.key = key.name if key is not None else "none"
+    preferences = parse_prefer(prefer_headers(request.scope["headers"]))
     canonical = await decode_request(endpoint, request)
     record.prompt = canonical.prompt
     admission.check_inputs(canonical)
@@ -177,23 +187,42 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     record.model = plan.model.name
     decision = await admission.admit(key, canonical, plan.model)
     record.reservation = decision.reservation
+    rate_headers = decision.headers() if decision.limit or decision.policies else {}
+    if preferences.respond_async and gateway.jobs is not None:
+        return await gateway.jobs.submit(endpoint, canonical, key, preferences, request, record, rate_headers)
     # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled; a
     # generation shared by identical seeded requests, or answered from the cache: gateway.dedup.
     key_name = key.name if key is not None else None
     result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts, request.receive)
+    body = await finish(gateway, endpoint, canonical, result, request, record, plan.model)
+    return Answer(body, {**answer_headers(result, record, cache), **rate_headers})
+
+
+async def finish(
+    gateway: Gateway,
+    endpoint: Endpoint[Any, Any],
+    canonical: ImageRequest,
+    result: ImageResult,
+    request: ScopeInbound | str,
+    record: RequestRecord,
+    model: ModelConfig,
+) -> bytes:
+    """deliver ▸ encode (and price): the dialect's answer body for a result (a request's, or a job's run)."""
     record.provider = result.provider
     await deliver(gateway, result, canonical.response_format, request)
     body = msgspec.json.encode(endpoint.encode_result(result, canonical))
     record.images = len(result.images)
-    record.cost = accounting.cost_of(plan.model, canonical, result)
+    record.cost = accounting.cost_of(model, canonical, result)
+    return body
+
+
+def answer_headers(result: ImageResult, record: RequestRecord, cache: str | None = None) -> dict[str, str]:
     headers = {PROVIDER_HEADER: result.provider, ATTEMPTS_HEADER: str(record.attempts.calls)}
     if record.cost is not None:
         headers[COST_HEADER] = record.cost.header()
     if cache is not None:
         headers[CACHE_HEADER] = cache
-    if decision.limit or decision.policies:
-        headers.update(decision.headers())
-    return Answer(body, headers)
+    return headers
 
 
 async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeInbound) -> Answer:
@@ -203,7 +232,7 @@ async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request
     metrics.IN_FLIGHT.inc()
     try:
         answer = await serve(gateway, endpoint, request, record)
-        record.outcome = "ok"
+        record.outcome = "accepted" if answer.status == 202 else "ok"
         return answer
     except GatewayError as error:
         endpoint.client_error(error)  # the field in the client's own name (`num_steps`, not `steps`)
