@@ -1,0 +1,152 @@
+"""Async jobs in one app: the Prefer grammar, progress from the backend's hook, cancelling a running generation,
+and the jobs config; in both stores (the real Redis, a key prefix of its own, and the process)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from litestar.testing import AsyncTestClient
+
+from gateway.app import create_app
+from gateway.config import ConfigError
+from gateway.cooldown import Cooldowns
+from gateway.prefer import Preferences, parse_prefer
+from gateway.ratelimit import MemoryLimiter
+from gateway.router import Router
+from schemas.canonical import GatewayError
+from tests.gateway.fakes import SteppingAdapter, config, wait_until
+from tests.redis_support import require_shared_redis
+
+STEPS = 5
+SUBMIT = {"model": "m", "prompt": "a cat", "response_format": "b64_json"}
+ASYNC = {"Prefer": "respond-async"}
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], Preferences()),
+        (["respond-async"], Preferences(respond_async=True)),
+        (["Respond-Async , WAIT=10"], Preferences(respond_async=True, wait=10)),
+        (["wait=3"], Preferences(wait=3)),
+        (['return=minimal; foo="a,b;c", respond-async'], Preferences(respond_async=True)),
+        (["respond-async;x", "wait = 7"], Preferences(respond_async=True, wait=7)),
+        (["wait=2, wait=9, respond-async"], Preferences(respond_async=True, wait=2)),  # the first instance counts
+        (['wait="4"'], Preferences(wait=4)),  # a quoted word is a word
+        ([" , respond-async ,, "], Preferences(respond_async=True)),
+        (["handling=strict"], Preferences()),
+    ],
+)
+def test_prefer_grammar(values: list[str], expected: Preferences) -> None:
+    assert parse_prefer(values) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "wait=soon",
+        "wait=1.5",
+        "wait=-1",
+        "wait",
+        "wait=",
+        'x="open',
+        "=1",
+        "respond-async wait=1",
+        "respond-async;=1",
+        "résumé",
+        'x="a\\',
+    ],
+)
+def test_malformed_prefer_is_an_invalid_request_naming_the_header(value: str) -> None:
+    with pytest.raises(GatewayError) as raised:
+        parse_prefer(["respond-async", value])
+    assert raised.value.status == 400 and raised.value.param == "Prefer"
+    assert "Prefer" in raised.value.message
+
+
+def test_jobs_config_errors_name_the_field() -> None:
+    for field, value in (("consumers", 0), ("claim_after_s", 0), ("ttl_s", -1), ("max_wait_s", "long")):
+        with pytest.raises(ConfigError, match=rf"at `\$\.jobs\.{field}`"):
+            config({}, [], jobs={field: value})
+    with pytest.raises(ConfigError, match=r"unknown field `visibility`"):
+        config({}, [], jobs={"visibility": 3})
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def app_client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Any, SteppingAdapter]]:
+    prefix = f"igw-unit-jobs-{uuid.uuid4().hex[:8]}:"
+    sections: dict[str, Any] = {"image_store": {"path": str(tmp_path)}}
+    if request.param == "redis":
+        sections["redis"] = {"url": require_shared_redis(), "key_prefix": prefix}
+    settings = config({"p": {}}, [{"name": "m", "targets": [{"provider": "p", "model": "x"}]}], **sections)
+    app = create_app(settings)
+    adapter = SteppingAdapter("p", STEPS)
+    async with AsyncTestClient(app=app) as client:
+        gateway = app.state.gateway
+        gateway.router = Router(settings, {"p": adapter}, MemoryLimiter(), Cooldowns())
+        yield client, adapter
+    shared = redis.Redis.from_url(require_shared_redis())
+    for key in shared.scan_iter(f"{prefix}*"):
+        shared.delete(key)
+
+
+async def poll(client: Any, url: str, until: Any) -> dict[str, Any]:
+    for _ in range(400):
+        answer = await client.get(url)
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        if until(body):
+            return body
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"the job never got there: {body}")
+
+
+async def test_progress_from_the_backend_reaches_the_job_and_its_events(
+    app_client: tuple[Any, SteppingAdapter],
+) -> None:
+    client, adapter = app_client
+    submitted = await client.post("/v1/images/generations", json=SUBMIT, headers=ASYNC)
+    assert submitted.status_code == 202, submitted.text
+    url = submitted.headers["location"]
+    await wait_until(adapter.started)
+    adapter.open(2)
+    job = await poll(client, url, lambda body: body.get("progress", {}).get("step") == 2)
+    assert job["status"] == "running" and job["progress"] == {"step": 2, "steps": STEPS}
+    adapter.open(STEPS)
+    job = await poll(client, url, lambda body: body["status"] == "succeeded")
+    assert job["progress"] == {"step": STEPS, "steps": STEPS}
+    assert job["result"]["data"][0]["b64_json"] == "aW1n"
+    events = (await client.get(url + "/events")).text
+    assert "event: progress\n" in events and f'data: {{"step":{STEPS},"steps":{STEPS}}}' in events
+    assert events.rstrip().split("\n\n")[-1].split("\n")[1] == "event: result"
+
+
+async def test_cancelling_a_running_job_cancels_its_generation(app_client: tuple[Any, SteppingAdapter]) -> None:
+    client, adapter = app_client
+    submitted = await client.post("/v1/images/generations", json=SUBMIT, headers=ASYNC)
+    url = submitted.headers["location"]
+    await wait_until(adapter.started)
+    canceled = await client.delete(url)
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    await wait_until(adapter.cancelled)  # the backend's call itself was cancelled
+    adapter.open(STEPS)
+    await asyncio.sleep(0.3)
+    job = (await client.get(url)).json()
+    assert job["status"] == "canceled" and "result" not in job
+
+
+async def test_wait_gives_the_plain_answer_once_the_job_ends(app_client: tuple[Any, SteppingAdapter]) -> None:
+    client, adapter = app_client
+    adapter.open(STEPS)
+    plain = await client.post("/v1/images/generations", json=SUBMIT)
+    waited = await client.post("/v1/images/generations", json=SUBMIT, headers={"Prefer": "respond-async, wait=10"})
+    assert waited.status_code == 200
+    assert waited.json()["data"] == plain.json()["data"]
+    assert waited.headers["x-gateway-provider"] == plain.headers["x-gateway-provider"] == "p"
+    assert "preference-applied" not in waited.headers
