@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 import structlog
+from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.config import InboundKey
@@ -46,6 +47,7 @@ from gateway.routes import MOUNTS, Answer, Mount, RequestRecord, answer_headers,
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Progress
 from schemas.dialect import Endpoint, error_answer
+from schemas.disconnect import unless_client_leaves
 
 __all__ = ["JOBS_PATH", "Jobs", "build_job_queue"]
 
@@ -119,6 +121,16 @@ class _ProgressWriter:
                 await self.task
 
 
+@contextlib.asynccontextmanager
+async def store_errors() -> AsyncIterator[None]:
+    """A job store (Redis) that cannot be reached is ``overloaded`` (503) for the client, not a 500."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        log.warning("job_store_unavailable", error=f"{type(exc).__name__}: {exc}")
+        raise GatewayError(ErrorCode.OVERLOADED, "the job store is unavailable; try again later", public=True) from exc
+
+
 class Jobs:
     """Submit, read, follow and cancel jobs, and run them with ``jobs.consumers`` consumers per process."""
 
@@ -165,6 +177,19 @@ class Jobs:
         rate_headers: dict[str, str],
     ) -> Answer:
         """Store and queue a job; ``202`` with its place, or the plain answer when it ends within ``wait``."""
+        async with store_errors():
+            return await self._submit(endpoint, canonical, key, preferences, request, record, rate_headers)
+
+    async def _submit(
+        self,
+        endpoint: Endpoint[Any, Any],
+        canonical: ImageRequest,
+        key: InboundKey | None,
+        preferences: Preferences,
+        request: ScopeInbound,
+        record: RequestRecord,
+        rate_headers: dict[str, str],
+    ) -> Answer:
         if await self.queue.waiting() >= self.settings.max_queued:
             raise GatewayError(ErrorCode.OVERLOADED, "too many jobs are waiting; try again later", public=True)
         now = int(time.time())
@@ -183,8 +208,9 @@ class Jobs:
             job.webhook = webhooks.target(job.key, request.headers.get("x-webhook-url"))
         await self.queue.put(job, msgspec.msgpack.encode(canonical))
         self._transition(job, "submitted")
-        if preferences.wait:
-            done = await self.wait(job.id, min(preferences.wait, self.settings.max_wait_s))
+        if preferences.wait:  # a client that hangs up while it waits leaves the job running
+            waited = self.wait(job.id, min(preferences.wait, self.settings.max_wait_s))
+            done = await unless_client_leaves(request.receive, waited)
             if done is not None and done.status == SUCCEEDED and done.result is not None:
                 record.images = canonical.n
                 return Answer(done.result.encode(), {**done.headers, **rate_headers})
@@ -218,7 +244,8 @@ class Jobs:
 
     async def find(self, job_id: str, key: InboundKey | None) -> tuple[JobRecord, JobProgress | None]:
         """The job, if the caller's key made it; a 404 for a job of another key, as for one that is not there."""
-        found = await self.queue.get(job_id) if job_id else None
+        async with store_errors():
+            found = await self.queue.get(job_id) if job_id else None
         if found is None or found[0].key != (key.name if key is not None else None):
             raise GatewayError(ErrorCode.INVALID_REQUEST, "no such job, or it has expired", status=404, public=True)
         return found
@@ -230,9 +257,11 @@ class Jobs:
             raise GatewayError(
                 ErrorCode.INVALID_REQUEST, f"the job has already ended ({job.status})", status=409, public=True
             )
-        await self.queue.request_cancel(job.id)  # the process running it stops it
         job.status, job.updated_at = CANCELED, int(time.time())
-        if not await self.queue.replace(job, frozenset({QUEUED, RUNNING})):  # it ended meanwhile
+        async with store_errors():
+            await self.queue.request_cancel(job.id)  # the process running it stops it
+            stored = await self.queue.replace(job, frozenset({QUEUED, RUNNING}))
+        if not stored:  # it ended meanwhile
             job, progress = await self.find(job_id, key)
             return job_body(job, progress)
         self._transition(job, "canceled by the client")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from litestar.testing import AsyncTestClient
+from litestar.testing import AsyncTestClient, TestClient
 
 from gateway.app import create_app
 from gateway.config import ConfigError
@@ -150,3 +150,16 @@ async def test_wait_gives_the_plain_answer_once_the_job_ends(app_client: tuple[A
     assert waited.json()["data"] == plain.json()["data"]
     assert waited.headers["x-gateway-provider"] == plain.headers["x-gateway-provider"] == "p"
     assert "preference-applied" not in waited.headers
+
+
+def test_the_job_routes_are_in_the_openapi_document_with_their_errors() -> None:
+    with TestClient(create_app()) as client:
+        document = client.get("/docs/openapi.json").json()
+    paths = document["paths"]
+    job, events = paths["/v1/jobs/{job_id}"], paths["/v1/jobs/{job_id}/events"]
+    assert set(job) >= {"get", "delete"} and "get" in events
+    for operation in (job["get"], job["delete"], events["get"]):
+        assert {"401", "404"} <= set(operation["responses"]), operation["responses"]
+        assert operation["tags"] == ["jobs"]
+    assert "409" in job["delete"]["responses"]
+    assert "text/event-stream" in events["get"]["responses"]["200"]["content"]

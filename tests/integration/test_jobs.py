@@ -24,6 +24,7 @@ from tests.emulators import EmulatorServer, Fault, solid_png
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer
 from tests.redis_support import require_shared_redis
+from tests.servers import free_port
 
 KEYS = {"alice": "sk-alice-jobs-0123456789", "bob": "sk-bob-jobs-0123456789"}
 PROMPT = "a lighthouse in a storm"
@@ -373,3 +374,19 @@ def test_job_metrics_and_log_lines(redis_gateway: GatewayServer, http: httpx.Cli
     assert 'image_gateway_jobs_total{status="succeeded"}' in exposition
     assert "image_gateway_job_queue_age_seconds_count" in exposition
     assert "image_gateway_job_claims_total" in exposition
+
+
+def test_a_job_store_that_cannot_be_reached_is_overloaded(
+    emulators: dict[str, EmulatorServer], http: httpx.Client, tmp_path: Path
+) -> None:
+    nobody = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    server = start_gateway(emulators, MODELS, tmp_path, auth=auth_section(), redis={"url": nobody})
+    try:
+        path, body, _ = DIALECTS["pomelo"]
+        answer = submit(http, server, path, json=body)
+        assert answer.status_code == 503, answer.text
+        assert "job store" in answer.json()["error"]["message"]
+        assert http.get(f"{server.url}/v1/jobs/{'x' * 32}", headers=bearer()).status_code == 503
+        assert http.post(server.url + path, json=body, headers=bearer()).status_code == 200  # plain calls go on
+    finally:
+        server.stop()
