@@ -23,6 +23,8 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from gateway.webhooks import Delivery, WebhookTarget
+
 __all__ = [
     "CANCELED",
     "FAILED",
@@ -73,8 +75,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
     error: str | None = None  # the dialect's error body (JSON text)
     failure: JobError | None = None
     headers: dict[str, str] = {}  # the plain call's X-Gateway-* headers
-    webhook: Any = None  # the webhook target (gateway.webhooks.WebhookTarget), when one was asked for
-    webhooks: list[Any] = []  # its deliveries
+    webhook: WebhookTarget | None = None  # where the job's end is told, when it asked (or its key has a default)
+    webhooks: list[Delivery] = []  # the deliveries of that webhook
+    notified: bool = False  # the deliveries are over and recorded
 
 
 class Taken(NamedTuple):

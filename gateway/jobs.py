@@ -17,7 +17,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -42,9 +42,10 @@ from gateway.jobqueue import (
     RedisJobQueue,
     Taken,
 )
-from gateway.prefer import Preferences
+from gateway.prefer import Preferences, parse_prefer, prefer_headers
 from gateway.routes import MOUNTS, Answer, Mount, RequestRecord, answer_headers, finish
 from gateway.state import Gateway
+from gateway.webhooks import WebhookTarget
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Progress
 from schemas.dialect import Endpoint, error_answer
 from schemas.disconnect import unless_client_leaves
@@ -86,8 +87,8 @@ def job_body(record: JobRecord, progress: JobProgress | None) -> dict[str, Any]:
         body["result"] = msgspec.Raw(record.result.encode())
     if record.error is not None:
         body["error"] = msgspec.Raw(record.error.encode())
-    if record.webhook is not None or record.webhooks:
-        body["webhooks"] = record.webhooks
+    if record.webhook is not None:
+        body["webhooks"] = record.webhooks  # each attempt: {attempt, at, status, error}; [] until the job ends
     return body
 
 
@@ -131,6 +132,25 @@ async def store_errors() -> AsyncIterator[None]:
         raise GatewayError(ErrorCode.OVERLOADED, "the job store is unavailable; try again later", public=True) from exc
 
 
+class Ticket(NamedTuple):
+    """A request that asked to run as a job, checked before its body was read."""
+
+    jobs: Jobs
+    key: InboundKey | None
+    preferences: Preferences
+    webhook: WebhookTarget | None
+
+    async def submit(
+        self,
+        endpoint: Endpoint[Any, Any],
+        canonical: ImageRequest,
+        request: ScopeInbound,
+        record: RequestRecord,
+        rate_headers: dict[str, str],
+    ) -> Answer:
+        return await self.jobs.submit(self, endpoint, canonical, request, record, rate_headers)
+
+
 class Jobs:
     """Submit, read, follow and cancel jobs, and run them with ``jobs.consumers`` consumers per process."""
 
@@ -140,6 +160,7 @@ class Jobs:
         self.settings = gateway.config.jobs
         self._consumers: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._notifying: set[asyncio.Task[None]] = set()
 
     # --- lifecycle
 
@@ -159,37 +180,52 @@ class Jobs:
         running = set(self._running)
         if running and grace_s > 0:
             await asyncio.wait(running, timeout=grace_s)
-        for task in running:
+        for task in running | self._notifying:  # webhooks not delivered yet: another replica delivers them
             task.cancel()
-        await asyncio.gather(*self._consumers, *running, return_exceptions=True)
+        await asyncio.gather(*self._consumers, *running, *self._notifying, return_exceptions=True)
         await self.queue.aclose()
 
     # --- submit
 
+    async def accept(self, key: InboundKey | None, request: ScopeInbound) -> Ticket | None:
+        """What ``serve`` asks before the body is read: None for a plain call, else the job's ticket.
+
+        A malformed ``Prefer`` and a webhook URL the key may not call are refused here (400), so
+        neither reads a body nor spends a rate limit.
+        """
+        preferences = parse_prefer(prefer_headers(request.scope["headers"]))
+        if not preferences.respond_async:
+            return None
+        url = request.headers.get("x-webhook-url")
+        webhooks = self.gateway.webhooks
+        key_name = key.name if key is not None else None
+        # The URL's host is resolved by target(): off the event loop.
+        webhook = await asyncio.to_thread(webhooks.target, key_name, url) if url else webhooks.target(key_name, None)
+        return Ticket(self, key, preferences, webhook)
+
     async def submit(
         self,
+        ticket: Ticket,
         endpoint: Endpoint[Any, Any],
         canonical: ImageRequest,
-        key: InboundKey | None,
-        preferences: Preferences,
         request: ScopeInbound,
         record: RequestRecord,
         rate_headers: dict[str, str],
     ) -> Answer:
         """Store and queue a job; ``202`` with its place, or the plain answer when it ends within ``wait``."""
         async with store_errors():
-            return await self._submit(endpoint, canonical, key, preferences, request, record, rate_headers)
+            return await self._submit(ticket, endpoint, canonical, request, record, rate_headers)
 
     async def _submit(
         self,
+        ticket: Ticket,
         endpoint: Endpoint[Any, Any],
         canonical: ImageRequest,
-        key: InboundKey | None,
-        preferences: Preferences,
         request: ScopeInbound,
         record: RequestRecord,
         rate_headers: dict[str, str],
     ) -> Answer:
+        key, preferences, webhook = ticket.key, ticket.preferences, ticket.webhook
         if await self.queue.waiting() >= self.settings.max_queued:
             raise GatewayError(ErrorCode.OVERLOADED, "too many jobs are waiting; try again later", public=True)
         now = int(time.time())
@@ -203,9 +239,7 @@ class Jobs:
             request_id=current_request_id(),
             base_url=self.gateway.public_base_url or request.base_url(),
         )
-        webhooks = getattr(self.gateway, "webhooks", None)
-        if webhooks is not None:  # a bad URL is refused now, before the 202
-            job.webhook = webhooks.target(job.key, request.headers.get("x-webhook-url"))
+        job.webhook = webhook
         await self.queue.put(job, msgspec.msgpack.encode(canonical))
         self._transition(job, "submitted")
         if preferences.wait:  # a client that hangs up while it waits leaves the job running
@@ -264,8 +298,7 @@ class Jobs:
         if not stored:  # it ended meanwhile
             job, progress = await self.find(job_id, key)
             return job_body(job, progress)
-        self._transition(job, "canceled by the client")
-        await self._notify(job)
+        self._transition(job, "canceled by the client")  # its webhook: by the process that takes its entry
         return job_body(job, progress)
 
     async def events(self, job: JobRecord, progress: JobProgress | None) -> AsyncIterator[bytes]:
@@ -326,31 +359,34 @@ class Jobs:
 
     async def _run_taken(self, taken: Taken, consumer: int) -> None:
         found = await self.queue.get(taken.job_id)
-        if found is None or found[0].status in TERMINAL:  # expired, cancelled while queued, or stored but not acked
+        if found is None:  # expired
             await self.queue.done(taken)
             return
         job = found[0]
         structlog.contextvars.bind_contextvars(request_id=job.request_id)
+        if job.status in TERMINAL:  # cancelled while queued, or ended by a process that stopped before its webhook
+            await self._release(taken, consumer)
+            return
         if taken.claimed:
             metrics.JOB_CLAIMS.inc()
             log.warning("job_claimed", detail="taken over from a process that stopped", runs=job.runs)
         if job.runs >= self.settings.max_runs:
             error = GatewayError(ErrorCode.INTERNAL, f"the job was interrupted {job.runs} times", public=True)
             await self._end(job, FAILED, error=error)
-            await self.queue.done(taken)
+            await self._release(taken, consumer)
             return
         if job.runs == 0:
             metrics.JOB_QUEUE_AGE.observe(max(0.0, time.time() - job.created_at))
         job.status, job.runs, job.updated_at = RUNNING, job.runs + 1, int(time.time())
         if not await self.queue.replace(job, frozenset({QUEUED, RUNNING})) or await self.queue.cancel_requested(job.id):
-            await self.queue.done(taken)  # cancelled meanwhile
+            await self._release(taken, consumer)  # cancelled meanwhile
             return
         self._transition(job, "started")
         payload = await self.queue.payload(job.id)
         if payload is None:
             error = GatewayError(ErrorCode.INTERNAL, "the job's request was lost", public=True)
             await self._end(job, FAILED, error=error)
-            await self.queue.done(taken)
+            await self._release(taken, consumer)
             return
         canonical = msgspec.msgpack.decode(payload, type=ImageRequest)
         mount = _MOUNTS[job.route]
@@ -372,7 +408,50 @@ class Jobs:
             metrics.JOBS_RUNNING.dec()
             watcher.cancel()
             await progress.aclose()
-        await self.queue.done(taken)
+        await self._release(taken, consumer)
+
+    async def _release(self, taken: Taken, consumer: int) -> None:
+        """The job has ended: tell its webhook, then let its queue entry go.
+
+        The entry is acknowledged only once the deliveries are recorded, so a process that stops
+        mid-way leaves it to another, which delivers again (at least once). The deliveries run
+        beside the consumer, which takes the next job meanwhile.
+        """
+        found = await self.queue.get(taken.job_id)
+        job = found[0] if found is not None else None
+        if job is None or job.webhook is None or job.notified or job.status not in TERMINAL:
+            await self.queue.done(taken)
+            return
+        task = asyncio.create_task(self._notify(job, taken, consumer))
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self, job: JobRecord, taken: Taken, consumer: int) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id, request_id=job.request_id)
+        webhooks = self.gateway.webhooks
+        assert job.webhook is not None
+        keeper = asyncio.create_task(self._keep(taken, consumer))
+        try:
+            found = await self.queue.get(job.id)
+            body = msgspec.json.decode(msgspec.json.encode(job_body(job, found[1] if found else None)))
+            body.pop("webhooks", None)  # the deliveries are not known yet
+            deliveries = await webhooks.deliver(job.webhook, f"msg_{job.id}", f"job.{job.status}", body)
+        finally:
+            keeper.cancel()
+        job.webhooks, job.notified = deliveries, True
+        try:
+            await self.queue.replace(job, frozenset({job.status}))
+            await self.queue.done(taken)
+        except Exception as exc:  # the entry stays: another process delivers again
+            log.error("job_webhook_not_recorded", error=f"{type(exc).__name__}: {exc}")
+
+    async def _keep(self, taken: Taken, consumer: int) -> None:
+        while True:
+            await asyncio.sleep(self.settings.claim_after_s / 3)
+            try:
+                await self.queue.keep(taken, consumer)
+            except Exception as exc:  # Redis away for a moment
+                log.warning("job_keepalive_failed", error=type(exc).__name__)
 
     async def _generate(
         self, job: JobRecord, mount: Mount, canonical: ImageRequest, progress: _ProgressWriter
@@ -411,7 +490,7 @@ class Jobs:
         error: BaseException | None = None,
         mount: Mount | None = None,
     ) -> None:
-        """Store the job's end (unless it was cancelled meanwhile), then tell its webhook."""
+        """Store the job's end (unless it was cancelled meanwhile)."""
         job.status, job.updated_at = status, int(time.time())
         if result is not None:
             job.result = result.decode()
@@ -430,16 +509,12 @@ class Jobs:
             )
         if await self.queue.replace(job, frozenset({QUEUED, RUNNING})):
             self._transition(job, "ended")
-            await self._notify(job)
 
     def _failure(self, error: BaseException, mount: Mount) -> GatewayError:
         from gateway.errors import to_gateway_error  # gateway.errors imports the routes this module does
 
         failure = to_gateway_error(error if isinstance(error, Exception) else Exception(), 0)
         return mount.endpoint.client_error(failure)
-
-    async def _notify(self, job: JobRecord) -> None:
-        """Deliver the job's end to its webhook (gateway.webhooks), when it asked for one."""
 
     def _transition(self, job: JobRecord, detail: str) -> None:
         metrics.child(metrics.JOBS, job.status).inc()

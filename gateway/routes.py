@@ -24,7 +24,6 @@ from gateway.config import ModelConfig
 from gateway.dedup import CACHE_HEADER
 from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
-from gateway.prefer import parse_prefer, prefer_headers
 from gateway.router import Attempts
 from gateway.state import Gateway
 from schemas import melious, nebul, nebulablock, openai, pomelo
@@ -179,7 +178,7 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     admission = gateway.admission
     key = admission.authorize(request.headers)  # before reading the body: refusals stay cheap
     record.key = key.name if key is not None else "none"
-    preferences = parse_prefer(prefer_headers(request.scope["headers"]))
+    job = await gateway.jobs.accept(key, request) if gateway.jobs is not None else None  # Prefer: respond-async
     canonical = await decode_request(endpoint, request)
     record.prompt = canonical.prompt
     admission.check_inputs(canonical)
@@ -188,8 +187,8 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     decision = await admission.admit(key, canonical, plan.model)
     record.reservation = decision.reservation
     rate_headers = decision.headers() if decision.limit or decision.policies else {}
-    if preferences.respond_async and gateway.jobs is not None:
-        return await gateway.jobs.submit(endpoint, canonical, key, preferences, request, record, rate_headers)
+    if job is not None:  # route ▸ deliver ▸ encode run detached (gateway/jobs.py), which settles the reservation
+        return await job.submit(endpoint, canonical, request, record, rate_headers)
     # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled; a
     # generation shared by identical seeded requests, or answered from the cache: gateway.dedup.
     key_name = key.name if key is not None else None
