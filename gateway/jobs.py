@@ -226,6 +226,13 @@ class Jobs:
         rate_headers: dict[str, str],
     ) -> Answer:
         key, preferences, webhook = ticket.key, ticket.preferences, ticket.webhook
+        if canonical.stream:  # a job's result is the JSON answer; events are at /v1/jobs/{id}/events
+            raise GatewayError(
+                ErrorCode.INVALID_REQUEST,
+                "`stream` cannot be combined with `Prefer: respond-async`; follow the job's events instead",
+                param="stream",
+                public=True,
+            )
         if await self.queue.waiting() >= self.settings.max_queued:
             raise GatewayError(ErrorCode.OVERLOADED, "too many jobs are waiting; try again later", public=True)
         now = int(time.time())

@@ -153,8 +153,10 @@ def test_a_job_in_each_dialect_answers_what_the_plain_call_would(
     plain = http.post(jobs_gateway.url + path, json=body, headers=bearer())
     assert plain.status_code == 200, plain.text
     job_id = accepted(submit(http, jobs_gateway, path, json=body))
+    events = sse(http, f"{jobs_gateway.url}/v1/jobs/{job_id}/events")
     job = poll(http, f"{jobs_gateway.url}/v1/jobs/{job_id}", ended)
     assert job["status"] == "succeeded", job
+    assert events[-1] == ("result", job)  # the events end with the job's whole body
     assert job["id"] == job_id and job["updated_at"] >= job["created_at"]
     assert "error" not in job
     result = job["result"]
@@ -390,3 +392,20 @@ def test_a_job_store_that_cannot_be_reached_is_overloaded(
         assert http.post(server.url + path, json=body, headers=bearer()).status_code == 200  # plain calls go on
     finally:
         server.stop()
+
+
+EMULATOR_OF = {"melious": "melious", "nebul": "nebul", "pomelo": "pomelo", "nebulablock": "nebulablock"}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_cancel_a_running_job_in_each_dialect(
+    redis_gateway: GatewayServer, http: httpx.Client, fresh_emulators: dict[str, EmulatorServer], dialect: str
+) -> None:
+    fresh_emulators[EMULATOR_OF[dialect]].emulator.add_fault(Fault(delay=3))
+    path, body, _ = DIALECTS[dialect]
+    job_id = accepted(submit(http, redis_gateway, path, json=body))
+    url = f"{redis_gateway.url}/v1/jobs/{job_id}"
+    poll(http, url, lambda job: job["status"] == "running")
+    assert http.delete(url, headers=bearer()).json()["status"] == "canceled"
+    events = sse(http, url + "/events")  # a canceled job's events end at once
+    assert events[-1][0] == "result" and events[-1][1]["status"] == "canceled"
