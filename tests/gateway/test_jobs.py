@@ -16,6 +16,7 @@ from litestar.testing import AsyncTestClient, TestClient
 from gateway.app import create_app
 from gateway.config import ConfigError
 from gateway.cooldown import Cooldowns
+from gateway.pipeline import DIALECT_ROUTES
 from gateway.prefer import Preferences, parse_prefer
 from gateway.ratelimit import MemoryLimiter
 from gateway.router import Router
@@ -152,8 +153,12 @@ async def test_wait_gives_the_plain_answer_once_the_job_ends(app_client: tuple[A
     assert "preference-applied" not in waited.headers
 
 
+def _no_backend() -> Any:
+    return config({"p": {}}, [{"name": "m", "targets": [{"provider": "p", "model": "x"}]}])
+
+
 def test_the_job_routes_are_in_the_openapi_document_with_their_errors() -> None:
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(_no_backend())) as client:
         document = client.get("/docs/openapi.json").json()
     paths = document["paths"]
     job, events = paths["/v1/jobs/{job_id}"], paths["/v1/jobs/{job_id}/events"]
@@ -163,3 +168,16 @@ def test_the_job_routes_are_in_the_openapi_document_with_their_errors() -> None:
         assert operation["tags"] == ["jobs"]
     assert "409" in job["delete"]["responses"]
     assert "text/event-stream" in events["get"]["responses"]["200"]["content"]
+
+
+def test_every_dialect_route_documents_prefer_and_its_202() -> None:
+    with TestClient(create_app(_no_backend())) as client:
+        document = client.get("/docs/openapi.json").json()
+    operations = [
+        document["paths"][path][method.lower()] for path, route in DIALECT_ROUTES.items() for method in route.by_method
+    ]
+    assert len(operations) == sum(len(route.by_method) for route in DIALECT_ROUTES.values())
+    for operation in operations:
+        assert "202" in operation["responses"], operation["operationId"]
+        headers = {parameter["name"] for parameter in operation["parameters"] if parameter["in"] == "header"}
+        assert {"Prefer", "X-Webhook-URL"} <= headers
