@@ -4,11 +4,13 @@ and the jobs config; in both stores (the real Redis, a key prefix of its own, an
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from litestar.testing import AsyncTestClient, TestClient
@@ -16,11 +18,12 @@ from litestar.testing import AsyncTestClient, TestClient
 from gateway.app import create_app
 from gateway.config import ConfigError
 from gateway.cooldown import Cooldowns
+from gateway.jobqueue import JobRecord
 from gateway.pipeline import DIALECT_ROUTES
 from gateway.prefer import Preferences, parse_prefer
 from gateway.ratelimit import MemoryLimiter
 from gateway.router import Router
-from schemas.canonical import GatewayError
+from schemas.canonical import GatewayError, ImageRequest
 from tests.gateway.fakes import SteppingAdapter, config, wait_until
 from tests.redis_support import require_shared_redis
 
@@ -181,3 +184,41 @@ def test_every_dialect_route_documents_prefer_and_its_202() -> None:
         assert "202" in operation["responses"], operation["operationId"]
         headers = {parameter["name"] for parameter in operation["parameters"] if parameter["in"] == "header"}
         assert {"Prefer", "X-Webhook-URL"} <= headers
+
+
+async def test_a_job_interrupted_max_runs_times_fails_instead_of_running_again(
+    app_client: tuple[Any, SteppingAdapter],
+) -> None:
+    client, adapter = app_client
+    jobs = client.app.state.gateway.jobs
+    now = int(time.time())
+    record = JobRecord(
+        id="interrupted-job",
+        key=None,
+        route="/v1/images/generations",
+        status="running",
+        created_at=now,
+        updated_at=now,
+        runs=jobs.settings.max_runs,
+    )
+    payload = msgspec.msgpack.encode(ImageRequest(model="m", prompt="a cat"))
+    app_loop = jobs._consumers[0].get_loop()  # the test client runs the app on a loop of its own
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(jobs.queue.put(record, payload), app_loop))
+    job = await poll(client, "/v1/jobs/interrupted-job", lambda body: body["status"] != "running")
+    assert job["status"] == "failed" and adapter.calls == 0
+    assert "interrupted" in job["error"]["error"]["message"]
+
+
+async def test_past_max_queued_a_submit_is_overloaded(app_client: tuple[Any, SteppingAdapter]) -> None:
+    client, adapter = app_client
+    jobs = client.app.state.gateway.jobs
+    jobs.settings = msgspec.structs.replace(jobs.settings, max_queued=1)
+    first = await client.post("/v1/images/generations", json=SUBMIT, headers=ASYNC)
+    assert first.status_code == 202
+    await wait_until(adapter.started)  # running: it still counts
+    second = await client.post("/v1/images/generations", json=SUBMIT, headers=ASYNC)
+    assert second.status_code == 503 and second.json()["error"]["message"]
+    adapter.open(STEPS)
+    await poll(client, first.headers["location"], lambda body: body["status"] == "succeeded")
+    third = await client.post("/v1/images/generations", json=SUBMIT, headers=ASYNC)
+    assert third.status_code == 202

@@ -337,7 +337,7 @@ def test_events_follow_the_job_to_its_result(
 def test_cancel_a_running_job(
     redis_gateway: GatewayServer, http: httpx.Client, fresh_emulators: dict[str, EmulatorServer]
 ) -> None:
-    fresh_emulators["melious"].emulator.add_fault(Fault(delay=4))
+    fresh_emulators["melious"].emulator.add_fault(Fault(delay=6))
     path, body, _ = DIALECTS["melious"]
     job_id = accepted(submit(http, redis_gateway, path, json=body))
     url = f"{redis_gateway.url}/v1/jobs/{job_id}"
@@ -345,7 +345,7 @@ def test_cancel_a_running_job(
     canceled = http.delete(url, headers=bearer())
     assert canceled.status_code == 200, canceled.text
     assert canceled.json()["status"] == "canceled"
-    time.sleep(5)  # past the upstream's answer: the job was stopped, not finished
+    time.sleep(6.5)  # past the upstream's answer: the job was stopped, not finished
     job = http.get(url, headers=bearer()).json()
     assert job["status"] == "canceled" and "result" not in job
     again = http.delete(url, headers=bearer())
@@ -356,7 +356,7 @@ def test_a_canceled_queued_job_never_runs(
     redis_gateway: GatewayServer, http: httpx.Client, fresh_emulators: dict[str, EmulatorServer]
 ) -> None:
     melious = fresh_emulators["melious"].emulator
-    melious.add_fault(Fault(delay=2))
+    melious.add_fault(Fault(delay=4))
     path, body, _ = DIALECTS["melious"]
     first = accepted(submit(http, redis_gateway, path, json=body))  # one consumer: the second waits
     poll(http, f"{redis_gateway.url}/v1/jobs/{first}", lambda job: job["status"] == "running")
@@ -401,7 +401,7 @@ EMULATOR_OF = {"melious": "melious", "nebul": "nebul", "pomelo": "pomelo", "nebu
 def test_cancel_a_running_job_in_each_dialect(
     redis_gateway: GatewayServer, http: httpx.Client, fresh_emulators: dict[str, EmulatorServer], dialect: str
 ) -> None:
-    fresh_emulators[EMULATOR_OF[dialect]].emulator.add_fault(Fault(delay=3))
+    fresh_emulators[EMULATOR_OF[dialect]].emulator.add_fault(Fault(delay=10))  # never waited for
     path, body, _ = DIALECTS[dialect]
     job_id = accepted(submit(http, redis_gateway, path, json=body))
     url = f"{redis_gateway.url}/v1/jobs/{job_id}"
