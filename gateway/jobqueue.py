@@ -23,6 +23,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from gateway.accounting import Reservation
 from gateway.webhooks import Delivery, WebhookTarget
 
 __all__ = [
@@ -78,6 +79,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     webhook: WebhookTarget | None = None  # where the job's end is told, when it asked (or its key has a default)
     webhooks: list[Delivery] = []  # the deliveries of that webhook
     notified: bool = False  # the deliveries are over and recorded
+    reservation: Reservation | None = None  # of the key's budget, made at submit, settled at the job's end
 
 
 class Taken(NamedTuple):

@@ -247,13 +247,14 @@ class Jobs:
             base_url=self.gateway.public_base_url or request.base_url(),
         )
         job.webhook = webhook
+        job.reservation = record.reservation  # of the key's budget: the job settles it when it ends
         await self.queue.put(job, msgspec.msgpack.encode(canonical))
+        record.reservation = None
         self._transition(job, "submitted")
         if preferences.wait:  # a client that hangs up while it waits leaves the job running
             waited = self.wait(job.id, min(preferences.wait, self.settings.max_wait_s))
             done = await unless_client_leaves(request.receive, waited)
             if done is not None and done.status == SUCCEEDED and done.result is not None:
-                record.images = canonical.n
                 return Answer(done.result.encode(), {**done.headers, **rate_headers})
             if done is not None and done.status == FAILED and done.failure is not None:
                 failure = done.failure
@@ -306,6 +307,7 @@ class Jobs:
             job, progress = await self.find(job_id, key)
             return job_body(job, progress)
         self._transition(job, "canceled by the client")  # its webhook: by the process that takes its entry
+        await self._settle(job, 0)
         return job_body(job, progress)
 
     async def events(self, job: JobRecord, progress: JobProgress | None) -> AsyncIterator[bytes]:
@@ -402,7 +404,7 @@ class Jobs:
         watcher = asyncio.create_task(self._watch(taken, consumer, work))
         metrics.JOBS_RUNNING.inc()
         try:
-            body, headers = await work
+            body, headers, cost = await work
         except asyncio.CancelledError:
             if not watcher.done():  # this process is stopping: the entry stays for another to claim
                 raise
@@ -410,7 +412,7 @@ class Jobs:
         except Exception as exc:
             await self._end(job, FAILED, error=exc, mount=mount)
         else:
-            await self._end(job, SUCCEEDED, result=body, headers=headers)
+            await self._end(job, SUCCEEDED, result=body, headers=headers, cost=cost)
         finally:
             metrics.JOBS_RUNNING.dec()
             watcher.cancel()
@@ -462,14 +464,22 @@ class Jobs:
 
     async def _generate(
         self, job: JobRecord, mount: Mount, canonical: ImageRequest, progress: _ProgressWriter
-    ) -> tuple[bytes, dict[str, str]]:
-        """route ▸ deliver ▸ encode, as ``serve`` would, for the job's request."""
+    ) -> tuple[bytes, dict[str, str], int]:
+        """route ▸ deliver ▸ encode, as ``serve`` would, for the job's request; its images and cost counted."""
         deadline = time.monotonic() + self.gateway.config.server.request_deadline_s
-        record = RequestRecord(mount.endpoint.dialect, mount.endpoint.operation.value)
+        record = RequestRecord(mount.endpoint.dialect, mount.endpoint.operation.value, key=job.key or "none")
         plan = self.gateway.router.plan(canonical.model)
+        record.model = plan.model.name
         result = await self.gateway.router.generate(canonical, plan, deadline, record.attempts, progress=progress)
         body = await finish(self.gateway, mount.endpoint, canonical, result, job.base_url, record, plan.model)
-        return body, answer_headers(result, record)
+        if record.images:  # as RequestRecord.finish counts a plain call's (the submit counted no images)
+            metrics.child(metrics.IMAGES, record.provider).inc(record.images)
+            if record.cost is not None:
+                labels = (record.model, record.provider, record.key, record.cost.currency)
+                metrics.child(metrics.COST, *labels).inc(float(record.cost.amount))
+            else:
+                metrics.child(metrics.UNPRICED_IMAGES, record.model, record.provider, record.key).inc(record.images)
+        return body, answer_headers(result, record), record.cost.micros if record.cost is not None else 0
 
     async def _watch(self, taken: Taken, consumer: int, work: asyncio.Task[Any]) -> None:
         """While the job runs: keep its queue entry (no other process claims it), and stop it when cancelled."""
@@ -496,8 +506,9 @@ class Jobs:
         headers: dict[str, str] | None = None,
         error: BaseException | None = None,
         mount: Mount | None = None,
+        cost: int = 0,
     ) -> None:
-        """Store the job's end (unless it was cancelled meanwhile)."""
+        """Store the job's end (unless it was cancelled meanwhile), and settle its reservation: what it cost."""
         job.status, job.updated_at = status, int(time.time())
         if result is not None:
             job.result = result.decode()
@@ -516,6 +527,17 @@ class Jobs:
             )
         if await self.queue.replace(job, frozenset({QUEUED, RUNNING})):
             self._transition(job, "ended")
+            await self._settle(job, cost if status == SUCCEEDED else 0)
+
+    async def _settle(self, job: JobRecord, actual: int) -> None:
+        """The reservation of the key's budget becomes ``actual`` micros (0: all given back), once: by whoever
+        moved the job to its end (its run, or a DELETE)."""
+        if job.reservation is None:
+            return
+        try:
+            await self.gateway.admission.settle(job.reservation, actual)
+        except Exception as exc:  # the reservation expires with its period; the job's end stands
+            log.error("job_budget_not_settled", error=f"{type(exc).__name__}: {exc}")
 
     def _failure(self, error: BaseException, mount: Mount) -> GatewayError:
         from gateway.errors import to_gateway_error  # gateway.errors imports the routes this module does
