@@ -377,7 +377,8 @@ class Jobs:
             await self._release(taken, consumer)
             return
         if taken.claimed:
-            metrics.JOB_CLAIMS.inc()
+            dialect = _MOUNTS[job.route].endpoint.dialect if job.route in _MOUNTS else "unknown"
+            metrics.child(metrics.JOB_CLAIMS, dialect).inc()
             log.warning("job_claimed", detail="taken over from a process that stopped", runs=job.runs)
         if job.runs >= self.settings.max_runs:
             error = GatewayError(ErrorCode.INTERNAL, f"the job was interrupted {job.runs} times", public=True)

@@ -196,7 +196,8 @@ JOB_QUEUE_AGE = Histogram(
 )
 JOB_CLAIMS = Counter(
     "job_claims",
-    "Async jobs taken over from a process that stopped keeping them (a lost replica).",
+    "Async jobs taken over from a process that stopped keeping them (a lost replica), by submitting dialect.",
+    ["dialect"],
     namespace=NAMESPACE,
 )
 

@@ -375,7 +375,7 @@ def test_job_metrics_and_log_lines(redis_gateway: GatewayServer, http: httpx.Cli
     exposition = http.get(redis_gateway.url + "/metrics").text
     assert 'image_gateway_jobs_total{status="succeeded"}' in exposition
     assert "image_gateway_job_queue_age_seconds_count" in exposition
-    assert "image_gateway_job_claims_total" in exposition
+    assert "# TYPE image_gateway_job_claims_total counter" in exposition
 
 
 def test_a_job_store_that_cannot_be_reached_is_overloaded(

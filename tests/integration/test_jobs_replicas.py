@@ -94,7 +94,7 @@ def test_a_killed_replicas_job_is_finished_by_another(
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
         assert len(melious.calls) == 2  # the killed call, then the survivor's
         exposition = http.get(second.url + "/metrics").text
-        claims = re.search(r"^image_gateway_job_claims_total (\S+)$", exposition, re.M)
+        claims = re.search(r'^image_gateway_job_claims_total\{dialect="openai"\} (\S+)$', exposition, re.M)
         assert claims is not None and float(claims.group(1)) == 1.0
         assert '"job_claimed"' in second.log.read_text()
     finally:
