@@ -471,7 +471,9 @@ class Jobs:
         record = RequestRecord(mount.endpoint.dialect, mount.endpoint.operation.value, key=job.key or "none")
         plan = self.gateway.router.plan(canonical.model)
         record.model = plan.model.name
-        result = await self.gateway.router.generate(canonical, plan, deadline, record.attempts, progress=progress)
+        # As serve does: shared with identical seeded requests, or from the cache (gateway.dedup).
+        dedup = self.gateway.dedup
+        result, cache = await dedup.generate(job.key, canonical, plan, deadline, record.attempts, None, progress)
         body = await finish(self.gateway, mount.endpoint, canonical, result, job.base_url, record, plan.model)
         if record.images:  # as RequestRecord.finish counts a plain call's (the submit counted no images)
             metrics.child(metrics.IMAGES, record.provider).inc(record.images)
@@ -480,7 +482,7 @@ class Jobs:
                 metrics.child(metrics.COST, *labels).inc(float(record.cost.amount))
             else:
                 metrics.child(metrics.UNPRICED_IMAGES, record.model, record.provider, record.key).inc(record.images)
-        return body, answer_headers(result, record), record.cost.micros if record.cost is not None else 0
+        return body, answer_headers(result, record, cache), record.cost.micros if record.cost is not None else 0
 
     async def _watch(self, taken: Taken, consumer: int, work: asyncio.Task[Any]) -> None:
         """While the job runs: keep its queue entry (no other process claims it), and stop it when cancelled."""
