@@ -26,6 +26,8 @@ from gateway.dedup import Dedup
 from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
 from gateway.imagestore import ImageStore, StoreUnavailable, build_image_store
+from gateway.jobroutes import JOB_ROUTES
+from gateway.jobs import Jobs, build_job_queue
 from gateway.logs import RequestIdMiddleware, config_secrets, configure_logging
 from gateway.memory import return_large_buffers
 from gateway.openapi import DocumentedRoute, add_dialect_routes
@@ -109,9 +111,13 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis=redis_client,
         adapters=adapters,
     )
+    gateway = app.state.gateway
+    gateway.jobs = Jobs(gateway, build_job_queue(gateway))
+    gateway.jobs.start()
     try:
         yield
     finally:
+        await gateway.jobs.aclose(config.server.shutdown_grace_s)
         for adapter in adapters.values():
             await adapter.aclose()
         if redis_probe is not None:
@@ -215,7 +221,7 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
     config = config or load_config()
     configure_logging(config.server.log_level, config.server.log_prompts, secrets=config_secrets(config))
     app = GatewayApp(
-        route_handlers=[health, ready, prometheus_metrics, stored_image, assets_router()],
+        route_handlers=[health, ready, prometheus_metrics, stored_image, *JOB_ROUTES, assets_router()],
         middleware=[RequestIdMiddleware],
         lifespan=[lifespan],
         logging_config=None,  # structlog writes every line; Litestar's own config would start a queue thread

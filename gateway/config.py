@@ -28,6 +28,7 @@ __all__ = [
     "DirectoryStoreConfig",
     "GatewayConfig",
     "ImageStoreConfig",
+    "JobsConfig",
     "KeyWebhooks",
     "ModelConfig",
     "ProviderConfig",
@@ -347,11 +348,23 @@ class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default_limits: RateLimit | None = None  # for keys without limits of their own
 
 
+class JobsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Async jobs (``Prefer: respond-async``): in Redis when ``redis.url`` is set, else in this process."""
+
+    consumers: PositiveInt = 4  # jobs one process runs at once
+    ttl_s: PositiveInt = 86400  # a job's record lives this long after it was submitted
+    claim_after_s: Seconds = 30.0  # a job whose process stopped answering is run by another after this
+    max_runs: PositiveInt = 3  # runs (claims included) before a job that keeps killing its process fails
+    max_wait_s: PositiveInt = 60  # the longest `Prefer: wait=N` honoured; a longer wait is cut to it
+    max_queued: PositiveInt = 10_000  # jobs waiting at once; past it a submit is `overloaded` (503)
+
+
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration file."""
 
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    jobs: JobsConfig = msgspec.field(default_factory=JobsConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     image_store: ImageStoreConfig = msgspec.field(default_factory=DirectoryStoreConfig)
     providers: dict[str, ProviderConfig] = {}
@@ -449,6 +462,7 @@ def _check_parts(raw: dict[str, Any], errors: list[str]) -> None:
     sections = {
         "server": ServerConfig,
         "redis": RedisConfig,
+        "jobs": JobsConfig,
         "auth": AuthConfig,
         "image_store": ImageStoreConfig,
         "webhooks": WebhooksConfig,

@@ -191,6 +191,27 @@ CACHE_LOOKUPS = Counter(
     ["model", "outcome"],
     namespace=NAMESPACE,
 )
+JOBS = Counter(
+    "jobs",
+    "Async jobs entering each status (queued, running, succeeded, failed, canceled), across this process's work.",
+    ["status"],
+    namespace=NAMESPACE,
+)
+JOBS_RUNNING = Gauge(
+    "jobs_running", "Async jobs this process is running now.", namespace=NAMESPACE, multiprocess_mode="livesum"
+)
+JOB_QUEUE_AGE = Histogram(
+    "job_queue_age_seconds",
+    "How long an async job waited in the queue before it started.",
+    namespace=NAMESPACE,
+    buckets=LATENCY_BUCKETS,
+)
+JOB_CLAIMS = Counter(
+    "job_claims",
+    "Async jobs taken over from a process that stopped keeping them (a lost replica), by submitting dialect.",
+    ["dialect"],
+    namespace=NAMESPACE,
+)
 
 
 def render() -> bytes:

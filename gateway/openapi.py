@@ -14,12 +14,15 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin  # the app's OpenAPI document (no public accessor)
+from litestar.enums import ParamType
 from litestar.openapi.spec import (
+    OpenAPIFormat,
     OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
     PathItem,
     Reference,
     RequestBody,
@@ -119,6 +122,48 @@ def error_responses(endpoint: Endpoint[Any, Any]) -> dict[str, OpenAPIResponse]:
     }
 
 
+# Async jobs (gateway/jobs.py): every dialect route takes these headers and may answer 202.
+JOB_PARAMETERS = (
+    Parameter(
+        name="Prefer",
+        param_in=ParamType.HEADER,
+        required=False,
+        schema=Schema(type=OpenAPIType.STRING),
+        description=(
+            "RFC 7240. `respond-async`: answer 202 at once and run the request as a job (GET /v1/jobs/{id}); "
+            "with `wait=N`, the plain answer when the job ends within N seconds. Malformed: 400."
+        ),
+    ),
+    Parameter(
+        name="X-Webhook-URL",
+        param_in=ParamType.HEADER,
+        required=False,
+        schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.URI),
+        description="With `Prefer: respond-async`: where the job's end is POSTed (Standard Webhooks), if the key may.",
+    ),
+)
+JOB_ACCEPTED = OpenAPIResponse(
+    description="Accepted as a job (`Prefer: respond-async`): poll `Location`.",
+    headers={
+        "Location": OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description="/v1/jobs/{id}"),
+        "Preference-Applied": OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description="respond-async"),
+    },
+    content={
+        "application/json": OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                required=["id", "status", "created_at"],
+                properties={
+                    "id": Schema(type=OpenAPIType.STRING),
+                    "status": Schema(type=OpenAPIType.STRING, const="queued"),
+                    "created_at": Schema(type=OpenAPIType.INTEGER, description="unix seconds"),
+                },
+            )
+        )
+    },
+)
+
+
 @dataclass(frozen=True)
 class DocumentedRoute:
     """A dialect route as the OpenAPI document lists it."""
@@ -135,7 +180,11 @@ def _operation(route: DocumentedRoute) -> Operation:
         operation_id=route.name,
         summary=f"{endpoint.dialect} {endpoint.operation.value}",
         tags=[endpoint.dialect],
-        responses={"200": OpenAPIResponse(description="The generated images, in the dialect's answer.")},
+        parameters=list(JOB_PARAMETERS),
+        responses={
+            "200": OpenAPIResponse(description="The generated images, in the dialect's answer."),
+            "202": JOB_ACCEPTED,
+        },
     )
 
 

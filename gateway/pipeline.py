@@ -107,7 +107,7 @@ async def _answer(
         answer = await serve_recorded(gateway, mount.endpoint, inbound)
         if isinstance(answer, StreamedAnswer):
             return answer
-        return 200, answer.headers, answer.body
+        return answer.status, answer.headers, answer.body
     except ClientGone:
         raise
     except Exception as exc:  # every failure is answered in the client's dialect, never as a traceback

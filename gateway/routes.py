@@ -21,6 +21,7 @@ from litestar.types import Method
 
 from gateway import accounting, metrics
 from gateway.accounting import Cost, Reservation
+from gateway.config import ModelConfig
 from gateway.dedup import CACHE_HEADER
 from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
@@ -99,18 +100,21 @@ async def decode_request(endpoint: Endpoint[Any, Any], request: ScopeInbound) ->
     return endpoint.decode_json(await request.body())
 
 
-async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: ScopeInbound) -> None:
+async def deliver(
+    gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: ScopeInbound | str
+) -> None:
     """Give each image the form the client wants (``schemas.imageforms.conversion`` decides): a stored
     image's URL for bytes when it asked for ``url``.
 
     One store call per image, all at once; a store that cannot take them is the client's
-    ``upstream_error`` (502). Clients that want base64 never reach the store.
+    ``upstream_error`` (502). Clients that want base64 never reach the store. ``request`` is
+    the client's request, or (for a job run after its request ended) the base URL it came to.
     """
     pending = [image for image in result.images if conversion(image, wanted) is Conversion.STORE]
     if not pending:
         return
     store = gateway.image_store
-    base_url = gateway.public_base_url or request.base_url()
+    base_url = gateway.public_base_url or (request if isinstance(request, str) else request.base_url())
 
     async def publish(image: GeneratedImage) -> None:
         data = image.as_bytes()
@@ -168,10 +172,11 @@ class RequestRecord:
 
 
 class Answer(NamedTuple):
-    """A dialect answer: its JSON body and the headers the gateway adds."""
+    """A dialect answer: its JSON body, the headers the gateway adds, and its status."""
 
     body: bytes | Pieces
     headers: dict[str, str]
+    status: int = 200
 
 
 async def serve(
@@ -179,13 +184,15 @@ async def serve(
 ) -> Answer | StreamedAnswer:
     """authorize ▸ read body ▸ decode ▸ admit (inputs, model access, rate limits) ▸ route ▸ deliver ▸ encode.
 
-    With ``stream: true`` the answer after admission is a ``StreamedAnswer`` (``gateway.streams``)
+    With ``Prefer: respond-async`` the last three run detached as a job (``gateway.jobs``). With
+    ``stream: true`` the answer after admission is a ``StreamedAnswer`` (``gateway.streams``)
     that routes as its events are sent.
     """
     deadline = time.monotonic() + gateway.config.server.request_deadline_s
     admission = gateway.admission
     key = admission.authorize(request.headers)  # before reading the body: refusals stay cheap
     record.key = key.name if key is not None else "none"
+    job = await gateway.jobs.accept(key, request) if gateway.jobs is not None else None  # Prefer: respond-async
     canonical = await decode_request(endpoint, request)
     record.prompt = canonical.prompt
     admission.check_inputs(canonical)
@@ -193,6 +200,9 @@ async def serve(
     record.model = plan.model.name
     decision = await admission.admit(key, canonical, plan.model)
     record.reservation = decision.reservation
+    rate_headers = decision.headers() if decision.limit or decision.policies else {}
+    if job is not None:  # route ▸ deliver ▸ encode run detached (gateway/jobs.py), which settles the reservation
+        return await job.submit(endpoint, canonical, request, record, rate_headers)
     if canonical.stream:  # from here on, events: the generation runs as the stream is sent (never shared)
         streamed = msgspec.structs.replace(canonical, response_format=ResponseFormat.B64_JSON)
 
@@ -202,25 +212,40 @@ async def serve(
             record.cost = accounting.cost_of(plan.model, canonical, result)
             return result
 
-        limits = decision.headers() if decision.limit or decision.policies else {}
-        return StreamedAnswer(endpoint, canonical, request.receive, limits, generate)
+        return StreamedAnswer(endpoint, canonical, request.receive, rate_headers, generate)
     # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled; a
     # generation shared by identical seeded requests, or answered from the cache: gateway.dedup.
     key_name = key.name if key is not None else None
     result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts, request.receive)
+    body = await finish(gateway, endpoint, canonical, result, request, record, plan.model)
+    return Answer(body, {**answer_headers(result, record, cache), **rate_headers})
+
+
+async def finish(
+    gateway: Gateway,
+    endpoint: Endpoint[Any, Any],
+    canonical: ImageRequest,
+    result: ImageResult,
+    request: ScopeInbound | str,
+    record: RequestRecord,
+    model: ModelConfig,
+) -> bytes | Pieces:
+    """deliver ▸ encode (and price): the dialect's answer body for a result (a request's, or a job's run)."""
     record.provider = result.provider
     await deliver(gateway, result, canonical.response_format, request)
     body = encode_answer(endpoint.encode_result(result, canonical))  # large base64 slices stay pieces
     record.images = len(result.images)
-    record.cost = accounting.cost_of(plan.model, canonical, result)
+    record.cost = accounting.cost_of(model, canonical, result)
+    return body
+
+
+def answer_headers(result: ImageResult, record: RequestRecord, cache: str | None = None) -> dict[str, str]:
     headers = {PROVIDER_HEADER: result.provider, ATTEMPTS_HEADER: str(record.attempts.calls)}
     if record.cost is not None:
         headers[COST_HEADER] = record.cost.header()
     if cache is not None:
         headers[CACHE_HEADER] = cache
-    if decision.limit or decision.policies:
-        headers.update(decision.headers())
-    return Answer(body, headers)
+    return headers
 
 
 async def serve_recorded(
@@ -234,6 +259,8 @@ async def serve_recorded(
     try:
         answer = await serve(gateway, endpoint, request, record)
         record.outcome = "ok"
+        if isinstance(answer, Answer) and answer.status == 202:
+            record.outcome = "accepted"
         if isinstance(answer, StreamedAnswer):
             streamed = True
             answer.finish = functools.partial(_stream_finished, gateway, record, started)

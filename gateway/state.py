@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base import Adapter
 from adapters.upstream import UpstreamClient
@@ -14,6 +14,9 @@ from gateway.dedup import Dedup
 from gateway.imagestore import ImageStore
 from gateway.router import Router
 from gateway.webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from gateway.jobs import Jobs
 
 __all__ = ["Gateway"]
 
@@ -32,6 +35,7 @@ class Gateway:
     dedup: Dedup
     redis: Any = None
     adapters: dict[str, Adapter] = field(default_factory=dict)
+    jobs: Jobs | None = None  # async jobs (gateway/jobs.py), set by the app's lifespan
 
     @property
     def public_base_url(self) -> str:

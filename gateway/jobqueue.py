@@ -1,0 +1,364 @@
+"""Where jobs wait and what they are: the job record, and its two stores.
+
+``RedisJobQueue`` (``redis.url`` set): each job is a Redis hash ``<prefix>job:<id>`` (its
+record as JSON, its status for compare-and-set, its progress, the canonical request as
+msgpack until it ends, a cancel flag), expiring ``jobs.ttl_s`` after it was submitted; the
+work queue is the Redis Stream ``<prefix>jobs:queue`` with one consumer group that every
+replica's consumers share. An entry is acknowledged only after the job's end is stored; the
+consumer running it keeps it fresh (``XCLAIM`` to itself), so an entry left idle longer than
+``jobs.claim_after_s`` belongs to a process that stopped, and ``XAUTOCLAIM`` hands it to
+another. ``MemoryJobQueue`` keeps the same in this process: jobs do not survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from typing import Any, NamedTuple
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from gateway.accounting import Reservation
+from gateway.webhooks import Delivery, WebhookTarget
+
+__all__ = [
+    "CANCELED",
+    "FAILED",
+    "QUEUED",
+    "RUNNING",
+    "SUCCEEDED",
+    "TERMINAL",
+    "JobProgress",
+    "JobQueue",
+    "JobRecord",
+    "MemoryJobQueue",
+    "RedisJobQueue",
+    "Taken",
+]
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
+
+
+class JobProgress(msgspec.Struct, kw_only=True):
+    step: int
+    steps: int
+
+
+class JobError(msgspec.Struct, kw_only=True):
+    """The canonical failure of a job, to answer it again as the plain call would have (``Prefer: wait``)."""
+
+    code: str
+    message: str
+    status: int
+    param: str | None = None
+    headers: dict[str, str] = {}
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    """One job as stored. ``key`` is the inbound key's NAME (None on an open gateway), never the key."""
+
+    id: str
+    key: str | None
+    route: str  # the dialect route it was submitted to (prefix + path): its endpoint and error table
+    status: str
+    created_at: int  # unix seconds
+    updated_at: int
+    request_id: str | None = None
+    base_url: str = ""  # where the client reached the gateway: the base of image URLs in the result
+    runs: int = 0  # times a process started it (a claim after a lost replica is one more)
+    result: str | None = None  # the body the plain call would have answered (JSON text)
+    error: str | None = None  # the dialect's error body (JSON text)
+    failure: JobError | None = None
+    headers: dict[str, str] = {}  # the plain call's X-Gateway-* headers
+    webhook: WebhookTarget | None = None  # where the job's end is told, when it asked (or its key has a default)
+    webhooks: list[Delivery] = []  # the deliveries of that webhook
+    notified: bool = False  # the deliveries are over and recorded
+    reservation: Reservation | None = None  # of the key's budget, made at submit, settled at the job's end
+
+
+class Taken(NamedTuple):
+    """A job a consumer took from the queue; ``claimed``: from a process that stopped."""
+
+    job_id: str
+    claimed: bool
+    handle: str = ""
+
+
+class JobQueue(ABC):
+    """The job records and the work queue (see the module doc)."""
+
+    shared: bool  # whether every replica sees the same jobs
+
+    @abstractmethod
+    async def put(self, record: JobRecord, payload: bytes) -> None:
+        """Store a new job and queue it."""
+
+    @abstractmethod
+    async def get(self, job_id: str) -> tuple[JobRecord, JobProgress | None] | None: ...
+
+    @abstractmethod
+    async def replace(self, record: JobRecord, expect: frozenset[str]) -> bool:
+        """Store ``record`` if the stored status is one of ``expect``; whether it was stored."""
+
+    @abstractmethod
+    async def set_progress(self, job_id: str, progress: JobProgress) -> None: ...
+
+    @abstractmethod
+    async def payload(self, job_id: str) -> bytes | None:
+        """The canonical request (msgpack) of a job that has not ended."""
+
+    @abstractmethod
+    async def request_cancel(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    async def cancel_requested(self, job_id: str) -> bool: ...
+
+    @abstractmethod
+    async def waiting(self) -> int:
+        """Jobs queued or running (for ``jobs.max_queued``)."""
+
+    @abstractmethod
+    async def take(self, consumer: int) -> Taken:
+        """The next job for consumer number ``consumer`` of this process (waits for one)."""
+
+    @abstractmethod
+    async def keep(self, taken: Taken, consumer: int) -> None:
+        """Tell the queue the job is still being run (so no other process claims it)."""
+
+    @abstractmethod
+    async def done(self, taken: Taken) -> None:
+        """The job's end is stored: it leaves the queue."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
+class _MemoryJob:
+    __slots__ = ("cancel", "payload", "progress", "record")
+
+    def __init__(self, record: JobRecord, payload: bytes) -> None:
+        self.record = record
+        self.payload: bytes | None = payload
+        self.progress: JobProgress | None = None
+        self.cancel = False
+
+
+class MemoryJobQueue(JobQueue):
+    """Jobs in this process: an asyncio queue and a dict; lost on restart."""
+
+    shared = False
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._jobs: dict[str, _MemoryJob] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._running = 0
+        self._swept = time.monotonic()
+
+    def _sweep(self) -> None:
+        now = time.time()
+        if time.monotonic() - self._swept < min(60.0, self.ttl_s):
+            return
+        self._swept = time.monotonic()
+        for job_id in [j for j, job in self._jobs.items() if now - job.record.created_at >= self.ttl_s]:
+            del self._jobs[job_id]
+
+    async def put(self, record: JobRecord, payload: bytes) -> None:
+        self._sweep()
+        self._jobs[record.id] = _MemoryJob(msgspec.structs.replace(record), payload)
+        self._queue.put_nowait(record.id)
+
+    def _live(self, job_id: str) -> _MemoryJob | None:
+        job = self._jobs.get(job_id)
+        if job is not None and time.time() - job.record.created_at >= self.ttl_s:
+            del self._jobs[job_id]
+            return None
+        return job
+
+    async def get(self, job_id: str) -> tuple[JobRecord, JobProgress | None] | None:
+        job = self._live(job_id)
+        if job is None:
+            return None
+        return msgspec.structs.replace(job.record), job.progress  # a copy: callers change theirs
+
+    async def replace(self, record: JobRecord, expect: frozenset[str]) -> bool:
+        job = self._live(record.id)
+        if job is None or job.record.status not in expect:
+            return False
+        job.record = msgspec.structs.replace(record)
+        if record.status in TERMINAL:
+            job.payload = None
+        return True
+
+    async def set_progress(self, job_id: str, progress: JobProgress) -> None:
+        job = self._live(job_id)
+        if job is not None:
+            job.progress = progress
+
+    async def payload(self, job_id: str) -> bytes | None:
+        job = self._live(job_id)
+        return job.payload if job is not None else None
+
+    async def request_cancel(self, job_id: str) -> None:
+        job = self._live(job_id)
+        if job is not None:
+            job.cancel = True
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        job = self._live(job_id)
+        return job is not None and job.cancel
+
+    async def waiting(self) -> int:
+        return self._queue.qsize() + self._running
+
+    async def take(self, consumer: int) -> Taken:
+        job_id = await self._queue.get()
+        self._running += 1
+        return Taken(job_id, claimed=False)
+
+    async def keep(self, taken: Taken, consumer: int) -> None:
+        """A process does not lose its own jobs."""
+
+    async def done(self, taken: Taken) -> None:
+        self._running -= 1
+
+    async def aclose(self) -> None:
+        """Nothing to release: the jobs go with the process."""
+
+
+# Store the record if its status is one of ARGV[3..]: the one write that changes a job's status.
+_REPLACE = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return 0 end
+for i = 3, #ARGV do
+  if ARGV[i] == current then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'record', ARGV[2])
+    if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'canceled' then
+      redis.call('HDEL', KEYS[1], 'payload')
+    end
+    return 1
+  end
+end
+return 0
+"""
+# Progress only while the job is there (an expired job is not brought back).
+_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) end
+return 0
+"""
+_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'cancel', '1') end
+return 0
+"""
+_BLOCK_MS = 1000
+
+
+class RedisJobQueue(JobQueue):
+    """Jobs in Redis, shared by every replica (see the module doc)."""
+
+    shared = True
+
+    def __init__(self, url: str, prefix: str, ttl_s: int, claim_after_s: float) -> None:
+        # Its own client: a blocking XREADGROUP outlives the rate limiter's short socket timeout.
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=10 + _BLOCK_MS / 1000, socket_connect_timeout=5)
+        self.prefix = prefix
+        self.stream = f"{prefix}jobs:queue"
+        self.group = "runners"
+        self.ttl_s = ttl_s
+        self.claim_after_ms = int(claim_after_s * 1000)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self._replace = self.redis.register_script(_REPLACE)
+        self._progress = self.redis.register_script(_PROGRESS)
+        self._cancel = self.redis.register_script(_CANCEL)
+        self._group_ready = False
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def put(self, record: JobRecord, payload: bytes) -> None:
+        await self._ensure_group()
+        key = self._key(record.id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"status": record.status, "record": msgspec.json.encode(record), "payload": payload})
+            pipe.expire(key, self.ttl_s)
+            pipe.xadd(self.stream, {"job": record.id})
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> tuple[JobRecord, JobProgress | None] | None:
+        raw, progress = await self.redis.hmget(self._key(job_id), ["record", "progress"])
+        if raw is None:
+            return None
+        record = msgspec.json.decode(raw, type=JobRecord)
+        return record, msgspec.json.decode(progress, type=JobProgress) if progress else None
+
+    async def replace(self, record: JobRecord, expect: frozenset[str]) -> bool:
+        args: list[str | bytes] = [record.status, msgspec.json.encode(record), *sorted(expect)]
+        return bool(await self._replace(keys=[self._key(record.id)], args=args))
+
+    async def set_progress(self, job_id: str, progress: JobProgress) -> None:
+        await self._progress(keys=[self._key(job_id)], args=[msgspec.json.encode(progress)])
+
+    async def payload(self, job_id: str) -> bytes | None:
+        found = await self.redis.hget(self._key(job_id), "payload")
+        return found.encode() if isinstance(found, str) else found
+
+    async def request_cancel(self, job_id: str) -> None:
+        await self._cancel(keys=[self._key(job_id)])
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return bool(await self.redis.hexists(self._key(job_id), "cancel"))
+
+    async def waiting(self) -> int:
+        await self._ensure_group()
+        return int(await self.redis.xlen(self.stream))
+
+    def _consumer(self, consumer: int) -> str:
+        return f"{self.name}:{consumer}"
+
+    async def take(self, consumer: int) -> Taken:
+        await self._ensure_group()
+        name = self._consumer(consumer)
+        while True:
+            # First a job whose process stopped keeping it, then a new one.
+            claimed: Any = await self.redis.xautoclaim(
+                self.stream, self.group, name, self.claim_after_ms, "0-0", count=1
+            )
+            for entry_id, fields in claimed[1]:
+                if fields:  # an entry deleted meanwhile comes back without its fields
+                    return Taken(_text(fields[b"job"]), claimed=True, handle=_text(entry_id))
+            read: Any = await self.redis.xreadgroup(self.group, name, {self.stream: ">"}, count=1, block=_BLOCK_MS)
+            for _, entries in read or ():
+                for entry_id, fields in entries:
+                    return Taken(_text(fields[b"job"]), claimed=False, handle=_text(entry_id))
+
+    async def keep(self, taken: Taken, consumer: int) -> None:
+        await self.redis.xclaim(self.stream, self.group, self._consumer(consumer), 0, [taken.handle], justid=True)
+
+    async def done(self, taken: Taken) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, self.group, taken.handle)
+            pipe.xdel(self.stream, taken.handle)
+            await pipe.execute()
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,557 @@
+"""Async jobs: ``Prefer: respond-async`` on every dialect route, run detached by this process's consumers.
+
+``serve`` (gateway/routes.py) does everything before generation at submit (auth, decode,
+admission, rate limits) and hands the canonical request here: ``submit`` stores it and
+answers ``202`` (or, with ``wait=N``, the plain answer when the job ends within N seconds).
+A consumer (``jobs.consumers`` per process) takes the job from the queue
+(``gateway.jobqueue``) and runs the rest of ``serve`` on it: route ▸ deliver ▸ encode
+(``Router.generate`` and ``routes.finish``), storing the body the plain call would have
+answered, or the dialect's error body. The job routes (gateway/jobroutes.py) read, follow
+and cancel jobs. docs/operations.md, "Async jobs", has the decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any, NamedTuple
+
+import msgspec
+import structlog
+from redis.exceptions import RedisError
+
+from gateway import metrics
+from gateway.config import InboundKey
+from gateway.failures import current_request_id
+from gateway.inbound import ScopeInbound
+from gateway.jobqueue import (
+    CANCELED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    JobError,
+    JobProgress,
+    JobQueue,
+    JobRecord,
+    MemoryJobQueue,
+    RedisJobQueue,
+    Taken,
+)
+from gateway.prefer import Preferences, parse_prefer, prefer_headers
+from gateway.routes import MOUNTS, Answer, Mount, RequestRecord, answer_headers, finish
+from gateway.state import Gateway
+from gateway.webhooks import WebhookTarget
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Progress
+from schemas.dialect import Endpoint, error_answer
+from schemas.disconnect import unless_client_leaves
+
+__all__ = ["JOBS_PATH", "Jobs", "build_job_queue"]
+
+log = structlog.get_logger("gateway.jobs")
+
+JOBS_PATH = "/v1/jobs"
+POLL_S = 0.25  # how often a waiting answer, an event stream and a running job's cancel check look again
+# Mounts by the route a job names: the first mount of each endpoint (a prefix and the root share a table).
+_MOUNTS: dict[str, Mount] = {}
+for _mount in MOUNTS:
+    _MOUNTS.setdefault(_mount.prefix + _mount.endpoint.path, _mount)
+
+
+def _route_of(endpoint: Endpoint[Any, Any]) -> str:
+    return next(route for route, mount in _MOUNTS.items() if mount.endpoint is endpoint)
+
+
+def build_job_queue(gateway: Gateway) -> JobQueue:
+    config = gateway.config
+    if config.redis.url:
+        return RedisJobQueue(config.redis.url, config.redis.key_prefix, config.jobs.ttl_s, config.jobs.claim_after_s)
+    return MemoryJobQueue(config.jobs.ttl_s)
+
+
+def job_body(record: JobRecord, progress: JobProgress | None) -> dict[str, Any]:
+    """What ``GET /v1/jobs/{id}`` answers."""
+    body: dict[str, Any] = {
+        "id": record.id,
+        "status": record.status,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+    if progress is not None:
+        body["progress"] = {"step": progress.step, "steps": progress.steps}
+    if record.result is not None:
+        body["result"] = msgspec.Raw(record.result.encode())
+    if record.error is not None:
+        body["error"] = msgspec.Raw(record.error.encode())
+    if record.webhook is not None:
+        body["webhooks"] = record.webhooks  # each attempt: {attempt, at, status, error}; [] until the job ends
+    return body
+
+
+class _ProgressWriter:
+    """Coalesces a backend's progress calls (on the event loop, per step) into at most one write at a time."""
+
+    def __init__(self, queue: JobQueue, job_id: str) -> None:
+        self.queue = queue
+        self.job_id = job_id
+        self.latest: JobProgress | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        self.latest = JobProgress(step=progress.step, steps=progress.steps)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        written: JobProgress | None = None
+        while self.latest is not None and self.latest != written:
+            written = self.latest
+            try:
+                await self.queue.set_progress(self.job_id, written)
+            except Exception as exc:  # progress is a courtesy: a failed write never fails the job
+                log.warning("job_progress_not_stored", job_id=self.job_id, error=type(exc).__name__)
+                return
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await self.task
+
+
+@contextlib.asynccontextmanager
+async def store_errors() -> AsyncIterator[None]:
+    """A job store (Redis) that cannot be reached is ``overloaded`` (503) for the client, not a 500."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        log.warning("job_store_unavailable", error=f"{type(exc).__name__}: {exc}")
+        raise GatewayError(ErrorCode.OVERLOADED, "the job store is unavailable; try again later", public=True) from exc
+
+
+class Ticket(NamedTuple):
+    """A request that asked to run as a job, checked before its body was read."""
+
+    jobs: Jobs
+    key: InboundKey | None
+    preferences: Preferences
+    webhook: WebhookTarget | None
+
+    async def submit(
+        self,
+        endpoint: Endpoint[Any, Any],
+        canonical: ImageRequest,
+        request: ScopeInbound,
+        record: RequestRecord,
+        rate_headers: dict[str, str],
+    ) -> Answer:
+        return await self.jobs.submit(self, endpoint, canonical, request, record, rate_headers)
+
+
+class Jobs:
+    """Submit, read, follow and cancel jobs, and run them with ``jobs.consumers`` consumers per process."""
+
+    def __init__(self, gateway: Gateway, queue: JobQueue) -> None:
+        self.gateway = gateway
+        self.queue = queue
+        self.settings = gateway.config.jobs
+        self._consumers: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._notifying: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle
+
+    def start(self) -> None:
+        self._consumers = [
+            asyncio.create_task(self._consume(number), name=f"job-consumer-{number}")
+            for number in range(self.settings.consumers)
+        ]
+
+    async def aclose(self, grace_s: float = 0.0) -> None:
+        """Stop taking jobs; let the running ones finish within ``grace_s``, then cancel them.
+
+        A cancelled job's queue entry is not acknowledged: with Redis another replica claims it.
+        """
+        for task in self._consumers:
+            task.cancel()
+        running = set(self._running)
+        if running and grace_s > 0:
+            await asyncio.wait(running, timeout=grace_s)
+        for task in running | self._notifying:  # webhooks not delivered yet: another replica delivers them
+            task.cancel()
+        await asyncio.gather(*self._consumers, *running, *self._notifying, return_exceptions=True)
+        await self.queue.aclose()
+
+    # --- submit
+
+    async def accept(self, key: InboundKey | None, request: ScopeInbound) -> Ticket | None:
+        """What ``serve`` asks before the body is read: None for a plain call, else the job's ticket.
+
+        A malformed ``Prefer`` and a webhook URL the key may not call are refused here (400), so
+        neither reads a body nor spends a rate limit.
+        """
+        preferences = parse_prefer(prefer_headers(request.scope["headers"]))
+        if not preferences.respond_async:
+            return None
+        url = request.headers.get("x-webhook-url")
+        webhooks = self.gateway.webhooks
+        key_name = key.name if key is not None else None
+        # The URL's host is resolved by target(): off the event loop.
+        webhook = await asyncio.to_thread(webhooks.target, key_name, url) if url else webhooks.target(key_name, None)
+        return Ticket(self, key, preferences, webhook)
+
+    async def submit(
+        self,
+        ticket: Ticket,
+        endpoint: Endpoint[Any, Any],
+        canonical: ImageRequest,
+        request: ScopeInbound,
+        record: RequestRecord,
+        rate_headers: dict[str, str],
+    ) -> Answer:
+        """Store and queue a job; ``202`` with its place, or the plain answer when it ends within ``wait``."""
+        async with store_errors():
+            return await self._submit(ticket, endpoint, canonical, request, record, rate_headers)
+
+    async def _submit(
+        self,
+        ticket: Ticket,
+        endpoint: Endpoint[Any, Any],
+        canonical: ImageRequest,
+        request: ScopeInbound,
+        record: RequestRecord,
+        rate_headers: dict[str, str],
+    ) -> Answer:
+        key, preferences, webhook = ticket.key, ticket.preferences, ticket.webhook
+        if canonical.stream:  # a job's result is the JSON answer; events are at /v1/jobs/{id}/events
+            raise GatewayError(
+                ErrorCode.INVALID_REQUEST,
+                "`stream` cannot be combined with `Prefer: respond-async`; follow the job's events instead",
+                param="stream",
+                public=True,
+            )
+        if await self.queue.waiting() >= self.settings.max_queued:
+            raise GatewayError(ErrorCode.OVERLOADED, "too many jobs are waiting; try again later", public=True)
+        now = int(time.time())
+        job = JobRecord(
+            id=secrets.token_urlsafe(24),
+            key=key.name if key is not None else None,
+            route=_route_of(endpoint),
+            status=QUEUED,
+            created_at=now,
+            updated_at=now,
+            request_id=current_request_id(),
+            base_url=self.gateway.public_base_url or request.base_url(),
+        )
+        job.webhook = webhook
+        job.reservation = record.reservation  # of the key's budget: the job settles it when it ends
+        await self.queue.put(job, msgspec.msgpack.encode(canonical))
+        record.reservation = None
+        self._transition(job, "submitted")
+        if preferences.wait:  # a client that hangs up while it waits leaves the job running
+            waited = self.wait(job.id, min(preferences.wait, self.settings.max_wait_s))
+            done = await unless_client_leaves(request.receive, waited)
+            if done is not None and done.status == SUCCEEDED and done.result is not None:
+                return Answer(done.result.encode(), {**done.headers, **rate_headers})
+            if done is not None and done.status == FAILED and done.failure is not None:
+                failure = done.failure
+                raise GatewayError(
+                    ErrorCode(failure.code),
+                    failure.message,
+                    param=failure.param,
+                    status=failure.status,
+                    headers=dict(failure.headers),
+                    public=True,
+                )
+        body = msgspec.json.encode({"id": job.id, "status": QUEUED, "created_at": job.created_at})
+        headers = {"Location": f"{JOBS_PATH}/{job.id}", "Preference-Applied": "respond-async", **rate_headers}
+        return Answer(body, headers, 202)
+
+    async def wait(self, job_id: str, seconds: float) -> JobRecord | None:
+        """The job once it has ended, or None when it has not within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while True:
+            found = await self.queue.get(job_id)
+            if found is not None and found[0].status in TERMINAL:
+                return found[0]
+            left = deadline - time.monotonic()
+            if left <= 0 or found is None:
+                return None
+            await asyncio.sleep(min(POLL_S, left))
+
+    # --- read, follow, cancel
+
+    async def find(self, job_id: str, key: InboundKey | None) -> tuple[JobRecord, JobProgress | None]:
+        """The job, if the caller's key made it; a 404 for a job of another key, as for one that is not there."""
+        async with store_errors():
+            found = await self.queue.get(job_id) if job_id else None
+        if found is None or found[0].key != (key.name if key is not None else None):
+            raise GatewayError(ErrorCode.INVALID_REQUEST, "no such job, or it has expired", status=404, public=True)
+        return found
+
+    async def cancel(self, job_id: str, key: InboundKey | None) -> dict[str, Any]:
+        """Cancel a job: a queued one never runs; a running one has its generation cancelled."""
+        job, progress = await self.find(job_id, key)
+        if job.status in TERMINAL:
+            raise GatewayError(
+                ErrorCode.INVALID_REQUEST, f"the job has already ended ({job.status})", status=409, public=True
+            )
+        job.status, job.updated_at = CANCELED, int(time.time())
+        async with store_errors():
+            await self.queue.request_cancel(job.id)  # the process running it stops it
+            stored = await self.queue.replace(job, frozenset({QUEUED, RUNNING}))
+        if not stored:  # it ended meanwhile
+            job, progress = await self.find(job_id, key)
+            return job_body(job, progress)
+        self._transition(job, "canceled by the client")  # its webhook: by the process that takes its entry
+        await self._settle(job, 0)
+        return job_body(job, progress)
+
+    async def events(self, job: JobRecord, progress: JobProgress | None) -> AsyncIterator[bytes]:
+        """Server-sent events: ``status`` and ``progress`` as they change, then ``result`` (the GET body)."""
+        sent_status: str | None = None
+        sent_progress: JobProgress | None = None
+        number = 0
+        quiet_since = time.monotonic()
+        while True:
+            if job.status != sent_status:
+                number += 1
+                sent_status = job.status
+                yield _event(number, "status", {"id": job.id, "status": job.status, "updated_at": job.updated_at})
+                quiet_since = time.monotonic()
+            if progress is not None and progress != sent_progress:
+                number += 1
+                sent_progress = progress
+                yield _event(number, "progress", {"step": progress.step, "steps": progress.steps})
+                quiet_since = time.monotonic()
+            if job.status in TERMINAL:
+                yield _event(number + 1, "result", job_body(job, progress))
+                return
+            if time.monotonic() - quiet_since >= 15:
+                yield b": keep-alive\n\n"  # proxies keep a quiet stream open
+                quiet_since = time.monotonic()
+            await asyncio.sleep(POLL_S)
+            found = await self.queue.get(job.id)
+            if found is None:  # expired while followed
+                return
+            job, progress = found
+
+    # --- run
+
+    async def _consume(self, number: int) -> None:
+        while True:
+            try:
+                taken = await self.queue.take(number)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: try again, never stop consuming
+                log.warning("job_queue_unavailable", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+                continue
+            task = asyncio.create_task(self._run(taken, number))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            await asyncio.shield(task)  # one job at a time per consumer; shutdown waits for it (aclose)
+
+    async def _run(self, taken: Taken, consumer: int) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(job_id=taken.job_id)
+        try:
+            await self._run_taken(taken, consumer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a store that failed mid-way: the entry stays, and is claimed again later
+            log.error("job_run_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _run_taken(self, taken: Taken, consumer: int) -> None:
+        found = await self.queue.get(taken.job_id)
+        if found is None:  # expired
+            await self.queue.done(taken)
+            return
+        job = found[0]
+        structlog.contextvars.bind_contextvars(request_id=job.request_id)
+        if job.status in TERMINAL:  # cancelled while queued, or ended by a process that stopped before its webhook
+            await self._release(taken, consumer)
+            return
+        if taken.claimed:
+            dialect = _MOUNTS[job.route].endpoint.dialect if job.route in _MOUNTS else "unknown"
+            metrics.child(metrics.JOB_CLAIMS, dialect).inc()
+            log.warning("job_claimed", detail="taken over from a process that stopped", runs=job.runs)
+        if job.runs >= self.settings.max_runs:
+            error = GatewayError(ErrorCode.INTERNAL, f"the job was interrupted {job.runs} times", public=True)
+            await self._end(job, FAILED, error=error)
+            await self._release(taken, consumer)
+            return
+        if job.runs == 0:
+            metrics.JOB_QUEUE_AGE.observe(max(0.0, time.time() - job.created_at))
+        job.status, job.runs, job.updated_at = RUNNING, job.runs + 1, int(time.time())
+        if not await self.queue.replace(job, frozenset({QUEUED, RUNNING})) or await self.queue.cancel_requested(job.id):
+            await self._release(taken, consumer)  # cancelled meanwhile
+            return
+        self._transition(job, "started")
+        payload = await self.queue.payload(job.id)
+        if payload is None:
+            error = GatewayError(ErrorCode.INTERNAL, "the job's request was lost", public=True)
+            await self._end(job, FAILED, error=error)
+            await self._release(taken, consumer)
+            return
+        canonical = msgspec.msgpack.decode(payload, type=ImageRequest)
+        mount = _MOUNTS[job.route]
+        progress = _ProgressWriter(self.queue, job.id)
+        work = asyncio.create_task(self._generate(job, mount, canonical, progress))
+        watcher = asyncio.create_task(self._watch(taken, consumer, work))
+        metrics.JOBS_RUNNING.inc()
+        try:
+            body, headers, cost = await work
+        except asyncio.CancelledError:
+            if not watcher.done():  # this process is stopping: the entry stays for another to claim
+                raise
+            await self._end(job, CANCELED)
+        except Exception as exc:
+            await self._end(job, FAILED, error=exc, mount=mount)
+        else:
+            await self._end(job, SUCCEEDED, result=body, headers=headers, cost=cost)
+        finally:
+            metrics.JOBS_RUNNING.dec()
+            watcher.cancel()
+            await progress.aclose()
+        await self._release(taken, consumer)
+
+    async def _release(self, taken: Taken, consumer: int) -> None:
+        """The job has ended: tell its webhook, then let its queue entry go.
+
+        The entry is acknowledged only once the deliveries are recorded, so a process that stops
+        mid-way leaves it to another, which delivers again (at least once). The deliveries run
+        beside the consumer, which takes the next job meanwhile.
+        """
+        found = await self.queue.get(taken.job_id)
+        job = found[0] if found is not None else None
+        if job is None or job.webhook is None or job.notified or job.status not in TERMINAL:
+            await self.queue.done(taken)
+            return
+        task = asyncio.create_task(self._notify(job, taken, consumer))
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self, job: JobRecord, taken: Taken, consumer: int) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id, request_id=job.request_id)
+        webhooks = self.gateway.webhooks
+        assert job.webhook is not None
+        keeper = asyncio.create_task(self._keep(taken, consumer))
+        try:
+            found = await self.queue.get(job.id)
+            body = msgspec.json.decode(msgspec.json.encode(job_body(job, found[1] if found else None)))
+            body.pop("webhooks", None)  # the deliveries are not known yet
+            deliveries = await webhooks.deliver(job.webhook, f"msg_{job.id}", f"job.{job.status}", body)
+        finally:
+            keeper.cancel()
+        job.webhooks, job.notified = deliveries, True
+        try:
+            await self.queue.replace(job, frozenset({job.status}))
+            await self.queue.done(taken)
+        except Exception as exc:  # the entry stays: another process delivers again
+            log.error("job_webhook_not_recorded", error=f"{type(exc).__name__}: {exc}")
+
+    async def _keep(self, taken: Taken, consumer: int) -> None:
+        while True:
+            await asyncio.sleep(self.settings.claim_after_s / 3)
+            try:
+                await self.queue.keep(taken, consumer)
+            except Exception as exc:  # Redis away for a moment
+                log.warning("job_keepalive_failed", error=type(exc).__name__)
+
+    async def _generate(
+        self, job: JobRecord, mount: Mount, canonical: ImageRequest, progress: _ProgressWriter
+    ) -> tuple[bytes, dict[str, str], int]:
+        """route ▸ deliver ▸ encode, as ``serve`` would, for the job's request; its images and cost counted."""
+        deadline = time.monotonic() + self.gateway.config.server.request_deadline_s
+        record = RequestRecord(mount.endpoint.dialect, mount.endpoint.operation.value, key=job.key or "none")
+        plan = self.gateway.router.plan(canonical.model)
+        record.model = plan.model.name
+        # As serve does: shared with identical seeded requests, or from the cache (gateway.dedup).
+        dedup = self.gateway.dedup
+        result, cache = await dedup.generate(job.key, canonical, plan, deadline, record.attempts, None, progress)
+        body = await finish(self.gateway, mount.endpoint, canonical, result, job.base_url, record, plan.model)
+        if record.images:  # as RequestRecord.finish counts a plain call's (the submit counted no images)
+            metrics.child(metrics.IMAGES, record.provider).inc(record.images)
+            if record.cost is not None:
+                labels = (record.model, record.provider, record.key, record.cost.currency)
+                metrics.child(metrics.COST, *labels).inc(float(record.cost.amount))
+            else:
+                metrics.child(metrics.UNPRICED_IMAGES, record.model, record.provider, record.key).inc(record.images)
+        return bytes(body), answer_headers(result, record, cache), record.cost.micros if record.cost is not None else 0
+
+    async def _watch(self, taken: Taken, consumer: int, work: asyncio.Task[Any]) -> None:
+        """While the job runs: keep its queue entry (no other process claims it), and stop it when cancelled."""
+        keep_every = self.settings.claim_after_s / 3
+        kept = time.monotonic()
+        while not work.done():
+            await asyncio.sleep(min(POLL_S, keep_every))
+            try:
+                if time.monotonic() - kept >= keep_every:
+                    await self.queue.keep(taken, consumer)
+                    kept = time.monotonic()
+                if await self.queue.cancel_requested(taken.job_id):
+                    work.cancel()
+                    return
+            except Exception as exc:  # Redis away for a moment: the job goes on
+                log.warning("job_keepalive_failed", error=type(exc).__name__)
+
+    async def _end(
+        self,
+        job: JobRecord,
+        status: str,
+        *,
+        result: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        error: BaseException | None = None,
+        mount: Mount | None = None,
+        cost: int = 0,
+    ) -> None:
+        """Store the job's end (unless it was cancelled meanwhile), and settle its reservation: what it cost."""
+        job.status, job.updated_at = status, int(time.time())
+        if result is not None:
+            job.result = result.decode()
+            job.headers = headers or {}
+        if error is not None:
+            mount = mount or _MOUNTS[job.route]
+            failure = self._failure(error, mount)
+            status_code, error_headers, body = error_answer(failure, mount.errors)
+            job.error = body.decode()
+            job.failure = JobError(
+                code=failure.code.value,
+                message=failure.message,
+                status=status_code,
+                param=failure.param,
+                headers=error_headers,
+            )
+        if await self.queue.replace(job, frozenset({QUEUED, RUNNING})):
+            self._transition(job, "ended")
+            await self._settle(job, cost if status == SUCCEEDED else 0)
+
+    async def _settle(self, job: JobRecord, actual: int) -> None:
+        """The reservation of the key's budget becomes ``actual`` micros (0: all given back), once: by whoever
+        moved the job to its end (its run, or a DELETE)."""
+        if job.reservation is None:
+            return
+        try:
+            await self.gateway.admission.settle(job.reservation, actual)
+        except Exception as exc:  # the reservation expires with its period; the job's end stands
+            log.error("job_budget_not_settled", error=f"{type(exc).__name__}: {exc}")
+
+    def _failure(self, error: BaseException, mount: Mount) -> GatewayError:
+        from gateway.errors import to_gateway_error  # gateway.errors imports the routes this module does
+
+        failure = to_gateway_error(error if isinstance(error, Exception) else Exception(), 0)
+        return mount.endpoint.client_error(failure)
+
+    def _transition(self, job: JobRecord, detail: str) -> None:
+        metrics.child(metrics.JOBS, job.status).inc()
+        log.info("job", job_id=job.id, request_id=job.request_id, status=job.status, detail=detail, key_name=job.key)
+
+
+def _event(number: int, kind: str, data: dict[str, Any]) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (number, kind.encode(), msgspec.json.encode(data))
