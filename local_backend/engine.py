@@ -25,10 +25,20 @@ import torch
 from PIL import Image
 
 from local_backend.batching import BatchQueue, Job
+from local_backend.energy import Meter, measured, pick_meter, share
 from local_backend.images import encode_image
 from local_backend.pipelines import Drawn, LoadedModel, load_model, pick_device, pick_dtype
 from local_backend.rules import Work, resolve
-from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, Timings, Usage
+from schemas.canonical import (
+    Energy,
+    ErrorCode,
+    GatewayError,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    Timings,
+    Usage,
+)
 from schemas.local import LocalBackendSettings, LocalModelSettings
 
 __all__ = ["EngineObserver", "EngineStats", "LocalEngine"]
@@ -87,6 +97,7 @@ class LocalEngine:
         self._running = 0
         self._batch_sizes: Counter[int] = Counter()
         self._images = self._refused = self._dropped = 0
+        self._meter: Meter | None = None
 
     # --- life cycle ---
 
@@ -98,6 +109,7 @@ class LocalEngine:
         """
         self.device = pick_device(self.settings.device)
         dtype = pick_dtype(self.device, self.settings.dtype)
+        self._meter = pick_meter(self.settings.energy, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-backend-{self.device}")
         self._queue = BatchQueue(
             self.settings.queue_size, self.settings.max_batch_size, self.settings.batch_window_ms / 1000
@@ -189,7 +201,7 @@ class LocalEngine:
             raise
         self._report_depth(work.model)
         try:
-            images, inference = await job.future
+            images, inference, energy = await job.future
         except asyncio.CancelledError:
             if self._queue.discard(job):
                 self._dropped += 1
@@ -204,6 +216,7 @@ class LocalEngine:
             seed=work.seed,
             timings=Timings(inference=inference, total=time.perf_counter() - started),
             usage=Usage(images_generated=len(images)),
+            energy=energy,
         )
 
     def _model(self, name: str) -> LoadedModel:
@@ -248,7 +261,9 @@ class LocalEngine:
         self._running = sum(work.n for work in works)
         loop = asyncio.get_running_loop()
         try:
-            drawn = await loop.run_in_executor(self._executor, model.draw, works, self.settings.max_batch_size)
+            drawn, joules = await loop.run_in_executor(
+                self._executor, measured, self._meter, model.draw, works, self.settings.max_batch_size
+            )
         except Exception as exc:
             error = _drawing_error(exc, works[0])
             for job in batch:
@@ -261,12 +276,14 @@ class LocalEngine:
         if self.observer is not None:
             for count, seconds in zip(drawn.calls, drawn.call_seconds, strict=True):
                 self.observer.batch_drawn(model.rules.name, count, seconds)
+        drawn_images = sum(drawn.calls)
         for job, images in zip(batch, drawn.images, strict=True):
-            task = asyncio.create_task(self._deliver(job, images, drawn))
+            energy = share(self._meter, joules, len(images), drawn_images)
+            task = asyncio.create_task(self._deliver(job, images, drawn, energy))
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
 
-    async def _deliver(self, job: Job, images: list[Image.Image], drawn: Drawn) -> None:
+    async def _deliver(self, job: Job, images: list[Image.Image], drawn: Drawn, energy: Energy | None) -> None:
         if job.future.done():
             return  # its caller went away while it was drawn
         try:
@@ -275,7 +292,7 @@ class LocalEngine:
             _fail(job, _drawing_error(exc, job.work))
             return
         if not job.future.done():
-            job.future.set_result((encoded, drawn.seconds))
+            job.future.set_result((encoded, drawn.seconds, energy))
 
 
 def _encode(work: Work, images: list[Image.Image]) -> list[GeneratedImage]:
