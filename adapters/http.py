@@ -27,6 +27,7 @@ from schemas.canonical import (
     ResponseFormat,
 )
 from schemas.dialect import BodyKind, Endpoint, ErrorTable, sniff_image
+from schemas.sustainability import summed
 
 __all__ = ["HttpAdapter", "UpstreamUnreachable"]
 
@@ -89,6 +90,7 @@ class HttpAdapter(AdapterBase):
             result = results[0]
             for extra in results[1:]:
                 result.images.extend(extra.images)
+                result.environment_impact = summed(result.environment_impact, extra.environment_impact)
         if request.response_format is ResponseFormat.B64_JSON and any(image.url for image in result.images):
             await asyncio.gather(*(self._fetch(image, options) for image in result.images if image.url))
         result.provider = self.name

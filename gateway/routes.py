@@ -18,7 +18,7 @@ import msgspec
 import structlog
 from litestar.types import Method
 
-from gateway import accounting, metrics
+from gateway import accounting, energy, metrics
 from gateway.accounting import Cost, Reservation
 from gateway.dedup import CACHE_HEADER
 from gateway.imagestore import StoreUnavailable
@@ -26,7 +26,15 @@ from gateway.inbound import ScopeInbound
 from gateway.router import Attempts
 from gateway.state import Gateway
 from schemas import melious, nebul, nebulablock, openai, pomelo
-from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, ResponseFormat
+from schemas.canonical import (
+    Energy,
+    ErrorCode,
+    GatewayError,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ResponseFormat,
+)
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
 from schemas.disconnect import ClientGone
 
@@ -128,6 +136,7 @@ class RequestRecord:
     key: str = "none"  # the inbound key's name
     cost: Cost | None = None  # of an answered request; None: unpriced (gateway/accounting.py)
     reservation: Reservation | None = None  # of the key's budget, settled when the request ends
+    energy: Energy | None = None
 
     def finish(self, seconds: float) -> None:
         metrics.child(metrics.REQUESTS, self.dialect, self.operation, self.model, self.provider, self.outcome).inc()
@@ -154,6 +163,8 @@ class RequestRecord:
             fallbacks=self.attempts.fallbacks,
             duration_ms=round(seconds * 1000, 2),
             prompt=self.prompt,
+            energy_kwh=self.energy.kwh if self.energy else None,
+            energy_method=self.energy.method if self.energy else None,
         )
 
 
@@ -182,6 +193,7 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     key_name = key.name if key is not None else None
     result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts, request.receive)
     record.provider = result.provider
+    record.energy = energy.account(gateway.config, result, plan)
     await deliver(gateway, result, canonical.response_format, request)
     body = msgspec.json.encode(endpoint.encode_result(result, canonical))
     record.images = len(result.images)

@@ -18,7 +18,7 @@ import msgspec
 
 from schemas.canonical import EnvironmentImpact
 
-__all__ = ["SiteFactors", "environment_impact"]
+__all__ = ["SiteFactors", "environment_impact", "summed"]
 
 # The world's average grid intensity in 2023 (Ember, Global Electricity Review 2024): the default
 # until an operator configures the grid their machines draw from.
@@ -50,4 +50,18 @@ def environment_impact(kwh: float, site: SiteFactors, provider: str) -> Environm
         renewable_percent=site.renewable_percent,
         provider_id=site.provider_id or provider,
         location=site.location,
+    )
+
+
+def summed(first: EnvironmentImpact | None, second: EnvironmentImpact | None) -> EnvironmentImpact | None:
+    """Two parts of one request (a request split into several upstream calls) as one; None unless both are known."""
+    if first is None or second is None:
+        return None
+    return EnvironmentImpact(
+        energy_kwh=first.energy_kwh + second.energy_kwh,
+        carbon_g_co2=first.carbon_g_co2 + second.carbon_g_co2,
+        water_liters=first.water_liters + second.water_liters,
+        renewable_percent=first.renewable_percent,
+        provider_id=first.provider_id,
+        location=first.location,
     )

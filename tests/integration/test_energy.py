@@ -1,0 +1,145 @@
+"""Energy and carbon through a real gateway over real HTTP: Melious's ``environment_impact`` for every backend.
+
+The local tiny model (in process, and on a remote worker) carries its energy with carbon and
+water derived from the configured site; a Melious upstream's figures pass through; a provider
+with a configured energy per image is estimated; a provider with nothing known has none.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.emulators import EmulatorServer
+from tests.integration.conftest import start_gateway
+from tests.integration.gateway_server import GatewayServer, gateway_config
+from tests.local_backend.engines import local_settings
+from tests.local_backend.worker_server import WorkerServer
+
+SITE = {
+    "carbon_intensity_g_per_kwh": 325.0,
+    "pue": 1.2,
+    "water_l_per_kwh": 1.8,
+    "renewable_percent": 64.0,
+    "location": "NL-AMS",
+    "provider_id": "example-dc",
+}
+WORKER_SITE = {"carbon_intensity_g_per_kwh": 30.0, "pue": 1.1, "water_l_per_kwh": 0.5, "location": "SE-STO"}
+# No RAPL here, and none wanted: the estimate is the path these tests take on any machine.
+NEBUL_MODEL = "black-forest-labs/FLUX.1-Kontext-dev"
+ESTIMATE = {"meter": "power", "power_watts": 250.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("models")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(path))
+        yield path
+
+
+def melious(http: httpx.Client, gateway: GatewayServer, model: str, n: int = 1) -> dict[str, Any]:
+    body = {"model": model, "prompt": "a wind farm", "size": "512x512", "n": n, "response_format": "b64_json"}
+    response = http.post(gateway.url + "/melious/v1/images/generations", json=body)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def counter(http: httpx.Client, gateway: GatewayServer, family: str, **labels: str) -> float:
+    text = http.get(gateway.url + "/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^image_gateway_{family}_total\{{(.*)\}} (\S+)$", line)
+        if match and all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def assert_derived(impact: dict[str, Any], site: dict[str, Any], provider_id: str) -> None:
+    kwh = impact["energy_kwh"]
+    assert kwh > 0
+    assert impact["carbon_g_co2"] == pytest.approx(kwh * site.get("pue", 1.0) * site["carbon_intensity_g_per_kwh"])
+    assert impact["water_liters"] == pytest.approx(kwh * site.get("water_l_per_kwh", 0.0))
+    assert impact["renewable_percent"] == site.get("renewable_percent", 0.0)
+    assert impact["location"] == site.get("location", "unknown")
+    assert impact["provider_id"] == provider_id
+
+
+def test_the_local_tiny_model_answers_with_its_environment_impact(tmp_path: Path, http: httpx.Client) -> None:
+    providers = {"gpu": {"kind": "local", "device": "cpu", "models": {"tiny": {"path": "builtin:tiny-sd"}}}}
+    providers["gpu"]["energy"] = ESTIMATE
+    models = [{"name": "tiny", "targets": [{"provider": "gpu", "model": "tiny"}]}]
+    config = gateway_config(providers, models, tmp_path, sustainability=SITE)
+    with GatewayServer(config) as gateway:
+        one = melious(http, gateway, "tiny")["environment_impact"]
+        assert_derived(one, SITE, "example-dc")
+        two = melious(http, gateway, "tiny", n=2)["environment_impact"]
+        assert_derived(two, SITE, "example-dc")
+        energy = counter(http, gateway, "energy_kwh", model="tiny", provider="gpu", method="estimated")
+        carbon = counter(http, gateway, "carbon_grams", model="tiny", provider="gpu")
+        # The root /v1 route (the OpenAI family) carries it too.
+        root = http.post(
+            gateway.url + "/v1/images/generations",
+            json={"model": "tiny", "prompt": "a dam", "size": "64x64", "response_format": "b64_json"},
+        )
+        assert root.status_code == 200, root.text
+        assert_derived(root.json()["environment_impact"], SITE, "example-dc")
+    assert energy == pytest.approx(one["energy_kwh"] + two["energy_kwh"])
+    assert carbon == pytest.approx(one["carbon_g_co2"] + two["carbon_g_co2"])
+
+
+def test_a_remote_worker_measures_and_the_gateway_derives_with_its_providers_site(
+    tmp_path: Path, http: httpx.Client
+) -> None:
+    worker = WorkerServer(local_settings({"tiny": "builtin:tiny-sd"}, batch_window_ms=0, energy=ESTIMATE)).start()
+    try:
+        providers = {"remote": {"kind": "local", "workers": [worker.url], "site": WORKER_SITE}}
+        models = [{"name": "tiny", "targets": [{"provider": "remote", "model": "tiny"}]}]
+        with GatewayServer(gateway_config(providers, models, tmp_path, sustainability=SITE)) as gateway:
+            impact = melious(http, gateway, "tiny")["environment_impact"]
+    finally:
+        worker.stop()
+    assert_derived(impact, WORKER_SITE, "remote")  # the worker's own site, named by its provider
+
+
+def test_upstream_estimate_and_unknown(
+    emulators: dict[str, EmulatorServer], tmp_path: Path, http: httpx.Client
+) -> None:
+    """Melious's own figures pass through; Nebul with an energy per image is estimated; without one, nothing."""
+    models = [
+        {"name": "via-melious", "targets": [{"provider": "melious", "model": "flux-schnell"}]},
+        {"name": "estimated", "targets": [{"provider": "nebul", "model": NEBUL_MODEL, "energy_wh_per_image": 2.5}]},
+        {"name": "unknown", "targets": [{"provider": "pomelo-flux", "model": "flux.1"}]},
+    ]
+    gateway = start_gateway(emulators, models, tmp_path, sustainability=SITE)
+    try:
+        impact = melious(http, gateway, "via-melious", n=2)["environment_impact"]
+        # The emulator's figures for 2 images of 512x512 (tests/emulators/melious.py), not re-derived here.
+        scale = 2 * 512 * 512 / (1024 * 1024)
+        assert impact == {
+            "carbon_g_co2": round(2.5 * scale, 4),
+            "water_liters": round(0.01 * scale, 5),
+            "energy_kwh": round(0.005 * scale, 6),
+            "renewable_percent": 85,
+            "provider_id": "nebius",
+            "location": "NL",
+        }
+        reported = counter(http, gateway, "energy_kwh", model="via-melious", provider="melious", method="reported")
+        assert reported == pytest.approx(impact["energy_kwh"])
+
+        estimated = melious(http, gateway, "estimated", n=3)["environment_impact"]
+        assert estimated["energy_kwh"] == pytest.approx(3 * 2.5 / 1000)
+        assert_derived(estimated, SITE, "example-dc")
+        assert counter(http, gateway, "energy_kwh", model="estimated", method="estimated") == pytest.approx(0.0075)
+
+        unknown = melious(http, gateway, "unknown")
+        assert "environment_impact" not in unknown
+        assert counter(http, gateway, "energy_kwh", model="unknown") == 0
+    finally:
+        gateway.stop()
