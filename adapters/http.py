@@ -39,6 +39,7 @@ _RECAST: Mapping[ErrorCode, str] = {
     ErrorCode.INTERNAL: "provider {name} failed internally: {message}",
 }
 REQUEST_ID_HEADER = "X-Request-ID"
+TRACEPARENT_HEADER = "traceparent"
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -134,6 +135,8 @@ class HttpAdapter(AdapterBase):
         method = "GET" if body is None else "POST"
         if options.request_id is not None:
             headers = {**(headers or {}), REQUEST_ID_HEADER: options.request_id}
+        if options.traceparent is not None:
+            headers = {**(headers or {}), TRACEPARENT_HEADER: options.traceparent}
         try:
             async with self._in_flight:
                 return await self.client.send(

@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 
 from adapters import Adapter, build_adapter
 from adapters.upstream import UpstreamClient, build_upstream_client
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
@@ -109,6 +109,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis=redis_client,
         adapters=adapters,
     )
+    tracing.start()  # OTLP export when OTEL_EXPORTER_OTLP_*ENDPOINT is set; off otherwise
     try:
         yield
     finally:
@@ -120,6 +121,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await client.aclose()
         await image_store.aclose()
         await webhooks.aclose()
+        tracing.stop()  # flushes the spans still queued
 
 
 @get("/health", sync_to_thread=False, tags=["ops"])

@@ -18,9 +18,10 @@ import msgspec
 import structlog
 from litestar.types import Method
 
-from gateway import accounting, energy, metrics
+from gateway import accounting, energy, metrics, tracing
 from gateway.accounting import Cost, Reservation
 from gateway.dedup import CACHE_HEADER
+from gateway.failures import current_request_id
 from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
 from gateway.router import Attempts
@@ -213,6 +214,8 @@ async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request
     record = RequestRecord(endpoint.dialect, endpoint.operation.value)
     started = time.perf_counter()
     metrics.IN_FLIGHT.inc()
+    status: int | None = None  # a failure's own status (the trace's), when it has one
+    span = tracing.RequestSpan(request.scope, request.headers, current_request_id()) if tracing.enabled else None
     try:
         answer = await serve(gateway, endpoint, request, record)
         record.outcome = "ok"
@@ -222,6 +225,7 @@ async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request
         record.outcome = error.code.value
         record.provider = error.provider or record.provider
         error.headers[ATTEMPTS_HEADER] = str(record.attempts.calls)
+        status = error.status
         raise
     except ClientGone:
         record.outcome = "client_gone"
@@ -232,3 +236,5 @@ async def serve_recorded(gateway: Gateway, endpoint: Endpoint[Any, Any], request
             actual = record.cost.micros if record.outcome == "ok" and record.cost is not None else 0
             await gateway.admission.settle(record.reservation, actual)
         record.finish(time.perf_counter() - started)
+        if span is not None:
+            span.end(record, endpoint.operation, status)

@@ -17,11 +17,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgspec
 import structlog
 import torch
+from opentelemetry import context as otel_context
 from PIL import Image
 
 from local_backend.batching import BatchQueue, Job
@@ -40,6 +41,7 @@ from schemas.canonical import (
     Usage,
 )
 from schemas.local import LocalBackendSettings, LocalModelSettings
+from schemas.tracing import TRACER_CONTEXT_KEY
 
 __all__ = ["EngineObserver", "EngineStats", "LocalEngine"]
 
@@ -192,6 +194,8 @@ class LocalEngine:
         if self._closing:
             raise GatewayError(ErrorCode.OVERLOADED, "the local backend is shutting down")
         work = resolve(request, self._model(request.model).rules)
+        tracer = otel_context.get_value(TRACER_CONTEXT_KEY)  # None unless the gateway traces this request
+        enqueued_ns = time.time_ns()
         loop = asyncio.get_running_loop()
         job = Job(work=work, future=loop.create_future(), enqueued_at=loop.time())
         try:
@@ -201,12 +205,14 @@ class LocalEngine:
             raise
         self._report_depth(work.model)
         try:
-            images, inference, energy = await job.future
+            images, inference, energy, batch = await job.future
         except asyncio.CancelledError:
             if self._queue.discard(job):
                 self._dropped += 1
                 self._report_depth(work.model)
             raise
+        if tracer is not None:
+            _trace(tracer, work, enqueued_ns, batch, energy)
         return ImageResult(
             images=images,
             created=int(time.time()),
@@ -260,6 +266,7 @@ class LocalEngine:
         model = self._models[works[0].model]
         self._running = sum(work.n for work in works)
         loop = asyncio.get_running_loop()
+        began = time.time_ns()
         try:
             drawn, joules = await loop.run_in_executor(
                 self._executor, measured, self._meter, model.draw, works, self.settings.max_batch_size
@@ -277,13 +284,16 @@ class LocalEngine:
             for count, seconds in zip(drawn.calls, drawn.call_seconds, strict=True):
                 self.observer.batch_drawn(model.rules.name, count, seconds)
         drawn_images = sum(drawn.calls)
+        span = BatchSpan(began, time.time_ns(), drawn_images, len(drawn.calls))
         for job, images in zip(batch, drawn.images, strict=True):
             energy = share(self._meter, joules, len(images), drawn_images)
-            task = asyncio.create_task(self._deliver(job, images, drawn, energy))
+            task = asyncio.create_task(self._deliver(job, images, drawn, energy, span))
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
 
-    async def _deliver(self, job: Job, images: list[Image.Image], drawn: Drawn, energy: Energy | None) -> None:
+    async def _deliver(
+        self, job: Job, images: list[Image.Image], drawn: Drawn, energy: Energy | None, span: BatchSpan
+    ) -> None:
         if job.future.done():
             return  # its caller went away while it was drawn
         try:
@@ -292,7 +302,33 @@ class LocalEngine:
             _fail(job, _drawing_error(exc, job.work))
             return
         if not job.future.done():
-            job.future.set_result((encoded, drawn.seconds, energy))
+            job.future.set_result((encoded, drawn.seconds, energy, span))
+
+
+class BatchSpan(NamedTuple):
+    """When a batch was on the device (ns since the epoch), for the trace of each request in it."""
+
+    began: int
+    ended: int
+    images: int
+    calls: int
+
+
+def _trace(tracer: Any, work: Work, enqueued_ns: int, batch: BatchSpan, energy: Energy | None) -> None:
+    """The request's wait in the queue and its batch, as spans under the current one (the upstream attempt)."""
+    tracer.start_span(
+        "local queue", start_time=enqueued_ns, attributes={"image_gateway.local.model": work.model}
+    ).end(end_time=batch.began)
+    attributes: dict[str, Any] = {
+        "image_gateway.local.model": work.model,
+        "image_gateway.local.batch_images": batch.images,
+        "image_gateway.local.pipeline_calls": batch.calls,
+        "image_gateway.images": work.n,
+    }
+    if energy is not None:
+        attributes["image_gateway.energy_kwh"] = energy.kwh
+        attributes["image_gateway.energy_method"] = energy.method
+    tracer.start_span("local batch", start_time=batch.began, attributes=attributes).end(end_time=batch.ended)
 
 
 def _encode(work: Work, images: list[Image.Image]) -> list[GeneratedImage]:

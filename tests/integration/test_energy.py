@@ -43,6 +43,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
+def started(server: GatewayServer) -> GatewayServer:
+    server.startup_timeout_s = 300.0  # the tiny model is built on first use: slow on a busy machine
+    return server
+
+
 def melious(http: httpx.Client, gateway: GatewayServer, model: str, n: int = 1) -> dict[str, Any]:
     body = {"model": model, "prompt": "a wind farm", "size": "512x512", "n": n, "response_format": "b64_json"}
     response = http.post(gateway.url + "/melious/v1/images/generations", json=body)
@@ -76,7 +81,7 @@ def test_the_local_tiny_model_answers_with_its_environment_impact(tmp_path: Path
     providers["gpu"]["energy"] = ESTIMATE
     models = [{"name": "tiny", "targets": [{"provider": "gpu", "model": "tiny"}]}]
     config = gateway_config(providers, models, tmp_path, sustainability=SITE)
-    with GatewayServer(config) as gateway:
+    with started(GatewayServer(config)) as gateway:
         one = melious(http, gateway, "tiny")["environment_impact"]
         assert_derived(one, SITE, "example-dc")
         two = melious(http, gateway, "tiny", n=2)["environment_impact"]
@@ -101,7 +106,7 @@ def test_a_remote_worker_measures_and_the_gateway_derives_with_its_providers_sit
     try:
         providers = {"remote": {"kind": "local", "workers": [worker.url], "site": WORKER_SITE}}
         models = [{"name": "tiny", "targets": [{"provider": "remote", "model": "tiny"}]}]
-        with GatewayServer(gateway_config(providers, models, tmp_path, sustainability=SITE)) as gateway:
+        with started(GatewayServer(gateway_config(providers, models, tmp_path, sustainability=SITE))) as gateway:
             impact = melious(http, gateway, "tiny")["environment_impact"]
     finally:
         worker.stop()
