@@ -138,6 +138,18 @@ def test_upstream_estimate_and_unknown(
         reported = counter(http, gateway, "energy_kwh", model="via-melious", provider="melious", method="reported")
         assert reported == pytest.approx(impact["energy_kwh"])
 
+        # Six images are two calls to Melious (4 + 2): the answer carries both calls' figures, summed.
+        split = http.post(
+            gateway.url + "/v1/images/generations",
+            json={"model": "via-melious", "prompt": "a dam", "size": "512x512", "n": 6, "response_format": "b64_json"},
+        )
+        assert split.status_code == 200, split.text
+        assert len(emulators["melious"].emulator.calls) == 3  # the first request's call, then these two
+        part = 512 * 512 / (1024 * 1024)
+        assert split.json()["environment_impact"]["energy_kwh"] == pytest.approx(
+            round(0.005 * 4 * part, 6) + round(0.005 * 2 * part, 6)
+        )
+
         estimated = melious(http, gateway, "estimated", n=3)["environment_impact"]
         assert estimated["energy_kwh"] == pytest.approx(3 * 2.5 / 1000)
         assert_derived(estimated, SITE, "example-dc")
