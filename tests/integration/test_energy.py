@@ -82,12 +82,15 @@ def test_the_local_tiny_model_answers_with_its_environment_impact(tmp_path: Path
     models = [{"name": "tiny", "targets": [{"provider": "gpu", "model": "tiny"}]}]
     config = gateway_config(providers, models, tmp_path, sustainability=SITE)
     with started(GatewayServer(config)) as gateway:
+        # The counters are the process's: other tests' gateways count into them too, so the difference.
+        energy_before = counter(http, gateway, "energy_kwh", model="tiny", provider="gpu", method="estimated")
+        carbon_before = counter(http, gateway, "carbon_grams", model="tiny", provider="gpu")
         one = melious(http, gateway, "tiny")["environment_impact"]
         assert_derived(one, SITE, "example-dc")
         two = melious(http, gateway, "tiny", n=2)["environment_impact"]
         assert_derived(two, SITE, "example-dc")
-        energy = counter(http, gateway, "energy_kwh", model="tiny", provider="gpu", method="estimated")
-        carbon = counter(http, gateway, "carbon_grams", model="tiny", provider="gpu")
+        energy = counter(http, gateway, "energy_kwh", model="tiny", provider="gpu", method="estimated") - energy_before
+        carbon = counter(http, gateway, "carbon_grams", model="tiny", provider="gpu") - carbon_before
         # The root /v1 route (the OpenAI family) carries it too.
         root = http.post(
             gateway.url + "/v1/images/generations",
@@ -124,6 +127,12 @@ def test_upstream_estimate_and_unknown(
     ]
     gateway = start_gateway(emulators, models, tmp_path, sustainability=SITE)
     try:
+        # The counters are the process's: other tests' gateways count into them too, so the differences.
+        reported_before = counter(
+            http, gateway, "energy_kwh", model="via-melious", provider="melious", method="reported"
+        )
+        estimated_before = counter(http, gateway, "energy_kwh", model="estimated", method="estimated")
+        unknown_before = counter(http, gateway, "energy_kwh", model="unknown")
         impact = melious(http, gateway, "via-melious", n=2)["environment_impact"]
         # The emulator's figures for 2 images of 512x512 (tests/emulators/melious.py), not re-derived here.
         scale = 2 * 512 * 512 / (1024 * 1024)
@@ -136,7 +145,7 @@ def test_upstream_estimate_and_unknown(
             "location": "NL",
         }
         reported = counter(http, gateway, "energy_kwh", model="via-melious", provider="melious", method="reported")
-        assert reported == pytest.approx(impact["energy_kwh"])
+        assert reported - reported_before == pytest.approx(impact["energy_kwh"])
 
         # Six images are two calls to Melious (4 + 2): the answer carries both calls' figures, summed.
         split = http.post(
@@ -153,10 +162,11 @@ def test_upstream_estimate_and_unknown(
         estimated = melious(http, gateway, "estimated", n=3)["environment_impact"]
         assert estimated["energy_kwh"] == pytest.approx(3 * 2.5 / 1000)
         assert_derived(estimated, SITE, "example-dc")
-        assert counter(http, gateway, "energy_kwh", model="estimated", method="estimated") == pytest.approx(0.0075)
+        estimated_now = counter(http, gateway, "energy_kwh", model="estimated", method="estimated")
+        assert estimated_now - estimated_before == pytest.approx(0.0075)
 
         unknown = melious(http, gateway, "unknown")
         assert "environment_impact" not in unknown
-        assert counter(http, gateway, "energy_kwh", model="unknown") == 0
+        assert counter(http, gateway, "energy_kwh", model="unknown") == unknown_before
     finally:
         gateway.stop()
