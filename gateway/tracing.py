@@ -145,6 +145,12 @@ class RequestSpan:
         }
         if operation is not None:
             attributes["gen_ai.operation.name"] = OPERATION_NAMES[operation]
+        cost = record.cost
+        if cost is not None:  # priced (gateway/accounting.py); unpriced: no cost attribute, never 0
+            attributes["image_gateway.cost"] = float(cost.amount)
+            attributes["image_gateway.cost_currency"] = cost.currency
+        elif record.images:
+            attributes["image_gateway.unpriced"] = True
         energy = record.energy
         if energy is not None:
             attributes["image_gateway.energy_kwh"] = energy.kwh

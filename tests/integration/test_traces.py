@@ -90,7 +90,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 MODELS = [
-    {"name": "via-melious", "targets": [{"provider": "melious", "model": "flux-schnell"}]},
+    {
+        "name": "via-melious",
+        "targets": [{"provider": "melious", "model": "flux-schnell", "price": {"currency": "EUR", "per_image": 0.003}}],
+    },
     {"name": "tiny", "targets": [{"provider": "gpu", "model": "tiny"}]},
 ]
 LOCAL = {
@@ -165,6 +168,8 @@ def test_spans_reach_the_receiver_with_their_parents(
     assert request_attributes["image_gateway.images"] == 1
     assert request_attributes["image_gateway.request_id"] == "traced-0001"
     assert request_attributes["image_gateway.energy_method"] == "reported"
+    assert request_attributes["image_gateway.cost"] == pytest.approx(0.003)
+    assert request_attributes["image_gateway.cost_currency"] == "EUR"
 
     (attempt,) = [span for span in spans if span.parent_span_id == request.span_id]
     assert attempt.kind == Span.SPAN_KIND_CLIENT
@@ -188,6 +193,8 @@ def test_spans_reach_the_receiver_with_their_parents(
     batch = attributes(children["local batch"])
     assert batch["image_gateway.energy_method"] == "estimated" and batch["image_gateway.energy_kwh"] > 0
     assert attributes(local_request)["image_gateway.energy_kwh"] == pytest.approx(batch["image_gateway.energy_kwh"])
+    assert attributes(local_request)["image_gateway.unpriced"] is True  # no price: never a cost of 0
+    assert "image_gateway.cost" not in attributes(local_request)
 
     # A request without a traceparent starts its own trace; a refusal is traced with its status.
     (refused,) = [span for span in requests if span.trace_id.hex() != CLIENT_TRACE_ID]
