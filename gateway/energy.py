@@ -23,8 +23,13 @@ __all__ = ["account"]
 REPORTED = "reported"  # by the upstream itself
 
 
-def account(config: GatewayConfig, result: ImageResult, plan: Plan) -> Energy | None:
-    """Fill ``result.environment_impact`` where it can be known, count it, and return the energy (None: unknown)."""
+def account(config: GatewayConfig, result: ImageResult, plan: Plan, spent: bool = True) -> Energy | None:
+    """Fill ``result.environment_impact`` where it can be known, count it, and return the energy (None: unknown).
+
+    ``spent`` is False for an answer that shares another request's generation or comes from the cache
+    (gateway/dedup.py): it carries the footprint of the generation that made its images, but the
+    counters count each generation once, with the request that led it.
+    """
     impact = result.environment_impact
     if impact is not None:
         energy = Energy(kwh=impact.energy_kwh, method=REPORTED, source="upstream")
@@ -36,6 +41,8 @@ def account(config: GatewayConfig, result: ImageResult, plan: Plan) -> Energy | 
         impact = environment_impact(energy.kwh, _site(config, result.provider), result.provider)
         result.environment_impact = impact
     result.energy = energy
+    if not spent:
+        return energy
     model, provider = plan.model.name, result.provider
     metrics.child(metrics.ENERGY, model, provider, energy.method).inc(energy.kwh)
     metrics.child(metrics.CARBON, model, provider).inc(impact.carbon_g_co2)

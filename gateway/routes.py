@@ -20,7 +20,7 @@ from litestar.types import Method
 
 from gateway import accounting, energy, metrics, tracing
 from gateway.accounting import Cost, Reservation
-from gateway.dedup import CACHE_HEADER
+from gateway.dedup import CACHE_HEADER, MISS
 from gateway.failures import current_request_id
 from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
@@ -194,7 +194,7 @@ async def serve(gateway: Gateway, endpoint: Endpoint[Any, Any], request: ScopeIn
     key_name = key.name if key is not None else None
     result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts, request.receive)
     record.provider = result.provider
-    record.energy = energy.account(gateway.config, result, plan)
+    record.energy = energy.account(gateway.config, result, plan, spent=cache is None or cache == MISS)
     await deliver(gateway, result, canonical.response_format, request)
     body = msgspec.json.encode(endpoint.encode_result(result, canonical))
     record.images = len(result.images)

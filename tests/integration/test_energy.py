@@ -170,3 +170,25 @@ def test_upstream_estimate_and_unknown(
         assert counter(http, gateway, "energy_kwh", model="unknown") == unknown_before
     finally:
         gateway.stop()
+
+
+def test_a_cached_answer_counts_its_generation_once(
+    emulators: dict[str, EmulatorServer], tmp_path: Path, http: httpx.Client
+) -> None:
+    """An answer from the cache carries nothing new to count: the generation was counted when it was made."""
+    target = {"provider": "pomelo-flux", "model": "flux.1", "energy_wh_per_image": 4.0}
+    models = [{"name": "flux.1", "targets": [target], "cache": {"ttl_s": 600}}]
+    gateway = start_gateway(emulators, models, tmp_path)
+    try:
+        before = counter(http, gateway, "energy_kwh", model="flux.1", provider="pomelo-flux", method="estimated")
+        body = {"prompt": "a lighthouse", "seed": 7, "num_outputs": 2}
+        first = http.post(gateway.url + "/pomelo/api/v1/flux.1", json=body)
+        second = http.post(gateway.url + "/pomelo/api/v1/flux.1", json=body)
+        assert first.status_code == second.status_code == 200, (first.text, second.text)
+        assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
+        after = counter(http, gateway, "energy_kwh", model="flux.1", provider="pomelo-flux", method="estimated")
+    finally:
+        gateway.stop()
+    images = len(first.json()["images"])
+    assert images >= 1
+    assert after - before == pytest.approx(images * 4.0 / 1000)  # one generation, not two
