@@ -27,6 +27,7 @@ from schemas.canonical import (
 )
 from schemas.dialect import BodyKind, Endpoint, ErrorTable, sniff_image
 from schemas.imageforms import Conversion, conversion
+from schemas.sustainability import summed
 
 __all__ = ["HttpAdapter", "UpstreamUnreachable"]
 
@@ -38,6 +39,7 @@ _RECAST: Mapping[ErrorCode, str] = {
     ErrorCode.INTERNAL: "provider {name} failed internally: {message}",
 }
 REQUEST_ID_HEADER = "X-Request-ID"
+TRACEPARENT_HEADER = "traceparent"
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -89,6 +91,7 @@ class HttpAdapter(AdapterBase):
             result = results[0]
             for extra in results[1:]:
                 result.images.extend(extra.images)
+                result.environment_impact = summed(result.environment_impact, extra.environment_impact)
         fetches = [image for image in result.images if conversion(image, request.response_format) is Conversion.FETCH]
         if fetches:  # within the upstream call: a failed download is a failed attempt
             await asyncio.gather(*(self._fetch(image, options) for image in fetches))
@@ -133,6 +136,8 @@ class HttpAdapter(AdapterBase):
         method = "GET" if body is None else "POST"
         if options.request_id is not None:
             headers = {**(headers or {}), REQUEST_ID_HEADER: options.request_id}
+        if options.traceparent is not None:
+            headers = {**(headers or {}), TRACEPARENT_HEADER: options.traceparent}
         try:
             async with self._in_flight:
                 return await self.client.send(

@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 
 from adapters import Adapter, build_adapter
 from adapters.upstream import UpstreamClient, build_upstream_client
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
@@ -114,6 +114,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     gateway = app.state.gateway
     gateway.jobs = Jobs(gateway, build_job_queue(gateway))
     gateway.jobs.start()
+    tracing.start()  # OTLP export when OTEL_EXPORTER_OTLP_*ENDPOINT is set; off otherwise
     try:
         yield
     finally:
@@ -126,6 +127,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await client.aclose()
         await image_store.aclose()
         await webhooks.aclose()
+        tracing.stop()  # flushes the spans still queued
 
 
 @get("/health", sync_to_thread=False, tags=["ops"])

@@ -21,6 +21,7 @@ from gateway.accounting import BudgetConfig, PriceConfig, currency_problems
 from schemas.canonical import Operation
 from schemas.local import LocalBackendSettings
 from schemas.policy import ProviderPolicy, RateLimit
+from schemas.sustainability import SiteFactors
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -51,6 +52,8 @@ DEFAULT_MAX_INFLIGHT_BODY_BYTES = 512 * 1024 * 1024
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+# Watt-hours one image takes, for providers that report no energy of their own (an estimate).
+WattHours = Annotated[float, msgspec.Meta(gt=0, le=100_000)]
 MAX_PRESIGNED_TTL_S = 7 * 86400  # SigV4's limit on a presigned URL
 
 
@@ -94,6 +97,7 @@ class _Provider(ProviderPolicy, kw_only=True, forbid_unknown_fields=True, tag_fi
     max_image_bytes: PositiveInt = DEFAULT_MAX_IMAGE_BYTES
     max_response_bytes: PositiveInt = DEFAULT_MAX_RESPONSE_BYTES
     max_concurrency: PositiveInt = 64  # calls in flight to this provider from one gateway process
+    energy_wh_per_image: WattHours | None = None  # estimated energy per image (docs: "Energy and carbon")
 
     @property
     def call_timeout_s(self) -> float | None:
@@ -150,6 +154,7 @@ class TargetConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_n: PositiveInt | None = None
     operations: list[Operation] | None = None
     price: PriceConfig | None = None  # None: unpriced (gateway/accounting.py)
+    energy_wh_per_image: WattHours | None = None  # overrides the provider's estimate for this target
 
 
 class ResultCache(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -370,6 +375,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
+    # The site's grid, PUE and water factors that turn energy into carbon and water (docs: "Energy and carbon").
+    sustainability: SiteFactors = msgspec.field(default_factory=SiteFactors)
 
     def __post_init__(self) -> None:
         problems = cross_check(self)
@@ -466,6 +473,7 @@ def _check_parts(raw: dict[str, Any], errors: list[str]) -> None:
         "auth": AuthConfig,
         "image_store": ImageStoreConfig,
         "webhooks": WebhooksConfig,
+        "sustainability": SiteFactors,
     }
     for key, value in raw.items():
         if key in sections:

@@ -474,7 +474,7 @@ class Jobs:
         # As serve does: shared with identical seeded requests, or from the cache (gateway.dedup).
         dedup = self.gateway.dedup
         result, cache = await dedup.generate(job.key, canonical, plan, deadline, record.attempts, None, progress)
-        body = await finish(self.gateway, mount.endpoint, canonical, result, job.base_url, record, plan.model)
+        body = await finish(self.gateway, mount.endpoint, canonical, result, job.base_url, record, plan, cache)
         if record.images:  # as RequestRecord.finish counts a plain call's (the submit counted no images)
             metrics.child(metrics.IMAGES, record.provider).inc(record.images)
             if record.cost is not None:

@@ -213,6 +213,19 @@ JOB_CLAIMS = Counter(
     namespace=NAMESPACE,
 )
 
+ENERGY = Counter(
+    "energy_kwh",
+    "Energy of answered requests (kWh of IT energy), by model, provider and method (measured, estimated, reported).",
+    ["model", "provider", "method"],
+    namespace=NAMESPACE,
+)
+CARBON = Counter(
+    "carbon_grams",
+    "Carbon of answered requests (g CO2, the site's PUE and grid intensity applied), by model and provider.",
+    ["model", "provider"],
+    namespace=NAMESPACE,
+)
+
 
 def render() -> bytes:
     """The exposition text: this process's registry, or every worker's when in multiprocess mode."""

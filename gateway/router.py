@@ -8,6 +8,7 @@ nothing here knows one provider from another.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -19,7 +20,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
 from adapters.base import Adapter, CallOptions
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.config import GatewayConfig, ModelConfig, TargetConfig
 from gateway.cooldown import Cooldowns
 from gateway.failures import cooling_down, current_request_id, tell_client
@@ -262,9 +263,15 @@ class Router:
             raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, "the request's deadline passed before an answer")
         timeout = min(route.timeout or remaining, remaining)
         started = time.perf_counter()
+        span = tracing.Attempt(route.provider, route.target.model, request) if tracing.enabled else None
         try:
             async with asyncio.timeout(timeout):
-                options = CallOptions(timeout=timeout, request_id=current_request_id(), progress=progress)
+                options = CallOptions(
+                    timeout=timeout,
+                    request_id=current_request_id(),
+                    progress=progress,
+                    traceparent=span.traceparent if span is not None else None,
+                )
                 result = await route.adapter.generate(request, options)
         except TimeoutError:
             error = GatewayError(
@@ -277,6 +284,9 @@ class Router:
         except GatewayError as error:
             await self._failed(route, error, attempts, time.perf_counter() - started)
             raise
+        finally:
+            if span is not None:
+                span.end(sys.exc_info()[1])
         self._cooldowns.record_success(route.provider)
         self._observe(route, None, attempts, time.perf_counter() - started)
         return result

@@ -19,22 +19,24 @@ import msgspec
 import structlog
 from litestar.types import Method
 
-from gateway import accounting, metrics
+from gateway import accounting, energy, metrics, tracing
 from gateway.accounting import Cost, Reservation
-from gateway.config import ModelConfig
-from gateway.dedup import CACHE_HEADER
+from gateway.dedup import CACHE_HEADER, MISS
+from gateway.failures import current_request_id
 from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
-from gateway.router import Attempts
+from gateway.router import Attempts, Plan
 from gateway.state import Gateway
 from gateway.streams import StreamedAnswer
 from schemas import melious, nebul, nebulablock, openai, pomelo
 from schemas.canonical import (
+    Energy,
     ErrorCode,
     GatewayError,
     GeneratedImage,
     ImageRequest,
     ImageResult,
+    Operation,
     Progress,
     ResponseFormat,
 )
@@ -142,6 +144,7 @@ class RequestRecord:
     key: str = "none"  # the inbound key's name
     cost: Cost | None = None  # of an answered request; None: unpriced (gateway/accounting.py)
     reservation: Reservation | None = None  # of the key's budget, settled when the request ends
+    energy: Energy | None = None
 
     def finish(self, seconds: float) -> None:
         metrics.child(metrics.REQUESTS, self.dialect, self.operation, self.model, self.provider, self.outcome).inc()
@@ -168,6 +171,8 @@ class RequestRecord:
             fallbacks=self.attempts.fallbacks,
             duration_ms=round(seconds * 1000, 2),
             prompt=self.prompt,
+            energy_kwh=self.energy.kwh if self.energy else None,
+            energy_method=self.energy.method if self.energy else None,
         )
 
 
@@ -210,6 +215,7 @@ async def serve(
             result = await gateway.router.generate(streamed, plan, deadline, record.attempts, progress)
             record.provider, record.images = result.provider, len(result.images)
             record.cost = accounting.cost_of(plan.model, canonical, result)
+            record.energy = energy.account(gateway.config, result, plan)
             return result
 
         return StreamedAnswer(endpoint, canonical, request.receive, rate_headers, generate)
@@ -217,7 +223,7 @@ async def serve(
     # generation shared by identical seeded requests, or answered from the cache: gateway.dedup.
     key_name = key.name if key is not None else None
     result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts, request.receive)
-    body = await finish(gateway, endpoint, canonical, result, request, record, plan.model)
+    body = await finish(gateway, endpoint, canonical, result, request, record, plan, cache)
     return Answer(body, {**answer_headers(result, record, cache), **rate_headers})
 
 
@@ -228,14 +234,17 @@ async def finish(
     result: ImageResult,
     request: ScopeInbound | str,
     record: RequestRecord,
-    model: ModelConfig,
+    plan: Plan,
+    cache: str | None,
 ) -> bytes | Pieces:
-    """deliver ▸ encode (and price): the dialect's answer body for a result (a request's, or a job's run)."""
+    """deliver ▸ encode (and price, and account its energy): the dialect's answer body for a result
+    (a request's, or a job's run). ``cache`` is how gateway.dedup answered it."""
     record.provider = result.provider
+    record.energy = energy.account(gateway.config, result, plan, spent=cache is None or cache == MISS)
     await deliver(gateway, result, canonical.response_format, request)
     body = encode_answer(endpoint.encode_result(result, canonical))  # large base64 slices stay pieces
     record.images = len(result.images)
-    record.cost = accounting.cost_of(model, canonical, result)
+    record.cost = accounting.cost_of(plan.model, canonical, result)
     return body
 
 
@@ -256,6 +265,9 @@ async def serve_recorded(
     started = time.perf_counter()
     metrics.IN_FLIGHT.inc()
     streamed = False
+    streamed = False
+    status: int | None = None  # a failure's own status (the trace's), when it has one
+    span = tracing.RequestSpan(request.scope, request.headers, current_request_id()) if tracing.enabled else None
     try:
         answer = await serve(gateway, endpoint, request, record)
         record.outcome = "ok"
@@ -263,34 +275,50 @@ async def serve_recorded(
             record.outcome = "accepted"
         if isinstance(answer, StreamedAnswer):
             streamed = True
-            answer.finish = functools.partial(_stream_finished, gateway, record, started)
+            answer.finish = functools.partial(_stream_finished, gateway, record, started, span, endpoint.operation)
         return answer
     except GatewayError as error:
         endpoint.client_error(error)  # the field in the client's own name (`num_steps`, not `steps`)
         record.outcome = error.code.value
         record.provider = error.provider or record.provider
         error.headers[ATTEMPTS_HEADER] = str(record.attempts.calls)
+        status = error.status
         raise
     except ClientGone:
         record.outcome = "client_gone"
         raise
     finally:
         if not streamed:
-            await _ended(gateway, record, started)
+            await _ended(gateway, record, started, span, endpoint.operation, status)
 
 
-async def _ended(gateway: Gateway, record: RequestRecord, started: float) -> None:
+async def _ended(
+    gateway: Gateway,
+    record: RequestRecord,
+    started: float,
+    span: tracing.RequestSpan | None,
+    operation: Operation,
+    status: int | None,
+) -> None:
     metrics.IN_FLIGHT.dec()
     if record.reservation is not None:  # answered: the actual cost; failed: all of it given back
         actual = record.cost.micros if record.outcome == "ok" and record.cost is not None else 0
         await gateway.admission.settle(record.reservation, actual)
     record.finish(time.perf_counter() - started)
+    if span is not None:
+        span.end(record, operation, status)
 
 
 async def _stream_finished(
-    gateway: Gateway, record: RequestRecord, started: float, outcome: str, error: GatewayError | None
+    gateway: Gateway,
+    record: RequestRecord,
+    started: float,
+    span: tracing.RequestSpan | None,
+    operation: Operation,
+    outcome: str,
+    error: GatewayError | None,
 ) -> None:
     record.outcome = outcome
     if error is not None:
         record.provider = error.provider or record.provider
-    await _ended(gateway, record, started)
+    await _ended(gateway, record, started, span, operation, error.status if error is not None else None)

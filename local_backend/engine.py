@@ -17,19 +17,22 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgspec
 import structlog
 import torch
+from opentelemetry import context as otel_context
 from PIL import Image
 
 from local_backend.batching import BatchQueue, Job
+from local_backend.energy import Meter, measured, pick_meter, share
 from local_backend.images import encode_images
 from local_backend.pipelines import Drawn, LoadedModel, load_model, pick_device, pick_dtype
 from local_backend.previews import Reporter
 from local_backend.rules import Work, resolve
 from schemas.canonical import (
+    Energy,
     ErrorCode,
     GatewayError,
     GeneratedImage,
@@ -40,6 +43,7 @@ from schemas.canonical import (
     Usage,
 )
 from schemas.local import LocalBackendSettings, LocalModelSettings
+from schemas.tracing import TRACER_CONTEXT_KEY
 
 __all__ = ["EngineObserver", "EngineStats", "LocalEngine"]
 
@@ -101,6 +105,7 @@ class LocalEngine:
         self._running = 0
         self._batch_sizes: Counter[int] = Counter()
         self._images = self._refused = self._dropped = 0
+        self._meter: Meter | None = None
 
     # --- life cycle ---
 
@@ -112,6 +117,7 @@ class LocalEngine:
         """
         self.device = pick_device(self.settings.device)
         dtype = pick_dtype(self.device, self.settings.dtype)
+        self._meter = pick_meter(self.settings.energy, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-backend-{self.device}")
         self._queue = BatchQueue(
             self.settings.queue_size, self.settings.max_batch_size, self.settings.batch_window_ms / 1000
@@ -200,6 +206,8 @@ class LocalEngine:
         if self._closing:
             raise GatewayError(ErrorCode.OVERLOADED, "the local backend is shutting down")
         work = resolve(request, self._model(request.model).rules)
+        tracer = otel_context.get_value(TRACER_CONTEXT_KEY)  # None unless the gateway traces this request
+        enqueued_ns = time.time_ns()
         loop = asyncio.get_running_loop()
         job = Job(work=work, future=loop.create_future(), enqueued_at=loop.time())
         try:
@@ -212,7 +220,7 @@ class LocalEngine:
             self._reporters[id(job)] = Reporter(loop, progress, previews, (work.width, work.height), work.output_format)
         self._report_depth(work.model)
         try:
-            images, inference = await job.future
+            images, inference, energy, batch = await job.future
         except asyncio.CancelledError:
             if self._queue.discard(job):
                 self._dropped += 1
@@ -222,6 +230,8 @@ class LocalEngine:
             raise
         finally:
             self._reporters.pop(id(job), None)
+        if tracer is not None:
+            _trace(tracer, work, enqueued_ns, batch, energy)
         return ImageResult(
             images=images,
             created=int(time.time()),
@@ -231,6 +241,7 @@ class LocalEngine:
             seed=work.seed,
             timings=Timings(inference=inference, total=time.perf_counter() - started),
             usage=Usage(images_generated=len(images)),
+            energy=energy,
         )
 
     def _model(self, name: str) -> LoadedModel:
@@ -274,10 +285,11 @@ class LocalEngine:
         model = self._models[works[0].model]
         self._running = sum(work.n for work in works)
         loop = asyncio.get_running_loop()
+        began = time.time_ns()
         try:
             reporters = [self._reporters.get(id(job)) for job in batch]
-            drawn = await loop.run_in_executor(
-                self._executor, model.draw, works, self.settings.max_batch_size, reporters
+            drawn, joules = await loop.run_in_executor(
+                self._executor, measured, self._meter, model.draw, works, self.settings.max_batch_size, reporters
             )
         except Exception as exc:
             error = _drawing_error(exc, works[0])
@@ -291,12 +303,17 @@ class LocalEngine:
         if self.observer is not None:
             for count, seconds in zip(drawn.calls, drawn.call_seconds, strict=True):
                 self.observer.batch_drawn(model.rules.name, count, seconds)
+        drawn_images = sum(drawn.calls)
+        span = BatchSpan(began, time.time_ns(), drawn_images, len(drawn.calls))
         for job, images in zip(batch, drawn.images, strict=True):
-            task = asyncio.create_task(self._deliver(job, images, drawn))
+            energy = share(self._meter, joules, len(images), drawn_images)
+            task = asyncio.create_task(self._deliver(job, images, drawn, energy, span))
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
 
-    async def _deliver(self, job: Job, images: list[Image.Image], drawn: Drawn) -> None:
+    async def _deliver(
+        self, job: Job, images: list[Image.Image], drawn: Drawn, energy: Energy | None, span: BatchSpan
+    ) -> None:
         if job.future.done():
             return  # its caller went away while it was drawn
         try:
@@ -308,7 +325,33 @@ class LocalEngine:
         if reporter is not None:
             await reporter.flushed()  # its previews reach the caller before its final image
         if not job.future.done():
-            job.future.set_result((encoded, drawn.seconds))
+            job.future.set_result((encoded, drawn.seconds, energy, span))
+
+
+class BatchSpan(NamedTuple):
+    """When a batch was on the device (ns since the epoch), for the trace of each request in it."""
+
+    began: int
+    ended: int
+    images: int
+    calls: int
+
+
+def _trace(tracer: Any, work: Work, enqueued_ns: int, batch: BatchSpan, energy: Energy | None) -> None:
+    """The request's wait in the queue and its batch, as spans under the current one (the upstream attempt)."""
+    tracer.start_span(
+        "local queue", start_time=enqueued_ns, attributes={"image_gateway.local.model": work.model}
+    ).end(end_time=batch.began)
+    attributes: dict[str, Any] = {
+        "image_gateway.local.model": work.model,
+        "image_gateway.local.batch_images": batch.images,
+        "image_gateway.local.pipeline_calls": batch.calls,
+        "image_gateway.images": work.n,
+    }
+    if energy is not None:
+        attributes["image_gateway.energy_kwh"] = energy.kwh
+        attributes["image_gateway.energy_method"] = energy.method
+    tracer.start_span("local batch", start_time=batch.began, attributes=attributes).end(end_time=batch.ended)
 
 
 async def _encode(work: Work, images: list[Image.Image]) -> list[GeneratedImage]:

@@ -13,6 +13,7 @@ from typing import Annotated, cast
 import msgspec
 
 __all__ = [
+    "Energy",
     "EnvironmentImpact",
     "ErrorCode",
     "FailureReason",
@@ -307,6 +308,18 @@ class EnvironmentImpact(msgspec.Struct, kw_only=True):
     location: str
 
 
+class Energy(msgspec.Struct, kw_only=True):
+    """The electricity one request took, as the backend that drew it knows it (see docs/operations.md).
+
+    ``method`` is ``measured`` (a hardware counter: ``source`` nvml or rapl) or ``estimated``
+    (``source`` power: configured watts x time; config: a configured energy per image).
+    """
+
+    kwh: float
+    method: str
+    source: str
+
+
 class ImageResult(msgspec.Struct, kw_only=True):
     """What a backend produced for one canonical request."""
 
@@ -319,3 +332,4 @@ class ImageResult(msgspec.Struct, kw_only=True):
     timings: Timings = msgspec.field(default_factory=Timings)
     usage: Usage = msgspec.field(default_factory=Usage)
     environment_impact: EnvironmentImpact | None = None
+    energy: Energy | None = None

@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 import msgspec
 
 from schemas.policy import ProviderPolicy, RetryPolicy
+from schemas.sustainability import SiteFactors
 
-__all__ = ["LocalBackendSettings", "LocalModelSettings", "WorkerTimeouts"]
+__all__ = ["EnergyMeterSettings", "LocalBackendSettings", "LocalModelSettings", "WorkerTimeouts"]
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -50,6 +51,20 @@ class WorkerTimeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     read: Seconds = 300.0
 
 
+class EnergyMeterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How the engine measures the energy of each batch (docs/operations.md, "Energy and carbon").
+
+    ``auto``: NVML's energy counter on a cuda device, else RAPL where readable, else
+    ``power_watts`` x time (estimated) when set, else nothing (no energy reported).
+    """
+
+    meter: Literal["auto", "nvml", "rapl", "power", "off"] = "auto"
+    # The device's draw while drawing, for the estimate (W); None: no estimate.
+    power_watts: Annotated[float, msgspec.Meta(gt=0, le=100_000)] | None = None
+    # Where the kernel's powercap tree is (RAPL's energy counters).
+    rapl_root: str = "/sys/class/powercap"
+
+
 class LocalBackendSettings(ProviderPolicy, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="local"):
     """The local backend: in-process pipelines, or remote workers when ``workers`` lists their URLs.
 
@@ -74,6 +89,9 @@ class LocalBackendSettings(ProviderPolicy, kw_only=True, forbid_unknown_fields=T
     # One call, no retry: a full local queue answers `overloaded` at once, and the route falls back
     # to its next target, if any. Set `retry` to retry anyway (e.g. remote workers across a restart).
     retry: RetryPolicy = msgspec.field(default_factory=lambda: RetryPolicy(attempts=1))
+    energy: EnergyMeterSettings = msgspec.field(default_factory=EnergyMeterSettings)
+    # This provider's site (its GPUs may be elsewhere); None: the gateway's `sustainability` section.
+    site: SiteFactors | None = None
 
     def __post_init__(self) -> None:
         if not self.models and not self.workers:

@@ -3,6 +3,8 @@
 ``POST /v1/generate`` carries the canonical ``ImageRequest`` as JSON (bytes as base64,
 which msgspec does itself) and answers the canonical ``ImageResult``; a failure answers
 ``{"code": <ErrorCode value>, "message": ..., "param": ...}`` with the code's status.
+The result carries the energy the worker measured for the request (``ImageResult.energy``),
+which the gateway turns into carbon and water with its own site factors (gateway/energy.py).
 Imports only msgspec and the schemas: a gateway without torch speaks it too.
 """
 
