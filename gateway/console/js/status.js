@@ -162,11 +162,13 @@ function renderLocal(backends) {
       }
       const dl = document.createElement("dl");
       for (const [term, value] of facts) {
+        const group = document.createElement("div");
         const dt = document.createElement("dt");
         dt.textContent = term;
         const dd = document.createElement("dd");
         dd.textContent = String(value);
-        dl.append(dt, dd);
+        group.append(dt, dd);
+        dl.append(group);
       }
       box.append(dl);
       return box;
