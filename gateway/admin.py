@@ -8,7 +8,8 @@ Who may see them:
   request comes from loopback too (the page says so); otherwise both are 404, as if not there.
 
 The status stream (``/admin/api/status/events``) is server-sent events read by ``fetch`` (so the
-key travels in the header, never in a URL): one snapshot a second, shared by every open page.
+key travels in the header, never in a URL): one snapshot a second, shared by every open page;
+each stream ends after ``EVENTS_PER_STREAM`` events and the page reconnects.
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ from gateway.auth import Authenticator
 from gateway.config import AuthConfig, GatewayConfig, InboundKey
 from gateway.status import StatusSampler
 
-__all__ = ["CONSOLE_DIR", "EVENT_INTERVAL_S", "AdminGate", "admin_handlers"]
+__all__ = ["CONSOLE_DIR", "EVENTS_PER_STREAM", "EVENT_INTERVAL_S", "AdminGate", "admin_handlers"]
 
 CONSOLE_DIR = Path(__file__).with_name("console")
 EVENT_INTERVAL_S = 1.0
+# Events per stream: then it ends and the page reconnects, so an open console never holds a
+# shutting-down gateway for its whole grace period.
+EVENTS_PER_STREAM = 15
 # The console's own files only: no CDN, no inline script, images from data: and blob: URLs.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -164,15 +168,17 @@ async def jobs(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 @get("/status/events")
 async def status_events(request: Request[Any, Any, Any]) -> ServerSentEvent:
-    """The status (as ``/admin/api/status``) as server-sent events named ``status``, one a second, until the
-    client leaves. Read it with ``fetch`` to send the admin key as a header (``EventSource`` cannot)."""
+    """The status (as ``/admin/api/status``) as server-sent events named ``status``, one a second, fifteen of
+    them; then the stream ends and the client reconnects. Read it with ``fetch`` to send the admin key as a
+    header (``EventSource`` cannot)."""
     sampler, access = sampler_of(request), gate_of(request).access
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
-        while True:
+        for number in range(EVENTS_PER_STREAM):
+            if number:
+                await asyncio.sleep(EVENT_INTERVAL_S)
             snapshot = {"access": access, **await sampler.snapshot()}
-            yield ServerSentEventMessage(event="status", data=msgspec.json.encode(snapshot).decode(), retry=2000)
-            await asyncio.sleep(EVENT_INTERVAL_S)
+            yield ServerSentEventMessage(event="status", data=msgspec.json.encode(snapshot).decode(), retry=1000)
 
     return ServerSentEvent(events(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

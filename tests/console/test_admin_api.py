@@ -9,6 +9,8 @@ import httpx
 import msgspec
 import pytest
 
+from gateway.admin import EVENTS_PER_STREAM
+from gateway.config import ConfigError
 from tests.console.conftest import ADMIN_KEY, CLIENT_KEY, ConsoleGateway, console_config
 from tests.emulators import EmulatorServer
 from tests.integration.gateway_server import GatewayServer
@@ -133,7 +135,7 @@ def test_the_local_backend_reports_its_engine(gateway: GatewayServer, http: http
     assert jobs["available"] is False and jobs["reason"]
 
 
-def test_status_events_arrive_as_server_sent_events(gateway: GatewayServer) -> None:
+def test_status_events_arrive_as_server_sent_events(gateway: GatewayServer, capfd: pytest.CaptureFixture[str]) -> None:
     with httpx.Client(timeout=30) as client, client.stream(
         "GET", gateway.url + "/admin/api/status/events", headers=ADMIN
     ) as stream:
@@ -147,12 +149,23 @@ def test_status_events_arrive_as_server_sent_events(gateway: GatewayServer) -> N
             elif line.startswith("data: "):
                 assert event == "status"
                 events.append(msgspec.json.decode(line.removeprefix("data: ")))
-                if len(events) == 2:
-                    break
+    # The stream ends by itself after a few events (the page reconnects): a shutdown never waits on it.
+    assert len(events) == EVENTS_PER_STREAM
     assert all(snapshot["access"] == "admin_key" for snapshot in events)
     assert [p["name"] for p in events[1]["providers"]] == ["local", "melious"]  # type: ignore[index]
     with httpx.Client(timeout=30) as client:
         assert client.get(gateway.url + "/admin/api/status/events").status_code == 401
+    out, err = capfd.readouterr()
+    assert ADMIN_KEY not in out + err  # the admin key is never logged
+
+
+def test_a_bad_admin_key_entry_is_named(emulators: dict[str, EmulatorServer], store: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        console_config(emulators, store, auth={"admin_keys": [{"name": "ops", "hash": "plain-text"}]})
+    assert "$.auth.admin_keys[0].hash" in str(caught.value)
+    twice = [{"name": "ops", "hash": "sha256:" + "0" * 64}] * 2
+    with pytest.raises(ConfigError, match=r"two admin keys .* share a name"):
+        console_config(emulators, store, auth={"admin_keys": twice})
 
 
 def test_documented_in_openapi(gateway: GatewayServer, http: httpx.Client) -> None:

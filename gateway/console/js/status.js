@@ -22,10 +22,12 @@ export function stop() {
 async function follow(own, onUnauthorized, onAccess) {
   const live = document.getElementById("live");
   while (!own.signal.aborted) {
+    let received = 0;
     try {
       const response = await adminFetch("/admin/api/status/events", { signal: own.signal });
       for await (const message of sseEvents(response)) {
         if (message.event !== "status") continue;
+        received += 1;
         const snapshot = JSON.parse(message.data);
         render(snapshot);
         onAccess(snapshot.access);
@@ -38,8 +40,10 @@ async function follow(own, onUnauthorized, onAccess) {
         onUnauthorized(error.message);
         return;
       }
+      received = 0;
     }
     if (own.signal.aborted) return;
+    if (received) continue; // the gateway ends each stream after a few events: follow on at once
     live.textContent = "Connection lost: reconnecting…";
     live.classList.add("lost");
     await new Promise((resolve) => setTimeout(resolve, RECONNECT_MS));
