@@ -155,3 +155,28 @@ def test_readable_on_a_phone(chromium: Any, console_gateway: GatewayServer) -> N
         assert reached[:5] == ["size", "n", "seed", "steps", "inbound-key"] and reached[-1] == "generate"
     finally:
         context.close()
+
+
+def test_the_event_stream_reader_follows_the_standard(page: Any, console_gateway: GatewayServer) -> None:
+    """The reader the playground uses for image streams (and the status page for its stream), in the browser:
+    split across chunks, CRLF and LF, comments, multi-line data, an unnamed event."""
+    page.goto(console_gateway.url + "/console")
+    events = page.evaluate(
+        """async () => {
+            const { sseEvents } = await import('/console/assets/js/api.js');
+            const chunks = [': hello\\r\\n', 'event: image_generation.partial_image\\r\\ndata: {"b64_json":', '"AAA",',
+                            '"partial_image_index":0}\\r\\n\\r\\n', 'data: one\\ndata: two\\n\\n', 'event: x\\n\\n',
+                            'id: 7\\nevent: image_generation.completed\\ndata: {"b64_json":"BBB"}\\n\\n'];
+            const body = new ReadableStream({ start(c) { for (const t of chunks) c.enqueue(new TextEncoder().encode(t));
+                                                          c.close(); } });
+            const response = new Response(body, { headers: { 'content-type': 'text/event-stream' } });
+            const found = [];
+            for await (const e of sseEvents(response)) found.push(e);
+            return found;
+        }"""
+    )
+    assert events == [
+        {"event": "image_generation.partial_image", "data": '{"b64_json":"AAA","partial_image_index":0}', "id": None},
+        {"event": "message", "data": "one\ntwo", "id": None},
+        {"event": "image_generation.completed", "data": '{"b64_json":"BBB"}', "id": "7"},
+    ]
