@@ -33,7 +33,15 @@ from litestar.static_files import create_static_files_router
 
 from gateway.auth import Authenticator
 from gateway.config import AuthConfig, GatewayConfig, InboundKey
-from gateway.status import StatusSampler
+from gateway.status import (
+    LimitsAnswer,
+    LocalBackendStatus,
+    ModelsAnswer,
+    NotAvailable,
+    ProviderStatus,
+    StatusAnswer,
+    StatusSampler,
+)
 
 __all__ = ["CONSOLE_DIR", "EVENTS_PER_STREAM", "EVENT_INTERVAL_S", "AdminGate", "admin_handlers"]
 
@@ -124,46 +132,47 @@ def console_page() -> Response[bytes]:
 
 
 @get("/status")
-async def status(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def status(request: Request[Any, Any, Any]) -> StatusAnswer:
     """Everything the status page shows: ``access`` (how this console is protected:
     ``admin_key`` or ``loopback``), ``providers`` (state ``up`` or ``cooling_down`` with ``cooling_until``,
     and over the last ``recent.window_s`` seconds: calls, errors, error rate, p50/p95 latency in ms),
     ``models`` (names, aliases, targets in order), ``limits`` (use of each key's, model's and provider's rate
     limit: ``used`` of ``limit`` per ``period_s``), ``local`` (each local backend: device, queue depth, batch
     sizes, images/s, models), ``jobs`` and ``budgets`` (``available: false`` with the reason until they exist)."""
-    return {"access": gate_of(request).access, **await sampler_of(request).take()}
+    return msgspec.convert({"access": gate_of(request).access, **await sampler_of(request).take()}, StatusAnswer)
 
 
 @get("/providers")
-async def providers(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+async def providers(request: Request[Any, Any, Any]) -> list[ProviderStatus]:
     """Each provider: its kind, ``up`` or ``cooling_down`` (until when), and its recent error rate and latency."""
-    return await sampler_of(request).providers()
+    return msgspec.convert(await sampler_of(request).providers(), list[ProviderStatus])
 
 
 @get("/models")
-async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def models(request: Request[Any, Any, Any]) -> ModelsAnswer:
     """The models clients may ask for, with their aliases and targets in order; ``auth_open``: whether the
     dialect routes need an inbound key."""
-    return {"auth_open": not request.app.state.config.auth.keys, "models": sampler_of(request).models()}
+    answer = {"auth_open": not request.app.state.config.auth.keys, "models": sampler_of(request).models()}
+    return msgspec.convert(answer, ModelsAnswer)
 
 
 @get("/limits")
-async def limits(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def limits(request: Request[Any, Any, Any]) -> LimitsAnswer:
     """Rate-limit use per inbound key (and per model and provider): units used of each configured limit."""
-    return await sampler_of(request).limits()
+    return msgspec.convert(await sampler_of(request).limits(), LimitsAnswer)
 
 
 @get("/local")
-async def local(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+async def local(request: Request[Any, Any, Any]) -> list[LocalBackendStatus]:
     """Each local backend: device, queue depth, images in the running batch, batch sizes, images/s, models;
     for remote workers, each worker's health."""
-    return await sampler_of(request).local()
+    return msgspec.convert(await sampler_of(request).local(), list[LocalBackendStatus])
 
 
 @get("/jobs")
-async def jobs(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def jobs(request: Request[Any, Any, Any]) -> NotAvailable:
     """Jobs by status; ``available: false`` and the reason while this gateway has no jobs."""
-    return sampler_of(request).jobs()
+    return msgspec.convert(sampler_of(request).jobs(), NotAvailable)
 
 
 @get("/status/events")
@@ -177,7 +186,7 @@ async def status_events(request: Request[Any, Any, Any]) -> ServerSentEvent:
         for number in range(EVENTS_PER_STREAM):
             if number:
                 await asyncio.sleep(EVENT_INTERVAL_S)
-            snapshot = {"access": access, **await sampler.snapshot()}
+            snapshot = msgspec.convert({"access": access, **await sampler.snapshot()}, StatusAnswer)
             yield ServerSentEventMessage(event="status", data=msgspec.json.encode(snapshot).decode(), retry=1000)
 
     return ServerSentEvent(events(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -16,7 +16,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -26,7 +26,16 @@ from gateway.ratelimit import LimitCheck, MemoryLimiter, RedisLimiter, limit_che
 from gateway.state import Gateway
 from schemas.policy import RateLimit
 
-__all__ = ["MIN_INTERVAL_S", "StatusSampler"]
+__all__ = [
+    "MIN_INTERVAL_S",
+    "LimitsAnswer",
+    "LocalBackendStatus",
+    "ModelsAnswer",
+    "NotAvailable",
+    "ProviderStatus",
+    "StatusAnswer",
+    "StatusSampler",
+]
 
 MIN_INTERVAL_S = 1.0
 RATE_WINDOW_S = 10.0  # images/s of the local backend: over the snapshots of the last this many seconds
@@ -171,3 +180,109 @@ class StatusSampler:
         if now - first_time <= 0:
             return None
         return round((images - first_images) / (now - first_time), 3)
+
+
+# --- the shapes, for the OpenAPI document (the admin API answers these) ---
+
+
+class RecentSummary(msgspec.Struct):
+    """This process's calls to a provider in the last ``window_s`` seconds (latencies in ms; null: no calls)."""
+
+    window_s: float
+    calls: int
+    errors: int
+    error_rate: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class ProviderStatus(msgspec.Struct):
+    """A provider: ``up``, or ``cooling_down`` until ``cooling_until`` (ISO 8601 UTC)."""
+
+    name: str
+    kind: str
+    state: Literal["up", "cooling_down"]
+    cooling_until: str | None
+    cooling_remaining_s: float
+    recent: RecentSummary
+
+
+class TargetStatus(msgspec.Struct):
+    provider: str
+    model: str
+
+
+class ModelStatus(msgspec.Struct):
+    """A model clients may ask for, its aliases, and its targets in the order they are tried."""
+
+    name: str
+    aliases: list[str]
+    targets: list[TargetStatus]
+
+
+class ModelsAnswer(msgspec.Struct):
+    auth_open: bool  # whether the dialect routes admit clients without a key
+    models: list[ModelStatus]
+
+
+class KeyInfo(msgspec.Struct):
+    name: str
+    revoked: bool
+    models: list[str] | None
+
+
+class LimitUse(msgspec.Struct):
+    """What a configured rate limit has used: ``used`` of ``limit`` units per ``period_s`` (null: unknown)."""
+
+    scope: Literal["key", "model", "provider"]
+    name: str
+    unit: Literal["requests", "images"]
+    used: int | None
+    limit: int
+    period_s: float
+
+
+class LimitsAnswer(msgspec.Struct):
+    auth_open: bool
+    keys: list[KeyInfo]
+    items: list[LimitUse]
+
+
+class LocalBackendStatus(msgspec.Struct, omit_defaults=True):
+    """A local provider. In process: its engine's counters (``batch_sizes``: images per pipeline call → calls;
+    ``models``: each model's ``ready`` or why not); on remote workers: each worker URL's health."""
+
+    provider: str
+    remote: bool
+    started: bool | None = None
+    device: str | None = None
+    queue_depth: int | None = None
+    running: int | None = None
+    batches: int | None = None
+    batch_sizes: dict[str, int] | None = None
+    images_generated: int | None = None
+    images_per_s: float | None = None
+    requests_refused: int | None = None
+    requests_dropped: int | None = None
+    models: dict[str, str] | None = None
+    workers: dict[str, bool] | None = None
+
+
+class NotAvailable(msgspec.Struct):
+    """A part of the status this gateway does not have yet."""
+
+    available: bool
+    reason: str
+
+
+class StatusAnswer(msgspec.Struct):
+    """Everything the status page shows."""
+
+    access: Literal["admin_key", "loopback"]
+    time: str
+    providers: list[ProviderStatus]
+    models: list[ModelStatus]
+    limits: LimitsAnswer
+    local: list[LocalBackendStatus]
+    jobs: NotAvailable
+    budgets: NotAvailable

@@ -175,6 +175,11 @@ def test_documented_in_openapi(gateway: GatewayServer, http: httpx.Client) -> No
         assert operation["tags"] == ["admin"], path
         assert operation.get("description"), path
     assert "/console" not in document["paths"]
+    schemas = document["components"]["schemas"]
+    status = document["paths"]["/admin/api/status"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert status["$ref"].endswith("/StatusAnswer")
+    assert {"providers", "models", "limits", "local", "jobs"} <= set(schemas["StatusAnswer"]["properties"])
+    assert schemas["ProviderStatus"]["properties"]["state"]["enum"] == ["up", "cooling_down"]
 
 
 def test_without_admin_keys_only_a_loopback_gateway_serves_it(
