@@ -34,6 +34,7 @@ from litestar.static_files import create_static_files_router
 from gateway.auth import Authenticator
 from gateway.config import AuthConfig, GatewayConfig, InboundKey
 from gateway.status import (
+    BudgetsAnswer,
     LimitsAnswer,
     LocalBackendStatus,
     ModelsAnswer,
@@ -137,8 +138,9 @@ async def status(request: Request[Any, Any, Any]) -> StatusAnswer:
     ``admin_key`` or ``loopback``), ``providers`` (state ``up`` or ``cooling_down`` with ``cooling_until``,
     and over the last ``recent.window_s`` seconds: calls, errors, error rate, p50/p95 latency in ms),
     ``models`` (names, aliases, targets in order), ``limits`` (use of each key's, model's and provider's rate
-    limit: ``used`` of ``limit`` per ``period_s``), ``local`` (each local backend: device, queue depth, batch
-    sizes, images/s, models), ``jobs`` and ``budgets`` (``available: false`` with the reason until they exist)."""
+    limit: ``used`` of ``limit`` per ``period_s``), ``budgets`` (each key's spent of its budget this period),
+    ``local`` (each local backend: device, queue depth, batch
+    sizes, images/s, models), ``jobs`` (``available: false`` with the reason until jobs exist)."""
     return msgspec.convert({"access": gate_of(request).access, **await sampler_of(request).take()}, StatusAnswer)
 
 
@@ -160,6 +162,13 @@ async def models(request: Request[Any, Any, Any]) -> ModelsAnswer:
 async def limits(request: Request[Any, Any, Any]) -> LimitsAnswer:
     """Rate-limit use per inbound key (and per model and provider): units used of each configured limit."""
     return msgspec.convert(await sampler_of(request).limits(), LimitsAnswer)
+
+
+@get("/budgets")
+async def budgets(request: Request[Any, Any, Any]) -> BudgetsAnswer:
+    """Each inbound key's budget in its current UTC day or month: spent (and reserved) of the amount, and when
+    it renews."""
+    return msgspec.convert(await sampler_of(request).budgets(), BudgetsAnswer)
 
 
 @get("/local")
@@ -203,7 +212,7 @@ def admin_handlers() -> list[Any]:
         cache_control=CacheControlHeader(no_cache=True),
         send_as_attachment=False,
     )
-    handlers = [status, providers, models, limits, local, jobs, status_events]
+    handlers = [status, providers, models, limits, budgets, local, jobs, status_events]
     for handler in handlers:  # the docstrings document the API (the app leaves use_handler_docstrings off)
         handler.description = handler.description or inspect.cleandoc(handler.fn.__doc__ or "")
     api = Router(

@@ -279,6 +279,10 @@ class MemoryLimiter:
         now = time.monotonic() * 1000.0
         return [max(self._tats.get(key, now) - now, 0.0) for key in keys]
 
+    async def spent_micros(self, keys: Sequence[str]) -> list[int]:
+        """What each budget counter holds (spent and reserved, micros; 0 when none); charges nothing."""
+        return [self._spent.get(key, (0, 0))[0] for key in keys]
+
     async def settle(self, reservation: Reservation, actual: int) -> list[int]:
         spent = []
         for budget in reservation.checks:
@@ -387,6 +391,18 @@ class RedisLimiter:
             return await self.fallback.ahead_ms(keys)
         now = seconds * 1000.0 + micros / 1000.0
         return [max(float(value) - now, 0.0) if value is not None else 0.0 for value in values]
+
+    async def spent_micros(self, keys: Sequence[str]) -> list[int]:
+        """``MemoryLimiter.spent_micros`` read from Redis; the fallback's while Redis is away."""
+        if not keys:
+            return []
+        if time.monotonic() < self._down_until:
+            return await self.fallback.spent_micros(keys)
+        try:
+            values = await self.client.mget(list(keys))
+        except (RedisError, OSError):
+            return await self.fallback.spent_micros(keys)
+        return [int(float(value)) if value is not None else 0 for value in values]
 
     async def aclose(self) -> None:
         await self._script.aclose()

@@ -2,9 +2,9 @@
 
 Providers (up, or cooling down until when, with their recent error rate and latency from
 ``gateway/recent.py``), models and their targets in order, rate-limit use per key (and per
-model and provider, read from the limiter without charging it), the local backend (the
-engine's counters, images/s between snapshots), and the parts other features will fill:
-jobs and budgets say ``available: false`` with the reason until they exist.
+model and provider, read from the limiter without charging it), each key's budget spent in
+its period, the local backend (the engine's counters, images/s between snapshots), and jobs,
+which say ``available: false`` with the reason until they exist.
 
 The status stream takes a snapshot at most once per ``MIN_INTERVAL_S`` and shares it with every
 open page, so any number of them cost one snapshot a second.
@@ -13,14 +13,17 @@ open page, so any number of them cost one snapshot a second.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import math
 import time
 from collections import deque
+from decimal import Decimal
 from typing import Any, Literal
 
 import msgspec
 
 from adapters.local import LocalAdapter
+from gateway.accounting import MICROS, Cost, budget_check
 from gateway.config import provider_kind
 from gateway.ratelimit import LimitCheck, MemoryLimiter, RedisLimiter, limit_checks
 from gateway.state import Gateway
@@ -28,6 +31,7 @@ from schemas.policy import RateLimit
 
 __all__ = [
     "MIN_INTERVAL_S",
+    "BudgetsAnswer",
     "LimitsAnswer",
     "LocalBackendStatus",
     "ModelsAnswer",
@@ -74,7 +78,7 @@ class StatusSampler:
             "limits": await self.limits(),
             "local": await self.local(),
             "jobs": self.jobs(),
-            "budgets": {"available": False, "reason": f"budgets are {NOT_YET}"},
+            "budgets": await self.budgets(),
         }
 
     def jobs(self) -> dict[str, Any]:
@@ -143,6 +147,33 @@ class StatusSampler:
             "keys": [{"name": key.name, "revoked": key.revoked, "models": key.models} for key in config.auth.keys],
             "items": items,
         }
+
+    async def budgets(self) -> dict[str, Any]:
+        """Each key's budget in its current period: what it has spent (and reserved for requests under way)."""
+        config = self.gateway.config
+        now = dt.datetime.now(dt.UTC)
+        checks = [
+            found
+            for key in config.auth.keys
+            if key.budget is not None
+            and (found := budget_check(key, Cost(Decimal(0), key.budget.currency), config.redis.key_prefix, now))
+        ]
+        limiter = self.gateway.admission.limiter
+        spent: list[int | None] = [None] * len(checks)
+        if isinstance(limiter, MemoryLimiter | RedisLimiter):
+            spent = list(await limiter.spent_micros([check.key for check in checks]))
+        items = [
+            {
+                "key": check.name,
+                "period": check.budget.period,
+                "currency": check.budget.currency,
+                "amount": check.limit / MICROS,
+                "spent": None if used is None else used / MICROS,
+                "renews_at": _iso(check.period_end_ms / 1000),
+            }
+            for check, used in zip(checks, spent, strict=True)
+        ]
+        return {"available": True, "reason": None, "items": items}
 
     async def local(self) -> list[dict[str, Any]]:
         found = []
@@ -275,6 +306,24 @@ class NotAvailable(msgspec.Struct):
     reason: str
 
 
+class BudgetUse(msgspec.Struct):
+    """A key's budget (``auth.keys[].budget``) in its current UTC period: ``spent`` of ``amount``
+    (spent and reserved for requests under way; null: unknown), until ``renews_at``."""
+
+    key: str
+    period: Literal["day", "month"]
+    currency: str
+    amount: float
+    spent: float | None
+    renews_at: str
+
+
+class BudgetsAnswer(msgspec.Struct):
+    available: bool
+    reason: str | None
+    items: list[BudgetUse]
+
+
 class StatusAnswer(msgspec.Struct):
     """Everything the status page shows."""
 
@@ -285,4 +334,4 @@ class StatusAnswer(msgspec.Struct):
     limits: LimitsAnswer
     local: list[LocalBackendStatus]
     jobs: NotAvailable
-    budgets: NotAvailable
+    budgets: BudgetsAnswer

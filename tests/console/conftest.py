@@ -23,6 +23,8 @@ COOLDOWN = {"failures": 1, "seconds": 60}
 NO_RETRY = {"attempts": 1}
 # alice's limit drains one request every 1728 s: within a test, what she used stays used.
 ALICE_LIMIT = {"requests": 50, "period_s": 86400}
+ALICE_BUDGET = {"amount": 5.0, "period": "month", "currency": "EUR"}
+TINY_PRICE = {"currency": "EUR", "per_image": 0.25}  # melious is left unpriced: its cost stays blank
 
 
 class ConsoleGateway(GatewayServer):
@@ -46,11 +48,13 @@ def console_config(emulators: dict[str, EmulatorServer], store: Path, **sections
         },
     }
     models = [
-        {"name": "tiny", "targets": [{"provider": "local", "model": "tiny"}]},
+        {"name": "tiny", "targets": [{"provider": "local", "model": "tiny", "price": TINY_PRICE}]},
         {"name": "via-melious", "targets": [{"provider": "melious", "model": "flux-schnell"}]},
     ]
     auth = {
-        "keys": [{"name": "alice", "hash": hash_key(CLIENT_KEY), "limits": ALICE_LIMIT}],
+        "keys": [
+            {"name": "alice", "hash": hash_key(CLIENT_KEY), "limits": ALICE_LIMIT, "budget": ALICE_BUDGET},
+        ],
         "admin_keys": [{"name": "ops", "hash": hash_key(ADMIN_KEY)}],
     }
     return gateway_config(providers, models, store, **{"auth": auth, **sections})

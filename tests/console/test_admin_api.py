@@ -120,6 +120,23 @@ def test_limits_show_what_each_key_used(gateway: GatewayServer, http: httpx.Clie
     assert isinstance(before["used"], int) and after["used"] == before["used"] + 3
 
 
+def test_budgets_show_what_each_key_spent(gateway: GatewayServer, http: httpx.Client) -> None:
+    def alice() -> dict[str, object]:
+        answer = http.get(gateway.url + "/admin/api/budgets", headers=ADMIN).json()
+        assert answer["available"] is True
+        (found,) = answer["items"]
+        return found
+
+    before = alice()
+    assert before["key"] == "alice" and before["period"] == "month" and before["currency"] == "EUR"
+    assert before["amount"] == 5.0 and str(before["renews_at"]).endswith("T00:00:00Z")
+    answer = http.post(gateway.url + "/v1/images/generations", headers=CLIENT, json={**TINY, "n": 2})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-Gateway-Cost"] == "0.5000 EUR"
+    after = alice()
+    assert isinstance(before["spent"], float) and after["spent"] == before["spent"] + 0.5
+
+
 def test_the_local_backend_reports_its_engine(gateway: GatewayServer, http: httpx.Client) -> None:
     answer = http.post(
         gateway.url + "/v1/images/generations", headers=CLIENT, json={**TINY, "n": 2}

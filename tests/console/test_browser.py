@@ -75,10 +75,11 @@ def test_generates_from_the_tiny_model_and_the_image_decodes(page: Any, console_
     assert card.locator('dd[data-fact="provider"]').inner_text() == "local"
     assert card.locator('dd[data-fact="latency"]').inner_text().endswith(" ms")
     assert card.locator('dd[data-fact="seed"]').inner_text() == "1234"
-    assert card.locator('dd[data-fact="cost"]').count() == 0  # no X-Gateway-Cost header: no cost shown
+    assert card.locator('dd[data-fact="cost"]').inner_text() == "0.2500 EUR"  # X-Gateway-Cost
     other = page.locator('article.card[data-model="via-melious"]')
     other.locator("img").first.wait_for()
     assert other.locator('dd[data-fact="provider"]').inner_text() == "melious"
+    assert other.locator('dd[data-fact="cost"]').count() == 0  # unpriced: no X-Gateway-Cost header, no cost shown
     page.wait_for_function("() => [...document.querySelectorAll('article.card')].every(c => c.ariaBusy === 'false')")
     screenshot(page, "console-playground.png")
 
@@ -127,6 +128,8 @@ def test_a_provider_cools_down_when_its_emulator_fails(
     page.locator('#providers-table tr[data-provider="melious"][data-state="cooling_down"]').wait_for()
     assert "cooling down" in row.inner_text()
     assert row.locator("td").nth(2).inner_text() != "—"  # until when
+    budget = page.locator('#budgets-table tr[data-key="alice"]')
+    assert "EUR" in budget.inner_text() and "UTC month" in budget.inner_text()
     screenshot(page, "console-status.png")
 
 

@@ -121,7 +121,33 @@ export function render(snapshot) {
 
   renderLocal(snapshot.local);
   document.getElementById("jobs").textContent = availability(snapshot.jobs);
-  document.getElementById("budgets").textContent = availability(snapshot.budgets);
+  renderBudgets(snapshot.budgets);
+}
+
+function renderBudgets(budgets) {
+  const note = document.getElementById("budgets-note");
+  const items = budgets.available ? budgets.items : [];
+  fill(document.querySelector("#budgets-table tbody"), items, (row, item) => {
+    row.dataset.key = item.key;
+    const name = document.createElement("th");
+    name.scope = "row";
+    name.textContent = item.key;
+    row.append(name);
+    const spent = cell(row, item.spent == null ? null : `${item.spent} / ${item.amount} ${item.currency}`);
+    if (item.spent != null && item.amount > 0) {
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.setAttribute("aria-hidden", "true");
+      const fillBar = document.createElement("span");
+      fillBar.style.width = `${Math.min(100, (100 * item.spent) / item.amount)}%`;
+      bar.append(fillBar);
+      spent.append(" ", bar);
+    }
+    cell(row, item.period === "day" ? "UTC day" : "UTC month");
+    cell(row, new Date(item.renews_at).toLocaleString());
+  });
+  if (!budgets.available) note.textContent = availability(budgets);
+  else note.textContent = items.length ? "Spent includes what requests under way have reserved." : "No key has a budget.";
 }
 
 function availability(section) {
