@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.accounting import MICROS, BudgetCheck, BudgetConfig
 from gateway.ratelimit import LimitCheck, MemoryLimiter, RedisLimiter
 from gateway.recent import RecentCalls
 from tests.redis_support import require_shared_redis
@@ -78,3 +79,27 @@ async def test_redis_limiter_use_is_read_from_redis(redis_limiter: RedisLimiter)
         assert (await redis_limiter.check(checks(prefix))).remaining == 7
     finally:
         await redis_limiter.client.delete(*keys)
+
+
+def budget(key: str, cost: int) -> BudgetCheck:
+    config = BudgetConfig(amount=5.0)
+    return BudgetCheck(key, 5 * MICROS, cost, 4_102_444_800_000, 4_102_444_800_000, "alice", config)  # 2100-01-01
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_budget_spent_is_read_without_charging(kind: str) -> None:
+    if kind == "memory":
+        limiter: MemoryLimiter | RedisLimiter = MemoryLimiter()
+    else:
+        url = require_shared_redis()
+        limiter = RedisLimiter(aioredis.Redis.from_url(url), url, on_failure="closed")
+    key = f"test-status-{uuid.uuid4().hex}:budget:alice:2100-01"
+    try:
+        assert await limiter.spent_micros([key]) == [0]
+        assert (await limiter.check([], [budget(key, 250_000)])).allowed
+        assert await limiter.spent_micros([key]) == [250_000]
+        assert await limiter.spent_micros([key]) == [250_000]  # reading charged nothing
+    finally:
+        if isinstance(limiter, RedisLimiter):
+            await limiter.client.delete(key)
+        await limiter.aclose()
