@@ -249,6 +249,8 @@ class Card {
     if (provider) this.fact("provider", provider);
     const cost = headers.get("X-Gateway-Cost");
     if (cost) this.fact("cost", cost);
+    const cache = headers.get("X-Gateway-Cache"); // identical seeded requests share one generation
+    if (cache) this.fact("cache", cache);
   }
 
   latency(ms) {
