@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,local]' $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	@# The console's browser tests drive Debian's Chromium (no `playwright install` download).
+	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium) || true
+	@test -x /usr/bin/chromium || echo "note: /usr/bin/chromium is missing (apt-get install chromium): tests/console will fail"
 	touch $(STAMP)
 
 # The official openai JS SDK for tests/integration/test_streams.py, at the version the lock file pins.

@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from adapters import Adapter, build_adapter
 from adapters.upstream import UpstreamClient, build_upstream_client
 from gateway import metrics, tracing
+from gateway.admin import admin_handlers
 from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
@@ -223,7 +224,9 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
     config = config or load_config()
     configure_logging(config.server.log_level, config.server.log_prompts, secrets=config_secrets(config))
     app = GatewayApp(
-        route_handlers=[health, ready, prometheus_metrics, stored_image, *JOB_ROUTES, assets_router()],
+        route_handlers=[
+            health, ready, prometheus_metrics, stored_image, *JOB_ROUTES, assets_router(), *admin_handlers()
+        ],
         middleware=[RequestIdMiddleware],
         lifespan=[lifespan],
         logging_config=None,  # structlog writes every line; Litestar's own config would start a queue thread

@@ -25,6 +25,7 @@ from schemas.sustainability import SiteFactors
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AdminKey",
     "ConfigError",
     "DirectoryStoreConfig",
     "GatewayConfig",
@@ -346,11 +347,20 @@ class InboundKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhooks: KeyWebhooks | None = None  # null: jobs of this key cannot ask for webhooks
 
 
+class AdminKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An operator's key for ``/console`` and ``/admin/api`` (gateway/admin.py), hashed like the inbound keys."""
+
+    name: str
+    hash: Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
 class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Inbound keys; with none configured the gateway is open (and says so at start)."""
 
     keys: list[InboundKey] = []
     default_limits: RateLimit | None = None  # for keys without limits of their own
+    # Keys of the console and the admin API; none: both are served only on a loopback-bound gateway.
+    admin_keys: list[AdminKey] = []
 
 
 class JobsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -390,6 +400,9 @@ def cross_check(config: GatewayConfig) -> list[str]:
     names = [key.name for key in config.auth.keys]
     if len(names) != len(set(names)):
         problems.append("two inbound keys under `auth.keys` share a name - at `$.auth.keys`")
+    admins = [key.name for key in config.auth.admin_keys]
+    if len(admins) != len(set(admins)):
+        problems.append("two admin keys under `auth.admin_keys` share a name - at `$.auth.admin_keys`")
     seen: set[str] = set()
     for index, model in enumerate(config.models):
         for name in (model.name, *model.aliases):

@@ -274,6 +274,15 @@ class MemoryLimiter:
         least_units = 0 if least == math.inf else int(least)
         return _decision(checks, budgets, "memory", [1, decide + 1, least_units, 0, reset, *states])
 
+    async def ahead_ms(self, keys: Sequence[str]) -> list[float]:
+        """How far each limit's theoretical arrival time is ahead of now, in ms (0: full again); charges nothing."""
+        now = time.monotonic() * 1000.0
+        return [max(self._tats.get(key, now) - now, 0.0) for key in keys]
+
+    async def spent_micros(self, keys: Sequence[str]) -> list[int]:
+        """What each budget counter holds (spent and reserved, micros; 0 when none); charges nothing."""
+        return [self._spent.get(key, (0, 0))[0] for key in keys]
+
     async def settle(self, reservation: Reservation, actual: int) -> list[int]:
         spent = []
         for budget in reservation.checks:
@@ -365,6 +374,35 @@ class RedisLimiter:
         if self.on_failure == "closed":
             raise GatewayError(ErrorCode.OVERLOADED, "rate limiter unavailable; try again shortly", retry_after=1.0)
         return await self.fallback.check(checks, budgets)
+
+    async def ahead_ms(self, keys: Sequence[str]) -> list[float]:
+        """``MemoryLimiter.ahead_ms`` read from Redis (by Redis's clock, as the script charges); the fallback's
+        while Redis is away."""
+        if not keys:
+            return []
+        if time.monotonic() < self._down_until:
+            return await self.fallback.ahead_ms(keys)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                pipe.mget(list(keys))
+                (seconds, micros), values = await pipe.execute()
+        except (RedisError, OSError):
+            return await self.fallback.ahead_ms(keys)
+        now = seconds * 1000.0 + micros / 1000.0
+        return [max(float(value) - now, 0.0) if value is not None else 0.0 for value in values]
+
+    async def spent_micros(self, keys: Sequence[str]) -> list[int]:
+        """``MemoryLimiter.spent_micros`` read from Redis; the fallback's while Redis is away."""
+        if not keys:
+            return []
+        if time.monotonic() < self._down_until:
+            return await self.fallback.spent_micros(keys)
+        try:
+            values = await self.client.mget(list(keys))
+        except (RedisError, OSError):
+            return await self.fallback.spent_micros(keys)
+        return [int(float(value)) if value is not None else 0 for value in values]
 
     async def aclose(self) -> None:
         await self._script.aclose()

@@ -25,6 +25,7 @@ from gateway.config import GatewayConfig, ModelConfig, TargetConfig
 from gateway.cooldown import Cooldowns
 from gateway.failures import cooling_down, current_request_id, tell_client
 from gateway.ratelimit import Limiter, limit_checks
+from gateway.recent import RecentCalls
 from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, ImageResult, Progress
 from schemas.policy import CooldownPolicy, ProviderPolicy, RateLimit, RetryPolicy
 
@@ -129,6 +130,7 @@ class Router:
         self._limiter = limiter
         self._cooldowns = cooldowns
         self._prefix = config.redis.key_prefix
+        self.recent = RecentCalls()  # the last minutes of calls per provider, for the console's status
         self._models: dict[str, Plan] = {}
         for model in config.models:
             routes = tuple(self._route(target, config.providers[target.provider], adapters) for target in model.targets)
@@ -302,6 +304,7 @@ class Router:
         attempts.record(route.provider, outcome, duration_ms)
         metrics.child(metrics.UPSTREAM_CALLS, route.provider, outcome).inc()
         metrics.child(metrics.UPSTREAM_DURATION, route.provider, outcome).observe(seconds)
+        self.recent.record(route.provider, error is None, seconds)
         if error is None:
             return
         cause = error.__cause__
