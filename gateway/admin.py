@@ -35,10 +35,10 @@ from gateway.auth import Authenticator
 from gateway.config import AuthConfig, GatewayConfig, InboundKey
 from gateway.status import (
     BudgetsAnswer,
+    JobsStatus,
     LimitsAnswer,
     LocalBackendStatus,
     ModelsAnswer,
-    NotAvailable,
     ProviderStatus,
     StatusAnswer,
     StatusSampler,
@@ -179,9 +179,9 @@ async def local(request: Request[Any, Any, Any]) -> list[LocalBackendStatus]:
 
 
 @get("/jobs")
-async def jobs(request: Request[Any, Any, Any]) -> NotAvailable:
-    """Jobs by status; ``available: false`` and the reason while this gateway has no jobs."""
-    return msgspec.convert(sampler_of(request).jobs(), NotAvailable)
+async def jobs(request: Request[Any, Any, Any]) -> JobsStatus:
+    """Async jobs: the queue, and this process's jobs by status."""
+    return msgspec.convert(await sampler_of(request).jobs(), JobsStatus)
 
 
 @get("/status/events")

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
@@ -161,6 +162,7 @@ class Jobs:
         self._consumers: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
         self._notifying: set[asyncio.Task[None]] = set()
+        self.entered: Counter[str] = Counter()  # jobs entering each status in this process, for the console
 
     # --- lifecycle
 
@@ -548,7 +550,18 @@ class Jobs:
         failure = to_gateway_error(error if isinstance(error, Exception) else Exception(), 0)
         return mount.endpoint.client_error(failure)
 
+    async def summary(self) -> dict[str, Any]:
+        """For the console: the queue (every replica's, with Redis) and this process's jobs by status."""
+        return {
+            "available": True,
+            "store": "redis" if self.gateway.config.redis.url else "memory",
+            "waiting": await self.queue.waiting(),
+            "running_here": len(self._running),
+            "by_status_here": dict(self.entered),
+        }
+
     def _transition(self, job: JobRecord, detail: str) -> None:
+        self.entered[job.status] += 1
         metrics.child(metrics.JOBS, job.status).inc()
         log.info("job", job_id=job.id, request_id=job.request_id, status=job.status, detail=detail, key_name=job.key)
 

@@ -32,6 +32,7 @@ from schemas.policy import RateLimit
 __all__ = [
     "MIN_INTERVAL_S",
     "BudgetsAnswer",
+    "JobsStatus",
     "LimitsAnswer",
     "LocalBackendStatus",
     "ModelsAnswer",
@@ -77,12 +78,18 @@ class StatusSampler:
             "models": self.models(),
             "limits": await self.limits(),
             "local": await self.local(),
-            "jobs": self.jobs(),
+            "jobs": await self.jobs(),
             "budgets": await self.budgets(),
         }
 
-    def jobs(self) -> dict[str, Any]:
-        return {"available": False, "reason": f"jobs are {NOT_YET}"}
+    async def jobs(self) -> dict[str, Any]:
+        jobs = self.gateway.jobs
+        if jobs is None:
+            return {"available": False, "reason": "async jobs have not started"}
+        try:
+            return await jobs.summary()
+        except Exception as exc:  # an unreachable job store: say so, the rest of the status still shows
+            return {"available": False, "reason": f"the job store did not answer ({type(exc).__name__})"}
 
     async def providers(self) -> list[dict[str, Any]]:
         gateway = self.gateway
@@ -306,6 +313,19 @@ class NotAvailable(msgspec.Struct):
     reason: str
 
 
+class JobsStatus(msgspec.Struct):
+    """Async jobs: queued or running in the queue (every replica's with Redis), running in this process,
+    and how many entered each status in this process since it started; ``available: false`` with the
+    reason when the job store does not answer."""
+
+    available: bool
+    reason: str | None = None
+    store: str | None = None
+    waiting: int | None = None
+    running_here: int | None = None
+    by_status_here: dict[str, int] | None = None
+
+
 class BudgetUse(msgspec.Struct):
     """A key's budget (``auth.keys[].budget``) in its current UTC period: ``spent`` of ``amount``
     (spent and reserved for requests under way; null: unknown), until ``renews_at``."""
@@ -333,5 +353,5 @@ class StatusAnswer(msgspec.Struct):
     models: list[ModelStatus]
     limits: LimitsAnswer
     local: list[LocalBackendStatus]
-    jobs: NotAvailable
+    jobs: JobsStatus
     budgets: BudgetsAnswer

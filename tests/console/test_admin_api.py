@@ -149,8 +149,21 @@ def test_the_local_backend_reports_its_engine(gateway: GatewayServer, http: http
     assert local["images_generated"] >= 2 and local["batches"] >= 1
     assert sum(local["batch_sizes"].values()) == local["batches"]
     assert local["models"] == {"tiny": "ready"}
-    jobs = http.get(gateway.url + "/admin/api/jobs", headers=ADMIN).json()
-    assert jobs["available"] is False and jobs["reason"]
+
+
+def test_jobs_by_status(gateway: GatewayServer, http: httpx.Client) -> None:
+    before = http.get(gateway.url + "/admin/api/jobs", headers=ADMIN).json()
+    assert before["available"] is True and before["store"] == "memory"
+    submitted = http.post(
+        gateway.url + "/v1/images/generations",
+        headers={**CLIENT, "Prefer": "respond-async, wait=60"},
+        json=TINY,
+    )
+    assert submitted.status_code == 200, submitted.text  # done within the wait: the plain answer
+    after = http.get(gateway.url + "/admin/api/jobs", headers=ADMIN).json()
+    for status in ("queued", "running", "succeeded"):
+        assert after["by_status_here"].get(status, 0) == before["by_status_here"].get(status, 0) + 1, after
+    assert after["waiting"] == 0 and after["running_here"] == 0
 
 
 def test_status_events_arrive_as_server_sent_events(gateway: GatewayServer, capfd: pytest.CaptureFixture[str]) -> None:

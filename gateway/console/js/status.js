@@ -120,7 +120,7 @@ export function render(snapshot) {
     (limits.items.length ? "" : "No rate limits are configured. ") + keyNote;
 
   renderLocal(snapshot.local);
-  document.getElementById("jobs").textContent = availability(snapshot.jobs);
+  document.getElementById("jobs").textContent = jobsText(snapshot.jobs);
   renderBudgets(snapshot.budgets);
 }
 
@@ -148,6 +148,13 @@ function renderBudgets(budgets) {
   });
   if (!budgets.available) note.textContent = availability(budgets);
   else note.textContent = items.length ? "Spent includes what requests under way have reserved." : "No key has a budget.";
+}
+
+function jobsText(jobs) {
+  if (!jobs || jobs.available === false) return availability(jobs);
+  const seen = Object.entries(jobs.by_status_here || {}).map(([status, n]) => `${status} ${n}`).join(", ");
+  return `${jobs.waiting} queued or running (${jobs.store} store), ${jobs.running_here} running here; ` +
+    `since this process started: ${seen || "none yet"}.`;
 }
 
 function availability(section) {
