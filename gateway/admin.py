@@ -27,6 +27,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import NotFoundException
 from litestar.handlers import BaseRouteHandler
+from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
@@ -40,6 +41,7 @@ from gateway.status import (
     LocalBackendStatus,
     ModelsAnswer,
     ProviderStatus,
+    RecentRequest,
     StatusAnswer,
     StatusSampler,
 )
@@ -184,6 +186,17 @@ async def jobs(request: Request[Any, Any, Any]) -> JobsStatus:
     return msgspec.convert(await sampler_of(request).jobs(), JobsStatus)
 
 
+@get("/requests/{request_id:str}")
+async def recent_request(request: Request[Any, Any, Any], request_id: FromPath[str]) -> RecentRequest:
+    """One of this process's last dialect requests by its ``X-Request-ID``: the model, the provider that
+    answered, the outcome, the images, the cost (as ``X-Gateway-Cost`` writes it) and the energy. A streamed
+    answer carries none of these in its headers; the playground reads them here once its stream ends."""
+    found = request.app.state.gateway.recent_requests.get(request_id)
+    if found is None:
+        raise NotFoundException("no recent request has this id in this process")
+    return msgspec.convert(found, RecentRequest)
+
+
 @get("/status/events")
 async def status_events(request: Request[Any, Any, Any]) -> ServerSentEvent:
     """The status (as ``/admin/api/status``) as server-sent events named ``status``, one a second, fifteen of
@@ -212,7 +225,7 @@ def admin_handlers() -> list[Any]:
         cache_control=CacheControlHeader(no_cache=True),
         send_as_attachment=False,
     )
-    handlers = [status, providers, models, limits, budgets, local, jobs, status_events]
+    handlers = [status, providers, models, limits, budgets, local, jobs, recent_request, status_events]
     for handler in handlers:  # the docstrings document the API (the app leaves use_handler_docstrings off)
         handler.description = handler.description or inspect.cleandoc(handler.fn.__doc__ or "")
     api = Router(

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from typing import Any
 
-__all__ = ["MAX_CALLS", "WINDOW_S", "RecentCalls"]
+__all__ = ["MAX_CALLS", "WINDOW_S", "RecentCalls", "RecentRequests"]
 
 WINDOW_S = 300.0
 MAX_CALLS = 1000
@@ -52,3 +52,27 @@ class RecentCalls:
             "p50_ms": round(_percentile(durations, 0.5), 1) if durations else None,
             "p95_ms": round(_percentile(durations, 0.95), 1) if durations else None,
         }
+
+
+class RecentRequests:
+    """The last ``size`` dialect requests of this process by request id: what answered and what it cost.
+
+    A streamed answer cannot carry ``X-Gateway-Provider`` or ``X-Gateway-Cost`` (its headers go out before
+    the generation runs), so the console's playground reads them here by the ``X-Request-ID`` it was given
+    (``GET /admin/api/requests/{id}``). Nothing secret is kept: no key, no prompt.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._by_id: dict[str, dict[str, Any]] = {}
+
+    def record(self, request_id: str | None, summary: dict[str, Any]) -> None:
+        if not request_id:
+            return
+        self._by_id.pop(request_id, None)
+        self._by_id[request_id] = summary
+        while len(self._by_id) > self._size:  # dicts keep insertion order: the oldest goes first
+            del self._by_id[next(iter(self._by_id))]
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        return self._by_id.get(request_id)

@@ -146,6 +146,21 @@ class RequestRecord:
     reservation: Reservation | None = None  # of the key's budget, settled when the request ends
     energy: Energy | None = None
 
+    def summary(self, seconds: float) -> dict[str, Any]:
+        """What the console may show of this request (no key, no prompt)."""
+        return {
+            "dialect": self.dialect,
+            "model": self.model,
+            "provider": self.provider,
+            "outcome": self.outcome,
+            "images": self.images,
+            "attempts": self.attempts.calls,
+            "cost": self.cost.header() if self.cost is not None else None,
+            "energy_kwh": self.energy.kwh if self.energy is not None else None,
+            "energy_method": self.energy.method if self.energy is not None else None,
+            "duration_ms": round(seconds * 1000, 2),
+        }
+
     def finish(self, seconds: float) -> None:
         metrics.child(metrics.REQUESTS, self.dialect, self.operation, self.model, self.provider, self.outcome).inc()
         metrics.child(metrics.REQUEST_DURATION, self.dialect, self.outcome).observe(seconds)
@@ -304,7 +319,9 @@ async def _ended(
     if record.reservation is not None:  # answered: the actual cost; failed: all of it given back
         actual = record.cost.micros if record.outcome == "ok" and record.cost is not None else 0
         await gateway.admission.settle(record.reservation, actual)
-    record.finish(time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    record.finish(seconds)
+    gateway.recent_requests.record(current_request_id(), record.summary(seconds))
     if span is not None:
         span.end(record, operation, status)
 

@@ -12,6 +12,7 @@ from gateway.config import GatewayConfig
 from gateway.cooldown import Cooldowns
 from gateway.dedup import Dedup
 from gateway.imagestore import ImageStore
+from gateway.recent import RecentRequests
 from gateway.router import Router
 from gateway.webhooks import Webhooks
 
@@ -36,6 +37,8 @@ class Gateway:
     redis: Any = None
     adapters: dict[str, Adapter] = field(default_factory=dict)
     jobs: Jobs | None = None  # async jobs (gateway/jobs.py), set by the app's lifespan
+    # The last requests by request id, for the console (gateway/recent.py).
+    recent_requests: RecentRequests = field(default_factory=RecentRequests)
 
     @property
     def public_base_url(self) -> str:

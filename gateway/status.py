@@ -38,6 +38,7 @@ __all__ = [
     "ModelsAnswer",
     "NotAvailable",
     "ProviderStatus",
+    "RecentRequest",
     "StatusAnswer",
     "StatusSampler",
 ]
@@ -342,6 +343,22 @@ class BudgetsAnswer(msgspec.Struct):
     available: bool
     reason: str | None
     items: list[BudgetUse]
+
+
+class RecentRequest(msgspec.Struct):
+    """One recent dialect request (``/admin/api/requests/{id}``): ``cost`` as ``X-Gateway-Cost`` writes it,
+    null when unpriced or failed; ``energy_kwh`` null when unknown."""
+
+    dialect: str
+    model: str
+    provider: str
+    outcome: str
+    images: int
+    attempts: int
+    cost: str | None
+    energy_kwh: float | None
+    energy_method: str | None
+    duration_ms: float
 
 
 class StatusAnswer(msgspec.Struct):

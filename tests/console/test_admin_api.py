@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,26 @@ def test_without_admin_keys_only_a_loopback_gateway_serves_it(
             assert http.get(exposed.url + path).status_code == 404, path
     finally:
         exposed.stop()
+
+
+def test_a_recent_request_by_its_id(gateway: GatewayServer, http: httpx.Client) -> None:
+    """A streamed answer's provider and cost are read back by its request id (its headers could not say)."""
+    with http.stream(
+        "POST", gateway.url + "/v1/images/generations", headers=CLIENT, json={**TINY, "stream": True}
+    ) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        assert "X-Gateway-Provider" not in answer.headers
+        request_id = answer.headers["X-Request-ID"]
+        assert b"image_generation.completed" in answer.read()
+    found = http.get(gateway.url + f"/admin/api/requests/{request_id}", headers=ADMIN)
+    for _ in range(20):  # written as the stream ends, just after its last byte
+        if found.status_code != 404:
+            break
+        time.sleep(0.1)
+        found = http.get(gateway.url + f"/admin/api/requests/{request_id}", headers=ADMIN)
+    assert found.status_code == 200, found.text
+    record = found.json()
+    assert record["provider"] == "local" and record["model"] == "tiny" and record["outcome"] == "ok"
+    assert record["images"] == 1 and record["dialect"] == "openai"
+    assert http.get(gateway.url + "/admin/api/requests/nope", headers=ADMIN).status_code == 404
+    assert http.get(gateway.url + f"/admin/api/requests/{request_id}", headers=CLIENT).status_code == 401

@@ -62,6 +62,28 @@ def test_generates_from_the_tiny_model_and_the_image_decodes(page: Any, console_
     page.get_by_label("Size").select_option("512x512")
     page.get_by_label("Seed").fill("1234")
     page.get_by_label("Inbound API key").fill(CLIENT_KEY)
+    # Count the partial previews as they are shown (the final image replaces them), and the progress bar's moves.
+    page.evaluate(
+        """() => {
+            window.previews = 0; window.progressValues = [];
+            new MutationObserver(changes => { for (const change of changes) {
+                for (const node of change.addedNodes) if (node.classList && node.classList.contains('preview'))
+                    window.previews += 1;
+                if (change.type === 'attributes' && change.target.tagName === 'PROGRESS'
+                    && change.target.closest('article[data-model=tiny]'))
+                    window.progressValues.push(change.target.value);
+            } }).observe(document.body, { subtree: true, childList: true, attributes: true,
+                                          attributeFilter: ['src', 'value', 'max'] });
+        }"""
+    )
+    streamed: list[str] = []
+    generations = "/v1/images/generations"
+
+    def answered(response: Any) -> None:
+        if response.url.endswith(generations):
+            streamed.append(response.headers.get("content-type", ""))
+
+    page.on("response", answered)
     page.get_by_role("button", name="Generate").click()
 
     card = page.locator('article.card[data-model="tiny"]')
@@ -72,6 +94,9 @@ def test_generates_from_the_tiny_model_and_the_image_decodes(page: Any, console_
         " return i && i.complete && i.naturalWidth > 0; }"
     )
     assert image.first.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [512, 512]
+    assert any(kind.startswith("text/event-stream") for kind in streamed)  # the playground streamed
+    assert page.evaluate("window.previews") >= 1  # a partial preview was shown before the final image
+    card.locator('dd[data-fact="provider"]').wait_for()  # a stream's facts come from /admin/api/requests/{id}
     assert card.locator('dd[data-fact="provider"]').inner_text() == "local"
     assert card.locator('dd[data-fact="latency"]').inner_text().endswith(" ms")
     assert card.locator('dd[data-fact="seed"]').inner_text() == "1234"
@@ -85,7 +110,6 @@ def test_generates_from_the_tiny_model_and_the_image_decodes(page: Any, console_
 
     # "Same again" sends the same request once more.
     requests: list[str] = []
-    generations = "/v1/images/generations"
     page.on("request", lambda r: requests.append(r.post_data or "") if r.url.endswith(generations) else None)
     page.get_by_role("button", name="Same again").click()
     page.wait_for_function(

@@ -6,7 +6,7 @@
 // .completed events) and the card shows progress and previews; any other answer is read as the JSON
 // answer, final images only. Nothing is shown that the gateway did not send.
 
-import { adminJSON, errorMessage, sseEvents } from "./api.js";
+import { NotServed, adminJSON, errorMessage, sseEvents } from "./api.js";
 
 const INBOUND_KEY = "image-gateway.inbound-key";
 const PARTIAL_IMAGES = 2;
@@ -131,7 +131,8 @@ async function generateOne(card, params) {
     response_format: "b64_json",
   };
   if (params.steps != null) body.steps = params.steps;
-  if (params.previews) Object.assign(body, { stream: true, partial_images: PARTIAL_IMAGES });
+  // OpenAI streams one image per request: with n > 1 the plain answer is asked for.
+  if (params.previews && params.n === 1) Object.assign(body, { stream: true, partial_images: PARTIAL_IMAGES });
   const headers = { "Content-Type": "application/json" };
   if (params.key) headers.Authorization = `Bearer ${params.key}`;
   const started = performance.now();
@@ -156,12 +157,33 @@ async function generateOne(card, params) {
   }
   const type = response.headers.get("content-type") || "";
   try {
-    if (type.startsWith("text/event-stream")) await readStream(card, response, params);
-    else readJSON(card, await response.json());
+    if (type.startsWith("text/event-stream")) {
+      await readStream(card, response, params);
+      await streamFacts(card, response.headers.get("X-Request-ID"));
+    } else readJSON(card, await response.json());
   } catch (error) {
     card.fail(`The answer could not be read: ${error.message}`);
   }
   card.latency(performance.now() - started);
+}
+
+// A streamed answer's headers go out before the generation runs, so they cannot say which provider answered
+// or what it cost: the admin API keeps this process's last requests by request id. The record is written as
+// the stream ends, so it may take a moment to appear; another replica's request is never found (no facts).
+async function streamFacts(card, requestId) {
+  if (!requestId) return;
+  for (let attempt = 0; attempt < 20; attempt += 1) {
+    try {
+      const found = await adminJSON(`/admin/api/requests/${encodeURIComponent(requestId)}`);
+      if (found.provider && found.provider !== "none") card.fact("provider", found.provider);
+      if (found.cost) card.fact("cost", found.cost);
+      if (found.energy_kwh != null) card.fact("energy", `${found.energy_kwh} kWh (${found.energy_method})`);
+      return;
+    } catch (error) {
+      if (!(error instanceof NotServed)) return;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
 }
 
 function readJSON(card, answer) {
