@@ -201,8 +201,8 @@ class Jobs:
         url = request.headers.get("x-webhook-url")
         webhooks = self.gateway.webhooks
         key_name = key.name if key is not None else None
-        # The URL's host is resolved by target(): off the event loop.
-        webhook = await asyncio.to_thread(webhooks.target, key_name, url) if url else webhooks.target(key_name, None)
+        # A named URL's host is resolved: off the event loop.
+        webhook = await webhooks.target_async(key_name, url) if url else webhooks.target(key_name, None)
         return Ticket(self, key, preferences, webhook)
 
     async def submit(
@@ -477,13 +477,7 @@ class Jobs:
         dedup = self.gateway.dedup
         result, cache = await dedup.generate(job.key, canonical, plan, deadline, record.attempts, None, progress)
         body = await finish(self.gateway, mount.endpoint, canonical, result, job.base_url, record, plan, cache)
-        if record.images:  # as RequestRecord.finish counts a plain call's (the submit counted no images)
-            metrics.child(metrics.IMAGES, record.provider).inc(record.images)
-            if record.cost is not None:
-                labels = (record.model, record.provider, record.key, record.cost.currency)
-                metrics.child(metrics.COST, *labels).inc(float(record.cost.amount))
-            else:
-                metrics.child(metrics.UNPRICED_IMAGES, record.model, record.provider, record.key).inc(record.images)
+        record.count_images()  # as a plain call's are counted when it ends (the submit counted none)
         return bytes(body), answer_headers(result, record, cache), record.cost.micros if record.cost is not None else 0
 
     async def _watch(self, taken: Taken, consumer: int, work: asyncio.Task[Any]) -> None:

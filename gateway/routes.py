@@ -161,16 +161,21 @@ class RequestRecord:
             "duration_ms": round(seconds * 1000, 2),
         }
 
+    def count_images(self) -> None:
+        """The images this request answered, and their cost (or that they were unpriced)."""
+        if not self.images:
+            return
+        metrics.child(metrics.IMAGES, self.provider).inc(self.images)
+        if self.cost is not None:
+            labels = (self.model, self.provider, self.key, self.cost.currency)
+            metrics.child(metrics.COST, *labels).inc(float(self.cost.amount))
+        else:
+            metrics.child(metrics.UNPRICED_IMAGES, self.model, self.provider, self.key).inc(self.images)
+
     def finish(self, seconds: float) -> None:
         metrics.child(metrics.REQUESTS, self.dialect, self.operation, self.model, self.provider, self.outcome).inc()
         metrics.child(metrics.REQUEST_DURATION, self.dialect, self.outcome).observe(seconds)
-        if self.images:
-            metrics.child(metrics.IMAGES, self.provider).inc(self.images)
-            if self.cost is not None:
-                labels = (self.model, self.provider, self.key, self.cost.currency)
-                metrics.child(metrics.COST, *labels).inc(float(self.cost.amount))
-            else:
-                metrics.child(metrics.UNPRICED_IMAGES, self.model, self.provider, self.key).inc(self.images)
+        self.count_images()
         log.info(
             "request",
             dialect=self.dialect,
