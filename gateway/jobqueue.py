@@ -256,7 +256,7 @@ _CANCEL = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'cancel', '1') end
 return 0
 """
-_BLOCK_MS = 1000
+_MAX_BLOCK_MS = 5000  # the longest blocking read of an idle consumer
 
 
 class RedisJobQueue(JobQueue):
@@ -266,12 +266,17 @@ class RedisJobQueue(JobQueue):
 
     def __init__(self, url: str, prefix: str, ttl_s: int, claim_after_s: float) -> None:
         # Its own client: a blocking XREADGROUP outlives the rate limiter's short socket timeout.
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=10 + _BLOCK_MS / 1000, socket_connect_timeout=5)
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=10 + _MAX_BLOCK_MS / 1000, socket_connect_timeout=5)
         self.prefix = prefix
         self.stream = f"{prefix}jobs:queue"
         self.group = "runners"
         self.ttl_s = ttl_s
         self.claim_after_ms = int(claim_after_s * 1000)
+        # An idle process looks for abandoned entries a few times per claim_after_s, one consumer at a
+        # time, and its blocking reads last as long: an idle gateway wakes a few times a minute, not 8 times
+        # a second. A new entry ends a blocking read at once whatever its length.
+        self.claim_every_s = min(_MAX_BLOCK_MS, max(100, self.claim_after_ms // 4)) / 1000
+        self._next_claim = 0.0
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._replace = self.redis.register_script(_REPLACE)
         self._progress = self.redis.register_script(_PROGRESS)
@@ -334,15 +339,19 @@ class RedisJobQueue(JobQueue):
     async def take(self, consumer: int) -> Taken:
         await self._ensure_group()
         name = self._consumer(consumer)
+        block_ms = int(self.claim_every_s * 1000)
         while True:
-            # First a job whose process stopped keeping it, then a new one.
-            claimed: Any = await self.redis.xautoclaim(
-                self.stream, self.group, name, self.claim_after_ms, "0-0", count=1
-            )
-            for entry_id, fields in claimed[1]:
-                if fields:  # an entry deleted meanwhile comes back without its fields
-                    return Taken(_text(fields[b"job"]), claimed=True, handle=_text(entry_id))
-            read: Any = await self.redis.xreadgroup(self.group, name, {self.stream: ">"}, count=1, block=_BLOCK_MS)
+            # First a job whose process stopped keeping it (when it is time to look), then a new one.
+            if time.monotonic() >= self._next_claim:
+                self._next_claim = time.monotonic() + self.claim_every_s
+                claimed: Any = await self.redis.xautoclaim(
+                    self.stream, self.group, name, self.claim_after_ms, "0-0", count=1
+                )
+                for entry_id, fields in claimed[1]:
+                    if fields:  # an entry deleted meanwhile comes back without its fields
+                        self._next_claim = 0.0  # there may be more: the next take looks again at once
+                        return Taken(_text(fields[b"job"]), claimed=True, handle=_text(entry_id))
+            read: Any = await self.redis.xreadgroup(self.group, name, {self.stream: ">"}, count=1, block=block_ms)
             for _, entries in read or ():
                 for entry_id, fields in entries:
                     return Taken(_text(fields[b"job"]), claimed=False, handle=_text(entry_id))

@@ -16,6 +16,7 @@ limit's state, for the ``RateLimit-Policy`` and ``RateLimit`` header fields
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -89,20 +90,28 @@ class PolicyState(NamedTuple):
     def policy_item(self) -> str:
         """``"key-images";q=100;w=60;qu="images";pk=:YWxpY2U=:`` (a Structured Fields list member)."""
         check = self.check
-        window = max(1, math.ceil(check.period_s))
-        return f'"{check.policy}";q={check.limit};w={window};qu="{check.unit}"{_partition(check)}'
+        return _policy_item(check.scope, check.unit, check.limit, check.period_s, check.partition)
 
     def limit_item(self) -> str:
         """``"key-images";r=42;t=30;pk=:YWxpY2U=:``."""
+        check = self.check
         remaining, reset = max(0, self.remaining), max(0, math.ceil(self.reset_s))
-        return f'"{self.check.policy}";r={remaining};t={reset}{_partition(self.check)}'
+        return f'"{check.scope}-{check.unit}";r={remaining};t={reset}{_partition(check.partition)}'
 
 
-def _partition(check: LimitCheck) -> str:
+@functools.lru_cache(maxsize=4096)
+def _policy_item(scope: str, unit: str, limit: int, period_s: float, partition: str) -> str:
+    """A policy's ``RateLimit-Policy`` member: the same for every request under it, so made once."""
+    window = max(1, math.ceil(period_s))
+    return f'"{scope}-{unit}";q={limit};w={window};qu="{unit}"{_partition(partition)}'
+
+
+@functools.lru_cache(maxsize=4096)
+def _partition(partition: str) -> str:
     """The ``pk`` parameter: the name of the key or model the limit belongs to, as a Byte Sequence (never the key)."""
-    if not check.partition:
+    if not partition:
         return ""
-    return f";pk=:{base64.b64encode(check.partition.encode()).decode('ascii')}:"
+    return f";pk=:{base64.b64encode(partition.encode()).decode('ascii')}:"
 
 
 _PERIOD_WORD = {"day": "daily", "month": "monthly"}

@@ -262,7 +262,7 @@ async def finish(
     record.provider = result.provider
     record.energy = energy.account(gateway.config, result, plan, spent=cache is None or cache == MISS)
     await deliver(gateway, result, canonical.response_format, request)
-    body = encode_answer(endpoint.encode_result(result, canonical))  # large base64 slices stay pieces
+    body = encode_answer(endpoint.encode_result(result, canonical), result.images)  # large base64 slices stay pieces
     record.images = len(result.images)
     record.cost = accounting.cost_of(plan.model, canonical, result)
     return body

@@ -22,6 +22,7 @@ import enum
 import functools
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -164,12 +165,17 @@ class Pieces:
         return out
 
 
-def encode_answer(wire: Any) -> bytes | Pieces:
+def encode_answer(wire: Any, images: Sequence[GeneratedImage] | None = None) -> bytes | Pieces:
     """``wire`` (a client's answer Struct) as JSON: bytes, or ``Pieces`` when it holds large slices.
+
+    ``images``: the canonical images the answer was made from, when known; when none of them holds
+    a large slice the answer is encoded at once, without walking it (the light request's path).
 
     The slices are swapped for markers (``\\x00n\\x00``: msgspec escapes a NUL in any string, so
     none occurs elsewhere), the small rest is encoded, and the answer is cut at the markers.
     """
+    if images is not None and not any(_large_slice(image.b64_json) for image in images):
+        return msgspec.json.encode(wire)
     slices: list[msgspec.Raw] = []
     if not _mark(wire, slices):
         return msgspec.json.encode(wire)
@@ -183,6 +189,10 @@ def encode_answer(wire: Any) -> bytes | Pieces:
     return Pieces([part for part in parts if len(part)])
 
 
+def _large_slice(value: Any) -> bool:
+    return isinstance(value, msgspec.Raw) and len(value) >= PIECE_MIN
+
+
 def _mark(value: Any, slices: list[msgspec.Raw]) -> bool:
     """Swap each large slice inside ``value`` (Structs and lists) for its marker; whether any was."""
     found = False
@@ -192,7 +202,7 @@ def _mark(value: Any, slices: list[msgspec.Raw]) -> bool:
     elif isinstance(value, msgspec.Struct) and not value.__struct_config__.frozen:  # a frozen one keeps its slices
         for name in value.__struct_fields__:
             field = getattr(value, name)
-            if isinstance(field, msgspec.Raw) and len(field) >= PIECE_MIN:
+            if _large_slice(field):
                 setattr(value, name, msgspec.Raw(b"\x00%d\x00" % len(slices)))
                 slices.append(field)
                 found = True
