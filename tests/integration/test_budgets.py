@@ -212,7 +212,8 @@ def test_budget_spent_to_the_cent_in_one_process_in_memory(
     try:
         url = server.url + "/melious/v1/images/generations"
         # The in-process server shares the process's metrics with earlier tests: count from here.
-        refused_before = metric(http.get(server.url + "/metrics").text, "image_gateway_budget_refused_total", key="spender")
+        before = http.get(server.url + "/metrics").text
+        refused_before = metric(before, "image_gateway_budget_refused_total", key="spender")
         # Failed requests give their reservation back: three of them spend nothing.
         emulators["melious"].emulator.add_fault(Fault(status=400, message="bad prompt", times=3))
         for _ in range(3):
