@@ -165,7 +165,7 @@ class HttpAdapter(AdapterBase):
             ) from exc
 
     def _decode(self, endpoint: Endpoint[Any, Any], request: ImageRequest, answer: Answer) -> ImageResult:
-        status, headers, body = answer
+        status, headers, body = answer.status, answer.headers, answer.body
         if status >= 400:
             error = self.errors.parse(status, body, _retry_after(headers))
             if status == 401 or error.code is ErrorCode.UNAUTHORIZED:
@@ -183,7 +183,8 @@ class HttpAdapter(AdapterBase):
                 provider=self.name,
             )
         try:
-            return endpoint.decode_response(body, request, slices=True)  # base64 stays a slice of the answer
+            # base64 stays a slice of the answer where the answer is plain (checked as it was read)
+            return endpoint.decode_response(body, request, slices=True, plain=answer.plain)
         except GatewayError as error:
             error.provider = self.name
             raise

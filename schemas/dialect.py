@@ -308,14 +308,17 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     def decode_result(self, wire: RespT, request: ImageRequest) -> ImageResult:
         """This provider's wire response → canonical result."""
 
-    def decode_response(self, body: Buffer, request: ImageRequest, *, slices: bool = False) -> ImageResult:
+    def decode_response(
+        self, body: Buffer, request: ImageRequest, *, slices: bool = False, plain: bool | None = None
+    ) -> ImageResult:
         """Decode a provider's raw answer; a body that is not the documented shape is ``upstream_error``.
 
         With ``slices``, base64 images stay slices of ``body`` where they can (``schemas.imageforms``):
-        the caller keeps ``body`` as it is while the result lives.
+        the caller keeps ``body`` as it is while the result lives. ``plain``: whether the body is
+        ``sliceable``, when the caller already knows (checked as it was read); else it is checked here.
         """
         decoder = self._response_decoder
-        if slices and self._slicing_decoder is not None and sliceable(body):
+        if slices and self._slicing_decoder is not None and (sliceable(body) if plain is None else plain):
             decoder = self._slicing_decoder
         try:
             wire = decoder.decode(body)

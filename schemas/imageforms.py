@@ -134,7 +134,10 @@ def _check_text(optional: bool) -> Any:
 # --------------------------------------------------------------------------- answers in pieces
 
 PIECE_MIN = 64 * 1024  # a slice smaller than this is written into the answer (a copy costs less than a piece)
-CHUNK = 1024 * 1024  # what one ASGI message carries of a slice: the bytes held at once per answer
+# What one ASGI message carries of a slice, copied into bytes as it is sent: below the size glibc maps on its
+# own (gateway/memory.py), so each chunk reuses the heap memory the last one freed instead of faulting in
+# fresh pages (16 MiB in 1 MiB chunks: 4,096 page faults, about 20 ms of CPU on these machines).
+CHUNK = 256 * 1024
 
 
 class Pieces:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from adapters.upstream import (
+    MAPPED_MIN,
     TRANSPORTS,
     AnswerTooLarge,
     UpstreamClient,
@@ -56,6 +57,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path == "/cookie":
         answer_headers.append((b"set-cookie", b"session=tenant-a; Path=/"))
         body = headers.get(b"cookie", b"")
+    if path.startswith("/sized/"):  # {"b64_json": "QUJD" * N + the body}, its length declared
+        body = b'{"b64_json": "' + b"QUJD" * int(path.rsplit("/", 1)[1]) + body + b'"}'
+        answer_headers.append((b"content-length", str(len(body)).encode()))
     status = 201 if path == "/echo" else 200
     await send({"type": "http.response.start", "status": status, "headers": answer_headers})
     await send({"type": "http.response.body", "body": body})
@@ -84,6 +88,20 @@ async def test_answer_is_read_whole_with_status_and_headers(client: UpstreamClie
     answer = await send(client, server.url + "/echo", payload, headers={"Content-Type": "application/octet-stream"})
     assert answer.status == 201 and bytes(answer.body) == payload
     assert answer.headers.get("x-method") == "POST" and answer.headers.get("Content-Type") == "text/plain"
+
+
+async def test_a_large_answer_has_a_mapping_of_its_own_and_is_checked_plain_as_it_arrives(
+    client: UpstreamClient, server: ThreadedServer
+) -> None:
+    large, cap = server.url + f"/sized/{MAPPED_MIN // 4}", {"max_bytes": 4 * MAPPED_MIN}
+    answer = await send(client, large, b"", **cap)
+    assert isinstance(answer.body, memoryview) and answer.plain
+    assert bytes(answer.body) == b'{"b64_json": "' + b"QUJD" * (MAPPED_MIN // 4) + b'"}'
+    for impure in (b"Q\\/D", "é".encode()):
+        answer = await send(client, large, impure, **cap)
+        assert bytes(answer.body).endswith(impure + b'"}') and not answer.plain
+    small = await send(client, server.url + "/sized/1", b"")
+    assert isinstance(small.body, bytearray) and small.plain
 
 
 async def test_no_cookie_is_sent_back(client: UpstreamClient, server: ThreadedServer) -> None:
