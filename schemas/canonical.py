@@ -349,7 +349,7 @@ class ImageRequest(msgspec.Struct, kw_only=True, frozen=True):
     user: str | None = None
 
     def __post_init__(self) -> None:
-        if any(isinstance(image, bytes) for image in self.images):
+        if self.images and any(isinstance(image, bytes) for image in self.images):  # most requests have none
             msgspec.structs.force_setattr(self, "images", tuple(_input_image(image) for image in self.images))
         if isinstance(self.mask, bytes):
             msgspec.structs.force_setattr(self, "mask", InputImage(self.mask))
