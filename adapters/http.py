@@ -24,6 +24,7 @@ from schemas.canonical import (
     ImageRequest,
     ImageResult,
     Operation,
+    encode_hook,
 )
 from schemas.dialect import BodyKind, Endpoint, ErrorTable, sniff_image
 from schemas.imageforms import Conversion, conversion
@@ -124,7 +125,7 @@ class HttpAdapter(AdapterBase):
             body, content_type = encode_multipart(*endpoint.multipart_fields(wire))  # type: ignore[attr-defined]
             headers = {**self._auth, "Content-Type": content_type}
         else:
-            body, headers = msgspec.json.encode(wire), self._json_headers
+            body, headers = msgspec.json.encode(wire, enc_hook=encode_hook), self._json_headers
         answer = await self._send(self._urls[endpoint.path], body, headers, options, self.config.max_response_bytes)
         return self._decode(endpoint, request, answer)
 

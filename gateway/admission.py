@@ -77,8 +77,8 @@ class Admission:
             raise GatewayError(
                 ErrorCode.INVALID_REQUEST, f"at most {server.max_input_images} input images", param="image"
             )
-        for name, data in [*(("image", image) for image in request.images), ("mask", request.mask)]:
-            if data is not None and len(data) > server.max_input_image_bytes:
+        for name, image in [*(("image", image) for image in request.images), ("mask", request.mask)]:
+            if image is not None and image.size > server.max_input_image_bytes:
                 raise GatewayError(
                     ErrorCode.INVALID_REQUEST,
                     f"`{name}` is larger than {server.max_input_image_bytes} bytes",

@@ -11,7 +11,8 @@ reaches every client, each with its own copy of the error (rendered in its own d
 The identity of a request: SHA-256 of the msgpack-encoded canonical request with the model
 as resolved (its configured name, whatever alias the client used), ``response_format``
 and ``user`` left out (the first is applied per client; the second is an end-user tag, not
-part of what is drawn), and the inbound key's name (left out with
+part of what is drawn), input images as their bytes (the same image whatever form it came
+in: a file, or base64 text), and the inbound key's name (left out with
 ``server.dedup.across_keys``). Requests without a seed, and streamed requests, are never
 shared: a generation without a seed is meant to differ each time.
 
@@ -43,7 +44,15 @@ from gateway import metrics
 from gateway.config import GatewayConfig
 from gateway.imagestore import ImageStore, StoreUnavailable
 from gateway.router import Attempts, Plan, Router
-from schemas.canonical import GatewayError, GeneratedImage, ImageRequest, ImageResult, Progress, ResponseFormat
+from schemas.canonical import (
+    GatewayError,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    InputImage,
+    Progress,
+    ResponseFormat,
+)
 from schemas.disconnect import unless_client_leaves
 
 __all__ = ["CACHE_HEADER", "Dedup"]
@@ -125,6 +134,13 @@ class _MemoryCache:
             self.used -= len(dropped)
 
 
+def _input_bytes(obj: Any) -> bytes:
+    """An input image as its bytes in the identity: the same image hashes the same, whatever form it came in."""
+    if isinstance(obj, InputImage):
+        return obj.as_bytes()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
 class Dedup:
     """Shared generations in flight and the per-model result cache of one gateway process."""
 
@@ -146,9 +162,9 @@ class Dedup:
             return None
         same = msgspec.structs.replace(request, model=model, response_format=ResponseFormat.URL, user=None)
         try:
-            encoded = msgspec.msgpack.encode(same)
+            encoded = msgspec.msgpack.encode(same, enc_hook=_input_bytes)
         except OverflowError:  # a seed past 64 bits (passed on as the client gave it)
-            encoded = msgspec.json.encode(same)
+            encoded = msgspec.json.encode(same, enc_hook=_input_bytes)
         digest = hashlib.sha256(encoded)
         digest.update(b"\x00key:" + ("*" if self.settings.across_keys else (key_name or "")).encode())
         return digest.hexdigest()

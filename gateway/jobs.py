@@ -47,7 +47,7 @@ from gateway.prefer import Preferences, parse_prefer, prefer_headers
 from gateway.routes import MOUNTS, Answer, Mount, RequestRecord, answer_headers, finish
 from gateway.state import Gateway
 from gateway.webhooks import WebhookTarget
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Progress
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Progress, decode_hook, encode_hook
 from schemas.dialect import Endpoint, error_answer
 from schemas.disconnect import unless_client_leaves
 
@@ -250,7 +250,7 @@ class Jobs:
         )
         job.webhook = webhook
         job.reservation = record.reservation  # of the key's budget: the job settles it when it ends
-        await self.queue.put(job, msgspec.msgpack.encode(canonical))
+        await self.queue.put(job, msgspec.msgpack.encode(canonical, enc_hook=encode_hook))
         record.reservation = None
         self._transition(job, "submitted")
         if preferences.wait:  # a client that hangs up while it waits leaves the job running
@@ -400,7 +400,7 @@ class Jobs:
             await self._end(job, FAILED, error=error)
             await self._release(taken, consumer)
             return
-        canonical = msgspec.msgpack.decode(payload, type=ImageRequest)
+        canonical = msgspec.msgpack.decode(payload, type=ImageRequest, dec_hook=decode_hook)
         mount = _MOUNTS[job.route]
         progress = _ProgressWriter(self.queue, job.id)
         work = asyncio.create_task(self._generate(job, mount, canonical, progress))

@@ -115,8 +115,8 @@ def resolve(request: ImageRequest, rules: ModelRules) -> Work:
         guidance=float(guidance),
         seed=secrets.randbelow(MAX_SEED) if request.seed is None else request.seed,
         strength=rules.strength,
-        image=request.images[0] if edit else None,
-        mask=request.mask if edit else None,
+        image=request.images[0].as_bytes() if edit else None,
+        mask=request.mask.as_bytes() if edit and request.mask is not None else None,
         output_format=request.output_format if request.output_format in OUTPUT_FORMATS else "png",  # type: ignore[arg-type]
         output_compression=request.output_compression,
     )
@@ -158,7 +158,7 @@ def _size(request: ImageRequest, rules: ModelRules) -> tuple[int, int]:
 
 
 def _default_size(request: ImageRequest, rules: ModelRules) -> tuple[int, int]:
-    found = image_dimensions(request.images[0]) if request.images else None
+    found = image_dimensions(request.images[0].as_bytes()) if request.images else None
     if found is None:
         return rules.default_size, rules.default_size
     return fit_size(*found, rules)

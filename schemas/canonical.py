@@ -7,8 +7,9 @@ dialect modules beside this one translate their wire Structs into these types an
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 import msgspec
 
@@ -21,12 +22,15 @@ __all__ = [
     "GeneratedImage",
     "ImageRequest",
     "ImageResult",
+    "InputImage",
     "Operation",
     "Progress",
     "ResponseFormat",
     "Timings",
     "Usage",
     "as_gateway_error",
+    "decode_hook",
+    "encode_hook",
 ]
 
 
@@ -186,11 +190,137 @@ def as_gateway_error(exc: BaseException) -> GatewayError | None:
 _HTTP_REFUSALS = {404: "no such route", 405: "method not allowed on this route"}
 
 
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_HEAD = 64  # base64 characters decoded for ``head``: 48 bytes, enough to tell PNG, JPEG or WebP
+
+
+def _checked_b64(text: str) -> str:
+    """``text`` when ``base64.b64decode(validate=True)`` takes it, without the excess padding that one
+    ignores; ``ValueError`` otherwise. Checked, not decoded: the standard alphabet, then ``=`` alone,
+    as many as the data characters need (any number after a whole group of four, as Python allows)."""
+    if not text.isascii():
+        raise ValueError("not valid base64")
+    padding = text.encode("ascii").translate(None, _B64_ALPHABET)  # what is not in the alphabet
+    pads = len(padding)
+    if padding != b"=" * pads or not text.endswith("=" * pads):
+        raise ValueError("not valid base64")
+    data = len(text) - pads
+    if not pads:
+        if data % 4:
+            raise ValueError("not valid base64: incorrect padding")
+        return text
+    if data % 4 == 0 and data:
+        return text[:data]  # "AAAA==" is "AAAA" to Python: pass on what it decodes
+    if (data % 4, pads) not in ((2, 2), (3, 1)):
+        raise ValueError("not valid base64: incorrect padding")
+    return text
+
+
+class InputImage:
+    """An input image (an edit's ``image`` or ``mask``) in the form it arrived in, until a provider asks for another.
+
+    Held as bytes (a multipart file, the worker protocol) or as base64 text (a JSON dialect's
+    field: checked for its alphabet and padding, not decoded). A provider whose wire takes
+    base64 gets the text as it came (``as_b64``); one that takes bytes gets them decoded once
+    (``as_bytes``, kept). ``schemas.imageforms`` states the rule. It compares equal to the
+    bytes it stands for, whatever its form; its repr never holds the image.
+    """
+
+    __slots__ = ("_b64", "_data")
+
+    def __init__(self, data: bytes | None = None, *, b64: str | None = None) -> None:
+        if (data is None) == (b64 is None):
+            raise TypeError("an InputImage holds bytes or base64 text")
+        self._data = data
+        self._b64 = b64
+
+    @classmethod
+    def from_b64(cls, text: str) -> InputImage:
+        """The image whose base64 text is ``text``; ``ValueError`` when it is not valid base64."""
+        return cls(b64=_checked_b64(text))
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the bytes are held (given, or decoded from the base64 text)."""
+        return self._data is not None
+
+    @property
+    def size(self) -> int:
+        """The image's size in bytes, from the length of its base64 text when that is all that is held."""
+        if self._data is not None:
+            return len(self._data)
+        text = cast(str, self._b64)
+        return len(text) // 4 * 3 - (2 if text.endswith("==") else 1 if text.endswith("=") else 0)
+
+    def head(self) -> bytes:
+        """The first bytes of the image (at least 48 when it has them), decoding no more than those."""
+        if self._data is not None:
+            return self._data[: _B64_HEAD // 4 * 3]
+        return binascii.a2b_base64(cast(str, self._b64)[:_B64_HEAD])
+
+    def as_bytes(self) -> bytes:
+        """The image's bytes, decoded from its base64 text once."""
+        if self._data is None:
+            self._data = binascii.a2b_base64(cast(str, self._b64), strict_mode=True)
+        return self._data
+
+    def as_b64(self) -> str:
+        """The image's base64 text: as it came when it came as text, else encoded once."""
+        if self._b64 is None:
+            self._b64 = base64.b64encode(cast(bytes, self._data)).decode("ascii")
+        return self._b64
+
+    def wire_form(self) -> bytes | str:
+        """What an encoder of canonical requests writes: the bytes, or the base64 text when only that is held
+        (msgspec writes bytes as base64 in JSON, so the JSON is the same either way)."""
+        return self._data if self._data is not None else cast(str, self._b64)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, InputImage):
+            if self._b64 is not None and self._b64 == other._b64:
+                return True
+            return self.as_bytes() == other.as_bytes()
+        if isinstance(other, bytes):
+            return self.as_bytes() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.as_bytes())
+
+    def __repr__(self) -> str:
+        form = "bytes" if self._data is not None else "base64"
+        return f"InputImage({form}, {self.size} bytes)"
+
+
+def encode_hook(obj: Any) -> Any:
+    """``enc_hook`` for every msgspec encoder of canonical requests: an ``InputImage`` as its ``wire_form``."""
+    if isinstance(obj, InputImage):
+        return obj.wire_form()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def decode_hook(kind: type, obj: Any) -> Any:
+    """``dec_hook`` for every msgspec decoder of canonical requests: bytes (msgpack) or base64 text (JSON,
+    checked) as an ``InputImage``."""
+    if kind is InputImage:
+        if isinstance(obj, bytes):
+            return InputImage(obj)
+        if isinstance(obj, str):
+            return InputImage.from_b64(obj)
+    raise NotImplementedError(f"cannot decode {kind.__name__}")
+
+
+def _input_image(image: InputImage | bytes) -> InputImage:
+    return InputImage(image) if isinstance(image, bytes) else image
+
+
 class ImageRequest(msgspec.Struct, kw_only=True, frozen=True):
     """Everything any dialect can ask for, with that dialect's defaults already applied.
 
     ``width``/``height`` of None mean "the backend's default" (Nebul's ``size: auto``).
-    ``images`` and ``mask`` hold raw bytes (decoded from base64 or multipart).
+    ``images`` and ``mask`` are ``InputImage``s: bytes from multipart, or a JSON dialect's
+    base64 text kept as it came until a provider that takes bytes asks for them. Bytes given
+    for either are taken as an ``InputImage`` holding them.
     """
 
     model: str
@@ -214,9 +344,15 @@ class ImageRequest(msgspec.Struct, kw_only=True, frozen=True):
     # ``partial_images`` previews before the final image.
     stream: bool = False
     partial_images: int = 0
-    images: tuple[bytes, ...] = ()
-    mask: bytes | None = None
+    images: tuple[InputImage, ...] = ()
+    mask: InputImage | None = None
     user: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.images and any(isinstance(image, bytes) for image in self.images):  # most requests have none
+            msgspec.structs.force_setattr(self, "images", tuple(_input_image(image) for image in self.images))
+        if isinstance(self.mask, bytes):
+            msgspec.structs.force_setattr(self, "mask", InputImage(self.mask))
 
     @property
     def size(self) -> str | None:

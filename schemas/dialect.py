@@ -9,8 +9,6 @@ the provider's wire response into an ``ImageResult``.
 from __future__ import annotations
 
 import abc
-import base64
-import binascii
 import enum
 import json
 import math
@@ -21,7 +19,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 import msgspec
 import msgspec.inspect
 
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, Operation
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, InputImage, Operation, decode_hook
 from schemas.imageforms import sliceable, slicing_decoder
 
 __all__ = [
@@ -30,7 +28,7 @@ __all__ = [
     "Endpoint",
     "ErrorAnswer",
     "ErrorTable",
-    "decode_b64_image",
+    "b64_image",
     "error_answer",
     "image_dimensions",
     "parse_size",
@@ -231,7 +229,7 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
     field_names: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self) -> None:
-        self._request_decoder = msgspec.json.Decoder(self.request_type)
+        self._request_decoder = msgspec.json.Decoder(self.request_type, dec_hook=decode_hook)
         self._response_decoder = msgspec.json.Decoder(self.response_type)
         self._slicing_decoder = slicing_decoder(self.response_type)  # base64 as slices: schemas.imageforms
         self._binary_fields = _binary_fields(self.request_type)
@@ -437,12 +435,15 @@ def require_image(data: bytes, field: str) -> bytes:
     return data
 
 
-def decode_b64_image(text: str, field: str) -> bytes:
-    """Base64 text (optionally a ``data:`` URL) → image bytes; a 400 naming ``field`` when it is not one."""
+def b64_image(text: str, field: str) -> InputImage:
+    """Base64 text (optionally a ``data:`` URL) → the image, kept as that text; a 400 naming ``field``
+    when it is not valid base64 or not a PNG, JPEG or WebP image. Checked, not decoded: only its
+    first bytes are, to tell what it is (``schemas.imageforms``)."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        image = InputImage.from_b64(text)
+    except ValueError as exc:
         raise GatewayError(ErrorCode.INVALID_REQUEST, f"`{field}` is not valid base64", param=field) from exc
-    return require_image(data, field)
+    require_image(image.head(), field)
+    return image

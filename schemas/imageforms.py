@@ -14,6 +14,18 @@ escape, ``slicing_decoder`` reads it with every ``b64_json`` field as a ``msgspe
 JSON string (quotes included) as a view of the upstream's buffer, neither copied nor decoded.
 The client's answer writes that slice as it is (``GeneratedImage.as_json_b64``), so base64
 text goes from the upstream's buffer to the client's answer in one copy.
+
+Input images (an edit's ``image`` and ``mask``, ``schemas.canonical.InputImage``) follow the
+same rule the other way: each stays in the form the client sent it (a multipart file's bytes, or a
+JSON dialect's base64 text) until a provider asks for the other. A provider whose wire takes
+base64 in JSON (NebulaBlock's serverless ``image``/``mask``) gets ``as_b64``: the client's text as
+it came, neither decoded nor encoded again; a provider that takes files, and the local engine, get
+``as_bytes``: decoded once. Base64 text from a client is checked when it arrives (the alphabet and
+the padding, over the whole text, and the image type from its first bytes decoded alone:
+``schemas.dialect.b64_image``), so a bad one is the same 400 as before; admission reads its size
+from the text's length. Where a request is written down (the worker protocol, the job queue) an
+input goes in its held form; a dedup identity hashes its bytes, so one image is one identity
+whatever form it came in.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from schemas.canonical import (
     GeneratedImage,
     ImageRequest,
     ImageResult,
+    InputImage,
     Operation,
     ResponseFormat,
     Usage,
@@ -154,8 +155,8 @@ def _to_canonical(
     model: str,
     operation: Operation,
     prompt: str | None = None,
-    images: tuple[bytes, ...] = (),
-    mask: bytes | None = None,
+    images: tuple[InputImage, ...] = (),
+    mask: InputImage | None = None,
 ) -> ImageRequest:
     """The canonical request from the shared fields plus the endpoint's own."""
     width, height = (None, None) if wire.size == AUTO_SIZE else parse_size(wire.size)
@@ -199,9 +200,10 @@ def _wire_options(request: ImageRequest) -> dict[str, Any]:
 
 
 def _input_images(request: ImageRequest) -> list[bytes]:
+    """The input images as the files Nebul takes (a base64 text from another dialect decoded here, once)."""
     if not request.images:
         raise GatewayError(ErrorCode.INVALID_REQUEST, "this operation needs at least one `image`", param="image")
-    return list(request.images)
+    return [image.as_bytes() for image in request.images]
 
 
 class NebulEndpoint(Endpoint[RequestT, NebulImageResponse]):
@@ -300,8 +302,8 @@ class Edits(MultipartEndpoint[NebulEditRequest]):
             model=wire.model,
             prompt=wire.prompt,
             operation=Operation.EDIT,
-            images=tuple(require_image(image, "image") for image in wire.image),
-            mask=require_image(wire.mask, "mask") if wire.mask is not None else None,
+            images=tuple(InputImage(require_image(image, "image")) for image in wire.image),
+            mask=InputImage(require_image(wire.mask, "mask")) if wire.mask is not None else None,
         )
 
     def from_canonical(self, request: ImageRequest) -> NebulEditRequest:
@@ -309,7 +311,7 @@ class Edits(MultipartEndpoint[NebulEditRequest]):
             model=request.model,
             prompt=request.prompt or "",
             image=_input_images(request),
-            mask=request.mask,
+            mask=request.mask.as_bytes() if request.mask is not None else None,
             **_wire_options(request),
         )
 
@@ -327,7 +329,7 @@ class Variations(MultipartEndpoint[NebulVariationRequest]):
             wire,
             model=wire.model,
             operation=Operation.VARIATION,
-            images=(require_image(wire.image[0], "image"),),
+            images=(InputImage(require_image(wire.image[0], "image")),),
         )
 
     def from_canonical(self, request: ImageRequest) -> NebulVariationRequest:

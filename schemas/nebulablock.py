@@ -9,7 +9,6 @@ envelope, whose codes Pomelo also speaks.
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Annotated, Literal
 
@@ -21,6 +20,7 @@ from schemas.canonical import (
     GeneratedImage,
     ImageRequest,
     ImageResult,
+    InputImage,
     Operation,
     ResponseFormat,
     Timings,
@@ -32,8 +32,8 @@ from schemas.dialect import (
     Buffer,
     Endpoint,
     ErrorTable,
+    b64_image,
     code_for_status,
-    decode_b64_image,
     image_dimensions,
     parse_size,
     refuse_stream,
@@ -88,8 +88,9 @@ def _check_n(n: int, most: int) -> None:
         raise GatewayError(ErrorCode.INVALID_REQUEST, f"NebulaBlock makes at most {most} images here", param="n")
 
 
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
+def _b64(image: InputImage | None) -> str | None:
+    """The base64 text NebulaBlock takes: a client's text as it came, else the bytes encoded once."""
+    return None if image is None else image.as_b64()
 
 
 # --- serverless: /api/v1/images/generation ---
@@ -146,7 +147,7 @@ class ServerlessImages(Endpoint[NebulaBlockServerlessRequest, NebulaBlockServerl
         refuse_stream(wire.stream, "NebulaBlock's serverless images")
         if wire.mask is not None and wire.image is None:
             raise GatewayError(ErrorCode.INVALID_REQUEST, "`mask` needs an `image` to paint into", param="mask")
-        images = () if wire.image is None else (decode_b64_image(wire.image, "image"),)
+        images = () if wire.image is None else (b64_image(wire.image, "image"),)
         return ImageRequest(
             model=wire.model,
             prompt=wire.prompt,
@@ -158,7 +159,7 @@ class ServerlessImages(Endpoint[NebulaBlockServerlessRequest, NebulaBlockServerl
             guidance=wire.guidance_scale,
             response_format=ResponseFormat.B64_JSON,
             images=images,
-            mask=None if wire.mask is None else decode_b64_image(wire.mask, "mask"),
+            mask=None if wire.mask is None else b64_image(wire.mask, "mask"),
         )
 
     def from_canonical(self, request: ImageRequest) -> NebulaBlockServerlessRequest:

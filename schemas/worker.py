@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, decode_hook, encode_hook
 from schemas.dialect import Buffer, Endpoint, ErrorTable
 
 __all__ = [
@@ -44,8 +44,8 @@ class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     retry_after: float | None = None
 
 
-_encoder = msgspec.json.Encoder()
-_request_decoder = msgspec.json.Decoder(ImageRequest)
+_encoder = msgspec.json.Encoder(enc_hook=encode_hook)
+_request_decoder = msgspec.json.Decoder(ImageRequest, dec_hook=decode_hook)
 _result_decoder = msgspec.json.Decoder(ImageResult)
 _error_decoder = msgspec.json.Decoder(ErrorBody)
 _CODES = {code.value: code for code in ErrorCode}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from gateway.admission import Admission, BodyBudget
 from gateway.auth import Authenticator, hash_key
 from gateway.ratelimit import MemoryLimiter
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
+from schemas.canonical import ErrorCode, GatewayError, ImageRequest, InputImage, Operation
 from tests.gateway.fakes import config
 
 
@@ -43,6 +45,16 @@ def test_inputs_beyond_the_configured_bounds_are_refused() -> None:
     with pytest.raises(GatewayError) as raised:
         gate.check_inputs(ImageRequest(model="m", operation=Operation.EDIT, images=(b"1",), mask=b"x" * 11))
     assert raised.value.param == "mask" and raised.value.status == 413
+
+
+def test_base64_inputs_are_measured_without_decoding() -> None:
+    gate = admission(server={"max_input_image_bytes": 10})
+    fits, over = InputImage.from_b64(base64.b64encode(b"x" * 10).decode()), InputImage.from_b64("eHh4eHh4eHh4eHg=")
+    gate.check_inputs(ImageRequest(model="m", operation=Operation.EDIT, images=(fits,)))
+    with pytest.raises(GatewayError) as raised:
+        gate.check_inputs(ImageRequest(model="m", operation=Operation.EDIT, images=(fits,), mask=over))
+    assert (raised.value.param, raised.value.status) == ("mask", 413)  # 11 bytes: over by one
+    assert not fits.decoded and not over.decoded
 
 
 def test_a_prompt_over_the_configured_length_is_refused_naming_its_field() -> None:

@@ -4,11 +4,13 @@ generation, each client's own copy, a client leaving, the last one leaving, a sh
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -20,7 +22,16 @@ from gateway.imagestore import DirectoryImageStore
 from gateway.ratelimit import MemoryLimiter
 from gateway.router import Attempts, Router
 from schemas import melious, pomelo
-from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ImageResult, ResponseFormat
+from schemas.canonical import (
+    ErrorCode,
+    GatewayError,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    InputImage,
+    Operation,
+    ResponseFormat,
+)
 from schemas.disconnect import ClientGone
 from tests.gateway.fakes import config
 from tests.redis_support import require_shared_redis
@@ -88,6 +99,16 @@ def build(
 
 
 REQUEST = ImageRequest(model="m", prompt="a lighthouse", seed=42)
+
+
+def test_one_input_image_is_one_identity_whatever_form_it_came_in(tmp_path: Path) -> None:
+    dedup, _, _ = build(HeldBackend(), tmp_path)
+    edit = msgspec.structs.replace(REQUEST, operation=Operation.EDIT, images=(InputImage(PNG),), mask=InputImage(PNG))
+    text = base64.b64encode(PNG).decode()
+    sent_as_text = msgspec.structs.replace(edit, images=(InputImage.from_b64(text),), mask=InputImage.from_b64(text))
+    other = msgspec.structs.replace(edit, mask=InputImage(PNG + b"!"))
+    identities = [dedup.identity("alice", request, "m") for request in (edit, sent_as_text, other)]
+    assert identities[0] == identities[1] != identities[2]
 
 
 def start(

@@ -13,9 +13,20 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from schemas import melious, nebul, nebulablock, openai
-from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageRequest, ResponseFormat
+from schemas import melious, nebul, nebulablock, openai, worker
+from schemas.canonical import (
+    ErrorCode,
+    GatewayError,
+    GeneratedImage,
+    ImageRequest,
+    InputImage,
+    ResponseFormat,
+    decode_hook,
+    encode_hook,
+)
 from schemas.dialect import Endpoint
 from schemas.imageforms import CHUNK, Conversion, Pieces, conversion, encode_answer, sliceable
 
@@ -157,3 +168,68 @@ def test_a_frozen_answer_keeps_its_slices_and_is_written_whole() -> None:
     image = melious.GENERATIONS.decode_response(body, REQUEST, slices=True).images[0]
     wire = _Frozen(b64_json=image.as_json_b64())
     assert encode_answer(wire) == msgspec.json.encode({"b64_json": texts[0]})
+
+
+# --------------------------------------------------------------------------- input images (requests)
+
+
+def python_b64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error is one
+        return None
+
+
+@settings(max_examples=3000, deadline=None, database=None)
+@given(st.text(alphabet="AQw09+/=-_ \n\u00e9", max_size=14))
+def test_input_base64_is_checked_as_python_decodes_it(text: str) -> None:
+    """The check without a decode takes exactly what ``b64decode(validate=True)`` takes (its excess
+    padding after a whole group included), and the text stands for the same bytes."""
+    expected = python_b64(text)
+    try:
+        image = InputImage.from_b64(text)
+    except ValueError:
+        assert expected is None
+        return
+    assert expected is not None
+    assert (image.size, image.head(), image.decoded) == (len(expected), expected[:48], False)
+    assert python_b64(image.as_b64()) == expected and image.as_bytes() == expected
+
+
+@pytest.mark.parametrize("text", ["AAAA====", "AAAAAA==", "AAAAAAA=", "AAAA", "", "QUJD"])
+def test_input_base64_edge_cases(text: str) -> None:
+    image = InputImage.from_b64(text)
+    assert image.as_bytes() == base64.b64decode(text, validate=True)
+    assert image.size == len(image.as_bytes())
+
+
+@pytest.mark.parametrize("text", ["AAAAA=", "AAAAAA=", "AAAAAA===", "AA==A", "=", "==AA", "AAA", "AA AA", "AA\nAA"])
+def test_input_base64_refusals(text: str) -> None:
+    assert python_b64(text) is None
+    with pytest.raises(ValueError, match="base64"):
+        InputImage.from_b64(text)
+
+
+def test_an_input_image_written_down_reads_back_whatever_its_form() -> None:
+    """The worker protocol (JSON) and the job queue (msgpack) carry an input in its held form: the JSON
+    is the same whether the image is held as bytes or as base64 text, and each reads back equal."""
+    as_text = ImageRequest(model="m", images=(InputImage.from_b64(B64[1]),), mask=InputImage.from_b64(B64[2]))
+    as_bytes = ImageRequest(model="m", images=(PNG + b"\x01",), mask=PNG + b"\x02")
+    assert worker.encode_request(as_text) == worker.encode_request(as_bytes)
+    assert not as_text.images[0].decoded  # the text went into the JSON as it is
+    for request in (as_text, as_bytes):
+        assert worker.decode_request(worker.encode_request(request)) == as_bytes
+        queued = msgspec.msgpack.encode(request, enc_hook=encode_hook)
+        assert msgspec.msgpack.decode(queued, type=ImageRequest, dec_hook=decode_hook) == as_bytes
+
+
+def test_a_worker_request_with_bad_base64_is_refused() -> None:
+    body = worker.encode_request(ImageRequest(model="m", images=(PNG,))).replace(b'["iVBOR', b'["%VBOR')
+    with pytest.raises(GatewayError) as raised:
+        worker.decode_request(body)
+    assert raised.value.code is ErrorCode.INVALID_REQUEST and "base64" in raised.value.message
+
+
+def test_an_input_image_never_shows_its_content() -> None:
+    assert repr(InputImage.from_b64(B64[0])) == f"InputImage(base64, {len(PNG) + 1} bytes)"
+    assert repr(InputImage(PNG)) == f"InputImage(bytes, {len(PNG)} bytes)"

@@ -14,12 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas import nebul
 from schemas.canonical import (
     ErrorCode,
     GatewayError,
     GeneratedImage,
     ImageRequest,
     ImageResult,
+    InputImage,
     Operation,
     ResponseFormat,
     Timings,
@@ -300,6 +302,61 @@ def test_serverless_outbound_edit() -> None:
         "image": b64(IMAGE),
         "mask": b64(MASK),
     }
+
+
+# --- base64 inputs: the client's text goes on to NebulaBlock as it came (issue 15) ---
+
+B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def off_canon(data: bytes) -> str:
+    """Base64 that decodes to ``data`` but that no encoder writes: the last character's unused low bits
+    set. Text passed on as it came keeps them; text decoded and encoded again loses them."""
+    text = b64(data)
+    assert len(data) % 3, "needs unused bits"
+    body, padding = text.rstrip("="), "=" * text.count("=")
+    last = B64_ALPHABET[B64_ALPHABET.index(body[-1]) | 1]
+    odd = body[:-1] + last + padding
+    assert odd != text and base64.b64decode(odd, validate=True) == data
+    return odd
+
+
+# Both with unused bits in their last base64 character.
+PICTURE = IMAGE if len(IMAGE) % 3 else IMAGE + b"\x00"
+STENCIL = MASK if len(MASK) % 3 else MASK + b"\x00"
+
+
+def test_serverless_edit_goes_to_nebulablock_with_the_clients_base64_undecoded() -> None:
+    image, mask = off_canon(PICTURE), off_canon(STENCIL)
+    request = SERVERLESS.decode_json(body({"model": "m", "prompt": "p", "image": image, "mask": mask}))
+    inputs = [item for item in (*request.images, request.mask) if item is not None]
+    seen = [(item.size, item.head()[:8]) for item in inputs]  # read from the text: its length, its first bytes
+    assert seen == [(len(PICTURE), PICTURE[:8]), (len(STENCIL), STENCIL[:8])]
+    outbound = SERVERLESS.from_canonical(request)
+    assert (outbound.image, outbound.mask) == (image, mask)  # a decode and encode would write b64(PICTURE)
+    assert not any(item.decoded for item in inputs)  # and none happened: no bytes were made
+
+
+def test_serverless_data_url_goes_on_as_its_base64() -> None:
+    text = off_canon(PICTURE)
+    request = SERVERLESS.decode_json(body({"model": "m", "prompt": "p", "image": "data:image/png;base64," + text}))
+    assert SERVERLESS.from_canonical(request).image == text
+    assert not request.images[0].decoded
+
+
+def test_serverless_base64_input_goes_to_a_multipart_provider_as_its_bytes() -> None:
+    request = SERVERLESS.decode_json(
+        body({"model": "m", "prompt": "p", "image": off_canon(PICTURE), "mask": off_canon(STENCIL)})
+    )
+    outbound = nebul.EDITS.from_canonical(request)
+    assert (outbound.image, outbound.mask) == ([PICTURE], STENCIL)
+    assert request.images[0].decoded and request.mask is not None and request.mask.decoded  # decoded once, kept
+
+
+def test_bytes_input_goes_to_nebulablock_encoded_once() -> None:
+    request = ImageRequest(model="m", prompt="p", operation=Operation.EDIT, images=(InputImage(PICTURE),))
+    first = SERVERLESS.from_canonical(request).image
+    assert first == b64(PICTURE) and SERVERLESS.from_canonical(request).image is first
 
 
 @pytest.mark.parametrize(
