@@ -8,12 +8,13 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from local_backend import png
 from schemas.canonical import ErrorCode, GatewayError
 
 __all__ = ["MEDIA_TYPES", "PNG_COMPRESS_LEVEL", "encode_image", "encode_images", "read_image", "read_mask"]
 
-# zlib level of the PNGs drawn here, chosen by measurement (docs/local_backend.md): level 1 costs
-# at most 2% more bytes than Pillow's default 6 on the images measured, for less time.
+# zlib level of the PNGs Pillow writes (images local_backend/png.py does not: modes other than L, RGB
+# and RGBA), chosen by measurement (docs/local_backend.md).
 PNG_COMPRESS_LEVEL = 1
 
 # output_format → (Pillow format, media type)
@@ -63,6 +64,8 @@ def encode_image(image: Image.Image, output_format: str = "png", compression: in
     lossless and ignores it.
     """
     pillow_format, media_type = MEDIA_TYPES.get(output_format, MEDIA_TYPES["png"])
+    if pillow_format == "PNG" and png.writes(image):
+        return png.png_bytes(image), media_type
     options: dict[str, int] = {}
     if pillow_format == "PNG":
         options["compress_level"] = PNG_COMPRESS_LEVEL
