@@ -4,7 +4,10 @@ Requests wait here as ``Job``s. The device takes them a batch at a time: the old
 plus the waiting jobs that agree with it on model, size, steps and guidance, up to
 ``max_images`` images. The batch window holds only while companions are likely: a job
 that arrived while the device was busy or behind other waiting jobs waits up to the
-window (from its arrival) for companions; a lone job at an idle device starts at once.
+window for companions, counted from its arrival or from the end of the batch it waited
+behind, whichever is later (the clients of a batch just drawn are the likeliest
+companions: closed-loop clients come back together); a lone job at an idle device starts
+at once.
 A full queue refuses at once (``overloaded``), and a job whose client has gone is taken
 out before it runs.
 """
@@ -90,11 +93,12 @@ class BatchQueue:
         """Wait for work, then take the oldest job and its companions out of the queue."""
         loop = asyncio.get_running_loop()
         self._busy = False
+        freed = loop.time()  # the device's last batch ended now
         while True:
             while not self._jobs:
                 await self._wait_for_change(None)
             head = self._jobs[0]
-            deadline = head.enqueued_at + self.window_s
+            deadline = max(head.enqueued_at, freed) + self.window_s
             while (
                 head.hold
                 and self._jobs

@@ -70,6 +70,25 @@ async def test_a_job_arriving_at_a_busy_device_waits_the_window_for_companions()
     assert (queue.started_at_once, queue.held) == (1, 1)
 
 
+async def test_a_job_that_waited_out_a_batch_still_holds_the_window_after_it_for_its_clients() -> None:
+    """Closed-loop clients: one arrives while the device draws three others' batch, longer than the window.
+    When that batch ends its three clients come back at once; the waiting job holds for them."""
+    queue = BatchQueue(capacity=10, max_images=4, window_s=0.5)
+    await busy(queue)
+    loop = asyncio.get_running_loop()
+    waiting = job(at=loop.time() - 10)  # arrived long before: its own window is over
+    queue.put(waiting)
+    assert waiting.hold
+    batch = asyncio.create_task(queue.next_batch())  # the device is free now
+    await asyncio.sleep(0.05)
+    assert not batch.done()
+    returning = [job(), job(), job()]
+    for item in returning:
+        queue.put(item)
+    assert await asyncio.wait_for(batch, 1) == [waiting, *returning]  # full: no more wait
+    assert queue.held == 1
+
+
 async def test_a_lone_job_at_an_idle_device_starts_at_once() -> None:
     queue = BatchQueue(capacity=10, max_images=4, window_s=3600)  # a wait would never end within the test
     lone = job()
