@@ -145,8 +145,8 @@ class Decision(msgspec.Struct, frozen=True):
             if not self.allowed and self.budget is None:
                 headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
         if self.policies:
-            headers["RateLimit-Policy"] = ", ".join(state.policy_item() for state in self.policies)
-            headers["RateLimit"] = ", ".join(state.limit_item() for state in self.policies)
+            headers["RateLimit-Policy"] = ", ".join([state.policy_item() for state in self.policies])
+            headers["RateLimit"] = ", ".join([state.limit_item() for state in self.policies])
         return headers
 
     def refusal(self) -> GatewayError:
@@ -188,7 +188,7 @@ def _decision(
     reply: Sequence[int | float],
 ) -> Decision:
     """A decision from the script's reply layout (the in-memory limiter builds the same)."""
-    admitted, index, remaining, retry_ms, reset_ms = (int(value) for value in reply[:5])
+    admitted, index, remaining, retry_ms, reset_ms = map(int, reply[:5])
     index -= 1
     states = reply[5 : 5 + 2 * len(checks)]
     policies = tuple(

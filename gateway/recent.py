@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["MAX_CALLS", "WINDOW_S", "RecentCalls", "RecentRequests"]
@@ -64,9 +65,10 @@ class RecentRequests:
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
-        self._by_id: dict[str, dict[str, Any]] = {}
+        self._by_id: dict[str, Callable[[], dict[str, Any]]] = {}
 
-    def record(self, request_id: str | None, summary: dict[str, Any]) -> None:
+    def record(self, request_id: str | None, summary: Callable[[], dict[str, Any]]) -> None:
+        """Keep what ``summary`` makes, made only when the console asks (most requests are never asked for)."""
         if not request_id:
             return
         self._by_id.pop(request_id, None)
@@ -75,4 +77,5 @@ class RecentRequests:
             del self._by_id[next(iter(self._by_id))]
 
     def get(self, request_id: str) -> dict[str, Any] | None:
-        return self._by_id.get(request_id)
+        summary = self._by_id.get(request_id)
+        return summary() if summary is not None else None

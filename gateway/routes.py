@@ -326,7 +326,7 @@ async def _ended(
         await gateway.admission.settle(record.reservation, actual)
     seconds = time.perf_counter() - started
     record.finish(seconds)
-    gateway.recent_requests.record(current_request_id(), record.summary(seconds))
+    gateway.recent_requests.record(current_request_id(), functools.partial(record.summary, seconds))
     if span is not None:
         span.end(record, operation, status)
 
