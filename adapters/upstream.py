@@ -9,6 +9,7 @@ docs/benchmarks.md:
   the rate of httpx over the same aiohttp transport, for half the CPU per request.
 - ``httpx-aiohttp``: an ``httpx.AsyncClient`` over aiohttp's transport (httpx-aiohttp).
 - ``httpx``: an ``httpx.AsyncClient`` with httpx's own transport (httpcore).
+- ``raw``: an HTTP/1.1 client of our own on asyncio protocols and httptools (``adapters/rawhttp.py``).
 
 Every client keeps no cookies (nothing a provider sets while serving one client reaches
 the next), follows no redirects, reuses connections to every upstream, and reads an
@@ -40,8 +41,8 @@ __all__ = [
     "encode_multipart",
 ]
 
-Transport = Literal["aiohttp", "httpx-aiohttp", "httpx"]
-TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx-aiohttp", "httpx")
+Transport = Literal["aiohttp", "httpx-aiohttp", "httpx", "raw"]
+TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx-aiohttp", "httpx", "raw")
 
 # One pool for every upstream: connections are reused across requests and providers.
 MAX_CONNECTIONS = 512
@@ -125,6 +126,10 @@ def build_upstream_client(transport: str) -> UpstreamClient:
         return AiohttpUpstream()
     if transport in ("httpx", "httpx-aiohttp"):
         return HttpxUpstream(aiohttp_transport=transport == "httpx-aiohttp")
+    if transport == "raw":
+        from adapters.rawhttp import RawUpstream  # it builds on this module
+
+        return RawUpstream()
     raise ValueError(f"unknown upstream transport {transport!r}; one of {', '.join(TRANSPORTS)}")
 
 

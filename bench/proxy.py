@@ -90,7 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--docs", default=str(DOCS), help="the Markdown file to write the results into")
     add("--no-docs", action="store_true", help="do not write the docs")
     add("--json", dest="json_out", help="also write every result as JSON here")
-    add("--upstream-transport", default="aiohttp", choices=TRANSPORTS, help="the gateway's upstream client")
+    add("--upstream-transport", default="raw", choices=TRANSPORTS, help="the gateway's upstream client")
     add("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
     args = parser.parse_args(argv)
     if args.quick:

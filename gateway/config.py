@@ -252,7 +252,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     request_deadline_s: Seconds = 120.0  # no chain of retries and fallbacks outlives it
     # The HTTP client every adapter sends through (adapters/upstream.py): aiohttp's own client
     # (fastest, measured), httpx over aiohttp's transport, or httpx with its own transport.
-    upstream_transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
+    upstream_transport: Literal["aiohttp", "httpx-aiohttp", "httpx", "raw"] = "raw"
     shutdown_grace_s: Seconds = 30.0  # on SIGTERM: stop accepting, let requests in flight finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False

@@ -164,6 +164,73 @@ def cut_off_server() -> Iterator[str]:
     thread.join(timeout=5)
 
 
+def socket_server(handle: Any) -> Iterator[str]:
+    """A plain socket server on a thread: ``handle(connection, index)`` serves the index-th connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        index = 0
+        try:
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    handle(connection, index)
+                index += 1
+        except OSError:
+            return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def until_close_server() -> Iterator[str]:
+    """Answers with neither a length nor chunks: the body ends where the connection does."""
+
+    def handle(connection: socket.socket, _: int) -> None:
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nall of it")
+
+    yield from socket_server(handle)
+
+
+async def test_an_answer_that_ends_with_its_connection_is_read_whole(
+    client: UpstreamClient, until_close_server: str
+) -> None:
+    answer = await send(client, until_close_server)
+    assert answer.status == 200 and bytes(answer.body) == b"all of it"
+
+
+@pytest.fixture
+def closing_server() -> Iterator[str]:
+    """Answers the first request of each connection, keeps it open, and closes it unanswered at the second:
+    a server that dropped a kept-alive connection just as the client reused it."""
+
+    def handle(connection: socket.socket, index: int) -> None:
+        connection.recv(65536)
+        body = b"answer %d" % index
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        connection.recv(65536)  # the second request: closed without an answer
+
+    yield from socket_server(handle)
+
+
+async def test_a_stale_kept_alive_connection_is_retried_once_on_a_new_one(closing_server: str) -> None:
+    client = build_upstream_client("raw")
+    try:
+        first = await send(client, closing_server)
+        second = await send(client, closing_server)
+        assert (bytes(first.body), bytes(second.body)) == (b"answer 0", b"answer 1")
+    finally:
+        await client.aclose()
+
+
 async def test_answer_cut_off_mid_body_is_a_failure(client: UpstreamClient, cut_off_server: str) -> None:
     with pytest.raises(UpstreamFailure) as failed:
         await send(client, cut_off_server)
@@ -221,7 +288,7 @@ def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
     thread.join(timeout=5)
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx", "raw"])
 async def test_proxy_from_the_environment_is_used_except_for_no_proxy_hosts(
     transport: str, recording_proxy: tuple[str, list[bytes]], server: ThreadedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
