@@ -193,6 +193,12 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """Close at once (a TLS connection's close waits for the loop to say goodbye; at shutdown it may not)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class RawUpstream:
     """Kept-alive connections per origin; each call takes an idle one or opens one."""
@@ -306,6 +312,6 @@ class RawUpstream:
     async def aclose(self) -> None:
         for idle in self._idle.values():
             for connection in idle:
-                connection.close()
+                connection.abort()
         self._idle.clear()
         await self._proxied.aclose()

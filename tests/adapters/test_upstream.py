@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import email.parser
 import email.policy
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -304,3 +307,55 @@ async def test_proxy_from_the_environment_is_used_except_for_no_proxy_hosts(
         assert direct.status == 201 and bytes(direct.body) == b"straight" and len(lines) == 1
     finally:
         await upstream.aclose()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Any) -> Iterator[tuple[str, str]]:
+    """An HTTPS server on 127.0.0.1 with a certificate made here (openssl), and that certificate's file."""
+    openssl = shutil.which("openssl")
+    assert openssl, "the TLS test needs the openssl command (Debian: apt-get install openssl)"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    def handle(connection: socket.socket, _: int) -> None:
+        try:
+            with context.wrap_socket(connection, server_side=True) as tls:
+                while request := tls.recv(65536):  # kept alive: one answer per request
+                    assert request.startswith(b"GET ")
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsecured")
+        except (ssl.SSLError, OSError):  # a client that refused the certificate
+            return
+
+    for url in socket_server(handle):
+        yield url.replace("http://", "https://"), str(cert)
+
+
+async def test_https_with_the_server_certificate_trusted(
+    tls_server: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS through the event loop, verified against OpenSSL's default trust store (here: the test's certificate)."""
+    url, cert = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # read when the client's context is made, on its first https call
+    client = build_upstream_client("raw")
+    try:
+        first, second = await send(client, url), await send(client, url)
+        assert bytes(first.body) == bytes(second.body) == b"secured"
+    finally:
+        await client.aclose()
+
+
+async def test_https_to_a_server_whose_certificate_is_not_trusted_is_refused(tls_server: tuple[str, str]) -> None:
+    url, _ = tls_server  # the system's CA bundle does not hold the test's certificate
+    client = build_upstream_client("raw")
+    try:
+        with pytest.raises(UpstreamFailure) as failed:
+            await send(client, url)
+        assert not failed.value.reached and isinstance(failed.value.__cause__, ssl.SSLCertVerificationError)
+    finally:
+        await client.aclose()
