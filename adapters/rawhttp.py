@@ -238,7 +238,7 @@ class RawUpstream:
         read_timeout: float,
         max_bytes: int,
     ) -> Answer:
-        if self._proxied._proxy(url) is not None:
+        if self._proxied.proxy_for(url) is not None:
             return await self._proxied.send(
                 method, url, body=body, headers=headers, connect_timeout=connect_timeout,
                 read_timeout=read_timeout, max_bytes=max_bytes,

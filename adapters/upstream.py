@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 
+from schemas.imageforms import sliceable
+
 __all__ = [
     "MAPPED_MIN",
     "TRANSPORTS",
@@ -176,8 +178,8 @@ class _Buffer:
         end = self.size + len(chunk)
         if end > self.limit:
             raise AnswerTooLarge(self.limit)
-        if self.plain:
-            self.plain = chunk.isascii() and b"\\" not in chunk
+        if self.plain:  # what a slice needs, checked while the chunk is in the cache
+            self.plain = sliceable(chunk)
         if end <= len(self.body):
             self.body[self.size : end] = chunk
             self.size = end
@@ -216,7 +218,7 @@ class AiohttpUpstream:
         self._env_proxies = urllib.request.getproxies_environment()
         self._proxies: dict[tuple[str, str], str | None] = {}
 
-    def _proxy(self, url: str) -> str | None:
+    def proxy_for(self, url: str) -> str | None:
         """The proxy for ``url`` from the environment, or None."""
         if not self._env_proxies:
             return None
@@ -268,7 +270,7 @@ class AiohttpUpstream:
                 headers=headers,
                 timeout=self._timeout(connect_timeout, read_timeout),
                 allow_redirects=False,
-                proxy=self._proxy(url),
+                proxy=self.proxy_for(url),
             ) as response:
                 buffer = _Buffer(response.content_length, max_bytes, ok=response.status < 300)
                 content = response.content

@@ -216,61 +216,50 @@ class Jobs:
     ) -> Answer:
         """Store and queue a job; ``202`` with its place, or the plain answer when it ends within ``wait``."""
         async with store_errors():
-            return await self._submit(ticket, endpoint, canonical, request, record, rate_headers)
-
-    async def _submit(
-        self,
-        ticket: Ticket,
-        endpoint: Endpoint[Any, Any],
-        canonical: ImageRequest,
-        request: ScopeInbound,
-        record: RequestRecord,
-        rate_headers: dict[str, str],
-    ) -> Answer:
-        key, preferences, webhook = ticket.key, ticket.preferences, ticket.webhook
-        if canonical.stream:  # a job's result is the JSON answer; events are at /v1/jobs/{id}/events
-            raise GatewayError(
-                ErrorCode.INVALID_REQUEST,
-                "`stream` cannot be combined with `Prefer: respond-async`; follow the job's events instead",
-                param="stream",
-                public=True,
-            )
-        if await self.queue.waiting() >= self.settings.max_queued:
-            raise GatewayError(ErrorCode.OVERLOADED, "too many jobs are waiting; try again later", public=True)
-        now = int(time.time())
-        job = JobRecord(
-            id=secrets.token_urlsafe(24),
-            key=key.name if key is not None else None,
-            route=_route_of(endpoint),
-            status=QUEUED,
-            created_at=now,
-            updated_at=now,
-            request_id=current_request_id(),
-            base_url=self.gateway.public_base_url or request.base_url(),
-        )
-        job.webhook = webhook
-        job.reservation = record.reservation  # of the key's budget: the job settles it when it ends
-        await self.queue.put(job, msgspec.msgpack.encode(canonical, enc_hook=encode_hook))
-        record.reservation = None
-        self._transition(job, "submitted")
-        if preferences.wait:  # a client that hangs up while it waits leaves the job running
-            waited = self.wait(job.id, min(preferences.wait, self.settings.max_wait_s))
-            done = await unless_client_leaves(request.receive, waited)
-            if done is not None and done.status == SUCCEEDED and done.result is not None:
-                return Answer(done.result.encode(), {**done.headers, **rate_headers})
-            if done is not None and done.status == FAILED and done.failure is not None:
-                failure = done.failure
+            key, preferences, webhook = ticket.key, ticket.preferences, ticket.webhook
+            if canonical.stream:  # a job's result is the JSON answer; events are at /v1/jobs/{id}/events
                 raise GatewayError(
-                    ErrorCode(failure.code),
-                    failure.message,
-                    param=failure.param,
-                    status=failure.status,
-                    headers=dict(failure.headers),
+                    ErrorCode.INVALID_REQUEST,
+                    "`stream` cannot be combined with `Prefer: respond-async`; follow the job's events instead",
+                    param="stream",
                     public=True,
                 )
-        body = msgspec.json.encode({"id": job.id, "status": QUEUED, "created_at": job.created_at})
-        headers = {"Location": f"{JOBS_PATH}/{job.id}", "Preference-Applied": "respond-async", **rate_headers}
-        return Answer(body, headers, 202)
+            if await self.queue.waiting() >= self.settings.max_queued:
+                raise GatewayError(ErrorCode.OVERLOADED, "too many jobs are waiting; try again later", public=True)
+            now = int(time.time())
+            job = JobRecord(
+                id=secrets.token_urlsafe(24),
+                key=key.name if key is not None else None,
+                route=_route_of(endpoint),
+                status=QUEUED,
+                created_at=now,
+                updated_at=now,
+                request_id=current_request_id(),
+                base_url=self.gateway.public_base_url or request.base_url(),
+            )
+            job.webhook = webhook
+            job.reservation = record.reservation  # of the key's budget: the job settles it when it ends
+            await self.queue.put(job, msgspec.msgpack.encode(canonical, enc_hook=encode_hook))
+            record.reservation = None
+            self._transition(job, "submitted")
+            if preferences.wait:  # a client that hangs up while it waits leaves the job running
+                waited = self.wait(job.id, min(preferences.wait, self.settings.max_wait_s))
+                done = await unless_client_leaves(request.receive, waited)
+                if done is not None and done.status == SUCCEEDED and done.result is not None:
+                    return Answer(done.result.encode(), {**done.headers, **rate_headers})
+                if done is not None and done.status == FAILED and done.failure is not None:
+                    failure = done.failure
+                    raise GatewayError(
+                        ErrorCode(failure.code),
+                        failure.message,
+                        param=failure.param,
+                        status=failure.status,
+                        headers=dict(failure.headers),
+                        public=True,
+                    )
+            body = msgspec.json.encode({"id": job.id, "status": QUEUED, "created_at": job.created_at})
+            headers = {"Location": f"{JOBS_PATH}/{job.id}", "Preference-Applied": "respond-async", **rate_headers}
+            return Answer(body, headers, 202)
 
     async def wait(self, job_id: str, seconds: float) -> JobRecord | None:
         """The job once it has ended, or None when it has not within ``seconds``."""

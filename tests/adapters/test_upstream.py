@@ -141,32 +141,6 @@ async def test_slow_answer_times_out(client: UpstreamClient, server: ThreadedSer
     assert failed.value.reached and failed.value.timed_out
 
 
-@pytest.fixture
-def cut_off_server() -> Iterator[str]:
-    """Answers every request with a 1000-byte Content-Length, 10 bytes, and a closed socket."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(10)
-
-    def serve() -> None:
-        try:
-            while True:
-                connection, _ = listener.accept()
-                with connection:
-                    connection.recv(65536)
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n")
-                    connection.sendall(b"0123456789")
-        except OSError:
-            return
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
-    with contextlib.suppress(OSError):
-        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting in the thread
-    listener.close()
-    thread.join(timeout=5)
-
-
 def socket_server(handle: Any) -> Iterator[str]:
     """A plain socket server on a thread: ``handle(connection, index)`` serves the index-th connection."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -232,6 +206,18 @@ async def test_a_stale_kept_alive_connection_is_retried_once_on_a_new_one(closin
         assert (bytes(first.body), bytes(second.body)) == (b"answer 0", b"answer 1")
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def cut_off_server() -> Iterator[str]:
+    """Answers every request with a 1000-byte Content-Length, 10 bytes, and a closed socket."""
+
+    def handle(connection: socket.socket, _: int) -> None:
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n")
+        connection.sendall(b"0123456789")
+
+    yield from socket_server(handle)
 
 
 async def test_answer_cut_off_mid_body_is_a_failure(client: UpstreamClient, cut_off_server: str) -> None:
