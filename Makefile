@@ -13,30 +13,48 @@ CONFIG ?=
 EMULATOR_PORT ?= 9101
 EMULATOR_PORTS = MELIOUS_PORT=$(EMULATOR_PORT) NEBUL_PORT=$$(($(EMULATOR_PORT) + 1)) \
 	POMELO_PORT=$$(($(EMULATOR_PORT) + 2)) NEBULABLOCK_PORT=$$(($(EMULATOR_PORT) + 3))
-STAMP := $(VENV)/.installed
-# Optional: an index for hosts where plain torch==2.13.0 would resolve to a CUDA build.
-TORCH_INDEX ?=
+# What each target installs comes from the lock files in requirements/ (written by `make lock`), exact versions
+# with their hashes: serve.txt (the package and its `local` extra: what `make run` needs), test.txt (serve + `dev`),
+# bench.txt (test + `bench`). pip.conf's find-links supply the torch==2.13.0 CPU build these machines keep on disk.
+PIP := $(BIN)/pip --quiet --quiet --disable-pip-version-check
+SERVE_STAMP := $(VENV)/.installed-serve
+STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 LITELLM_VENV ?= bench/.venv-litellm
 
-.PHONY: install run test lint emulators bench bench-quick bench-servers bench-portkey bench-local clean
+.PHONY: install run test lint lock emulators bench bench-quick bench-servers bench-portkey bench-local clean
 
-$(STAMP): pyproject.toml
+# One lock file into the virtualenv, then the project itself (no dependency resolution at all).
+define install_lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,local]' $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PIP) install --require-hashes --no-deps -r $(1)
+	$(PIP) install --no-deps --no-build-isolation -e .
+endef
+
+$(SERVE_STAMP): requirements/serve.txt pyproject.toml
+	$(call install_lock,requirements/serve.txt)
+	touch $@
+
+$(STAMP): requirements/test.txt pyproject.toml
+	$(call install_lock,requirements/test.txt)
 	@# The console's browser tests drive Debian's Chromium (no `playwright install` download).
 	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium) || true
 	@test -x /usr/bin/chromium || echo "note: /usr/bin/chromium is missing (apt-get install chromium): tests/console will fail"
-	touch $(STAMP)
+	touch $@ $(SERVE_STAMP)
 
 # The official openai JS SDK for tests/integration/test_streams.py, at the version the lock file pins.
 JS_SDK := tests/js/node_modules/.package-lock.json
 $(JS_SDK): tests/js/package.json tests/js/package-lock.json
 	npm ci --silent --no-audit --no-fund --prefix tests/js
 
+# Re-resolve every lock file to the newest versions pyproject.toml allows, and print what changed.
+# Run it on purpose (a dependency to move, a new one declared), then `make test`, and commit requirements/ with it.
+lock:
+	$(PYTHON) requirements/lock.py
+
 install: $(STAMP) $(JS_SDK)
 
-run: $(STAMP)
+run: $(SERVE_STAMP)
 	$(EMULATOR_PORTS) $(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(STAMP) $(JS_SDK)
@@ -47,28 +65,28 @@ lint: $(STAMP)
 	$(BIN)/mypy schemas adapters gateway local_backend bench
 
 # All four provider emulators on 127.0.0.1:9101..9104 (EMULATOR_PORT moves them), for the README's examples.
-emulators: $(STAMP)
+emulators: $(SERVE_STAMP)
 	$(BIN)/python -m tests.emulators all --base-port $(EMULATOR_PORT)
 
-# LiteLLM's proxy lives in its own virtualenv: it pins versions of its own.
-$(LITELLM_VENV)/bin/python:
-	$(PYTHON) -m venv $(LITELLM_VENV)
-	$(LITELLM_VENV)/bin/pip install --quiet --upgrade pip
-	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]'
-
-$(VENV)/.bench-installed: $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[bench]'
+# LiteLLM's proxy lives in its own virtualenv: it pins versions of its own (requirements/litellm.txt).
+$(LITELLM_VENV)/bin/python: requirements/litellm.txt
+	test -x $@ || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip --quiet --quiet install --require-hashes --no-deps -r requirements/litellm.txt
 	touch $@
 
+$(BENCH_STAMP): requirements/bench.txt pyproject.toml
+	$(call install_lock,requirements/bench.txt)
+	touch $@ $(STAMP) $(SERVE_STAMP)
+
 # The gateway against a bare emulator and LiteLLM's proxy; writes docs/benchmarks.md.
-bench: $(VENV)/.bench-installed $(LITELLM_VENV)/bin/python
+bench: $(BENCH_STAMP) $(LITELLM_VENV)/bin/python
 	$(BIN)/python -m bench.proxy --litellm-python $(LITELLM_VENV)/bin/python --py-spy
 
-bench-quick: $(VENV)/.bench-installed $(LITELLM_VENV)/bin/python
+bench-quick: $(BENCH_STAMP) $(LITELLM_VENV)/bin/python
 	$(BIN)/python -m bench.proxy --quick --litellm-python $(LITELLM_VENV)/bin/python
 
 # uvicorn (uvloop+httptools, asyncio+h11), Granian, and two processes, serving the same gateway.
-bench-servers: $(VENV)/.bench-installed
+bench-servers: $(BENCH_STAMP)
 	$(BIN)/python -m bench.servers
 
 # Portkey's open-source gateway (Node.js, from npm into bench/.portkey) against the same emulator.
@@ -76,11 +94,11 @@ PORTKEY_VERSION ?= 1.15.2
 bench/.portkey/node_modules/@portkey-ai/gateway/package.json:
 	npm install --silent --no-audit --no-fund --prefix bench/.portkey @portkey-ai/gateway@$(PORTKEY_VERSION)
 
-bench-portkey: $(VENV)/.bench-installed bench/.portkey/node_modules/@portkey-ai/gateway/package.json
+bench-portkey: $(BENCH_STAMP) bench/.portkey/node_modules/@portkey-ai/gateway/package.json
 	$(BIN)/python -m bench.portkey
 
 # The local diffusers backend: images/s at concurrency 1, 4, 16 against a bare pipeline loop.
-bench-local: $(STAMP)
+bench-local: $(SERVE_STAMP)
 	$(BIN)/python -m bench.local
 
 clean:

@@ -167,6 +167,14 @@ def not_utf8(field: str | None) -> GatewayError:
     return GatewayError(ErrorCode.INVALID_REQUEST, f"`{field}` is not valid UTF-8 text", param=field)
 
 
+def _is_utf8(body: Buffer) -> bool:
+    try:
+        bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
 
 
@@ -257,10 +265,14 @@ class Endpoint(abc.ABC, Generic[ReqT, RespT]):
         """Decode a JSON body into the canonical request, or raise a 4xx ``GatewayError``."""
         try:
             wire = self._request_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except msgspec.ValidationError as exc:
             raise validation_error(exc, self.field_rules) from exc
-        except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only in the strings it keeps
-            raise not_utf8(_undecodable_field(body)) from exc
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # Text that is not UTF-8: msgspec 0.22 raises UnicodeDecodeError (and only for the strings it keeps),
+            # 0.23 a DecodeError. Either way the body is looked at again, on this error path only.
+            if isinstance(exc, UnicodeDecodeError) or not _is_utf8(body):
+                raise not_utf8(_undecodable_field(body)) from exc
+            raise validation_error(exc, self.field_rules) from exc
         except RecursionError as exc:
             raise GatewayError(ErrorCode.INVALID_REQUEST, "Request body is nested too deeply") from exc
         try:

@@ -1,0 +1,78 @@
+"""`make lock`: re-resolve every lock file in requirements/ to the newest versions the project allows.
+
+The lock files are what every install reads (the Makefile installs them with ``--require-hashes --no-deps``),
+so a fresh machine gets exactly what CI passed with. This script is the only writer:
+
+- ``bench.txt``: the package with its ``local``, ``dev`` and ``bench`` extras (resolved first: the widest set);
+- ``test.txt``: ``local`` and ``dev`` (``make test``), ``serve.txt``: ``local`` (``make run``),
+  ``gateway.txt``: the package alone (a gateway-only replica) — each held to bench.txt's versions, so the four agree;
+- ``litellm.txt``: LiteLLM's proxy and SDK (``litellm.in``), in a virtualenv of its own (it pins its own versions).
+
+It prints each package whose version moved. Run it when a dependency should move or a new one is declared,
+then ``make test``, and commit requirements/ with the change.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TOOLS = ROOT / ".venv-lock"
+PIP_TOOLS = "pip-tools==7.7.0"
+FLAGS = [
+    "--quiet",
+    "--allow-unsafe",  # setuptools too: the editable install builds without isolation, from the lock
+    "--generate-hashes",
+    "--strip-extras",
+    "--no-emit-index-url",  # the machine's pip.conf says where packages come from, the lock says which
+    "--no-emit-find-links",
+    "--upgrade",
+]
+# (output, extras, constrained by bench.txt, source)
+LOCKS: list[tuple[str, list[str], bool, str]] = [
+    ("bench.txt", ["local", "dev", "bench"], False, "pyproject.toml"),
+    ("test.txt", ["local", "dev"], True, "pyproject.toml"),
+    ("serve.txt", ["local"], True, "pyproject.toml"),
+    ("gateway.txt", [], True, "pyproject.toml"),
+    ("litellm.txt", [], False, "requirements/litellm.in"),
+]
+_PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)", re.M)
+
+
+def pins(path: Path) -> dict[str, str]:
+    return dict(_PIN.findall(path.read_text())) if path.exists() else {}
+
+
+def main() -> int:
+    compile_ = TOOLS / "bin" / "pip-compile"
+    if not compile_.exists():
+        venv.create(TOOLS, with_pip=True)
+        subprocess.run([str(TOOLS / "bin" / "pip"), "install", "--quiet", PIP_TOOLS], check=True)
+    changed = 0
+    for name, extras, constrained, source in LOCKS:
+        out = HERE / name
+        before = pins(out)
+        command = [str(compile_), *FLAGS, "-o", str(out.relative_to(ROOT)), source]
+        if source == "pyproject.toml":
+            command.append("--all-build-deps")
+        command += [f"--extra={extra}" for extra in extras]
+        if constrained:
+            command += ["-c", "requirements/bench.txt"]
+        subprocess.run(command, check=True, cwd=ROOT)
+        after = pins(out)
+        for package in sorted(before.keys() | after.keys()):
+            old, new = before.get(package), after.get(package)
+            if old != new:
+                changed += 1
+                print(f"{name}: {package} {old or '(new)'} -> {new or '(removed)'}")
+    print(f"{changed} change(s)" if changed else "nothing moved")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
