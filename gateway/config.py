@@ -7,11 +7,13 @@ config never gets as far as serving.
 from __future__ import annotations
 
 import base64
+import enum
 import ipaddress
 import os
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
@@ -403,19 +405,48 @@ def cross_check(config: GatewayConfig) -> list[str]:
     admins = [key.name for key in config.auth.admin_keys]
     if len(admins) != len(set(admins)):
         problems.append("two admin keys under `auth.admin_keys` share a name - at `$.auth.admin_keys`")
+    models = [(model.name, model.aliases, [target.provider for target in model.targets]) for model in config.models]
+    return problems + reference_problems(set(config.providers), models) + currency_problems(config)
+
+
+def reference_problems(providers: set[str], models: list[tuple[str, list[str], list[str]]]) -> list[str]:
+    """Model names or aliases used twice, and targets naming a provider that is not under ``providers``.
+
+    ``models`` holds (name, aliases, each target's provider) for ``$.models[i]``: the checked config gives them,
+    and so does a config whose parts have errors (``_raw_references``), so that one run reports both kinds.
+    """
+    problems: list[str] = []
     seen: set[str] = set()
-    for index, model in enumerate(config.models):
-        for name in (model.name, *model.aliases):
+    for index, (model, aliases, targets) in enumerate(models):
+        for name in (model, *aliases):
             if name in seen:
                 problems.append(f"model name or alias {name!r} is used twice - at `$.models[{index}]`")
             seen.add(name)
-        for number, target in enumerate(model.targets):
-            if target.provider not in config.providers:
+        for number, provider in enumerate(targets):
+            if provider not in providers:
+                known = ", ".join(repr(name) for name in sorted(providers)) or "none"
                 problems.append(
-                    f"model {model.name!r} targets provider {target.provider!r}, which is not under `providers`"
+                    f"model {model!r} targets provider {provider!r}, which is not under `providers` (there: {known})"
                     f" - at `$.models[{index}].targets[{number}].provider`"
                 )
-    return problems + currency_problems(config)
+    return problems
+
+
+def _raw_references(raw: dict[str, Any]) -> list[str]:
+    """``reference_problems`` read off the YAML as parsed, for a config whose parts did not all convert."""
+    providers = raw.get("providers")
+    names = {str(name) for name in providers} if isinstance(providers, dict) else set()
+    models: list[tuple[str, list[str], list[str]]] = []
+    for model in raw.get("models") if isinstance(raw.get("models"), list) else []:
+        model = model if isinstance(model, dict) else {}
+        aliases = model.get("aliases") if isinstance(model.get("aliases"), list) else []
+        targets = model.get("targets") if isinstance(model.get("targets"), list) else []
+        models.append((
+            str(model.get("name", "")),
+            [str(alias) for alias in aliases],
+            [str(target["provider"]) for target in targets if isinstance(target, dict) and "provider" in target],
+        ))
+    return reference_problems(names, models)
 
 
 def require_models(config: GatewayConfig, source: str = "<config>") -> None:
@@ -462,7 +493,8 @@ def _convert_at(value: Any, kind: Any, path: str, errors: list[str]) -> Any:
     """Check ``value`` alone as ``kind``; an error is noted with its full path from the file's root.
 
     msgspec elides dict keys (``$.providers[...]``) and names a ``__post_init__`` error at
-    its struct, so each part is converted by itself and the path is rebuilt here.
+    its struct, so each part is converted by itself and the path is rebuilt here. A bad choice
+    (a ``Literal`` or an enum) says which values are allowed.
     """
     try:
         return msgspec.convert(value, kind)
@@ -473,8 +505,80 @@ def _convert_at(value: Any, kind: Any, path: str, errors: list[str]) -> Any:
         message = message[: match.start()] if match else message
         if isinstance(exc.__cause__, FieldValueError):
             inner += f".{exc.__cause__.field}"
+        choices = _choices(kind)
+        if choices and not inner:
+            message += f" (one of: {', '.join(repr(choice) for choice in choices)})"
         errors.append(f"{message} - at `{path}{inner}`")
         return None
+
+
+def _unwrap(kind: Any) -> Any:
+    return get_args(kind)[0] if get_origin(kind) is Annotated else kind
+
+
+def _is_struct(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+
+
+def _choices(kind: Any) -> list[Any]:
+    """The values a ``Literal`` or an enum allows (through ``Annotated`` and ``| None``); [] for any other type."""
+    kind = _unwrap(kind)
+    if get_origin(kind) is Literal:
+        return list(get_args(kind))
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return [member.value for member in kind]
+    if get_origin(kind) in (Union, types.UnionType):
+        return [choice for arg in get_args(kind) if arg is not type(None) for choice in _choices(arg)]
+    return []
+
+
+def _collect(value: Any, kind: Any, path: str, errors: list[str]) -> bool:
+    """Check ``value`` as ``kind`` field by field, so that every error in it is reported at once.
+
+    msgspec stops at the first error of a struct; here each field of a struct (each item of a list,
+    each value of a dict, the member a tagged union's ``kind`` picks) is checked by itself, then the
+    whole part is converted once its fields are sound (for its own constraints and ``__post_init__``).
+    """
+    before = len(errors)
+    inner = _unwrap(kind)
+    origin = get_origin(inner)
+    if _is_struct(inner) and isinstance(value, dict):
+        config = inner.__struct_config__
+        fields = {field.encode_name: field for field in msgspec.structs.fields(inner)}
+        if config.forbid_unknown_fields:
+            for key in value:
+                if key not in fields and key != config.tag_field:
+                    errors.append(f"Object contains unknown field `{key}` - at `{path}`")
+        for name, field in fields.items():
+            if name in value:
+                _collect(value[name], field.type, f"{path}.{name}", errors)
+            elif field.required:
+                errors.append(f"Object missing required field `{name}` - at `{path}`")
+    elif origin in (Union, types.UnionType) and value is not None:
+        members = [arg for arg in get_args(inner) if arg is not type(None)]
+        tagged = [member for member in members if _is_struct(member) and member.__struct_config__.tag_field]
+        if tagged and isinstance(value, dict):
+            tag_field = tagged[0].__struct_config__.tag_field
+            by_tag = {member.__struct_config__.tag: member for member in tagged}
+            tag = value.get(tag_field)
+            if tag in by_tag:
+                _collect(value, by_tag[tag], path, errors)
+            else:
+                allowed = ", ".join(repr(name) for name in by_tag)
+                errors.append(f"`{tag_field}` must be one of: {allowed}; got {tag!r} - at `{path}.{tag_field}`")
+        elif len(members) == 1:
+            _collect(value, members[0], path, errors)
+    elif origin is list and isinstance(value, list):
+        (item,) = get_args(inner)
+        for index, element in enumerate(value):
+            _collect(element, item, f"{path}[{index}]", errors)
+    elif origin is dict and isinstance(value, dict):
+        item = get_args(inner)[1]
+        for key, element in value.items():
+            _collect(element, item, f"{path}.{key}", errors)
+    if len(errors) == before:
+        _convert_at(value, kind, path, errors)
+    return len(errors) == before
 
 
 def _check_parts(raw: dict[str, Any], errors: list[str]) -> None:
@@ -490,19 +594,11 @@ def _check_parts(raw: dict[str, Any], errors: list[str]) -> None:
     }
     for key, value in raw.items():
         if key in sections:
-            _convert_at(value, sections[key], f"$.{key}", errors)
+            _collect(value, sections[key], f"$.{key}", errors)
         elif key == "providers":
-            if not isinstance(value, dict):
-                _convert_at(value, dict[str, Any], "$.providers", errors)
-                continue
-            for name, provider in value.items():
-                _convert_at(provider, ProviderConfig, f"$.providers.{name}", errors)
+            _collect(value, dict[str, ProviderConfig], "$.providers", errors)
         elif key == "models":
-            if not isinstance(value, list):
-                _convert_at(value, list[Any], "$.models", errors)
-                continue
-            for index, model in enumerate(value):
-                _convert_at(model, ModelConfig, f"$.models[{index}]", errors)
+            _collect(value, list[ModelConfig], "$.models", errors)
         else:
             errors.append(f"Object contains unknown field `{key}` - at `$`")
 
@@ -530,6 +626,8 @@ def parse_config(text: str, source: str = "<string>", environ: dict[str, str] | 
         checked: list[str] = []
         _check_parts(expanded, checked)
         errors += [error for error in checked if not any(error.endswith(f" - at {path}") for path in unset)]
+        if errors:  # the cross-references are checked on the whole config below; with errors, on the YAML itself
+            errors += _raw_references(expanded)
     if not errors:
         try:
             return msgspec.convert(expanded, GatewayConfig)

@@ -133,7 +133,9 @@ models:
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "refs.yaml", environ={})
     text_of = str(caught.value)
-    assert "provider 'nope', which is not under `providers` - at `$.models[1].targets[1].provider`" in text_of
+    assert (
+        "provider 'nope', which is not under `providers` (there: 'mel') - at `$.models[1].targets[1].provider`" in text_of
+    )
     assert "'a' is used twice - at `$.models[2]`" in text_of
     assert "- at `$.models[2].targets[0].provider`" in text_of
     assert len(caught.value.errors) == 3
@@ -211,3 +213,50 @@ def test_a_worker_config_passes_check_config_but_not_serve(tmp_path: Path, capsy
     assert "ok (1 local models for `image-gateway worker`" in capsys.readouterr().out
     assert main(["serve", "--config", str(worker), "--port", "0"]) == 1
     assert "no models under `models`" in capsys.readouterr().err
+
+
+def test_one_run_reports_every_problem_even_several_in_one_part() -> None:
+    """A config broken in many places at once: one run names every field, and each bad choice its allowed values.
+
+    (msgspec stops at a struct's first error: several in one provider, a bad `kind` beside a broken model and a
+    reference to a provider that is not there used to take one run each.)
+    """
+    text = """
+server: {port: abc, upstream_transport: carrier-pigeon, max_body_bytes: 0}
+providers:
+  mel: {kind: melious, base_url: 'http://x', api_key: 7, timeout: {read: 0, total: -1}, bogus: 1}
+  odd: {kind: openia, base_url: 'http://x'}
+  pom: {kind: pomelo, endpoint: sdxl, base_url: 'http://x'}
+models:
+  - {name: a, targets: [{provider: mel, model: m, max_n: 0, operations: [paint]}]}
+  - {name: b, targets: [{provider: nope, model: m}]}
+  - {targets: []}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "many.yaml", environ={})
+    errors = caught.value.errors
+    paths = [error.rsplit(" - at ", 1)[1] for error in errors]
+    for path in (
+        "`$.server.port`",
+        "`$.server.upstream_transport`",
+        "`$.server.max_body_bytes`",
+        "`$.providers.mel`",  # the unknown field `bogus`
+        "`$.providers.mel.api_key`",
+        "`$.providers.mel.timeout.read`",
+        "`$.providers.mel.timeout.total`",
+        "`$.providers.odd.kind`",
+        "`$.providers.pom.endpoint`",
+        "`$.models[0].targets[0].max_n`",
+        "`$.models[0].targets[0].operations[0]`",
+        "`$.models[1].targets[0].provider`",
+        "`$.models[2]`",  # no name
+        "`$.models[2].targets`",  # empty
+    ):
+        assert path in paths, f"{path} not reported in one run: {errors}"
+    text_of = "\n".join(errors)
+    assert "unknown field `bogus`" in text_of
+    assert "one of: 'melious', 'nebul', 'pomelo', 'nebulablock', 'local'" in text_of
+    assert "(one of: 'midjourney', 'flux')" in text_of
+    assert "missing required field `name`" in text_of
+    assert "(there: 'mel', 'odd', 'pom')" in text_of
+    assert "'paint' (one of: 'generate', 'edit', 'variation')" in text_of
