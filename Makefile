@@ -42,7 +42,7 @@ $(STAMP): requirements/test.txt pyproject.toml
 	@test -x /usr/bin/chromium || echo "note: /usr/bin/chromium is missing (apt-get install chromium): tests/console will fail"
 	touch $@ $(SERVE_STAMP)
 
-# The official openai JS SDK for tests/integration/test_streams.py, at the version the lock file pins.
+# The JS clients of the suite (the official openai SDK, the Vercel AI SDK), at the versions the lock file pins.
 JS_SDK := tests/js/node_modules/.package-lock.json
 $(JS_SDK): tests/js/package.json tests/js/package-lock.json
 	npm ci --silent --no-audit --no-fund --prefix tests/js
@@ -52,12 +52,12 @@ $(JS_SDK): tests/js/package.json tests/js/package-lock.json
 lock:
 	$(PYTHON) requirements/lock.py
 
-install: $(STAMP) $(JS_SDK)
+install: $(STAMP) $(JS_SDK) $(LITELLM_SDK)
 
 run: $(SERVE_STAMP)
 	$(EMULATOR_PORTS) $(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-test: $(STAMP) $(JS_SDK)
+test: $(STAMP) $(JS_SDK) $(LITELLM_SDK)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -68,10 +68,17 @@ lint: $(STAMP)
 emulators: $(SERVE_STAMP)
 	$(BIN)/python -m tests.emulators all --base-port $(EMULATOR_PORT)
 
-# LiteLLM's proxy lives in its own virtualenv: it pins versions of its own (requirements/litellm.txt).
-$(LITELLM_VENV)/bin/python: requirements/litellm.txt
-	test -x $@ || $(PYTHON) -m venv $(LITELLM_VENV)
-	$(LITELLM_VENV)/bin/pip --quiet --quiet install --require-hashes --no-deps -r requirements/litellm.txt
+# LiteLLM lives in a virtualenv of its own (it pins versions of its own): its SDK for the suite
+# (requirements/litellm.txt), its proxy on top for `make bench` (requirements/litellm-proxy.txt).
+LITELLM_SDK := $(LITELLM_VENV)/.installed-sdk
+LITELLM_PROXY := $(LITELLM_VENV)/.installed-proxy
+$(LITELLM_SDK): requirements/litellm.txt
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip --quiet --quiet --disable-pip-version-check install --require-hashes --no-deps -r $<
+	touch $@
+
+$(LITELLM_PROXY): requirements/litellm-proxy.txt $(LITELLM_SDK)
+	$(LITELLM_VENV)/bin/pip --quiet --quiet --disable-pip-version-check install --require-hashes --no-deps -r $<
 	touch $@
 
 $(BENCH_STAMP): requirements/bench.txt pyproject.toml
@@ -79,10 +86,10 @@ $(BENCH_STAMP): requirements/bench.txt pyproject.toml
 	touch $@ $(STAMP) $(SERVE_STAMP)
 
 # The gateway against a bare emulator and LiteLLM's proxy; writes docs/benchmarks.md.
-bench: $(BENCH_STAMP) $(LITELLM_VENV)/bin/python
+bench: $(BENCH_STAMP) $(LITELLM_PROXY)
 	$(BIN)/python -m bench.proxy --litellm-python $(LITELLM_VENV)/bin/python --py-spy
 
-bench-quick: $(BENCH_STAMP) $(LITELLM_VENV)/bin/python
+bench-quick: $(BENCH_STAMP) $(LITELLM_PROXY)
 	$(BIN)/python -m bench.proxy --quick --litellm-python $(LITELLM_VENV)/bin/python
 
 # uvicorn (uvloop+httptools, asyncio+h11), Granian, and two processes, serving the same gateway.

@@ -6,7 +6,8 @@ so a fresh machine gets exactly what CI passed with. This script is the only wri
 - ``bench.txt``: the package with its ``local``, ``dev`` and ``bench`` extras (resolved first: the widest set);
 - ``test.txt``: ``local`` and ``dev`` (``make test``), ``serve.txt``: ``local`` (``make run``),
   ``gateway.txt``: the package alone (a gateway-only replica) — each held to bench.txt's versions, so the four agree;
-- ``litellm.txt``: LiteLLM's proxy and SDK (``litellm.in``), in a virtualenv of its own (it pins its own versions).
+- ``litellm-proxy.txt``: LiteLLM's proxy (``make bench``), and ``litellm.txt``: its SDK alone (the suite), held to
+  the proxy's versions; both go in one virtualenv of their own (LiteLLM pins versions of its own).
 
 It prints each package whose version moved. Run it when a dependency should move or a new one is declared,
 then ``make test``, and commit requirements/ with the change.
@@ -33,13 +34,14 @@ FLAGS = [
     "--no-emit-find-links",
     "--upgrade",
 ]
-# (output, extras, constrained by bench.txt, source)
-LOCKS: list[tuple[str, list[str], bool, str]] = [
+# (output, extras, the lock it is held to, source)
+LOCKS: list[tuple[str, list[str], str | bool, str]] = [
     ("bench.txt", ["local", "dev", "bench"], False, "pyproject.toml"),
-    ("test.txt", ["local", "dev"], True, "pyproject.toml"),
-    ("serve.txt", ["local"], True, "pyproject.toml"),
-    ("gateway.txt", [], True, "pyproject.toml"),
-    ("litellm.txt", [], False, "requirements/litellm.in"),
+    ("test.txt", ["local", "dev"], "bench.txt", "pyproject.toml"),
+    ("serve.txt", ["local"], "bench.txt", "pyproject.toml"),
+    ("gateway.txt", [], "bench.txt", "pyproject.toml"),
+    ("litellm-proxy.txt", [], False, "requirements/litellm-proxy.in"),
+    ("litellm.txt", [], "litellm-proxy.txt", "requirements/litellm.in"),
 ]
 _PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)", re.M)
 
@@ -62,7 +64,7 @@ def main() -> int:
             command.append("--all-build-deps")
         command += [f"--extra={extra}" for extra in extras]
         if constrained:
-            command += ["-c", "requirements/bench.txt"]
+            command += ["-c", f"requirements/{constrained}"]
         subprocess.run(command, check=True, cwd=ROOT)
         after = pins(out)
         for package in sorted(before.keys() | after.keys()):
