@@ -79,14 +79,38 @@ class AddressRefused(OSError):
     """A webhook host resolved to an address its key may not call."""
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix: the last 32 bits are the IPv4 address
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215's local-use prefix: where the IPv4 sits is local
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291's deprecated IPv4-compatible form (:: and ::1 aside)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (and so what a connection to it reaches), or None.
+
+    IPv4-mapped (``::ffff:a.b.c.d``), NAT64 (``64:ff9b::a.b.c.d``), 6to4 (``2002:AABB:CCDD::/48``) and
+    IPv4-compatible (``::a.b.c.d``): the check is made on the IPv4 address.
+    """
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    return None  # Teredo (2001::/32) and the rest are not global: refused as they are
+
+
 def _refusal(address: str, allow_private: bool) -> str | None:
     """Why ``address`` may not be called, or None when it may."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return "not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL and not allow_private:
+            return "a NAT64 local-use address (64:ff9b:1::/48)"
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            ip = embedded
     if ip.is_unspecified or ip.is_multicast:
         return "an unspecified or multicast address"
     if allow_private:
@@ -153,24 +177,24 @@ def _bad_url(message: str) -> GatewayError:
     return GatewayError(ErrorCode.INVALID_REQUEST, message, param=HEADER, status=400, public=True)
 
 
-def _checked_url(url: str, settings: KeyWebhooks) -> tuple[SplitResult, str]:
+def _checked_url(url: str, settings: KeyWebhooks, name: str = HEADER) -> tuple[SplitResult, str]:
     """The URL's parts and its host, or the 400 saying why this key may not call it (no address check)."""
     if len(url) > MAX_URL_CHARS or any(ord(char) <= 0x20 or ord(char) >= 0x7F for char in url):
-        raise _bad_url(f"{HEADER} must be an absolute https URL of at most {MAX_URL_CHARS} printable ASCII characters")
+        raise _bad_url(f"{name} must be an absolute https URL of at most {MAX_URL_CHARS} printable ASCII characters")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError for a port that is not a number in range)
     except ValueError:
-        raise _bad_url(f"{HEADER} is not a valid URL") from None
+        raise _bad_url(f"{name} is not a valid URL") from None
     host = parts.hostname or ""
     if parts.scheme not in ("https", "http") or not host:
-        raise _bad_url(f"{HEADER} must be an absolute https URL")
+        raise _bad_url(f"{name} must be an absolute https URL")
     if parts.scheme == "http" and not settings.allow_http:
-        raise _bad_url(f"{HEADER} must use https")
+        raise _bad_url(f"{name} must use https")
     if parts.username is not None or parts.password is not None:
-        raise _bad_url(f"{HEADER} must not carry credentials (user:password@)")
+        raise _bad_url(f"{name} must not carry credentials (user:password@)")
     if not _host_allowed(host, settings):
-        raise _bad_url(f"{HEADER}: the host {host!r} is not on this API key's webhook allow-list")
+        raise _bad_url(f"{name}: the host {host!r} is not on this API key's webhook allow-list")
     return parts, host
 
 
@@ -205,31 +229,33 @@ class Webhooks:
         settings = self.settings(key_name)
         name = key_name or ANONYMOUS
         if header_url is None or not header_url.strip():
-            if settings is not None and settings.url:
-                return WebhookTarget(url=settings.url, key=name)
-            return None
-        if settings is None:
+            if settings is None or not settings.url:
+                return None
+            # The key's default is checked as the header would be, now, when the job is made (as documented).
+            url, said = settings.url, "this API key's webhook URL (`webhooks.url`)"
+        elif settings is None:
             raise _bad_url(f"{HEADER}: this API key has no webhooks configured")
-        url = header_url.strip()
-        parts, host = _checked_url(url, settings)
-        addresses = [literal] if (literal := _literal_ip(host)) else self._resolve(host, parts.port)
+        else:
+            url, said = header_url.strip(), HEADER
+        parts, host = _checked_url(url, settings, said)
+        addresses = [literal] if (literal := _literal_ip(host)) else self._resolve(host, parts.port, said)
         why = _refused_among(addresses, settings.allow_private)
         if why is not None:
-            raise _bad_url(f"{HEADER}: the host {host!r} is {why}, which webhooks may not call")
+            raise _bad_url(f"{said}: the host {host!r} is {why}, which webhooks may not call")
         return WebhookTarget(url=url, key=name)
 
     async def target_async(self, key_name: str | None, header_url: str | None) -> WebhookTarget | None:
         """``target`` off the event loop: its name resolution may wait up to ``webhooks.resolve_timeout_s``."""
         return await asyncio.to_thread(self.target, key_name, header_url)
 
-    def _resolve(self, host: str, port: int | None) -> list[str]:
+    def _resolve(self, host: str, port: int | None, said: str = HEADER) -> list[str]:
         future = _resolving.submit(socket.getaddrinfo, host, port or 443, type=socket.SOCK_STREAM)
         try:
             found = future.result(timeout=self.config.resolve_timeout_s)
         except concurrent.futures.TimeoutError:
-            raise _bad_url(f"{HEADER}: the host {host!r} could not be resolved in time") from None
+            raise _bad_url(f"{said}: the host {host!r} could not be resolved in time") from None
         except OSError:
-            raise _bad_url(f"{HEADER}: the host {host!r} does not resolve") from None
+            raise _bad_url(f"{said}: the host {host!r} does not resolve") from None
         return [str(entry[4][0]) for entry in found]
 
     def _client(self) -> aiohttp.ClientSession:

@@ -207,9 +207,14 @@ def refusal(hooks: Webhooks, key: str | None, url: str) -> GatewayError:
     return error
 
 
+# The default URL is a public address written as a literal (these machines resolve no public names): it is
+# checked when a job is made, as X-Webhook-URL is.
+DEFAULT_URL = "https://[2606:4700::1111]/default"
 ALLOW = (
-    f"{{secret: {SECRET}, url: 'https://hooks.example.com/default',"
-    " allow_hosts: ['*.partner.example', localhost, 127.0.0.1, 10.0.0.5, 169.254.169.254]}"
+    f"{{secret: {SECRET}, url: '{DEFAULT_URL}',"
+    " allow_hosts: ['*.partner.example', hooks.example.com, localhost, 127.0.0.1, 10.0.0.5, 169.254.169.254,"
+    " '::ffff:10.0.0.5', '64:ff9b::a00:5', '64:ff9b::7f00:1', '64:ff9b::a9fe:a9fe', '64:ff9b:1::a00:5',"
+    " '2002:a00:5::1', '2002:7f00:1::1', '::10.0.0.5', '::127.0.0.1', '2001:0:4136:e378:8000:63bf:3fff:fdd2']}"
 )
 
 
@@ -223,6 +228,17 @@ ALLOW = (
         ("https://localhost/hook", "is a loopback address"),  # resolved: the name is loopback
         ("https://10.0.0.5/hook", "is a private or reserved address"),
         ("https://169.254.169.254/latest/meta-data", "is a link-local address"),
+        # IPv6 forms that carry an IPv4 address: decided on the IPv4 address a connection reaches
+        ("https://[::ffff:10.0.0.5]/hook", "is a private or reserved address"),  # IPv4-mapped
+        ("https://[64:ff9b::a00:5]/hook", "is a private or reserved address"),  # NAT64 (RFC 6052) of 10.0.0.5
+        ("https://[64:ff9b::7f00:1]/hook", "is a loopback address"),  # NAT64 of 127.0.0.1
+        ("https://[64:ff9b::a9fe:a9fe]/latest/meta-data", "is a link-local address"),  # NAT64 of 169.254.169.254
+        ("https://[64:ff9b:1::a00:5]/hook", "is a NAT64 local-use address"),  # RFC 8215
+        ("https://[2002:a00:5::1]/hook", "is a private or reserved address"),  # 6to4 of 10.0.0.5
+        ("https://[2002:7f00:1::1]/hook", "is a loopback address"),  # 6to4 of 127.0.0.1
+        ("https://[::10.0.0.5]/hook", "is a private or reserved address"),  # IPv4-compatible
+        ("https://[::127.0.0.1]/hook", "is a loopback address"),
+        ("https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook", "is a private or reserved address"),  # Teredo
         ("http://hooks.example.com/hook", "must use https"),
         ("not a url", "absolute https URL"),
         ("https:///hook", "absolute https URL"),
@@ -238,6 +254,26 @@ def test_urls_a_key_may_not_call_are_refused_with_400(url: str, why: str) -> Non
     assert SECRET not in error.message
 
 
+def test_public_ipv4_inside_ipv6_forms_may_be_called() -> None:
+    """The embedded address decides both ways: NAT64 and 6to4 forms of a public IPv4 address pass the check."""
+    hooks = Webhooks(config(f"{{secret: {SECRET}, allow_hosts: ['64:ff9b::808:808', '2002:808:808::1']}}"))
+    for host in ("[64:ff9b::808:808]", "[2002:808:808::1]"):
+        assert hooks.target("alice", f"https://{host}/hook") is not None
+
+
+def test_a_keys_default_url_is_checked_when_the_job_is_made() -> None:
+    """No X-Webhook-URL: the key's configured default is checked then, as the header would be, not at delivery."""
+    hooks = Webhooks(config(f"{{secret: {SECRET}, url: 'https://10.0.0.7/hook'}}"))
+    with pytest.raises(GatewayError) as caught:
+        hooks.target("alice", None)
+    assert caught.value.status == 400
+    assert "this API key's webhook URL (`webhooks.url`): the host '10.0.0.7' is a private or reserved address" in (
+        caught.value.message
+    )
+    public = Webhooks(config(f"{{secret: {SECRET}, url: 'https://[64:ff9b::808:808]/hook'}}"))
+    assert public.target("alice", None) == WebhookTarget(url="https://[64:ff9b::808:808]/hook", key="alice")
+
+
 def test_a_name_that_does_not_resolve_is_refused() -> None:
     hooks = Webhooks(config(f"{{secret: {SECRET}, allow_hosts: ['*.invalid']}}"))
     assert "does not resolve" in refusal(hooks, "alice", "https://no-such-host.invalid/hook").message
@@ -247,7 +283,7 @@ async def test_target_async_checks_the_same_off_the_event_loop() -> None:
     hooks = Webhooks(config(ALLOW))
     with pytest.raises(GatewayError, match="is a loopback address"):
         await hooks.target_async("alice", "https://localhost/hook")
-    default = WebhookTarget(url="https://hooks.example.com/default", key="alice")
+    default = WebhookTarget(url=DEFAULT_URL, key="alice")
     assert await hooks.target_async("alice", None) == default
 
 
@@ -257,7 +293,7 @@ def test_a_key_without_webhooks_cannot_name_a_url() -> None:
 
 def test_the_default_url_and_no_url() -> None:
     hooks = Webhooks(config(ALLOW))
-    assert hooks.target("alice", None) == WebhookTarget(url="https://hooks.example.com/default", key="alice")
+    assert hooks.target("alice", None) == WebhookTarget(url=DEFAULT_URL, key="alice")
     assert hooks.target("bob", None) is None
     assert Webhooks(config(LOOPBACK_OK)).target("alice", "") is None
 
@@ -269,8 +305,8 @@ def test_allow_private_lets_a_loopback_url_through() -> None:
 
 
 def test_an_open_gateway_uses_the_anonymous_settings() -> None:
-    hooks = Webhooks(parse_config(f"webhooks: {{anonymous: {{secret: {SECRET}, url: 'https://h.example/x'}}}}"))
-    assert hooks.target(None, None) == WebhookTarget(url="https://h.example/x", key="")
+    hooks = Webhooks(parse_config(f"webhooks: {{anonymous: {{secret: {SECRET}, url: 'https://1.1.1.1/x'}}}}"))
+    assert hooks.target(None, None) == WebhookTarget(url="https://1.1.1.1/x", key="")
     assert Webhooks(parse_config("{}")).target(None, None) is None
     refusal(Webhooks(parse_config("{}")), None, "https://h.example/x")
 
