@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -39,6 +40,10 @@ log = structlog.get_logger("gateway.imagestore")
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _MEDIA_TYPES = {extension: media for media, extension in _EXTENSIONS.items()}
+# What SignedNames.new writes: 8 hex digits of expiry and 24 URL-safe characters, 32 hex of HMAC, a known extension.
+_SIGNED_NAME = re.compile(
+    r"(?P<token>[0-9a-f]{8}[A-Za-z0-9_-]{24})\.(?P<mac>[0-9a-f]{32})\.(?P<ext>" + "|".join(_MEDIA_TYPES) + ")"
+)
 SWEEP_INTERVAL_S = 60.0
 SECRET_FILE = "image-store.secret"  # beside the image directory: var/image-store.secret for var/images
 
@@ -132,17 +137,17 @@ class SignedNames:
         return f"{token}.{self._sign(token)}.{_EXTENSIONS.get(media_type, 'png')}"
 
     def media_type(self, name: str) -> str | None:
-        """The media type of a valid, unexpired name; None for a forged, foreign or expired one."""
-        parts = name.split(".")
-        if len(parts) != 3 or not hmac.compare_digest(self._sign(parts[0]), parts[1]):
+        """The media type of a valid, unexpired name; None for a forged, foreign, expired or odd one.
+
+        Only a name exactly as ``new`` writes them passes (nothing before, after or inside it: no NUL, no
+        path separator, no other extension), so what reaches the storage is always a name made here.
+        """
+        match = _SIGNED_NAME.fullmatch(name)
+        if match is None or not hmac.compare_digest(self._sign(match["token"]), match["mac"]):
             return None
-        try:
-            expires = int(parts[0][:8], 16)
-        except ValueError:
+        if int(match["token"][:8], 16) < time.time():
             return None
-        if expires < time.time():
-            return None
-        return _MEDIA_TYPES.get(parts[2], "application/octet-stream")
+        return _MEDIA_TYPES[match["ext"]]
 
 
 class DirectoryImageStore:

@@ -156,6 +156,11 @@ def test_gateway_url_answer_is_the_image(gateway: GatewayServer, http: httpx.Cli
     assert http.get(url).content == base64.b64decode(b64)
     forged = url[:-10] + "0000000000"
     assert http.get(forged).status_code == 404
+    # Anything but exactly a signed name is a 404 too, never a 500: a NUL, a path, another extension, a suffix.
+    for odd in (url + "%00", url + "%2F..%2Fimage-store.secret", url[:-3] + "jpg", url + ".png", url + "%20"):
+        answer = http.get(odd)
+        assert answer.status_code == 404, (odd, answer.status_code, answer.text)
+        assert answer.json()["error"]["message"] in ("no such image, or it has expired", "no such route")
 
 
 def test_nebul_edit_with_mask_and_variation(
