@@ -67,12 +67,23 @@ Access = Literal["admin_key", "loopback", "off"]
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """A loopback address, or ``localhost`` and the names under it (RFC 6761: they never leave the machine)."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def host_name(header: str | None) -> str:
+    """The name in a ``Host`` header, its port left out (``[::1]:8080`` → ``::1``); "" when there is none."""
+    if not header:
+        return ""
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else ""
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class AdminGate:
@@ -89,11 +100,16 @@ class AdminGate:
             self.access = "off"
 
     def visible(self, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
-        """The console exists for this request, or a 404 like any unknown path."""
+        """The console exists for this request, or a 404 like any unknown path.
+
+        Without admin keys, the request must come from loopback AND name a loopback host: a page the
+        operator visits can make the browser send requests to 127.0.0.1 under a name of its own (DNS
+        rebinding), and such a request carries that name in ``Host``.
+        """
         if self.access == "admin_key":
             return
         client = connection.client.host if connection.client else ""
-        if self.access == "off" or not is_loopback(client):
+        if self.access == "off" or not is_loopback(client) or not is_loopback(host_name(connection.headers.get("host"))):
             raise NotFoundException()
 
     def admit(self, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
@@ -218,7 +234,7 @@ def admin_handlers() -> list[Any]:
     """The console's page and files, and the admin API, for ``create_app``."""
     assets = create_static_files_router(
         path="/console/assets",
-        directories=[CONSOLE_DIR],
+        directories=[CONSOLE_DIR / "assets"],  # the page itself is served at /console alone, with its headers
         name="console-assets",
         include_in_schema=False,
         guards=[console_visible],

@@ -67,6 +67,8 @@ def test_the_page_holds_no_data_and_is_served_with_its_own_files(gateway: Gatewa
         assert fetched.status_code == 200, asset
         assert media_type in fetched.headers["content-type"], asset
     assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
+    # The page is served at one address, with its headers: never as a plain file beside its assets.
+    assert http.get(gateway.url + "/console/assets/index.html").status_code == 404
 
 
 def test_models_and_targets_in_order(gateway: GatewayServer, http: httpx.Client) -> None:
@@ -225,6 +227,13 @@ def test_without_admin_keys_only_a_loopback_gateway_serves_it(
         assert status.json()["access"] == "loopback"
         assert status.json()["limits"]["auth_open"] is True
         assert http.get(loopback.url + "/console").status_code == 200
+        port = loopback.url.rsplit(":", 1)[1]
+        for host in ("localhost", f"localhost:{port}", f"[::1]:{port}", "127.0.0.2", "app.localhost"):
+            assert http.get(loopback.url + "/admin/api/status", headers={"Host": host}).status_code == 200, host
+        # DNS rebinding: a page elsewhere makes the browser call 127.0.0.1 under its own name, which Host carries.
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "[2001:db8::1]"):
+            for path in ("/console", "/console/assets/js/main.js", "/admin/api/status"):
+                assert http.get(loopback.url + path, headers={"Host": host}).status_code == 404, (host, path)
     finally:
         loopback.stop()
     exposed = started(emulators, store, auth=auth, server={"host": "0.0.0.0"})
