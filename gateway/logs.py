@@ -70,6 +70,42 @@ def _redact(log_prompts: bool) -> Any:
     return processor
 
 
+# Fields the gateway writes from its own vocabulary, never from a client's text: a key that happens to read the
+# same ("Bearer unauthorized") must not rewrite them.
+_OWN_FIELDS = frozenset({"event", "level", "timestamp", "outcome", "dialect", "operation", "status", "logger"})
+
+
+def _without_inbound_key(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The key the current request presents, replaced as a VALUE wherever it is, before the line is rendered.
+
+    A key is text a client chose: removed from the rendered line it could take a line's JSON apart
+    (``","level":"``) or rewrite the gateway's own fields; removed from the values, it changes only
+    the strings that held it.
+    """
+    inbound = _inbound_keys.get()
+    if inbound is None:
+        return event
+    for field, value in event.items():
+        if field not in _OWN_FIELDS:
+            event[field] = _scrubbed_value(value, inbound)
+    return event
+
+
+def _scrubbed_value(value: Any, secrets: Secrets) -> Any:
+    if isinstance(value, str):
+        return secrets.scrub(value)
+    if isinstance(value, dict):
+        return {key: _scrubbed_value(item, secrets) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed_value(item, secrets) for item in value]
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value).decode("latin-1")
+        return secrets.scrub(text) if any(form in text for form in secrets.forms) else value
+    if isinstance(value, BaseException):
+        return secrets.scrub(str(value))
+    return value
+
+
 def _serialize(event: Any, **_: Any) -> str:
     try:
         return msgspec.json.encode(event, enc_hook=str).decode()
@@ -175,17 +211,19 @@ class _Scrubber:
         self._configured = secrets_matcher(secrets)
 
     def __call__(self, _logger: Any, _name: str, line: Any) -> Any:
-        return self.scrub(line) if isinstance(line, str) else line
+        # A rendered JSON line: the client's key was taken out of its values before rendering.
+        return _scrub(line, self._configured, inbound_too=False) if isinstance(line, str) else line
 
     def scrub(self, line: str) -> str:
         return _scrub(line, self._configured)
 
 
-def _scrub(line: str, configured: Secrets | None) -> str:
-    """``line`` without the configured secrets, the current request's key, or a bearer token."""
+def _scrub(line: str, configured: Secrets | None, inbound_too: bool = True) -> str:
+    """``line`` without the configured secrets, a bearer token, and (``inbound_too``: a plain-text line, not a
+    rendered JSON one, whose values ``_without_inbound_key`` has already seen) the current request's key."""
     if configured is not None:
         line = configured.scrub(line)
-    inbound = _inbound_keys.get()
+    inbound = _inbound_keys.get() if inbound_too else None
     if inbound is not None:
         line = inbound.scrub(line)
     if "earer" in line or "EARER" in line:  # the pattern is case-blind, so costly: only where it may match
@@ -233,6 +271,7 @@ def configure_logging(level: str = "info", log_prompts: bool = False, secrets: I
             _redact(log_prompts),
             # Type, message and frames; never the frames' locals (the config, the request's headers).
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False, use_rich=False)),
+            _without_inbound_key,
             structlog.processors.JSONRenderer(serializer=_serialize),
             scrubber,
         ],

@@ -150,3 +150,27 @@ def test_standard_library_records_are_scrubbed(logged: pytest.CaptureFixture[str
     assert "Exception in ASGI application: [redacted]" in written
     assert "ValueError: wrapped [redacted]" in written and "fail_holding_secrets" in written
     assert UPSTREAM_KEY not in written and STORE_SECRET not in written
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "unauthorized",  # the value of the gateway's own `outcome` field
+        '","level":"error","x":"',  # JSON structure, as the raw form of the key
+        '\\",\\"level\\":\\"error',  # JSON structure, as the escaped form
+        "info",  # short: a level
+    ],
+)
+def test_a_crafted_key_cannot_rewrite_or_break_its_own_line(key: str, logged: pytest.CaptureFixture[str]) -> None:
+    """The client's key is taken out of the values before the line is rendered, never out of the rendered text."""
+    log = structlog.get_logger("t")
+    token = bind_inbound_keys([(b"authorization", f"Bearer {key}".encode())])
+    try:
+        log.info("request", outcome="unauthorized", dialect="openai", model=f"m {key}", detail=f"saw {key}")
+    finally:
+        unbind_inbound_keys(token)
+    [line] = lines(logged.readouterr().out)  # still one JSON object
+    assert line["event"] == "request" and line["level"] == "info"
+    assert line["outcome"] == "unauthorized" and line["dialect"] == "openai"
+    assert key not in line["model"] and key not in line["detail"]
+    assert set(line) == {"event", "level", "timestamp", "outcome", "dialect", "model", "detail"}
