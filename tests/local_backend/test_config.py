@@ -54,7 +54,7 @@ providers:
   gpu: {kind: local, models: {tiny: {path: "builtin:tiny-sd", strength: 2}}}
 models: [{name: tiny, targets: [{provider: gpu, model: tiny}]}]
 """
-    with pytest.raises(ConfigError, match=r"<= 1.0 - at `\$\.providers\.gpu\.models\[...\]\.strength`"):
+    with pytest.raises(ConfigError, match=r"<= 1.0 - at `\$\.providers\.gpu\.models\.tiny\.strength`"):
         parse_config(text)
 
 
