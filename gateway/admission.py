@@ -23,27 +23,41 @@ __all__ = ["Admission", "BodyBudget"]
 
 
 class BodyBudget:
-    """Bytes of request bodies the process holds at once (``server.max_inflight_body_bytes``).
+    """Bytes of request bodies the process holds at once (``server.max_inflight_body_bytes``), shared fairly.
 
-    A request reserves its body's size before reading it and gives it back when it ends,
-    so a flood of large bodies is refused as ``overloaded`` instead of growing the process
-    past what the pod was sized for. One event loop per process: no lock is needed.
+    A request reserves its body's bytes as they arrive (never from what it declares) and gives them
+    back when it ends, so a flood of large bodies is refused instead of growing the process past what
+    the pod was sized for, and stalled uploads hold only what they sent. One holder (a key, or a client
+    address on an open gateway) may hold at most ``share`` of the budget (never less than one whole body),
+    so one client's uploads cannot take the budget from every other. One event loop per process: no lock.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, share: float = 1.0, max_body: int = 0) -> None:
         self.limit = limit
+        self.per_holder = min(limit, max(int(limit * share), max_body))
         self.used = 0
+        self.by_holder: dict[str, int] = {}
 
-    def take(self, size: int) -> bool:
-        """Reserve ``size`` bytes; False (nothing reserved) when that would pass the limit."""
+    def take(self, size: int, holder: str = "") -> ErrorCode | None:
+        """Reserve ``size`` bytes for ``holder``; None when taken, else why not (nothing is reserved then):
+        ``RATE_LIMITED`` past the holder's share, ``OVERLOADED`` past the whole budget."""
+        held = self.by_holder.get(holder, 0)
         if self.used + size > self.limit:
-            return False
+            return ErrorCode.OVERLOADED
+        if held + size > self.per_holder:
+            return ErrorCode.RATE_LIMITED
         self.used += size
+        self.by_holder[holder] = held + size
         metrics.BODY_BYTES_IN_FLIGHT.set(self.used)
-        return True
+        return None
 
-    def give(self, size: int) -> None:
+    def give(self, size: int, holder: str = "") -> None:
         self.used -= size
+        left = self.by_holder.get(holder, 0) - size
+        if left > 0:
+            self.by_holder[holder] = left
+        else:
+            self.by_holder.pop(holder, None)
         metrics.BODY_BYTES_IN_FLIGHT.set(self.used)
 
 
@@ -54,7 +68,10 @@ class Admission:
         self.config = config
         self.auth = auth
         self.limiter = limiter
-        self.body_budget = BodyBudget(config.server.max_inflight_body_bytes)
+        server = config.server
+        self.body_budget = BodyBudget(
+            server.max_inflight_body_bytes, server.max_inflight_body_share, server.max_body_bytes
+        )
         for key in config.auth.keys:
             if key.budget is not None:
                 metrics.BUDGET_AMOUNT.labels(key.name, key.budget.currency).set(key.budget.amount)

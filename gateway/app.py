@@ -24,6 +24,7 @@ from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.cooldown import Cooldowns
 from gateway.dedup import Dedup
+from gateway import serving
 from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
 from gateway.imagestore import ImageStore, StoreUnavailable, build_image_store
@@ -223,6 +224,7 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
     """The gateway app for ``config`` (the built-in default when None)."""
     config = config or load_config()
     configure_logging(config.server.log_level, config.server.log_prompts, secrets=config_secrets(config))
+    serving.configure(config.server.max_header_bytes, config.server.header_timeout_s)  # this process's connections
     app = GatewayApp(
         route_handlers=[
             health, ready, prometheus_metrics, stored_image, *JOB_ROUTES, assets_router(), *admin_handlers()

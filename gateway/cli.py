@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.memory import return_large_buffers
+    from gateway.serving import uvicorn_options
 
     config = _load_or_report(args.config, serving=True)
     if config is None:
@@ -45,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level": "warning",
         "access_log": False,  # the gateway logs one JSON line per request itself
         "timeout_graceful_shutdown": math.ceil(config.server.shutdown_grace_s),
+        **uvicorn_options(config.server),  # header bytes, slow headers, idle keep-alive (gateway/serving.py)
     }
     if args.workers > 1:
         # Each worker process loads the same file; metrics are pooled through a shared directory,

@@ -259,6 +259,15 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
     dedup: DedupConfig = msgspec.field(default_factory=DedupConfig)
+    # Connections (gateway/serving.py, gateway/inbound.py): what a client may hold before and while it sends.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024  # request line + headers; past it a 431
+    header_timeout_s: Seconds = 10.0  # from connecting (or the previous answer) to complete headers; else a 408
+    keep_alive_timeout_s: Seconds = 5.0  # an idle kept-alive connection is closed after this long
+    body_idle_timeout_s: Seconds = 15.0  # a body that sends nothing for this long is a 408
+    body_min_bytes_per_s: Annotated[int, msgspec.Meta(ge=0)] = 16 * 1024  # average pace of a body after its first
+    # body_idle_timeout_s (0: none); slower is a 408
+    # The most of max_inflight_body_bytes one key (one client address on an open gateway) may hold at once.
+    max_inflight_body_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
 
     def __post_init__(self) -> None:
         if self.max_inflight_body_bytes < self.max_body_bytes:

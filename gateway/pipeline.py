@@ -17,7 +17,7 @@ import structlog
 from litestar.types import HTTPResponseStartEvent, Receive, Scope, Send
 
 from gateway.errors import render
-from gateway.inbound import ScopeInbound
+from gateway.inbound import BodyPace, ScopeInbound
 from gateway.logs import REQUEST_ID_HEADER, bind_inbound_keys, request_id, unbind_inbound_keys
 from gateway.routes import JSON, MOUNTS, Mount, serve_recorded
 from gateway.state import Gateway
@@ -74,8 +74,9 @@ async def serve_dialect_route(
     given_id = request_id(scope)
     tokens = structlog.contextvars.bind_contextvars(request_id=given_id)
     keys = bind_inbound_keys(scope["headers"])  # no line of this request carries the key it presents
-    max_body = gateway.config.server.max_body_bytes
-    inbound = ScopeInbound(scope, receive, max_body, gateway.admission.body_budget)
+    server = gateway.config.server
+    pace = BodyPace(server.body_idle_timeout_s, server.body_min_bytes_per_s)
+    inbound = ScopeInbound(scope, receive, server.max_body_bytes, gateway.admission.body_budget, pace)
     mount = route.by_method.get(scope["method"])  # type: ignore[typeddict-item]
     try:
         answered = await _answer(gateway, route, mount, inbound)

@@ -217,6 +217,8 @@ async def serve(
     admission = gateway.admission
     key = admission.authorize(request.headers)  # before reading the body: refusals stay cheap
     record.key = key.name if key is not None else "none"
+    if key is not None:
+        request.holder = f"key:{key.name}"  # its body counts against this key's share of the in-flight budget
     job = await gateway.jobs.accept(key, request) if gateway.jobs is not None else None  # Prefer: respond-async
     canonical = await decode_request(endpoint, request)
     record.prompt = canonical.prompt

@@ -52,9 +52,10 @@ class ThreadedServer:
 
     startup_timeout_s = 15.0
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
         self.app = app
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **options)
+        self._server = uvicorn.Server(config)
 
     @property
     def url(self) -> str:

@@ -24,9 +24,20 @@ def admission(**sections: object) -> Admission:
 
 def test_the_body_budget_refuses_what_would_pass_it_and_takes_back_what_is_given() -> None:
     budget = BodyBudget(100)
-    assert budget.take(60) and not budget.take(41) and budget.used == 60
+    assert budget.take(60) is None and budget.take(41) is ErrorCode.OVERLOADED and budget.used == 60
     budget.give(60)
-    assert budget.take(100) and budget.used == 100
+    assert budget.take(100) is None and budget.used == 100
+
+
+def test_one_holder_gets_its_share_of_the_body_budget_and_others_the_rest() -> None:
+    budget = BodyBudget(100, share=0.4, max_body=10)
+    assert budget.take(40, "a") is None
+    assert budget.take(1, "a") is ErrorCode.RATE_LIMITED  # past its share: its own excess, not everyone's
+    assert budget.take(40, "b") is None and budget.take(20, "c") is None
+    assert budget.take(1, "d") is ErrorCode.OVERLOADED and budget.used == 100
+    budget.give(40, "a")
+    assert budget.by_holder == {"b": 40, "c": 20} and budget.take(30, "a") is None
+    assert BodyBudget(100, share=0.01, max_body=25).per_holder == 25  # one whole body always fits
 
 
 def test_keys_are_checked_from_the_headers() -> None:

@@ -9,6 +9,7 @@ import yaml
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
+from gateway.serving import uvicorn_options
 from tests.servers import ThreadedServer
 
 
@@ -17,7 +18,7 @@ class GatewayServer(ThreadedServer):
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        super().__init__(create_app(config))
+        super().__init__(create_app(config), **uvicorn_options(config.server))  # bounded as `serve` bounds them
 
 
 def gateway_config(

@@ -125,6 +125,7 @@ def test_a_flood_of_large_bodies_stays_within_the_in_flight_budget(
             max_body_bytes=12 * MiB,
             max_input_image_bytes=12 * MiB,
             max_inflight_body_bytes=budget,
+            max_inflight_body_share=1.0,  # one key floods here: the whole budget is its to fill
         )
     ).wait_ready()
     url = gateway.url + "/nebulablock/api/v1/images/generation"
