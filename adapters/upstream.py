@@ -1,19 +1,13 @@
 """The one client interface every adapter sends through, and the clients behind it.
 
 An adapter says what to send (method, URL, body, headers, timeouts, the most it will read)
-and gets back a whole answer or one of two exceptions; which HTTP library carries it is
-chosen once, by configuration (``server.upstream_transport``):
+and gets back a whole answer or one of two exceptions. The client is aiohttp's
+(``server.upstream_transport: aiohttp``, the one value left), held to the cases of
+tests/adapters/test_transport_conformance.py, a hostile upstream on loopback; a client of our
+own (``raw``), httpx's own transport and httpx over aiohttp's transport each failed some of them
+and are gone (docs/benchmarks.md, "The transport decision").
 
-- ``aiohttp`` (default): aiohttp's own client session. On one core it carried about twice
-  the rate of httpx over the same aiohttp transport, for half the CPU per request.
-- ``httpx-aiohttp``: an ``httpx.AsyncClient`` over aiohttp's transport (httpx-aiohttp), on the
-  same aiohttp session settings.
-
-Both are held to the same cases by tests/adapters/test_transport_conformance.py (a hostile
-upstream on loopback); a client of our own (``raw``) and httpx's own transport failed some of
-them and are gone (docs/benchmarks.md, "The transport decision").
-
-Every client keeps no cookies (nothing a provider sets while serving one client reaches
+The client keeps no cookies (nothing a provider sets while serving one client reaches
 the next), follows no redirects, reuses connections to every upstream, skips interim (1xx)
 answers, refuses a header block over ``MAX_HEADER_BYTES``, reads an error answer's body only up
 to ``ERROR_BODY_MAX``, and reads a successful answer into one buffer (``_Buffer``): a large one
@@ -29,11 +23,10 @@ import ssl
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-import httpx
 
 from schemas.imageforms import sliceable
 
@@ -50,13 +43,14 @@ __all__ = [
     "encode_multipart",
 ]
 
-Transport = Literal["aiohttp", "httpx-aiohttp"]
-TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx-aiohttp")
+Transport = Literal["aiohttp"]
+TRANSPORTS: tuple[Transport, ...] = ("aiohttp",)
 DEFAULT_TRANSPORT: Transport = "aiohttp"
 # Transports this gateway once offered, and why they went: a config that names one is refused with this.
 RETIRED_TRANSPORTS = {
     "raw": "the client of our own (adapters/rawhttp.py) is gone: it failed the transport conformance cases",
     "httpx": "httpx's own transport is gone: it reads bytes left after an answer as the next call's answer",
+    "httpx-aiohttp": "httpx over aiohttp is gone: httpx inflates a compressed chunk whole, past any cap",
 }
 
 # One pool for every upstream: connections are reused across requests and providers.
@@ -95,7 +89,7 @@ class UpstreamFailure(Exception):
 
 
 def aiohttp_failure(exc: aiohttp.ClientError | TimeoutError) -> UpstreamFailure:
-    """aiohttp's exceptions → ``UpstreamFailure``: the one table, for its own client and under httpx."""
+    """aiohttp's exceptions → ``UpstreamFailure``: the one table."""
     reason = type(exc).__name__
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.InvalidURL):  # refused, unreachable, unresolved, unusable
         return UpstreamFailure(reason, reached=False, timed_out=False)
@@ -139,8 +133,6 @@ def build_upstream_client(transport: str) -> UpstreamClient:
     """The client every adapter shares, for the configured transport."""
     if transport == "aiohttp":
         return AiohttpUpstream()
-    if transport == "httpx-aiohttp":
-        return HttpxUpstream()
     why = f" ({RETIRED_TRANSPORTS[transport]})" if transport in RETIRED_TRANSPORTS else ""
     raise ValueError(f"unknown upstream transport {transport!r}{why}; one of {', '.join(TRANSPORTS)}")
 
@@ -251,7 +243,7 @@ class _Buffer:
 
 
 def _session(tls: ssl.SSLContext) -> aiohttp.ClientSession:
-    """aiohttp's session as every transport built on it uses it: one pool, no cookies, no total timeout."""
+    """aiohttp's session: one pool, no cookies, no total timeout, bounded header lines."""
     connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S, ssl=tls)
     return aiohttp.ClientSession(
         connector=connector,
@@ -354,99 +346,6 @@ async def _read(content: aiohttp.StreamReader, buffer: _Buffer) -> None:
             buffer.add(chunk)
         elif not chunk_end:  # (b"", False): the end of the body
             return
-
-
-# --------------------------------------------------------------------------- httpx over aiohttp
-
-
-class _NoCookies(httpx.Cookies):
-    """Never keeps a cookie (and skips httpx's cookie-jar bookkeeping, about 8% of its CPU)."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-class HttpxUpstream:
-    """An ``httpx.AsyncClient`` over aiohttp's transport (httpx-aiohttp), on the session ``AiohttpUpstream`` uses.
-
-    httpx's own transport (httpcore over h11) is not offered: h11 keeps bytes that came after an
-    answer and reads them as the next call's answer on that connection (docs/benchmarks.md,
-    "The transport decision").
-    """
-
-    def __init__(self) -> None:
-        from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
-
-        def transport(proxy: httpx.Proxy | None = None) -> AiohttpTransport:
-            return AiohttpTransport(proxy=proxy, client=lambda: _session(tls))  # made on first use, in the loop
-
-        class Client(HttpxAiohttpClient):
-            """Every transport, proxied ones (from the environment, read here) included, on our session."""
-
-            def _init_transport(self, *args: Any, **kwargs: Any) -> httpx.AsyncBaseTransport:
-                return transport()
-
-            def _init_proxy_transport(self, proxy: httpx.Proxy, *args: Any, **kwargs: Any) -> httpx.AsyncBaseTransport:
-                return transport(proxy)
-
-        tls = ssl.create_default_context()
-        self.client = Client(timeout=httpx.Timeout(120.0, connect=5.0))
-        self.client._cookies = _NoCookies()  # httpx has no public switch for its cookie jar
-
-    async def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        connect_timeout: float,
-        read_timeout: float,
-        max_bytes: int,
-    ) -> Answer:
-        check_url(url)
-        try:
-            outgoing = self.client.build_request(
-                method, url, content=body, headers=headers, timeout=httpx.Timeout(read_timeout, connect=connect_timeout)
-            )
-            response = await self.client.send(outgoing, stream=True)
-            try:
-                declared = response.headers.get("content-length")
-                ok = response.status_code < 300
-                buffer = _Buffer(int(declared) if declared and ok else None, max_bytes, ok=ok)
-                try:
-                    check_headers(response.headers.raw)
-                    async for chunk in response.aiter_bytes():
-                        buffer.add(chunk)
-                        if buffer.full:
-                            break
-                    return buffer.answer(response.status_code, response.headers)
-                finally:
-                    buffer.release()
-            finally:
-                await response.aclose()
-        except (httpx.HTTPError, httpx.InvalidURL, aiohttp.ClientError) as exc:
-            raise self._failure(exc) from exc
-        except UnicodeError as exc:  # a host name IDNA cannot encode
-            raise UpstreamFailure("unusable URL", reached=False, timed_out=False) from exc
-
-    @staticmethod
-    def _failure(exc: Exception) -> UpstreamFailure:
-        """httpx-aiohttp reports every aiohttp connection error as ``ConnectTimeout``: read the cause."""
-        cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
-        if isinstance(cause, aiohttp.ClientError | TimeoutError):
-            return aiohttp_failure(cause)
-        reason = type(exc).__name__
-        if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
-            return UpstreamFailure(reason, reached=False, timed_out=False)
-        if isinstance(exc, httpx.ConnectTimeout):
-            return UpstreamFailure(reason, reached=False, timed_out=True)
-        if isinstance(exc, httpx.ConnectError):
-            return UpstreamFailure(reason, reached=False, timed_out=False)
-        return UpstreamFailure(reason, reached=True, timed_out=isinstance(exc, httpx.TimeoutException))
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
 
 # --------------------------------------------------------------------------- multipart

@@ -16,6 +16,7 @@ so a test can tell which connection carried a call and whether a POST reached it
   ``letters``, ``negative``, ``huge``, ``short``, where ``short`` announces 16 bytes, sends 3 and closes).
 - ``/endless/<chunked|close>``: a body that never ends (chunked, or until the connection closes).
 - ``/declared/<status>/<length>/<sent>``: that status declaring that Content-Length, ``sent`` bytes, a close.
+- ``/gzip-bomb/<MiB>``: a gzip-encoded 200 that inflates to that many MiB of zeros (about 1 KiB a MiB).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import zlib
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -146,6 +148,10 @@ class HostileUpstream:
             writer.write(b"{" + b"x" * (sent - 1) if sent else b"")
             await writer.drain()
             return False
+        elif mode == "gzip-bomb":
+            bomb = _bomb(int(args[0]))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb))
+            writer.write(bomb)
         else:
             writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
@@ -175,6 +181,13 @@ _BAD_CHUNKS = {
     "huge": b"ffffffffffffffffffffffff\r\nhello\r\n",
     "short": b"10\r\nabc",
 }
+
+
+def _bomb(mib: int) -> bytes:
+    """gzip of ``mib`` MiB of zeros, made a MiB at a time (never held inflated)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
+    zeros = bytes(1 << 20)
+    return b"".join(compressor.compress(zeros) for _ in range(mib)) + compressor.flush()
 
 
 def _whole(body: bytes) -> bytes:

@@ -1,7 +1,8 @@
 """Every upstream transport the config offers, against a hostile upstream on loopback (tests/adapters/hostile.py).
 
-Each case is a way real-world HTTP goes wrong; the hand-written client this gateway once had
-(``adapters/rawhttp.py``) failed most of them (docs/benchmarks.md, "The transport decision").
+Each case is a way real-world HTTP goes wrong. The hand-written client this gateway once had
+(``adapters/rawhttp.py``) failed 14 of them, httpx's own transport one, httpx over aiohttp one;
+aiohttp's client is the transport left (docs/benchmarks.md, "The transport decision").
 Memory is measured in bytes held (tracemalloc, with the cyclic collector off, so a buffer kept
 alive by a reference cycle counts), never in time.
 """
@@ -142,6 +143,16 @@ async def test_an_endless_body_stops_at_the_cap(client: UpstreamClient, hostile:
             await send(client, hostile.url + f"/endless/{framing}", max_bytes=4 * MiB)
         now, peak = memory()
     assert peak < 12 * MiB and now < MiB
+
+
+async def test_a_compressed_answer_stops_at_the_cap_as_it_inflates(
+    client: UpstreamClient, hostile: HostileUpstream
+) -> None:
+    with held() as memory:
+        with pytest.raises(AnswerTooLarge):
+            await send(client, hostile.url + "/gzip-bomb/256", max_bytes=4 * MiB)  # 256 MiB from about 256 KiB
+        now, peak = memory()
+    assert peak < 16 * MiB and now < MiB
 
 
 async def test_a_declared_length_past_the_cap_allocates_nothing(
