@@ -197,7 +197,11 @@ class HttpAdapter(AdapterBase):
     async def _fetch(self, image: GeneratedImage, options: CallOptions) -> None:
         """Replace an upstream URL by its bytes: only from this provider's hosts, and only up to the cap."""
         assert image.url is not None
-        if urlsplit(image.url).netloc not in self._image_hosts:
+        try:
+            host = urlsplit(image.url).netloc
+        except ValueError:  # not a URL at all (a bracket left open): no host of this provider's
+            host = None
+        if host not in self._image_hosts:
             raise GatewayError(
                 ErrorCode.UPSTREAM_ERROR,
                 f"provider {self.name} returned an image URL on a host it is not allowed to serve from",
