@@ -15,7 +15,8 @@ so a test can tell which connection carried a call and whether a POST reached it
 - ``/bad-chunk/<kind>/<bytes>``: a chunked 200 of that many bytes, then a bad chunk size (``kind``:
   ``letters``, ``negative``, ``huge``, ``short``, where ``short`` announces 16 bytes, sends 3 and closes).
 - ``/endless/<chunked|close>``: a body that never ends (chunked, or until the connection closes).
-- ``/declared/<status>/<length>/<sent>``: that status declaring that Content-Length, ``sent`` bytes, a close.
+- ``/declared/<status>/<length>/<sent>``: that status declaring that Content-Length, ``sent`` bytes, a close
+  (kept alive when ``sent`` is the whole length).
 - ``/gzip-bomb/<MiB>``: a gzip-encoded 200 that inflates to that many MiB of zeros (about 1 KiB a MiB).
 """
 
@@ -147,7 +148,7 @@ class HostileUpstream:
             )
             writer.write(b"{" + b"x" * (sent - 1) if sent else b"")
             await writer.drain()
-            return False
+            return sent == length  # a whole answer: the connection stays open for the next request
         elif mode == "gzip-bomb":
             bomb = _bomb(int(args[0]))
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb))

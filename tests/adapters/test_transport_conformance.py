@@ -65,6 +65,17 @@ def held() -> Iterator[Callable[[], tuple[int, int]]]:
         gc.enable()
 
 
+async def test_a_connection_is_reused_after_a_whole_answer_and_closed_after_a_cut_short_one(
+    client: UpstreamClient, hostile: HostileUpstream
+) -> None:
+    await send(client, hostile.url + "/plain")
+    await send(client, hostile.url + "/chunked/100000")
+    error = await send(client, hostile.url + f"/declared/500/{MiB}/{MiB}")  # read up to the error cap only
+    assert error.status == 500 and len(error.body) == 32 * 1024
+    await send(client, hostile.url + "/plain")
+    assert [seen.connection for seen in hostile.requests] == [0, 0, 0, 1]
+
+
 async def test_interim_answers_are_skipped(client: UpstreamClient, hostile: HostileUpstream) -> None:
     answer = await send(client, hostile.url + "/interim")
     assert answer.status == 200 and bytes(answer.body) == b"final"
