@@ -26,7 +26,7 @@ from schemas.canonical import (
     Operation,
     encode_hook,
 )
-from schemas.dialect import BodyKind, Endpoint, ErrorTable, sniff_image
+from schemas.dialect import BodyKind, Endpoint, ErrorTable, parse_retry_after, sniff_image
 from schemas.imageforms import Conversion, conversion
 from schemas.sustainability import summed
 
@@ -41,14 +41,6 @@ _RECAST: Mapping[ErrorCode, str] = {
 }
 REQUEST_ID_HEADER = "X-Request-ID"
 TRACEPARENT_HEADER = "traceparent"
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date: rare for these APIs; the retry policy's own backoff applies
 
 
 class UpstreamUnreachable(GatewayError):
@@ -168,7 +160,7 @@ class HttpAdapter(AdapterBase):
     def _decode(self, endpoint: Endpoint[Any, Any], request: ImageRequest, answer: Answer) -> ImageResult:
         status, headers, body = answer.status, answer.headers, answer.body
         if status >= 400:
-            error = self.errors.parse(status, body, _retry_after(headers))
+            error = self.errors.parse(status, body, parse_retry_after(headers.get("retry-after")))
             if status == 401 or error.code is ErrorCode.UNAUTHORIZED:
                 error = self._credentials_refused(status, error)
             elif error.code in _RECAST:
@@ -205,7 +197,11 @@ class HttpAdapter(AdapterBase):
     async def _fetch(self, image: GeneratedImage, options: CallOptions) -> None:
         """Replace an upstream URL by its bytes: only from this provider's hosts, and only up to the cap."""
         assert image.url is not None
-        if urlsplit(image.url).netloc not in self._image_hosts:
+        try:
+            host = urlsplit(image.url).netloc
+        except ValueError:  # not a URL at all (a bracket left open): no host of this provider's
+            host = None
+        if host not in self._image_hosts:
             raise GatewayError(
                 ErrorCode.UPSTREAM_ERROR,
                 f"provider {self.name} returned an image URL on a host it is not allowed to serve from",

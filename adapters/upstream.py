@@ -1,39 +1,39 @@
 """The one client interface every adapter sends through, and the clients behind it.
 
 An adapter says what to send (method, URL, body, headers, timeouts, the most it will read)
-and gets back a whole answer or one of two exceptions; which HTTP library carries it is
-chosen once, by configuration (``server.upstream_transport``), and measured in
-docs/benchmarks.md:
+and gets back a whole answer or one of two exceptions. The client is aiohttp's
+(``server.upstream_transport: aiohttp``, the one value left), held to the cases of
+tests/adapters/test_transport_conformance.py, a hostile upstream on loopback; a client of our
+own (``raw``), httpx's own transport and httpx over aiohttp's transport each failed some of them
+and are gone (docs/benchmarks.md, "The transport decision").
 
-- ``aiohttp`` (default): aiohttp's own client session. On one core it carried about twice
-  the rate of httpx over the same aiohttp transport, for half the CPU per request.
-- ``httpx-aiohttp``: an ``httpx.AsyncClient`` over aiohttp's transport (httpx-aiohttp).
-- ``httpx``: an ``httpx.AsyncClient`` with httpx's own transport (httpcore).
-- ``raw``: an HTTP/1.1 client of our own on asyncio protocols and httptools (``adapters/rawhttp.py``).
-
-Every client keeps no cookies (nothing a provider sets while serving one client reaches
-the next), follows no redirects, reuses connections to every upstream, and reads an
-answer into one buffer sized from its ``Content-Length`` when it has one: a large answer
-is held once, not as chunks plus their join.
+The client keeps no cookies (nothing a provider sets while serving one client reaches
+the next), follows no redirects, reuses connections to every upstream, skips interim (1xx)
+answers, refuses a header block over ``MAX_HEADER_BYTES``, reads an error answer's body only up
+to ``ERROR_BODY_MAX``, and reads a successful answer into one buffer (``_Buffer``): a large one
+is held once, not as chunks plus their join, and memory follows the bytes that arrived, never
+a declared length. A call's buffer is let go of when the call ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import mmap
+import ssl
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-import httpx
 
 from schemas.imageforms import sliceable
 
 __all__ = [
+    "DEFAULT_TRANSPORT",
     "MAPPED_MIN",
+    "RETIRED_TRANSPORTS",
     "TRANSPORTS",
     "Answer",
     "AnswerTooLarge",
@@ -43,8 +43,15 @@ __all__ = [
     "encode_multipart",
 ]
 
-Transport = Literal["aiohttp", "httpx-aiohttp", "httpx", "raw"]
-TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx-aiohttp", "httpx", "raw")
+Transport = Literal["aiohttp"]
+TRANSPORTS: tuple[Transport, ...] = ("aiohttp",)
+DEFAULT_TRANSPORT: Transport = "aiohttp"
+# Transports this gateway once offered, and why they went: a config that names one is refused with this.
+RETIRED_TRANSPORTS = {
+    "raw": "the client of our own (adapters/rawhttp.py) is gone: it failed the transport conformance cases",
+    "httpx": "httpx's own transport is gone: it reads bytes left after an answer as the next call's answer",
+    "httpx-aiohttp": "httpx over aiohttp is gone: httpx inflates a compressed chunk whole, past any cap",
+}
 
 # One pool for every upstream: connections are reused across requests and providers.
 MAX_CONNECTIONS = 512
@@ -82,9 +89,9 @@ class UpstreamFailure(Exception):
 
 
 def aiohttp_failure(exc: aiohttp.ClientError | TimeoutError) -> UpstreamFailure:
-    """aiohttp's exceptions → ``UpstreamFailure``: the one table, for its own client and under httpx."""
+    """aiohttp's exceptions → ``UpstreamFailure``: the one table."""
     reason = type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, name not resolved
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.InvalidURL):  # refused, unreachable, unresolved, unusable
         return UpstreamFailure(reason, reached=False, timed_out=False)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamFailure(reason, reached=False, timed_out=True)
@@ -126,24 +133,49 @@ def build_upstream_client(transport: str) -> UpstreamClient:
     """The client every adapter shares, for the configured transport."""
     if transport == "aiohttp":
         return AiohttpUpstream()
-    if transport in ("httpx", "httpx-aiohttp"):
-        return HttpxUpstream(aiohttp_transport=transport == "httpx-aiohttp")
-    if transport == "raw":
-        from adapters.rawhttp import RawUpstream  # it builds on this module
-
-        return RawUpstream()
-    raise ValueError(f"unknown upstream transport {transport!r}; one of {', '.join(TRANSPORTS)}")
+    why = f" ({RETIRED_TRANSPORTS[transport]})" if transport in RETIRED_TRANSPORTS else ""
+    raise ValueError(f"unknown upstream transport {transport!r}{why}; one of {', '.join(TRANSPORTS)}")
 
 
 MAPPED_MIN = 1 << 20  # a successful answer this large gets a mapping of its own (_Buffer)
+# The most of an error answer's body that is read (status ≥ 300): enough for any provider's error
+# JSON; the rest is never read, and the connection that carried it is closed.
+ERROR_BODY_MAX = 32 * 1024
+# An answer's header block: at most this many bytes in all, each line at most MAX_HEADER_LINE
+# (aiohttp's default) and at most MAX_HEADERS lines, so parsing one holds little before the sum is checked.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_LINE = 8190
+MAX_HEADERS = 128
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL no request can be made to (no http(s) scheme, no host, a bad port or address)
+    as a failure that reached nobody: an image URL is the upstream's word, never the gateway's fault."""
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018  # a port out of range raises here
+    except ValueError:
+        usable = False
+    if not usable:
+        raise UpstreamFailure("unusable URL", reached=False, timed_out=False)
+
+
+def check_headers(raw: Iterable[tuple[bytes, bytes]]) -> None:
+    """Refuse an answer whose header block is over ``MAX_HEADER_BYTES`` (aiohttp bounds each line and
+    their number, ``_session``, not their sum)."""
+    if sum(len(name) + len(value) + 4 for name, value in raw) > MAX_HEADER_BYTES:
+        raise UpstreamFailure(f"answer headers over {MAX_HEADER_BYTES} bytes", reached=True, timed_out=False)
 
 
 def _mapping(size: int) -> mmap.mmap:
     """Private anonymous memory for one large answer, in huge pages where the kernel allows.
 
-    Freed with the answer (returned to the OS at once, like every large buffer: gateway/memory.py),
-    and cheap to fill: a bytearray of 16 MiB is zeroed page by page, 4,096 page faults that cost
-    about 13 ms on these machines, against 2 ms with huge pages (docs/benchmarks.md).
+    It reserves address space, not memory: a page is taken when the first byte lands in it, so
+    memory follows the bytes that arrived, whatever length was declared. Freed with the answer
+    (returned to the OS at once, like every large buffer: gateway/memory.py), and cheap to fill: a
+    bytearray of 16 MiB is zeroed page by page, 4,096 page faults that cost about 13 ms on these
+    machines, against 2 ms with huge pages (docs/benchmarks.md).
     """
     mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
@@ -153,55 +185,74 @@ def _mapping(size: int) -> mmap.mmap:
 
 
 class _Buffer:
-    """One buffer for a whole answer: sized once from Content-Length when declared.
+    """One buffer for a whole answer.
 
-    A large successful answer is read into a mapping of its own (``_mapping``) and handed on as a
-    view of it; anything else into a bytearray. Whether the body is plain (ASCII, no backslash)
-    is checked on each chunk as it arrives, while it is in the cache.
+    A large successful answer that declared its length is read into a mapping of its own
+    (``_mapping``) and handed on as a view of it; anything else grows in a bytearray as bytes
+    arrive (nothing is allocated from a declared length). An error answer (status ≥ 300) keeps
+    its first ``ERROR_BODY_MAX`` bytes and is then ``full``: the caller stops reading. Whether the
+    body is plain (ASCII, no backslash) is checked on each chunk as it arrives, while it is in the
+    cache. ``release`` lets go of the body when the call ends, so that nothing a failed call read
+    stays reachable (from its exception's traceback, say) once the answer, if any, is dropped.
     """
 
-    __slots__ = ("body", "limit", "plain", "size")
+    __slots__ = ("body", "full", "limit", "plain", "size", "truncates")
 
     def __init__(self, declared: int | None, limit: int, ok: bool = False) -> None:
-        if declared is not None and declared > limit:
+        self.truncates = not ok
+        if ok and declared is not None and declared > limit:
             raise AnswerTooLarge(limit)
-        self.limit = limit
+        self.limit = limit if ok else min(limit, ERROR_BODY_MAX)
         self.size = 0
         self.plain = True
+        self.full = False
         self.body: bytearray | mmap.mmap
         if ok and declared is not None and declared >= MAPPED_MIN:
             self.body = _mapping(declared)
         else:
-            self.body = bytearray(declared) if declared else bytearray()
+            self.body = bytearray()
 
     def add(self, chunk: bytes) -> None:
         end = self.size + len(chunk)
         if end > self.limit:
-            raise AnswerTooLarge(self.limit)
+            if not self.truncates:
+                raise AnswerTooLarge(self.limit)
+            chunk, end, self.full = chunk[: self.limit - self.size], self.limit, True
         if self.plain:  # what a slice needs, checked while the chunk is in the cache
             self.plain = sliceable(chunk)
-        if end <= len(self.body):
-            self.body[self.size : end] = chunk
-            self.size = end
-            return
-        if isinstance(self.body, mmap.mmap):  # more than declared: the library raises, but stay exact
+        if isinstance(self.body, mmap.mmap):
+            if end <= len(self.body):
+                self.body[self.size : end] = chunk
+                self.size = end
+                return
+            # more than declared: the library raises, but stay exact
             self.body = bytearray(memoryview(self.body)[: self.size])
-        del self.body[self.size :]
         self.body += chunk
         self.size = end
 
-    def finish(self) -> bytearray | memoryview:
-        if isinstance(self.body, mmap.mmap):
-            return memoryview(self.body)[: self.size]
-        if self.size < len(self.body):  # fewer bytes than declared: the library raises first, but be exact
-            del self.body[self.size :]
-        return self.body
-
     def answer(self, status: int, headers: Mapping[str, str]) -> Answer:
-        return Answer(status, headers, self.finish(), self.plain)
+        body = memoryview(self.body)[: self.size] if isinstance(self.body, mmap.mmap) else self.body
+        return Answer(status, headers, body, self.plain)
+
+    def release(self) -> None:
+        """Let go of the body: the answer, when there is one, holds its own reference."""
+        self.body = bytearray()
 
 
 # --------------------------------------------------------------------------- aiohttp
+
+
+def _session(tls: ssl.SSLContext) -> aiohttp.ClientSession:
+    """aiohttp's session: one pool, no cookies, no total timeout, bounded header lines."""
+    connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S, ssl=tls)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
+        max_line_size=MAX_HEADER_LINE,
+        max_field_size=MAX_HEADER_LINE,
+        max_headers=MAX_HEADERS,
+    )
 
 
 class AiohttpUpstream:
@@ -209,11 +260,13 @@ class AiohttpUpstream:
 
     ``HTTP_PROXY``, ``HTTPS_PROXY`` and ``NO_PROXY`` are read once, here, and each upstream
     host's proxy is looked up once: aiohttp's own ``trust_env`` would ask the environment
-    (and ``.netrc``) on a thread for every request.
+    (and ``.netrc``) on a thread for every request. The trusted certificates too are read
+    here (the system's, or ``SSL_CERT_FILE``), not when aiohttp was imported.
     """
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._tls = ssl.create_default_context()
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
         self._env_proxies = urllib.request.getproxies_environment()
         self._proxies: dict[tuple[str, str], str | None] = {}
@@ -231,15 +284,6 @@ class AiohttpUpstream:
                 self._proxies.clear()
             self._proxies[key] = proxy
         return self._proxies[key]
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
-        return self._session
 
     def _timeout(self, connect: float, read: float) -> aiohttp.ClientTimeout:
         key = (connect, read)
@@ -261,9 +305,11 @@ class AiohttpUpstream:
         read_timeout: float,
         max_bytes: int,
     ) -> Answer:
-        session = self._session or self._open()
+        check_url(url)
+        if self._session is None:
+            self._session = _session(self._tls)
         try:
-            async with session.request(
+            async with self._session.request(
                 method,
                 url,
                 data=body,
@@ -273,16 +319,18 @@ class AiohttpUpstream:
                 proxy=self.proxy_for(url),
             ) as response:
                 buffer = _Buffer(response.content_length, max_bytes, ok=response.status < 300)
-                content = response.content
-                while True:  # each chunk as it was read (readany would join what is buffered: a copy)
-                    chunk, chunk_end = await content.readchunk()
-                    if chunk:
-                        buffer.add(chunk)
-                    elif not chunk_end:  # (b"", False): the end of the body
-                        break
-                return buffer.answer(response.status, response.headers)
+                try:
+                    check_headers(response.raw_headers)
+                    await _read(response.content, buffer)
+                    return buffer.answer(response.status, response.headers)
+                finally:
+                    buffer.release()
+                    if not response.content.is_eof():  # not read to its end (an error answer's rest): never reused
+                        response.close()
         except (aiohttp.ClientError, TimeoutError) as exc:  # aiohttp's read timeouts are TimeoutErrors too
             raise aiohttp_failure(exc) from exc
+        except UnicodeError as exc:  # a host name IDNA cannot encode
+            raise UpstreamFailure("unusable URL", reached=False, timed_out=False) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -290,80 +338,14 @@ class AiohttpUpstream:
             self._session = None
 
 
-# --------------------------------------------------------------------------- httpx
-
-
-class _NoCookies(httpx.Cookies):
-    """Never keeps a cookie (and skips httpx's cookie-jar bookkeeping, about 8% of its CPU)."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-class HttpxUpstream:
-    """An ``httpx.AsyncClient``, over httpx's own transport or aiohttp's (httpx-aiohttp)."""
-
-    def __init__(self, *, aiohttp_transport: bool) -> None:
-        self._aiohttp_transport = aiohttp_transport
-        timeout = httpx.Timeout(120.0, connect=5.0)
-        if aiohttp_transport:
-            from httpx_aiohttp import AiohttpTransport
-
-            def session() -> aiohttp.ClientSession:  # made on first use, inside the running loop
-                connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
-                return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-
-            self.client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=timeout)
-        else:
-            limits = httpx.Limits(
-                max_connections=MAX_CONNECTIONS,
-                max_keepalive_connections=MAX_IDLE_CONNECTIONS,
-                keepalive_expiry=KEEPALIVE_S,
-            )
-            self.client = httpx.AsyncClient(limits=limits, timeout=timeout)
-        self.client._cookies = _NoCookies()  # httpx has no public switch for its cookie jar
-
-    async def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        connect_timeout: float,
-        read_timeout: float,
-        max_bytes: int,
-    ) -> Answer:
-        outgoing = self.client.build_request(
-            method, url, content=body, headers=headers, timeout=httpx.Timeout(read_timeout, connect=connect_timeout)
-        )
-        try:
-            response = await self.client.send(outgoing, stream=True)
-            try:
-                declared = response.headers.get("content-length")
-                buffer = _Buffer(int(declared) if declared else None, max_bytes, ok=response.status_code < 300)
-                async for chunk in response.aiter_bytes():
-                    buffer.add(chunk)
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as exc:
-            raise self._failure(exc) from exc
-        return buffer.answer(response.status_code, response.headers)
-
-    def _failure(self, exc: Exception) -> UpstreamFailure:
-        """httpx-aiohttp reports every aiohttp connection error as ``ConnectTimeout``: read the cause."""
-        cause = exc.__cause__
-        if self._aiohttp_transport and isinstance(cause, aiohttp.ClientError | TimeoutError):
-            return aiohttp_failure(cause)
-        reason = type(exc).__name__
-        if isinstance(exc, httpx.ConnectTimeout):
-            return UpstreamFailure(reason, reached=False, timed_out=True)
-        if isinstance(exc, httpx.ConnectError):
-            return UpstreamFailure(reason, reached=False, timed_out=False)
-        return UpstreamFailure(reason, reached=True, timed_out=isinstance(exc, httpx.TimeoutException))
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
+async def _read(content: aiohttp.StreamReader, buffer: _Buffer) -> None:
+    """Each chunk as it was read (readany would join what is buffered: a copy), until the end or a full buffer."""
+    while not buffer.full:
+        chunk, chunk_end = await content.readchunk()
+        if chunk:
+            buffer.add(chunk)
+        elif not chunk_end:  # (b"", False): the end of the body
+            return
 
 
 # --------------------------------------------------------------------------- multipart

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import msgspec
 
-from adapters.upstream import TRANSPORTS
+from adapters.upstream import DEFAULT_TRANSPORT, TRANSPORTS
 from bench.assess import assess
 from bench.measure import machine_info, measure_idle, rss_tree
 from bench.phases import Plan, ProxyBench, cpu_memory, loadgen_health, log_lines_per_request, machine_shares
@@ -90,7 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--docs", default=str(DOCS), help="the Markdown file to write the results into")
     add("--no-docs", action="store_true", help="do not write the docs")
     add("--json", dest="json_out", help="also write every result as JSON here")
-    add("--upstream-transport", default="raw", choices=TRANSPORTS, help="the gateway's upstream client")
+    add("--upstream-transport", default=DEFAULT_TRANSPORT, choices=TRANSPORTS, help="the gateway's upstream client")
     add("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
     args = parser.parse_args(argv)
     if args.quick:

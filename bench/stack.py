@@ -156,7 +156,7 @@ class StackOptions(msgspec.Struct, frozen=True, kw_only=True):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     emulator_delay_ms: float = 1.0
-    upstream_transport: str = "raw"  # the gateway's default (server.upstream_transport)
+    upstream_transport: str = "aiohttp"  # the gateway's default (server.upstream_transport)
     litellm_python: str | None = None  # None: no LiteLLM in this run
     keep_logs: bool = False
 

@@ -252,9 +252,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_input_image_bytes: PositiveInt = DEFAULT_MAX_INPUT_IMAGE_BYTES
     max_prompt_chars: PositiveInt = 32_000  # a longer prompt or negative prompt is refused (400); OpenAI's limit
     request_deadline_s: Seconds = 120.0  # no chain of retries and fallbacks outlives it
-    # The HTTP client every adapter sends through (adapters/upstream.py): aiohttp's own client
-    # (fastest, measured), httpx over aiohttp's transport, or httpx with its own transport.
-    upstream_transport: Literal["aiohttp", "httpx-aiohttp", "httpx", "raw"] = "raw"
+    # The HTTP client every adapter sends through (adapters/upstream.py): aiohttp's. `raw` (a client
+    # of our own), `httpx` and `httpx-aiohttp` are gone: docs/benchmarks.md, "The transport decision".
+    upstream_transport: Literal["aiohttp"] = "aiohttp"
     shutdown_grace_s: Seconds = 30.0  # on SIGTERM: stop accepting, let requests in flight finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False

@@ -23,14 +23,17 @@ from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult
 from schemas.imageforms import sliceable, slicing_decoder
 
 __all__ = [
+    "RETRY_AFTER_MAX_S",
     "BodyKind",
     "Buffer",
     "Endpoint",
     "ErrorAnswer",
     "ErrorTable",
     "b64_image",
+    "bounded_retry_after",
     "error_answer",
     "image_dimensions",
+    "parse_retry_after",
     "parse_size",
     "refuse_stream",
     "sniff_image",
@@ -38,6 +41,30 @@ __all__ = [
 
 # An answer's body as read off the wire (a growing bytearray, not copied into bytes).
 Buffer = bytes | bytearray | memoryview
+
+# The longest wait an upstream's Retry-After may ask of a client; past it, this many seconds.
+# (The router's own backoff is capped lower, at the retry policy's retry_after_cap_s.)
+RETRY_AFTER_MAX_S = 3600.0
+_DELTA_SECONDS = re.compile(r"[0-9]{1,32}(?:\.[0-9]{1,32})?")
+
+
+def bounded_retry_after(seconds: float | None) -> float | None:
+    """A wait an upstream asked for as a number: kept when finite and not negative, capped at
+    ``RETRY_AFTER_MAX_S``; anything else is no wait at all (None)."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(float(seconds), RETRY_AFTER_MAX_S)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """An upstream's ``Retry-After`` header, read strictly: seconds as digits (a fraction allowed),
+    capped at ``RETRY_AFTER_MAX_S``. An HTTP date, ``inf``, ``-1``, ``1e9`` or ``1_0`` is ignored
+    (None): the retry policy's own backoff applies."""
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    return min(float(value), RETRY_AFTER_MAX_S) if _DELTA_SECONDS.fullmatch(value) else None
+
 
 ReqT = TypeVar("ReqT", bound=msgspec.Struct)
 RespT = TypeVar("RespT", bound=msgspec.Struct)
@@ -362,7 +389,7 @@ class ErrorAnswer(NamedTuple):
 def error_answer(error: GatewayError, table: ErrorTable) -> ErrorAnswer:
     """``error`` in the envelope of ``table``, with ``Retry-After`` in whole seconds when it has one."""
     headers = dict(error.headers)
-    if error.retry_after is not None and "Retry-After" not in headers:
+    if error.retry_after is not None and math.isfinite(error.retry_after) and "Retry-After" not in headers:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if error.provider:
         headers["X-Gateway-Provider"] = error.provider

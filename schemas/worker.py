@@ -13,7 +13,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, decode_hook, encode_hook
-from schemas.dialect import Buffer, Endpoint, ErrorTable
+from schemas.dialect import Buffer, Endpoint, ErrorTable, bounded_retry_after
 
 __all__ = [
     "ERRORS",
@@ -86,7 +86,7 @@ def decode_error(status: int, body: Buffer) -> GatewayError:
     except (msgspec.ValidationError, msgspec.DecodeError):
         return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker answered {status} without an error body")
     code = _CODES.get(wire.code, ErrorCode.UPSTREAM_ERROR)
-    return GatewayError(code, wire.message, param=wire.param, retry_after=wire.retry_after)
+    return GatewayError(code, wire.message, param=wire.param, retry_after=bounded_retry_after(wire.retry_after))
 
 
 # --- the worker as a provider: an endpoint and an error table like any dialect's ---

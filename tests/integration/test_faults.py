@@ -424,3 +424,25 @@ def test_every_target_cooling_down_is_a_503_with_retry_after(
         assert len(emulators["melious"].emulator.calls) == 2
     finally:
         server.stop()
+
+
+def test_an_upstreams_retry_after_is_read_strictly(
+    emulators: dict[str, EmulatorServer], http: httpx.Client, tmp_path: Any
+) -> None:
+    """Finite seconds, capped at an hour for the client; anything else is ignored (never a 500)."""
+    server = start_gateway(
+        emulators,
+        [{"name": "m", "targets": [{"provider": "melious", "model": "flux-schnell"}]}],
+        tmp_path,
+        provider_overrides={"retry": {"attempts": 1}, "cooldown": LONG_COOLDOWN},
+    )
+    said_and_told = [("7", "7"), ("99999999", "3600"), ("inf", None), ("nan", None), ("-5", None), ("1e3", None),
+                     ("1_0", None), ("Wed, 21 Oct 2015 07:28:00 GMT", None)]  # fmt: skip
+    try:
+        for said, told in said_and_told:
+            emulators["melious"].emulator.add_fault(Fault(status=429, message=UPSTREAM_TEXT, retry_after=said, times=1))
+            response, _ = send(http, server, "nebul", "m")
+            assert response.status_code == 429, (said, response.text)
+            assert response.headers.get("retry-after") == told, said
+    finally:
+        server.stop()

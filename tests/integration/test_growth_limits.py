@@ -148,3 +148,33 @@ def test_image_urls_are_fetched_only_from_the_providers_hosts_and_up_to_the_cap(
         assert capped.status_code == 502 and "larger than 100 bytes" in logged_detail(capped)
     finally:
         server.stop()
+
+
+def test_an_image_url_with_a_non_ascii_path_is_fetched_and_a_broken_one_is_an_upstream_error(
+    emulators: dict[str, EmulatorServer], http: httpx.Client, tmp_path: Path
+) -> None:
+    """The URL is the upstream's word: percent-encoded on the way out, and never a 500 when it is unusable."""
+    pomelo = emulators["pomelo"]
+    pomelo.emulator.files.put(solid_png(8, 8), "café ü")
+    models = [{"name": "m", "targets": [{"provider": "pomelo-midjourney", "model": "5"}]}]
+    server = start_gateway(emulators, models, tmp_path, provider_overrides={"retry": {"attempts": 1}})
+
+    def answer_with(url: str) -> Fault:
+        images = [{"url": url, "id": "img_1", "created_at": "2026-01-01T00:00:00Z"}]
+        return Fault(body=json.dumps({"status": "success", "images": images, "prompt": "p", "model": "5"}))
+
+    try:
+        for url, status in [
+            (pomelo.base_url + "/files/café ü.png", 200),
+            (pomelo.base_url + "/files/gone é.png", 502),
+            ("http://[127.0.0.1/x.png", 502),
+            (pomelo.base_url.replace("http://", "http://user@") + ":99999/x.png", 502),
+        ]:
+            pomelo.emulator.add_fault(answer_with(url))
+            body = {"model": "m", "prompt": "p", "size": "512x512", "response_format": "b64_json"}
+            response = http.post(server.url + "/melious/v1/images/generations", json=body)
+            assert response.status_code == status, (url, response.text)
+            if status == 200:
+                assert base64.b64decode(response.json()["data"][0]["b64_json"]).startswith(b"\x89PNG")
+    finally:
+        server.stop()

@@ -15,7 +15,15 @@ import pytest
 
 from schemas import melious, nebul, nebulablock, openai, pomelo
 from schemas.canonical import ErrorCode, GatewayError
-from schemas.dialect import BodyKind, Endpoint, describe_type
+from schemas.dialect import (
+    RETRY_AFTER_MAX_S,
+    BodyKind,
+    Endpoint,
+    bounded_retry_after,
+    describe_type,
+    error_answer,
+    parse_retry_after,
+)
 
 ENDPOINTS: list[Endpoint[Any, Any]] = [
     melious.GENERATIONS,
@@ -116,3 +124,24 @@ def test_a_message_that_names_its_field_is_kept() -> None:
     steps = GatewayError(ErrorCode.INVALID_REQUEST, "Flux.1 takes 1 to 50 steps", param="steps")
     assert pomelo.FLUX.client_error(steps).message == "Flux.1 takes 1 to 50 steps"
     assert nebulablock.SERVERLESS.client_error(steps).message == "`num_steps`: Flux.1 takes 1 to 50 steps"
+
+
+@pytest.mark.parametrize(
+    ("said", "read"),
+    [("7", 7.0), (" 2.5 ", 2.5), ("0", 0.0), ("99999999", RETRY_AFTER_MAX_S), ("9" * 32, RETRY_AFTER_MAX_S),
+     (None, None), ("", None), ("inf", None), ("nan", None), ("-1", None), ("1e3", None), ("1_0", None),
+     ("+5", None), ("9" * 400, None), ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+)  # fmt: skip
+def test_retry_after_is_read_strictly(said: str | None, read: float | None) -> None:
+    assert parse_retry_after(said) == read
+
+
+@pytest.mark.parametrize(("said", "read"), [(3.0, 3.0), (1e12, RETRY_AFTER_MAX_S), (float("inf"), None),
+                                            (float("nan"), None), (-1.0, None), (None, None)])  # fmt: skip
+def test_a_wait_given_as_a_number_is_bounded(said: float | None, read: float | None) -> None:
+    assert bounded_retry_after(said) == read
+
+
+def test_a_wait_that_is_not_finite_is_never_rendered() -> None:
+    error = GatewayError(ErrorCode.RATE_LIMITED, "slow down", retry_after=float("inf"))
+    assert "Retry-After" not in error_answer(error, melious.ERRORS).headers
