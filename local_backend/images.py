@@ -6,10 +6,11 @@ import asyncio
 import io
 from collections.abc import Sequence
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from local_backend import png
 from schemas.canonical import ErrorCode, GatewayError
+from schemas.local import DEFAULT_MAX_INPUT_PIXELS
 
 __all__ = ["MEDIA_TYPES", "PNG_COMPRESS_LEVEL", "encode_image", "encode_images", "read_image", "read_mask"]
 
@@ -25,29 +26,39 @@ MEDIA_TYPES: dict[str, tuple[str, str]] = {
 }
 
 
-def _open(data: bytes, field: str) -> Image.Image:
+def _open(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """The client's image decoded, once its header is within ``max_pixels``; any failure is the client's 400.
+
+    ``local_backend.rules`` checked the header before the request queued; the size Pillow
+    reads is checked again here, before ``load()`` decodes a pixel. Whatever Pillow raises
+    on the client's bytes (a decompression bomb, a truncated or broken file, a header of
+    0x0) is ``invalid_request`` naming the field: never a failure of the backend's.
+    """
     try:
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if not 0 < width * height <= max_pixels:
+            raise ValueError(f"{width}x{height} pixels")
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except Exception as exc:  # Pillow's failures on untrusted bytes are many kinds, none of them ours
         raise GatewayError(
             ErrorCode.INVALID_REQUEST, f"`{field}` is not an image that can be read", param=field
         ) from exc
     return image
 
 
-def read_image(data: bytes, width: int, height: int) -> Image.Image:
+def read_image(data: bytes, width: int, height: int, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> Image.Image:
     """The input image of an edit or variation, as RGB at the size to be drawn."""
-    return _open(data, "image").convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    return _open(data, "image", max_pixels).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
 
 
-def read_mask(data: bytes, width: int, height: int) -> Image.Image:
+def read_mask(data: bytes, width: int, height: int, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> Image.Image:
     """The inpainting mask as diffusers wants it: white where to paint, black where to keep.
 
     A mask with transparency follows OpenAI's convention (the transparent part is what
     gets edited); an opaque one is read as grey levels, white meaning edit.
     """
-    mask = _open(data, "mask")
+    mask = _open(data, "mask", max_pixels)
     if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
         alpha = mask.convert("RGBA").getchannel("A")
         grey = ImageOps.invert(alpha)

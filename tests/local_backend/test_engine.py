@@ -12,6 +12,7 @@ from PIL import Image
 from local_backend.engine import LocalEngine
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
 from schemas.dialect import image_dimensions
+from tests.local_backend.bad_images import bomb_png, huge_valid_png, truncated_png, zero_png
 from tests.local_backend.engines import TINY, held_device, local_settings, running_engine
 
 
@@ -168,12 +169,25 @@ async def test_edit_with_mask_and_variation() -> None:
 
 
 async def test_an_unreadable_input_image_fails_only_its_request() -> None:
+    """A truncated PNG's header is whole: it queues, and its decode on the device fails as the client's 400."""
     async with running_engine(local_settings()) as engine:
-        bad = ask("x", operation=Operation.EDIT, images=(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30,), width=64, height=64)
-        with pytest.raises(GatewayError) as caught:
-            await engine.generate(bad)
+        for image, mask in ((truncated_png(), None), (png(64, 64), truncated_png())):
+            bad = ask("x", operation=Operation.EDIT, images=(image,), mask=mask, width=64, height=64)
+            with pytest.raises(GatewayError) as caught:
+                await engine.generate(bad)
+            assert caught.value.code is ErrorCode.INVALID_REQUEST, caught.value
+            assert caught.value.param == ("image" if mask is None else "mask")
         assert (await engine.generate(ask())).images
-    assert caught.value.code is ErrorCode.INVALID_REQUEST and caught.value.param == "image"
+
+
+@pytest.mark.parametrize("image", [bomb_png(), zero_png(), huge_valid_png()], ids=["bomb", "0x0", "12000x12000"])
+async def test_an_input_image_over_the_pixel_bound_is_refused_before_it_queues(image: bytes) -> None:
+    async with running_engine(local_settings()) as engine:
+        for operation in (Operation.EDIT, Operation.VARIATION):
+            with pytest.raises(GatewayError) as caught:
+                await engine.generate(ask("x", operation=operation, images=(image,)))
+            assert caught.value.code is ErrorCode.INVALID_REQUEST and caught.value.param == "image"
+        assert engine.stats().batches == 0 and engine.stats().requests_refused == 0
 
 
 @pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-flux"])
