@@ -109,6 +109,11 @@ class LocalBackendSettings(ProviderPolicy, kw_only=True, forbid_unknown_fields=T
     # This provider's site (its GPUs may be elsewhere); None: the gateway's `sustainability` section.
     site: SiteFactors | None = None
 
+    @property
+    def shared_cooldown(self) -> bool:
+        """Remote workers are shared by every replica; an in-process engine is each replica's own."""
+        return bool(self.workers)
+
     def __post_init__(self) -> None:
         if not self.models and not self.workers:
             raise ValueError("a local provider needs `models` to run in-process, or `workers` to send requests to")
