@@ -56,6 +56,14 @@ def test_whatever_pillow_makes_of_bad_bytes_is_the_clients_invalid_request(read:
     assert caught.value.code is ErrorCode.INVALID_REQUEST and caught.value.param == field
 
 
+def test_an_image_pillow_opens_but_cannot_convert_is_the_clients_too() -> None:
+    """A LAB TIFF decodes, but Pillow cannot make grey levels of it: still the client's 400, not the backend's 502."""
+    lab = file_bytes(Image.new("LAB", (8, 8)), "TIFF")
+    with pytest.raises(GatewayError) as caught:
+        read_mask(lab, 8, 8)
+    assert caught.value.code is ErrorCode.INVALID_REQUEST and caught.value.param == "mask"
+
+
 def test_the_pixel_bound_is_checked_again_before_the_decode() -> None:
     assert read_image(small_png(64, 64), 8, 8, max_pixels=64 * 64).size == (8, 8)
     with pytest.raises(GatewayError) as caught:
