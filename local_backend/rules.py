@@ -21,7 +21,16 @@ from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
 from schemas.dialect import image_dimensions
 from schemas.local import DEFAULT_MAX_INPUT_PIXELS
 
-__all__ = ["MAX_IMAGES_PER_REQUEST", "BatchKey", "ModelRules", "Work", "declared_size", "fit_size", "resolve"]
+__all__ = [
+    "MAX_IMAGES_PER_REQUEST",
+    "BatchKey",
+    "ModelRules",
+    "Work",
+    "declared_size",
+    "fit_size",
+    "resolve",
+    "webp_dimensions",
+]
 
 MAX_IMAGES_PER_REQUEST = 16
 MAX_SEED = 2**32  # seeds are chosen below this
@@ -150,12 +159,12 @@ def _check_operation(request: ImageRequest, rules: ModelRules) -> None:
 def declared_size(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
     """The width and height an input image's header declares, within ``max_pixels``; nothing is decoded.
 
-    A PNG's or JPEG's header is read here; another format's by Pillow, which opens a file
+    A PNG's, JPEG's or WebP's header is read here; another's by Pillow, which opens a file
     without decoding it. ``invalid_request`` naming ``field`` when the header cannot be read,
     declares no pixel, or declares more than ``max_pixels`` (a decompression bomb: a few
     bytes that would decode to gigabytes).
     """
-    size = image_dimensions(data) or _pillow_header(data, field, max_pixels)
+    size = image_dimensions(data) or webp_dimensions(data) or _pillow_header(data, field, max_pixels)
     width, height = size
     if width < 1 or height < 1:
         raise GatewayError(
@@ -164,6 +173,21 @@ def declared_size(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
     if width * height > max_pixels:
         raise _too_many_pixels(field, f"{width}x{height}, {width * height} pixels", max_pixels)
     return width, height
+
+
+def webp_dimensions(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a WebP's first chunk (lossy ``VP8 ``, lossless ``VP8L``, extended ``VP8X``)."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # the canvas: 24 bits each, minus one
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and data[20] == 0x2F:  # 14 bits each, minus one, after the signature byte
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # a key frame's start code, then 14 bits each
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return None
 
 
 def _pillow_header(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:

@@ -30,7 +30,7 @@ import yaml
 
 from tests.integration.gateway_server import GatewayServer, gateway_config
 from tests.integration.test_inbound_bodies import memory_kib
-from tests.local_backend.bad_images import bomb_png, huge_valid_png, small_png, truncated_png, zero_png
+from tests.local_backend.bad_images import bomb_png, huge_valid_png, small_png, truncated_png, webp_bomb, zero_png
 from tests.local_backend.engines import held_device, local_settings
 from tests.local_backend.worker_server import WorkerServer
 from tests.redis_support import require_shared_redis
@@ -42,6 +42,7 @@ MISSING_DIR = "/nonexistent/models/sd-turbo"
 STRICT_COOLDOWN = {"failures": 1, "seconds": 60}
 BAD_IMAGES: dict[str, Callable[[], bytes]] = {
     "bomb": bomb_png,  # 69 bytes declaring 50000x50000
+    "webp-bomb": webp_bomb,  # 30 bytes declaring 16384x16384
     "truncated": truncated_png,  # a whole header, half its pixel data
     "0x0": zero_png,  # once a ZeroDivisionError (a 500)
     "12000x12000": huge_valid_png,  # a valid 140 KB PNG over the default 4096x4096 bound

@@ -1,8 +1,9 @@
 """Input images a client may send to hurt the local backend, made byte by byte.
 
 Each is a few bytes to a few hundred kilobytes on the wire: a PNG header declaring
-50000x50000 pixels (a decompression bomb), one declaring 0x0, a real image cut short, and
-a real, valid 12000x12000 PNG that compresses to about 140 KB but decodes to 144 MB.
+50000x50000 pixels (a decompression bomb), a WebP header declaring 16384x16384, a PNG
+header declaring 0x0, a real image cut short, and a real, valid 12000x12000 PNG that
+compresses to about 140 KB but decodes to 144 MB.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import zlib
 
 from PIL import Image
 
-__all__ = ["bomb_png", "huge_valid_png", "png_header", "small_png", "truncated_png", "zero_png"]
+__all__ = ["bomb_png", "huge_valid_png", "png_header", "small_png", "truncated_png", "webp_bomb", "zero_png"]
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -32,6 +33,13 @@ def png_header(width: int, height: int, idat: bytes = b"", colour_type: int = 2)
 def bomb_png() -> bytes:
     """69 bytes declaring 50000x50000 RGB pixels (7.5 GB decoded), the start of a deflate stream as its data."""
     return png_header(50_000, 50_000, zlib.compress(b"\x00" * 64)[:12])
+
+
+def webp_bomb() -> bytes:
+    """An extended WebP's header declaring a 16384x16384 canvas (1 GB as RGBA), and nothing else: 30 bytes."""
+    vp8x = bytes(4) + (16383).to_bytes(3, "little") + (16383).to_bytes(3, "little")  # flags, then width-1, height-1
+    chunk = b"VP8X" + len(vp8x).to_bytes(4, "little") + vp8x
+    return b"RIFF" + (4 + len(chunk)).to_bytes(4, "little") + b"WEBP" + chunk
 
 
 def zero_png() -> bytes:

@@ -7,9 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from local_backend.rules import ModelRules, declared_size, fit_size, resolve
+from local_backend.rules import ModelRules, declared_size, fit_size, resolve, webp_dimensions
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
-from tests.local_backend.bad_images import bomb_png, huge_valid_png, png_header, truncated_png, zero_png
+from tests.local_backend.bad_images import bomb_png, huge_valid_png, png_header, truncated_png, webp_bomb, zero_png
 
 SD = ModelRules(
     name="sd",
@@ -146,6 +146,7 @@ def edit(image: bytes, mask: bytes | None = None, **fields: object) -> ImageRequ
         (zero_png(), "declares 0x0 pixels"),
         (png_header(0, 64), "declares 0x64 pixels"),
         (b"RIFF\x10\x00\x00\x00WEBPVP8 broken", "is not an image that can be read"),
+        (webp_bomb(), "16384x16384, 268435456 pixels"),
     ],
 )
 def test_an_input_image_is_judged_by_its_header_before_any_decode(image: bytes, words: str) -> None:
@@ -172,3 +173,14 @@ def test_the_pixel_bound_is_the_models() -> None:
 def test_a_header_is_read_without_decoding_the_image() -> None:
     """The truncated file's header is whole: it passes here, and its decode fails later (local_backend.images)."""
     assert declared_size(truncated_png(), "image", 64 * 64) == (64, 64)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+@pytest.mark.parametrize("lossless", [False, True])
+@pytest.mark.parametrize("size", [(1, 1), (37, 5), (640, 480), (16383, 3)])
+def test_a_webp_header_is_read_as_pillow_reads_it(mode: str, lossless: bool, size: tuple[int, int]) -> None:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="WEBP", lossless=lossless)
+    data = buffer.getvalue()
+    assert webp_dimensions(data) == Image.open(io.BytesIO(data)).size == size
+    assert webp_dimensions(data[:29]) is None and webp_dimensions(b"RIFF\0\0\0\0WEBPVP8Z" + bytes(20)) is None
