@@ -207,8 +207,11 @@ def test_serve_worker_needs_a_local_provider(capsys: pytest.CaptureFixture[str])
     assert "kind: local" in capsys.readouterr().err
 
 
-def test_a_worker_missing_a_models_weights_is_not_healthy(tmp_path: Path) -> None:
-    """Its other model serves; the missing one answers 503 ``model_unavailable`` naming no path; /health is 503."""
+async def test_a_worker_missing_a_models_weights_is_not_healthy(tmp_path: Path, client: UpstreamClient) -> None:
+    """Its other model serves; the missing one answers 503 ``model_unavailable`` naming no path; /health is 503.
+
+    The gateway still counts it as up (it serves its other models): its readiness does not follow one missing model.
+    """
     nowhere = tmp_path / "no-such-model"
     settings = tiny_settings({"tiny": "builtin:tiny-sd", "gone": str(nowhere)}, batch_window_ms=0)
     with WorkerServer(settings) as worker:
@@ -216,6 +219,8 @@ def test_a_worker_missing_a_models_weights_is_not_healthy(tmp_path: Path) -> Non
         missing = ImageRequest(model="gone", prompt="p")
         gone = httpx.post(worker.url + "/v1/generate", content=msgspec.json.encode(missing))
         served = httpx.post(worker.url + "/v1/generate", content=msgspec.json.encode(ask()))
+        readiness = await remote([worker.url], client).ready()
+    assert readiness == {"ready": True, "workers": {worker.url: True}}
     assert health.status_code == 503 and health.json()["status"] == "degraded"
     assert health.json()["models"]["tiny"] == "ready" and str(nowhere) in health.json()["models"]["gone"]
     assert gone.status_code == 503, gone.text
