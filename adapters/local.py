@@ -36,6 +36,15 @@ MAX_WORKER_ANSWER_BYTES = 1 << 30
 _NEXT_WORKER = frozenset({ErrorCode.OVERLOADED})
 
 
+class _WorkerHealth(msgspec.Struct):
+    """What the gateway reads of a worker's ``/health``: ``ok``, ``degraded`` or ``unavailable``."""
+
+    status: str = ""
+
+
+_health_decoder = msgspec.json.Decoder(_WorkerHealth)
+
+
 @dataclass
 class WorkerSettings:
     """One remote worker, as the HTTP adapter reads a provider's settings."""
@@ -110,7 +119,7 @@ class LocalAdapter(AdapterBase):
         return result
 
     async def ready(self) -> dict[str, Any] | None:
-        """Whether this provider can serve: its models loaded, or at least one worker healthy."""
+        """Whether this provider can serve: its models loaded, or at least one worker serving (healthy or degraded)."""
         if not self.remote:
             if self.engine is None:
                 return {"ready": False, "models": {}}
@@ -163,7 +172,14 @@ class LocalAdapter(AdapterBase):
             )
         except (UpstreamFailure, AnswerTooLarge):
             return False
-        return answer.status == 200
+        if answer.status == 200:
+            return True
+        # A degraded worker (503: a model's weights missing) still serves its other models: it counts as up here,
+        # so one missing model on every worker does not take this provider, and the gateway's readiness, away.
+        try:
+            return _health_decoder.decode(answer.body).status == "degraded"
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False
 
 
 def _speaks_to_the_client(error: GatewayError) -> bool:

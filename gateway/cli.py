@@ -127,6 +127,8 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load_or_report(args.file)
     if config is None:
         return 1
+    if not args.no_weights and _weights_missing(config, args.file):
+        return 1
     worker_models = _worker_models(config)
     if not config.models and worker_models:  # a GPU worker's config: `image-gateway worker` serves it
         print(f"{args.file}: ok ({worker_models} local models for `image-gateway worker`; no `models`: not for serve)")
@@ -142,6 +144,16 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} models)")
     return 0
+
+
+def _weights_missing(config: GatewayConfig, source: str) -> bool:
+    """Print each in-process local model whose weights are not on this machine; whether there was one."""
+    from gateway.weights import missing_weights
+
+    problems = missing_weights(config)
+    for problem in problems:
+        print(f"config error: {source}: {problem}", file=sys.stderr)
+    return bool(problems)
 
 
 def _store_problem(config: GatewayConfig) -> str | None:
@@ -225,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="check a config file; prints every problem, exit 1")
     check.add_argument("file")
     check.add_argument("--no-store", action="store_true", help="do not reach the image store's bucket")
+    check.add_argument(
+        "--no-weights", action="store_true", help="do not look for local models' weights (not on this machine)"
+    )
     check.set_defaults(run=_check_config)
     setup = commands.add_parser("store-setup", help="give the s3 image store's bucket its lifecycle rule (expiry)")
     setup.add_argument("--config", help="YAML config file (default: the built-in one)")

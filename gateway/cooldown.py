@@ -3,7 +3,8 @@
 Failures are counted in each process; when a provider reaches its threshold, this
 process cools it down and, with Redis configured, writes the cooldown there (with its
 expiry) so that the other replicas skip it too. Replicas read Redis at most once per
-``REFRESH_S``, so the hot path usually pays nothing for this.
+``REFRESH_S``, so the hot path usually pays nothing for this. A provider that each
+replica runs itself (in-process local models) is cooled down in that process alone.
 """
 
 from __future__ import annotations
@@ -42,21 +43,21 @@ class Cooldowns:
     def record_success(self, provider: str) -> None:
         self._failures.pop(provider, None)
 
-    async def record_failure(self, provider: str, threshold: int, seconds: float) -> bool:
-        """Count a failure; True when it starts a cooldown."""
+    async def record_failure(self, provider: str, threshold: int, seconds: float, *, shared: bool = True) -> bool:
+        """Count a failure; True when it starts a cooldown (``shared``: on every replica)."""
         count = self._failures.get(provider, 0) + 1
         self._failures[provider] = count
         if count < threshold or self.cooling(provider):
             return False
-        await self.cool_down(provider, seconds, failures=count)
+        await self.cool_down(provider, seconds, shared=shared, failures=count)
         return True
 
-    async def cool_down(self, provider: str, seconds: float, **why: object) -> None:
-        """Skip ``provider`` for ``seconds`` from now, here and (with Redis) on every replica."""
+    async def cool_down(self, provider: str, seconds: float, *, shared: bool = True, **why: object) -> None:
+        """Skip ``provider`` for ``seconds`` from now, here and (with Redis, when ``shared``) on every replica."""
         self._failures.pop(provider, None)
         self._until[provider] = time.time() + seconds
-        log.warning("provider_cooled_down", provider=provider, seconds=seconds, **why)
-        if self._client is not None:
+        log.warning("provider_cooled_down", provider=provider, seconds=seconds, shared=shared, **why)
+        if self._client is not None and shared:
             try:
                 await self._client.set(self._prefix + provider, self._until[provider], px=int(seconds * 1000))
             except (RedisError, OSError):

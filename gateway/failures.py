@@ -39,6 +39,11 @@ _REASONS: Mapping[FailureReason, str] = {
         "This gateway's credentials for the upstream serving model {model!r} were refused; your own key was"
         " accepted, and the gateway's operators have to renew theirs."
     ),
+    FailureReason.LOAD_SHED: _THE_UPSTREAM + " has more requests waiting than it holds; retry later.",
+    FailureReason.MODEL_UNAVAILABLE: (
+        "Model {model!r} is not available here at the moment: the gateway's operators have to install it;"
+        " retry later."
+    ),
 }
 
 

@@ -44,6 +44,8 @@ class Route(msgspec.Struct, frozen=True):
     cooldown: CooldownPolicy
     limits: RateLimit | None
     timeout: float | None
+    # Whether this provider's cooldown holds for every replica (``ProviderPolicy.shared_cooldown``).
+    shared_cooldown: bool = True
 
     def refuses(self, request: ImageRequest) -> GatewayError | None:
         """Why this target cannot serve ``request`` (so it is skipped without a call), or None.
@@ -148,6 +150,7 @@ class Router:
             cooldown=provider.cooldown,
             limits=provider.limits,
             timeout=target.timeout or provider.call_timeout_s,
+            shared_cooldown=provider.shared_cooldown,
         )
 
     @property
@@ -177,7 +180,7 @@ class Router:
         """
         attempts = attempts or Attempts()
         routes = plan.routes
-        await self._cooldowns.refresh([route.provider for route in routes])
+        await self._cooldowns.refresh([route.provider for route in routes if route.shared_cooldown])
         last_error: GatewayError | None = None
         skips: list[GatewayError] = []
         for route in routes:
@@ -322,11 +325,17 @@ class Router:
         )
 
     async def _failed(self, route: Route, error: GatewayError, attempts: Attempts, seconds: float) -> None:
+        """Log and count a failed call; only a failure of the provider's own counts toward its cooldown.
+
+        A client's fault (bad input: never retryable), a shed load (a full local queue) and one
+        model that is not there (``GatewayError.counts_toward_cooldown``) say nothing against
+        the provider: cooling it down would take it from every other client and model.
+        """
         self._observe(route, error, attempts, seconds)
         if error.reason is FailureReason.UPSTREAM_CREDENTIALS:
             await self._credentials_refused(route, error)
-        elif error.retryable and await self._cooldowns.record_failure(
-            route.provider, route.cooldown.failures, route.cooldown.seconds
+        elif error.counts_toward_cooldown and await self._cooldowns.record_failure(
+            route.provider, route.cooldown.failures, route.cooldown.seconds, shared=route.shared_cooldown
         ):
             metrics.COOLDOWNS.labels(route.provider).inc()
 
@@ -345,5 +354,7 @@ class Router:
             cooldown_s=route.cooldown.seconds,
         )
         if not self._cooldowns.cooling(route.provider):
-            await self._cooldowns.cool_down(route.provider, route.cooldown.seconds, reason=error.outcome)
+            await self._cooldowns.cool_down(
+                route.provider, route.cooldown.seconds, shared=route.shared_cooldown, reason=error.outcome
+            )
             metrics.COOLDOWNS.labels(route.provider).inc()

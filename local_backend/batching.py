@@ -8,8 +8,9 @@ window for companions, counted from its arrival or from the end of the batch it 
 behind, whichever is later (the clients of a batch just drawn are the likeliest
 companions: closed-loop clients come back together); a lone job at an idle device starts
 at once.
-A full queue refuses at once (``overloaded``), and a job whose client has gone is taken
-out before it runs.
+A full queue refuses at once (``overloaded``, reason ``load_shed``, with ``Retry-After``
+the length of the last batch, at least a second: about when a place frees up), and a job
+whose client has gone is taken out before it runs.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from typing import Any
 import msgspec
 
 from local_backend.rules import BatchKey, Work
-from schemas.canonical import ErrorCode, GatewayError
+from schemas.canonical import ErrorCode, FailureReason, GatewayError
 
-__all__ = ["BatchQueue", "Job"]
+__all__ = ["MIN_RETRY_AFTER_S", "BatchQueue", "Job"]
+
+# The least a refused request is asked to wait before it comes back.
+MIN_RETRY_AFTER_S = 1.0
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -54,6 +58,8 @@ class BatchQueue:
         self._jobs: deque[Job] = deque()
         self._changed = asyncio.Event()
         self._busy = False  # the device is drawing (``next_batch`` is not being awaited)
+        self._busy_since: float | None = None  # when the batch being drawn was handed out
+        self.last_batch_s = 0.0  # how long the last batch kept the device, handed out to done
         # Batches whose first job started at once, and those whose first job held for companions
         # (up to the window from its arrival, which a busy device may already have used up).
         self.started_at_once = 0
@@ -72,6 +78,8 @@ class BatchQueue:
             raise GatewayError(
                 ErrorCode.OVERLOADED,
                 f"the local backend is busy: {len(self._jobs)} requests are already waiting",
+                retry_after=max(MIN_RETRY_AFTER_S, self.last_batch_s),
+                reason=FailureReason.LOAD_SHED,
             )
         job.hold = self._busy or bool(self._jobs)
         self._jobs.append(job)
@@ -94,6 +102,8 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         self._busy = False
         freed = loop.time()  # the device's last batch ended now
+        if self._busy_since is not None:
+            self.last_batch_s = freed - self._busy_since
         while True:
             while not self._jobs:
                 await self._wait_for_change(None)
@@ -110,6 +120,7 @@ class BatchQueue:
                 await self._wait_for_change(deadline - loop.time())
             if self._jobs and self._jobs[0] is head:
                 self._busy = True
+                self._busy_since = loop.time()
                 if head.hold:
                     self.held += 1
                 else:

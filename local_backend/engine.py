@@ -34,6 +34,7 @@ from local_backend.rules import Work, resolve
 from schemas.canonical import (
     Energy,
     ErrorCode,
+    FailureReason,
     GatewayError,
     GeneratedImage,
     ImageRequest,
@@ -112,8 +113,10 @@ class LocalEngine:
     async def start(self) -> None:
         """Pick the device, load every model on its thread, and start taking requests.
 
-        A model that cannot be loaded is logged and answers its requests with the reason
-        (``model_not_found`` when it is not on disk); the others serve.
+        A model that cannot be loaded (its weights missing, most often: an operator's error)
+        is logged with the reason, which ``stats()`` keeps; its requests are answered
+        ``overloaded`` with reason ``model_unavailable`` (503, no server path in the message),
+        so a route falls back to its next target; the other models serve.
         """
         self.device = pick_device(self.settings.device)
         dtype = pick_dtype(self.device, self.settings.dtype)
@@ -174,6 +177,11 @@ class LocalEngine:
     def ready(self) -> bool:
         """Started, with at least one model loaded (``stats().models`` says which did not load, and why)."""
         return self._serving is not None and not self._closing and bool(self._models)
+
+    @property
+    def healthy(self) -> bool:
+        """Ready, and every configured model loaded: a model that did not load is an operator's error to see."""
+        return self.ready and not self._failed
 
     def stats(self) -> EngineStats:
         models = {name: READY for name in self._models}
@@ -248,9 +256,12 @@ class LocalEngine:
         model = self._models.get(name)
         if model is not None:
             return model
-        failed = self._failed.get(name)
-        if failed is not None:
-            raise GatewayError(failed.code, failed.message, param="model")
+        if name in self._failed:  # why is in the log and in stats(): paths on this server, not for clients
+            raise GatewayError(
+                ErrorCode.OVERLOADED,
+                f"local model {name!r} is not available: it did not load on this backend",
+                reason=FailureReason.MODEL_UNAVAILABLE,
+            )
         served = ", ".join(sorted(self.settings.models)) or "none"
         raise GatewayError(
             ErrorCode.MODEL_NOT_FOUND,
@@ -368,7 +379,9 @@ async def _encode(work: Work, images: list[Image.Image]) -> list[GeneratedImage]
 def _fail(job: Job, error: GatewayError) -> None:
     if not job.future.done():
         job.future.set_exception(
-            GatewayError(error.code, error.message, param=error.param, retry_after=error.retry_after)
+            GatewayError(
+                error.code, error.message, param=error.param, retry_after=error.retry_after, reason=error.reason
+            )
         )
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from local_backend import png
 from schemas.canonical import ErrorCode, GatewayError
+from schemas.local import DEFAULT_MAX_INPUT_PIXELS
 
 __all__ = ["MEDIA_TYPES", "PNG_COMPRESS_LEVEL", "encode_image", "encode_images", "read_image", "read_mask"]
 
@@ -25,35 +27,54 @@ MEDIA_TYPES: dict[str, tuple[str, str]] = {
 }
 
 
-def _open(data: bytes, field: str) -> Image.Image:
+@contextlib.contextmanager
+def _the_clients(field: str) -> Iterator[None]:
+    """Whatever Pillow raises on the client's ``field`` is the client's 400, never a failure of the backend's.
+
+    Untrusted bytes fail in many ways (a decompression bomb, a truncated or broken file, a
+    mode that cannot be converted); none of them says anything about the backend.
+    """
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        yield
+    except Exception as exc:
         raise GatewayError(
             ErrorCode.INVALID_REQUEST, f"`{field}` is not an image that can be read", param=field
         ) from exc
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """The client's image decoded, once the size its header declares is within ``max_pixels``.
+
+    ``local_backend.rules`` checked the header before the request queued; the size Pillow
+    reads is checked again here, before ``load()`` decodes a pixel.
+    """
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if not 0 < width * height <= max_pixels:
+        raise ValueError(f"{width}x{height} pixels")
+    image.load()
     return image
 
 
-def read_image(data: bytes, width: int, height: int) -> Image.Image:
+def read_image(data: bytes, width: int, height: int, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> Image.Image:
     """The input image of an edit or variation, as RGB at the size to be drawn."""
-    return _open(data, "image").convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    with _the_clients("image"):
+        return _open(data, max_pixels).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
 
 
-def read_mask(data: bytes, width: int, height: int) -> Image.Image:
+def read_mask(data: bytes, width: int, height: int, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> Image.Image:
     """The inpainting mask as diffusers wants it: white where to paint, black where to keep.
 
     A mask with transparency follows OpenAI's convention (the transparent part is what
     gets edited); an opaque one is read as grey levels, white meaning edit.
     """
-    mask = _open(data, "mask")
-    if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
-        alpha = mask.convert("RGBA").getchannel("A")
-        grey = ImageOps.invert(alpha)
-    else:
-        grey = mask.convert("L")
-    return grey.resize((width, height), Image.Resampling.NEAREST)
+    with _the_clients("mask"):
+        mask = _open(data, max_pixels)
+        if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
+            grey = ImageOps.invert(mask.convert("RGBA").getchannel("A"))
+        else:
+            grey = mask.convert("L")
+        return grey.resize((width, height), Image.Resampling.NEAREST)
 
 
 def encode_image(image: Image.Image, output_format: str = "png", compression: int | None = None) -> tuple[bytes, str]:

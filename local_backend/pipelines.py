@@ -150,11 +150,11 @@ class LoadedModel:
             )
         assert work.image is not None
         extra: dict[str, Any] = {
-            "image": read_image(work.image, work.width, work.height),
+            "image": read_image(work.image, work.width, work.height, self.rules.max_input_pixels),
             "strength": work.strength,
         }
         if work.mask is not None:
-            extra["mask_image"] = read_mask(work.mask, work.width, work.height)
+            extra["mask_image"] = read_mask(work.mask, work.width, work.height, self.rules.max_input_pixels)
         # img2img runs int(steps * strength) steps: ask for enough that at least one is run.
         steps = max(work.steps, math.ceil(1 / work.strength))
         drawn: list[Image.Image] = []
@@ -373,6 +373,7 @@ def _rules(name: str, settings: LocalModelSettings, pipeline: Pipeline) -> Model
         family=family,
         multiple=scale * 2 if family == "flux" else scale,  # Flux packs 2x2 latents into one token
         max_pixels=settings.max_pixels,
+        max_input_pixels=settings.max_input_pixels,
         max_steps=settings.max_steps,
         default_size=settings.default_size or size,
         default_steps=min(settings.default_steps or steps, settings.max_steps),

@@ -47,12 +47,16 @@ async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get(protocol.HEALTH_PATH)
 async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """200 while at least one model serves, 503 otherwise; the body says how each model is."""
+    """200 when every configured model loaded, 503 otherwise; the body says how each model is.
+
+    A worker missing one model's weights is not healthy (``degraded``: its other models
+    still serve the requests that reach it), so the orchestrator and the operator see it.
+    """
     engine: LocalEngine = request.app.state.engine
     stats = engine.stats()
-    status = "ok" if engine.ready else "unavailable"
+    status = "ok" if engine.healthy else "degraded" if engine.ready else "unavailable"
     body = {"status": status, "device": stats.device, "models": stats.models}
-    return Response(body, status_code=200 if engine.ready else 503)
+    return Response(body, status_code=200 if engine.healthy else 503)
 
 
 @get(protocol.STATS_PATH, sync_to_thread=False)

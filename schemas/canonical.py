@@ -106,10 +106,22 @@ class FailureReason(enum.Enum):
     # not start working on a retry, so that target is called once, cooled down at once,
     # and the next target (another provider, another key) may still serve.
     UPSTREAM_CREDENTIALS = "upstream_credentials"
+    # A bounded queue in front of the provider was full (the local backend's): it shed this
+    # request and keeps serving the ones it holds. The next target may serve it; the provider
+    # is not failing, so it never counts toward a cooldown.
+    LOAD_SHED = "load_shed"
+    # The provider cannot serve this one model (a local model whose weights are missing, an
+    # operator's error): the next target may; the provider's other models still serve, so it
+    # never counts toward a cooldown.
+    MODEL_UNAVAILABLE = "model_unavailable"
 
 
 # Reasons a retry on the same target cannot cure (a fallback to another target still may).
-_NOT_RETRIED_ON_SAME_TARGET = frozenset({FailureReason.UPSTREAM_CREDENTIALS})
+_NOT_RETRIED_ON_SAME_TARGET = frozenset(
+    {FailureReason.UPSTREAM_CREDENTIALS, FailureReason.LOAD_SHED, FailureReason.MODEL_UNAVAILABLE}
+)
+# Reasons that say nothing against the provider as a whole: never counted toward its cooldown.
+_NOT_THE_PROVIDERS_FAULT = frozenset({FailureReason.LOAD_SHED, FailureReason.MODEL_UNAVAILABLE})
 
 
 class GatewayError(Exception):
@@ -157,6 +169,14 @@ class GatewayError(Exception):
     def retry_same_target(self) -> bool:
         """Whether calling the same target again may help (not when the gateway's own key was refused)."""
         return self.retryable and self.reason not in _NOT_RETRIED_ON_SAME_TARGET
+
+    @property
+    def counts_toward_cooldown(self) -> bool:
+        """Whether this failure tells against the provider: retryable, and not a shed load or one missing model.
+
+        A client's fault (bad input, any 4xx) is never retryable, so never counts either.
+        """
+        return self.retryable and self.reason not in _NOT_THE_PROVIDERS_FAULT
 
     @property
     def outcome(self) -> str:

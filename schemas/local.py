@@ -15,8 +15,21 @@ import msgspec
 from schemas.policy import ProviderPolicy, RetryPolicy
 from schemas.sustainability import SiteFactors
 
-__all__ = ["EnergyMeterSettings", "LocalBackendSettings", "LocalModelSettings", "WorkerTimeouts"]
+__all__ = [
+    "DEFAULT_MAX_INPUT_PIXELS",
+    "MAX_INPUT_PIXELS_CEILING",
+    "EnergyMeterSettings",
+    "LocalBackendSettings",
+    "LocalModelSettings",
+    "WorkerTimeouts",
+]
 
+# The most pixels an input image (or mask) of an edit or variation may declare in its header, by
+# default: 4096x4096, about 50 MB once decoded as RGB. Checked before any pixel is decoded.
+DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
+# The most `max_input_pixels` may be set to: 8192x8192, about 200 MB decoded (Pillow's own
+# decompression-bomb warning starts above it).
+MAX_INPUT_PIXELS_CEILING = 8192 * 8192
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
@@ -36,6 +49,9 @@ class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     path: Annotated[str, msgspec.Meta(min_length=1)]
     max_steps: PositiveInt = 50
     max_pixels: PositiveInt = 1024 * 1024
+    # The most pixels an input image or mask may declare (width x height, read from its header
+    # before any decode); a larger one is refused as the client's `invalid_request`.
+    max_input_pixels: Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_PIXELS_CEILING)] = DEFAULT_MAX_INPUT_PIXELS
     # Side of the square drawn when a request names no size (an edit keeps its image's size).
     default_size: PositiveInt | None = None
     default_steps: PositiveInt | None = None
@@ -92,6 +108,11 @@ class LocalBackendSettings(ProviderPolicy, kw_only=True, forbid_unknown_fields=T
     energy: EnergyMeterSettings = msgspec.field(default_factory=EnergyMeterSettings)
     # This provider's site (its GPUs may be elsewhere); None: the gateway's `sustainability` section.
     site: SiteFactors | None = None
+
+    @property
+    def shared_cooldown(self) -> bool:
+        """Remote workers are shared by every replica; an in-process engine is each replica's own."""
+        return bool(self.workers)
 
     def __post_init__(self) -> None:
         if not self.models and not self.workers:

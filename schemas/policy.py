@@ -55,3 +55,10 @@ class ProviderPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def call_timeout_s(self) -> float | None:
         return None
+
+    @property
+    def shared_cooldown(self) -> bool:
+        """Whether a cooldown of this provider holds for every replica (through Redis): it is one upstream
+        that every replica calls. Not so for models run in each gateway process (``kind: local`` without
+        ``workers``): one replica's engine failing says nothing of another's."""
+        return True

@@ -2,7 +2,8 @@
 
 ``POST /v1/generate`` carries the canonical ``ImageRequest`` as JSON (bytes as base64,
 which msgspec does itself) and answers the canonical ``ImageResult``; a failure answers
-``{"code": <ErrorCode value>, "message": ..., "param": ...}`` with the code's status.
+``{"code": <ErrorCode value>, "message": ..., "param": ...}`` with the code's status (and
+``reason``, a ``FailureReason`` value, where the error has one: a full queue is ``load_shed``).
 The result carries the energy the worker measured for the request (``ImageResult.energy``),
 which the gateway turns into carbon and water with its own site factors (gateway/energy.py).
 Imports only msgspec and the schemas: a gateway without torch speaks it too.
@@ -12,7 +13,15 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, decode_hook, encode_hook
+from schemas.canonical import (
+    ErrorCode,
+    FailureReason,
+    GatewayError,
+    ImageRequest,
+    ImageResult,
+    decode_hook,
+    encode_hook,
+)
 from schemas.dialect import Buffer, Endpoint, ErrorTable, bounded_retry_after
 
 __all__ = [
@@ -42,6 +51,8 @@ class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     message: str
     param: str | None = None
     retry_after: float | None = None
+    # A ``FailureReason`` value (``load_shed``, ``model_unavailable``); any other is left out.
+    reason: str | None = None
 
 
 _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
@@ -49,6 +60,8 @@ _request_decoder = msgspec.json.Decoder(ImageRequest, dec_hook=decode_hook)
 _result_decoder = msgspec.json.Decoder(ImageResult)
 _error_decoder = msgspec.json.Decoder(ErrorBody)
 _CODES = {code.value: code for code in ErrorCode}
+# The reasons a worker may give (what its engine raises); any other is left out.
+_REASONS = {reason.value: reason for reason in (FailureReason.LOAD_SHED, FailureReason.MODEL_UNAVAILABLE)}
 
 
 def encode_request(request: ImageRequest) -> bytes:
@@ -74,8 +87,15 @@ def decode_result(body: bytes | bytearray) -> ImageResult:
 
 
 def encode_error(error: GatewayError) -> bytes:
+    reason = error.reason.value if error.reason is not None else None
     return _encoder.encode(
-        ErrorBody(code=error.code.value, message=error.message, param=error.param, retry_after=error.retry_after)
+        ErrorBody(
+            code=error.code.value,
+            message=error.message,
+            param=error.param,
+            retry_after=error.retry_after,
+            reason=reason,
+        )
     )
 
 
@@ -86,7 +106,10 @@ def decode_error(status: int, body: Buffer) -> GatewayError:
     except (msgspec.ValidationError, msgspec.DecodeError):
         return GatewayError(ErrorCode.UPSTREAM_ERROR, f"local worker answered {status} without an error body")
     code = _CODES.get(wire.code, ErrorCode.UPSTREAM_ERROR)
-    return GatewayError(code, wire.message, param=wire.param, retry_after=bounded_retry_after(wire.retry_after))
+    reason = _REASONS.get(wire.reason) if wire.reason is not None else None
+    return GatewayError(
+        code, wire.message, param=wire.param, retry_after=bounded_retry_after(wire.retry_after), reason=reason
+    )
 
 
 # --- the worker as a provider: an endpoint and an error table like any dialect's ---

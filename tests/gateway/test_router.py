@@ -10,7 +10,7 @@ from gateway.config import parse_config
 from gateway.cooldown import Cooldowns
 from gateway.ratelimit import MemoryLimiter
 from gateway.router import Attempts, Router
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
+from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, Operation
 from tests.gateway.fakes import ScriptedAdapter, config
 
 QUICK = {"attempts": 3, "backoff_initial_s": 0.0, "backoff_max_s": 0.0}
@@ -119,3 +119,49 @@ models:
     with pytest.raises(GatewayError):
         await generate(router, ImageRequest(model="m", prompt="p"))
     assert len(adapter.calls) == 1  # the local provider's default: one call, no retry
+
+
+SHED = GatewayError(ErrorCode.OVERLOADED, "queue full", retry_after=2.0, reason=FailureReason.LOAD_SHED)
+UNAVAILABLE = GatewayError(ErrorCode.OVERLOADED, "no weights", reason=FailureReason.MODEL_UNAVAILABLE)
+BAD_INPUT = GatewayError(ErrorCode.INVALID_REQUEST, "`image` declares 50000x50000 pixels", param="image")
+
+
+@pytest.mark.parametrize("failure", [SHED, UNAVAILABLE, BAD_INPUT], ids=["load_shed", "model_unavailable", "client"])
+async def test_what_is_not_the_providers_fault_never_cools_it_down(failure: GatewayError) -> None:
+    """A shed load, one missing model and a client's bad input, many times over: the provider still serves."""
+    first = ScriptedAdapter("a", [failure] * 20)
+    router = router_for({"a": first}, [target("a")], cooldown={"failures": 2, "seconds": 60})
+    for _ in range(20):
+        with pytest.raises(GatewayError) as raised:
+            await generate(router, ImageRequest(model="m", prompt="p"))
+        assert raised.value.code is failure.code
+    assert len(first.calls) == 20  # each called once (no retry on the same target), never skipped
+    assert (await generate(router, ImageRequest(model="m", prompt="p"))).provider == "a"
+
+
+async def test_a_shed_load_or_a_missing_model_falls_back_at_once() -> None:
+    for failure in (SHED, UNAVAILABLE):
+        first, second = ScriptedAdapter("a", [failure]), ScriptedAdapter("b")
+        router = router_for({"a": first, "b": second}, [target("a"), target("b")])
+        attempts = Attempts()
+        assert (await generate(router, ImageRequest(model="m", prompt="p"), attempts)).provider == "b"
+        assert len(first.calls) == 1 and attempts.tried == [("a", failure.outcome), ("b", "ok")]
+
+
+async def test_a_shed_load_alone_keeps_its_retry_after_and_says_so_in_the_gateways_words() -> None:
+    router = router_for({"a": ScriptedAdapter("a", [SHED])}, [target("a")])
+    with pytest.raises(GatewayError) as raised:
+        await generate(router, ImageRequest(model="m", prompt="p"))
+    assert raised.value.status == 503 and raised.value.retry_after == 2.0
+    assert "more requests waiting than it holds" in raised.value.message
+
+
+async def test_a_missing_model_alone_is_a_503_that_names_no_path() -> None:
+    failure = GatewayError(
+        ErrorCode.OVERLOADED, "weights not in /srv/models/sd", reason=FailureReason.MODEL_UNAVAILABLE
+    )
+    router = router_for({"a": ScriptedAdapter("a", [failure])}, [target("a")])
+    with pytest.raises(GatewayError) as raised:
+        await generate(router, ImageRequest(model="m", prompt="p"))
+    assert raised.value.status == 503 and "/srv" not in raised.value.message
+    assert "'m' is not available here" in raised.value.message

@@ -256,13 +256,18 @@ def test_concurrent_compatible_requests_are_drawn_as_one_batch(
     assert max(grown) > 1, f"no batch of more than one image among {grown}"
 
 
-def test_a_missing_model_is_model_not_found_naming_its_path(gateway: GatewayServer, http: httpx.Client) -> None:
+def test_a_model_with_missing_weights_is_unavailable_naming_no_server_path(
+    gateway: GatewayServer, http: httpx.Client
+) -> None:
+    """An operator's error, not the client's: 503 (a fallback target would have served), no path on this server."""
     nebul = http.post(gateway.url + "/nebul/v1/images/generations", json={"model": "gone", "prompt": PROMPT})
-    assert nebul.status_code == 404, nebul.text
-    assert nebul.json()["error"]["code"] == "model_not_found"
-    assert MISSING_DIR in nebul.json()["error"]["message"] and "save_pretrained" in nebul.json()["error"]["message"]
+    assert nebul.status_code == 503, nebul.text
+    assert nebul.json()["error"]["code"] == "overloaded"
+    assert "'gone' is not available here" in nebul.json()["error"]["message"]
+    assert "/nonexistent" not in nebul.text and "save_pretrained" not in nebul.text
     melious = http.post(gateway.url + "/melious/v1/images/generations", json={"model": "gone", "prompt": PROMPT})
-    assert melious.status_code == 404 and melious.json()["error"]["code"] == "MODEL_NOT_FOUND"
+    assert melious.status_code == 503 and melious.json()["error"]["code"] == "INFERENCE_OVERLOADED"
+    assert "/nonexistent" not in melious.text
 
 
 @pytest.mark.parametrize(

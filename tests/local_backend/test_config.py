@@ -22,6 +22,21 @@ def test_defaults() -> None:
     assert (local.device, local.dtype, local.queue_size, local.max_batch_size) == ("auto", "bfloat16", 64, 4)
     model = local.models["tiny"]
     assert (model.max_steps, model.max_pixels, model.strength, model.default_size) == (50, 1024 * 1024, 0.8, None)
+    assert model.max_input_pixels == 4096 * 4096
+
+
+@pytest.mark.parametrize("value", [0, -1, 8192 * 8192 + 1, "many"])
+def test_max_input_pixels_is_checked_at_load_naming_its_field(value: object) -> None:
+    text = f"""
+providers:
+  gpu: {{kind: local, models: {{tiny: {{path: "builtin:tiny-sd", max_input_pixels: {value}}}}}}}
+models: [{{name: tiny, targets: [{{provider: gpu, model: tiny}}]}}]
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "gpu.yaml")
+    assert "$.providers.gpu.models" in str(caught.value) and ".max_input_pixels`" in str(caught.value)
+    ok = parse_config(text.replace(str(value), str(8192 * 8192)), "gpu.yaml")
+    assert ok.providers["gpu"].models["tiny"].max_input_pixels == 8192 * 8192  # type: ignore[union-attr]
 
 
 def test_a_local_provider_needs_models_or_workers() -> None:

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from local_backend.engine import LocalEngine
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
+from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, Operation
 from schemas.dialect import image_dimensions
+from tests.local_backend.bad_images import bomb_png, huge_valid_png, truncated_png, zero_png
 from tests.local_backend.engines import TINY, held_device, local_settings, running_engine
 
 
@@ -95,6 +96,8 @@ async def test_a_full_queue_answers_overloaded_at_once() -> None:
             await asyncio.gather(running, *queued)
         stats = engine.stats()
     assert caught.value.code is ErrorCode.OVERLOADED and caught.value.status == 503
+    assert caught.value.reason is FailureReason.LOAD_SHED and not caught.value.counts_toward_cooldown
+    assert caught.value.retry_after is not None and caught.value.retry_after >= 1.0
     assert stats.requests_refused == 1 and stats.images_generated == 3
 
 
@@ -129,15 +132,19 @@ async def test_a_timeout_while_queued_drops_the_request_too() -> None:
         assert engine.stats().requests_dropped == 1 and engine.stats().images_generated == 1
 
 
-async def test_a_missing_model_is_model_not_found_naming_its_path(tmp_path: Path) -> None:
+async def test_a_missing_model_is_unavailable_without_its_path(tmp_path: Path) -> None:
+    """The operator reads where the weights were looked for (log, stats); a client gets a 503 naming no path."""
     nowhere = tmp_path / "no-such-model"
     async with running_engine(local_settings({"tiny": TINY["tiny"], "gone": str(nowhere)})) as engine:
         assert engine.ready and engine.stats().models["tiny"] == "ready"  # one model serves: ready
+        assert not engine.healthy  # but not every configured model: not healthy
         assert str(nowhere) in engine.stats().models["gone"]
         with pytest.raises(GatewayError) as caught:
             await engine.generate(ImageRequest(model="gone", prompt="x"))
         served = await engine.generate(ask())  # the other model still serves
-    assert caught.value.code is ErrorCode.MODEL_NOT_FOUND and str(nowhere) in caught.value.message
+    assert caught.value.status == 503 and caught.value.reason is FailureReason.MODEL_UNAVAILABLE
+    assert caught.value.retryable and not caught.value.counts_toward_cooldown
+    assert str(tmp_path) not in caught.value.message and "/" not in caught.value.message
     assert served.images
 
 
@@ -168,12 +175,25 @@ async def test_edit_with_mask_and_variation() -> None:
 
 
 async def test_an_unreadable_input_image_fails_only_its_request() -> None:
+    """A truncated PNG's header is whole: it queues, and its decode on the device fails as the client's 400."""
     async with running_engine(local_settings()) as engine:
-        bad = ask("x", operation=Operation.EDIT, images=(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30,), width=64, height=64)
-        with pytest.raises(GatewayError) as caught:
-            await engine.generate(bad)
+        for image, mask in ((truncated_png(), None), (png(64, 64), truncated_png())):
+            bad = ask("x", operation=Operation.EDIT, images=(image,), mask=mask, width=64, height=64)
+            with pytest.raises(GatewayError) as caught:
+                await engine.generate(bad)
+            assert caught.value.code is ErrorCode.INVALID_REQUEST, caught.value
+            assert caught.value.param == ("image" if mask is None else "mask")
         assert (await engine.generate(ask())).images
-    assert caught.value.code is ErrorCode.INVALID_REQUEST and caught.value.param == "image"
+
+
+@pytest.mark.parametrize("image", [bomb_png(), zero_png(), huge_valid_png()], ids=["bomb", "0x0", "12000x12000"])
+async def test_an_input_image_over_the_pixel_bound_is_refused_before_it_queues(image: bytes) -> None:
+    async with running_engine(local_settings()) as engine:
+        for operation in (Operation.EDIT, Operation.VARIATION):
+            with pytest.raises(GatewayError) as caught:
+                await engine.generate(ask("x", operation=operation, images=(image,)))
+            assert caught.value.code is ErrorCode.INVALID_REQUEST and caught.value.param == "image"
+        assert engine.stats().batches == 0 and engine.stats().requests_refused == 0
 
 
 @pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-flux"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -10,6 +11,7 @@ from PIL import Image
 from local_backend.images import encode_image, encode_images, read_image, read_mask
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.dialect import sniff_image
+from tests.local_backend.bad_images import bomb_png, huge_valid_png, small_png, truncated_png, zero_png
 
 
 def file_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -40,6 +42,33 @@ def test_bytes_that_are_no_image_are_invalid_request() -> None:
     with pytest.raises(GatewayError) as caught:
         read_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 8, 8)
     assert caught.value.code is ErrorCode.INVALID_REQUEST and caught.value.param == "image"
+
+
+@pytest.mark.parametrize(
+    "data", [bomb_png(), truncated_png(), zero_png(), huge_valid_png()], ids=["bomb", "truncated", "0x0", "12000x12000"]
+)
+@pytest.mark.parametrize("read", [read_image, read_mask])
+def test_whatever_pillow_makes_of_bad_bytes_is_the_clients_invalid_request(read: Any, data: bytes) -> None:
+    """Pillow's DecompressionBombError, a truncated file's OSError, ...: a 400 naming the field, never a 502."""
+    field = "image" if read is read_image else "mask"
+    with pytest.raises(GatewayError) as caught:
+        read(data, 8, 8)
+    assert caught.value.code is ErrorCode.INVALID_REQUEST and caught.value.param == field
+
+
+def test_an_image_pillow_opens_but_cannot_convert_is_the_clients_too() -> None:
+    """A LAB TIFF decodes, but Pillow cannot make grey levels of it: still the client's 400, not the backend's 502."""
+    lab = file_bytes(Image.new("LAB", (8, 8)), "TIFF")
+    with pytest.raises(GatewayError) as caught:
+        read_mask(lab, 8, 8)
+    assert caught.value.code is ErrorCode.INVALID_REQUEST and caught.value.param == "mask"
+
+
+def test_the_pixel_bound_is_checked_again_before_the_decode() -> None:
+    assert read_image(small_png(64, 64), 8, 8, max_pixels=64 * 64).size == (8, 8)
+    with pytest.raises(GatewayError) as caught:
+        read_image(small_png(64, 64), 8, 8, max_pixels=64 * 64 - 1)
+    assert caught.value.code is ErrorCode.INVALID_REQUEST
 
 
 @pytest.mark.parametrize(("fmt", "media_type"), [("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp")])

@@ -7,8 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from local_backend.rules import ModelRules, fit_size, resolve
+from local_backend.rules import ModelRules, declared_size, fit_size, resolve, webp_dimensions
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
+from tests.local_backend.bad_images import bomb_png, huge_valid_png, png_header, truncated_png, webp_bomb, zero_png
 
 SD = ModelRules(
     name="sd",
@@ -131,3 +132,55 @@ def test_seeds_a_generator_cannot_take_are_refused(seed: int) -> None:
 
 def test_the_largest_seeds_are_taken() -> None:
     assert resolve(ImageRequest(model="sd", prompt="x", seed=2**64 - 3, n=2), SD).seeds == [2**64 - 3, 2**64 - 2]
+
+
+def edit(image: bytes, mask: bytes | None = None, **fields: object) -> ImageRequest:
+    return ImageRequest(model="sd", prompt="x", operation=Operation.EDIT, images=(image,), mask=mask, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        (bomb_png(), "50000x50000, 2500000000 pixels; input images may have at most 16777216 pixels"),
+        (huge_valid_png(), "12000x12000, 144000000 pixels"),
+        (zero_png(), "declares 0x0 pixels"),
+        (png_header(0, 64), "declares 0x64 pixels"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 broken", "is not an image that can be read"),
+        (webp_bomb(), "16384x16384, 268435456 pixels"),
+    ],
+)
+def test_an_input_image_is_judged_by_its_header_before_any_decode(image: bytes, words: str) -> None:
+    """A bomb, a header of 0x0 (once a ZeroDivisionError), a broken file: each the client's invalid_request."""
+    for request in (edit(image), edit(image, width=64, height=64)):
+        error = refused(request)
+        assert error.code is ErrorCode.INVALID_REQUEST and error.param == "image", error
+        assert words in error.message
+
+
+def test_the_mask_is_judged_as_the_image_is() -> None:
+    error = refused(edit(png(64, 64), mask=bomb_png()))
+    assert error.code is ErrorCode.INVALID_REQUEST and error.param == "mask"
+    assert refused(edit(png(64, 64), mask=zero_png())).param == "mask"
+
+
+def test_the_pixel_bound_is_the_models() -> None:
+    strict = ModelRules(**{**{f: getattr(SD, f) for f in SD.__struct_fields__}, "max_input_pixels": 100 * 60})
+    assert (resolve(edit(png(100, 60)), strict).width, resolve(edit(png(100, 60)), strict).height) == (96, 56)
+    error = refused(edit(png(100, 61)), strict)
+    assert error.code is ErrorCode.INVALID_REQUEST and "at most 6000 pixels" in error.message
+
+
+def test_a_header_is_read_without_decoding_the_image() -> None:
+    """The truncated file's header is whole: it passes here, and its decode fails later (local_backend.images)."""
+    assert declared_size(truncated_png(), "image", 64 * 64) == (64, 64)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+@pytest.mark.parametrize("lossless", [False, True])
+@pytest.mark.parametrize("size", [(1, 1), (37, 5), (640, 480), (16383, 3)])
+def test_a_webp_header_is_read_as_pillow_reads_it(mode: str, lossless: bool, size: tuple[int, int]) -> None:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="WEBP", lossless=lossless)
+    data = buffer.getvalue()
+    assert webp_dimensions(data) == Image.open(io.BytesIO(data)).size == size
+    assert webp_dimensions(data[:29]) is None and webp_dimensions(b"RIFF\0\0\0\0WEBPVP8Z" + bytes(20)) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -15,7 +16,7 @@ from adapters.local import LocalAdapter
 from adapters.upstream import UpstreamClient, build_upstream_client
 from local_backend.server import local_settings, serve_worker
 from schemas import worker as protocol
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest
+from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest
 from schemas.dialect import image_dimensions
 from tests.local_backend.engines import held_device
 from tests.local_backend.engines import local_settings as tiny_settings
@@ -75,6 +76,7 @@ def test_worker_errors_carry_the_canonical_code(workers: list[WorkerServer]) -> 
 def test_worker_health_and_stats(workers: list[WorkerServer]) -> None:
     health = httpx.get(workers[0].url + "/health")
     assert health.status_code == 200 and health.json()["models"] == {"tiny": "ready"}
+    assert health.json()["status"] == "ok"
     stats = httpx.get(workers[0].url + "/stats").json()
     assert stats["device"] == "cpu" and "batch_sizes" in stats and "queue_depth" in stats
 
@@ -203,3 +205,27 @@ def test_serve_worker_needs_a_local_provider(capsys: pytest.CaptureFixture[str])
     assert local_settings(config) is None
     assert serve_worker(config, "127.0.0.1", 0) == 1
     assert "kind: local" in capsys.readouterr().err
+
+
+async def test_a_worker_missing_a_models_weights_is_not_healthy(tmp_path: Path, client: UpstreamClient) -> None:
+    """Its other model serves; the missing one answers 503 ``model_unavailable`` naming no path; /health is 503.
+
+    The gateway still counts it as up (it serves its other models): its readiness does not follow one missing model.
+    """
+    nowhere = tmp_path / "no-such-model"
+    settings = tiny_settings({"tiny": "builtin:tiny-sd", "gone": str(nowhere)}, batch_window_ms=0)
+    with WorkerServer(settings) as worker:
+        health = httpx.get(worker.url + "/health")
+        missing = ImageRequest(model="gone", prompt="p")
+        gone = httpx.post(worker.url + "/v1/generate", content=msgspec.json.encode(missing))
+        served = httpx.post(worker.url + "/v1/generate", content=msgspec.json.encode(ask()))
+        readiness = await remote([worker.url], client).ready()
+    assert readiness == {"ready": True, "workers": {worker.url: True}}
+    assert health.status_code == 503 and health.json()["status"] == "degraded"
+    assert health.json()["models"]["tiny"] == "ready" and str(nowhere) in health.json()["models"]["gone"]
+    assert gone.status_code == 503, gone.text
+    assert gone.json()["code"] == "overloaded" and gone.json()["reason"] == "model_unavailable"
+    assert str(tmp_path) not in gone.text
+    assert served.status_code == 200, served.text
+    error = protocol.decode_error(gone.status_code, gone.content)
+    assert error.reason is FailureReason.MODEL_UNAVAILABLE and not error.counts_toward_cooldown

@@ -98,3 +98,10 @@ def test_the_model_dir_comes_from_the_environment(model_dir: Path) -> None:
 def test_an_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="tiny-sd, tiny-sdxl, tiny-flux"):
         tiny.build_tiny_pipeline("tiny-dalle")
+
+
+def test_check_config_knows_every_built_in_model() -> None:
+    """gateway/weights.py lists them without importing torch: the same names."""
+    from gateway.weights import BUILTIN_MODELS
+
+    assert BUILTIN_MODELS == tiny.TINY_KINDS
