@@ -49,8 +49,9 @@ $(JS_SDK): tests/js/package.json tests/js/package-lock.json
 
 # Re-resolve every lock file to the newest versions pyproject.toml allows, and print what changed.
 # Run it on purpose (a dependency to move, a new one declared), then `make test`, and commit requirements/ with it.
+# KEEP=1: only what a change to pyproject.toml needs (a dependency added or removed); the rest stays as locked.
 lock:
-	$(PYTHON) requirements/lock.py
+	$(PYTHON) requirements/lock.py $(if $(KEEP),--keep)
 
 install: $(STAMP) $(JS_SDK) $(LITELLM_SDK)
 

@@ -9,8 +9,9 @@ so a fresh machine gets exactly what CI passed with. This script is the only wri
 - ``litellm-proxy.txt``: LiteLLM's proxy (``make bench``), and ``litellm.txt``: its SDK alone (the suite), held to
   the proxy's versions; both go in one virtualenv of their own (LiteLLM pins versions of its own).
 
-It prints each package whose version moved. Run it when a dependency should move or a new one is declared,
-then ``make test``, and commit requirements/ with the change.
+It prints each package whose version moved. Run it when dependencies should move (``make lock``), or with
+``--keep`` (``make lock KEEP=1``) when a dependency was added or removed and nothing else should move; then
+``make test``, and commit requirements/ with the change.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ FLAGS = [
     "--strip-extras",
     "--no-emit-index-url",  # the machine's pip.conf says where packages come from, the lock says which
     "--no-emit-find-links",
-    "--upgrade",
 ]
 # (output, extras, the lock it is held to, source)
 LOCKS: list[tuple[str, list[str], str | bool, str]] = [
@@ -51,6 +51,9 @@ def pins(path: Path) -> dict[str, str]:
 
 
 def main() -> int:
+    # `make lock`: everything to the newest allowed. `make lock KEEP=1` (--keep): only what pyproject.toml's change
+    # needs (a dependency added or removed), every other version kept.
+    upgrade = [] if "--keep" in sys.argv[1:] else ["--upgrade"]
     compile_ = TOOLS / "bin" / "pip-compile"
     if not compile_.exists():
         venv.create(TOOLS, with_pip=True)
@@ -59,7 +62,7 @@ def main() -> int:
     for name, extras, constrained, source in LOCKS:
         out = HERE / name
         before = pins(out)
-        command = [str(compile_), *FLAGS, "-o", str(out.relative_to(ROOT)), source]
+        command = [str(compile_), *FLAGS, *upgrade, "-o", str(out.relative_to(ROOT)), source]
         if source == "pyproject.toml":
             command.append("--all-build-deps")
         command += [f"--extra={extra}" for extra in extras]
