@@ -172,6 +172,9 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     aliases: list[str] = []
     limits: RateLimit | None = None
     cache: ResultCache | None = None  # null: every seeded request is generated (identical ones still share)
+    # How the root /v1 family answers this model when the client names no response_format: null is
+    # OpenAI's `url` (its GPT image model names, gpt-image-* and chatgpt-image-*, always `b64_json`).
+    default_response_format: Literal["url", "b64_json"] | None = None
 
 
 class _StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
+from tests import openai_spec
 from tests.servers import ThreadedServer
 
 
@@ -18,6 +19,15 @@ class GatewayServer(ThreadedServer):
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         super().__init__(create_app(config))
+
+    def start(self) -> Self:
+        super().start()
+        openai_spec.serving(self.url)  # its root /v1 answers are held to OpenAI's document
+        return self
+
+    def stop(self) -> None:
+        openai_spec.retired(self.url)
+        super().stop()
 
 
 def gateway_config(
