@@ -156,6 +156,7 @@ def _stream_problems(prefix: str | None, body: bytes) -> list[str]:
 
 _origins: set[str] = set()
 violations: list[str] = []
+checked = [0]  # answers checked so far, for the test that the watch sees them
 TEST_CLIENT_HOST = "testserver.local"  # Litestar's TestClient: always the gateway's own app
 
 
@@ -180,6 +181,7 @@ def _watched(url: Any) -> str | None:
 
 def _checker(path: str, response: Any) -> Callable[[bytes], None]:
     def check(body: bytes) -> None:
+        checked[0] += 1
         content_type = response.headers.get("content-type", "")
         for problem in answer_problems(path, response.status_code, content_type, body):
             violations.append(f"{response.request.method} {path} answered {response.status_code}: {problem}")
