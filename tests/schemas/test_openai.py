@@ -249,6 +249,20 @@ def test_gpt_image_model_names_answer_base64_unless_asked_otherwise(model: str) 
     assert (other.response_format, other.response_format_defaulted) == (ResponseFormat.URL, True)
 
 
+def test_the_extensions_map_into_the_canonical_request() -> None:
+    """seed, steps, negative_prompt and guidance: top-level JSON fields, or multipart form fields."""
+    extensions = {"seed": 7, "steps": 12, "negative_prompt": "fog", "guidance": 3.5}
+    body = json.dumps({"model": "m", "prompt": "p", **extensions}).encode()
+    form = {name: str(value) for name, value in extensions.items()}
+    decoded = [
+        openai.GENERATIONS.decode_json(body),
+        openai.EDITS.decode_form({"model": "m", "prompt": "p", "image": [PNG], **form}),
+        openai.VARIATIONS.decode_form({"model": "m", "image": [PNG], **form}),
+    ]
+    for request in decoded:
+        assert (request.seed, request.steps, request.negative_prompt, request.guidance) == (7, 12, "fog", 3.5)
+
+
 # --- responses: OpenAI's ImagesResponse, with Melious's environment_impact beside it ---
 
 
