@@ -1,11 +1,16 @@
-"""The root OpenAI family (``/v1/images/{generations,edits,variations}``): the union of Melious and Nebul.
+"""The root OpenAI family (``/v1/images/{generations,edits,variations}``), as OpenAI's published document has it.
 
-Requests take Nebul's fields (a superset of Melious's) with OpenAI's defaults; unknown
-fields the ``openai`` SDK may send (``style``, ...) are ignored; ``stream`` and ``partial_images``
-answer server-sent events (``gateway.streams``) on generations and edits. Responses are
-Nebul's ``ImageResponse`` plus Melious's ``environment_impact`` when the result has one.
-The endpoints are Nebul's, parametrised with these Structs; no provider speaks this
-dialect, but the outbound mappings work all the same, inherited from Nebul.
+Requests take Nebul's fields (a superset of Melious's) with OpenAI's defaults, plus the documented
+extensions ``seed``, ``steps`` and ``negative_prompt`` (``guidance`` is Nebul's already), as
+vLLM-Omni's and SGLang's OpenAI-compatible image servers take them; unknown fields the ``openai``
+SDK may send (``style``, ``moderation``, ...) are ignored; ``stream`` and ``partial_images`` answer
+server-sent events (``gateway.streams``) on generations and edits. With no ``response_format``, a GPT
+image model name answers ``b64_json`` as at OpenAI, any other the model's configured default
+(``gateway.routes.answer_form``). Responses are OpenAI's ``ImagesResponse`` (fields absent rather than
+null, ``usage`` in its shape, the produced settings where its enums can say them), plus Melious's
+``environment_impact`` when the result has one; tests/specs/ holds the document they are checked against.
+The endpoints are Nebul's, parametrised with these Structs; no provider speaks this dialect, but the
+outbound mappings work all the same.
 """
 
 from __future__ import annotations
