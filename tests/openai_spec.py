@@ -21,7 +21,8 @@ import functools
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -35,6 +36,7 @@ __all__ = [
     "document",
     "problems",
     "retired",
+    "seen",
     "serving",
     "violations",
     "watch",
@@ -177,6 +179,27 @@ def _watched(url: Any) -> str | None:
         return None
     origin = f"{url.scheme}://{url.host}:{url.port}" if url.port else f"{url.scheme}://{url.host}"
     return path if url.host == TEST_CLIENT_HOST or origin in _origins else None
+
+
+def seen(url: str, method: str, status: int, content_type: str, body: bytes) -> None:
+    """Check an answer read by a client ``watch`` does not wrap (urllib, a browser): as ``watch`` would."""
+    path = _watched(_URL.from_str(url))
+    if path is not None:
+        checked[0] += 1
+        for problem in answer_problems(path, status, content_type, body):
+            violations.append(f"{method} {path} answered {status}: {problem}")
+
+
+class _URL(NamedTuple):
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+
+    @classmethod
+    def from_str(cls, url: str) -> _URL:
+        parts = urlsplit(url)
+        return cls(parts.scheme, parts.hostname or "", parts.port, parts.path)
 
 
 def _checker(path: str, response: Any) -> Callable[[bytes], None]:
