@@ -10,8 +10,8 @@ base64 when the client names no ``response_format``, and a model's configured de
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +21,7 @@ import schemathesis
 from hypothesis import strategies as st
 
 from tests import openai_spec
-from tests.emulators import EmulatorServer, solid_png
+from tests.emulators import EmulatorServer, Fault, solid_png
 from tests.integration.conftest import provider_entries
 from tests.integration.gateway_server import GatewayServer, gateway_config
 
@@ -137,7 +137,20 @@ def test_a_models_configured_default_answer_form(gateway: GatewayServer, http: h
     assert list(melious.json()["data"][0]) == ["url"]
 
 
-def test_the_document_in_the_repository_is_openais(tmp_path: Path) -> None:
+def test_a_providers_revised_prompt_is_passed_on(
+    gateway: GatewayServer, http: httpx.Client, emulators: dict[str, EmulatorServer]
+) -> None:
+    """An OpenAI-compatible provider that rewrote the prompt says so (``revised_prompt``): /v1 passes it on."""
+    b64 = base64.b64encode(PNG).decode()
+    said = {"created": 1, "data": [{"b64_json": b64, "url": None, "revised_prompt": "a red fox in snow"}]}
+    emulators["nebul"].emulator.add_fault(Fault(body=json.dumps(said)))
+    body = {"model": "dall-e-2", "prompt": "a fox", "response_format": "b64_json"}
+    answer = http.post(gateway.url + "/v1/images/generations", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"] == [{"b64_json": b64, "revised_prompt": "a red fox in snow"}]
+
+
+def test_the_document_in_the_repository_is_openais() -> None:
     """tests/specs/ holds the images subset of OpenAI's document as published (its README names the commit)."""
     spec = openai_spec.document()
     assert spec["openapi"].startswith("3.1") and "2026-08-21" in spec["info"]["description"]
