@@ -113,7 +113,9 @@ def answer_form(canonical: ImageRequest, model: ModelConfig) -> ImageRequest:
     return msgspec.structs.replace(canonical, response_format=wanted, response_format_defaulted=False)
 
 
-async def deliver(gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: ScopeInbound | str) -> None:
+async def deliver(
+    gateway: Gateway, result: ImageResult, wanted: ResponseFormat, request: ScopeInbound | str
+) -> None:
     """Give each image the form the client wants (``schemas.imageforms.conversion`` decides): a stored
     image's URL for bytes when it asked for ``url``.
 
