@@ -160,6 +160,9 @@ class TargetConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     energy_wh_per_image: WattHours | None = None  # overrides the provider's estimate for this target
 
 
+RESPONSE_FORMATS = ("url", "b64_json")  # a model's default_response_format
+
+
 class ResultCache(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Keep this model's seeded results (gateway/dedup.py): only for backends known to be deterministic."""
 
@@ -174,6 +177,16 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     aliases: list[str] = []
     limits: RateLimit | None = None
     cache: ResultCache | None = None  # null: every seeded request is generated (identical ones still share)
+    # How the root /v1 family answers this model when the client names no response_format: null is
+    # OpenAI's `url` (its GPT image model names, gpt-image-* and chatgpt-image-*, always `b64_json`).
+    default_response_format: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.default_response_format not in (None, *RESPONSE_FORMATS):
+            raise FieldValueError(
+                "default_response_format",
+                f"default_response_format must be url or b64_json, not {self.default_response_format!r}",
+            )
 
 
 class _StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):

@@ -21,6 +21,7 @@ from litestar.types import Method
 
 from gateway import accounting, energy, metrics, tracing
 from gateway.accounting import Cost, Reservation
+from gateway.config import ModelConfig
 from gateway.dedup import CACHE_HEADER, MISS
 from gateway.failures import current_request_id
 from gateway.imagestore import StoreUnavailable
@@ -100,6 +101,16 @@ async def decode_request(endpoint: Endpoint[Any, Any], request: ScopeInbound) ->
     if endpoint.body_kind is BodyKind.MULTIPART:
         return endpoint.decode_form(await request.form())
     return endpoint.decode_json(await request.body())
+
+
+def answer_form(canonical: ImageRequest, model: ModelConfig) -> ImageRequest:
+    """The request with the form its images are answered in settled: the client's ``response_format``, else
+    (where the route lets the model decide: the root /v1 family) the model's ``default_response_format``."""
+    if not canonical.response_format_defaulted:
+        return canonical
+    chosen = model.default_response_format
+    wanted = ResponseFormat(chosen) if chosen is not None else canonical.response_format
+    return msgspec.structs.replace(canonical, response_format=wanted, response_format_defaulted=False)
 
 
 async def deliver(
@@ -225,6 +236,7 @@ async def serve(
     admission.check_inputs(canonical)
     plan = gateway.router.plan(canonical.model)  # the model, resolved once
     record.model = plan.model.name
+    canonical = answer_form(canonical, plan.model)
     decision = await admission.admit(key, canonical, plan.model)
     record.reservation = decision.reservation
     rate_headers = decision.headers() if decision.limit or decision.policies else {}

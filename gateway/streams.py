@@ -37,6 +37,7 @@ from schemas.canonical import (
 )
 from schemas.dialect import Endpoint, ErrorTable, error_answer
 from schemas.disconnect import ClientGone, unless_client_leaves
+from schemas.openai import OpenAIUsage, produced, usage_of
 
 __all__ = [
     "EVENT_STREAM",
@@ -56,7 +57,7 @@ KEEPALIVE_S = 15.0
 _KEEPALIVE = b": keep-alive\n\n"
 # The event type prefix of each operation that streams; variations do not (their endpoints refuse `stream`).
 _PREFIX = {Operation.GENERATE: "image_generation", Operation.EDIT: "image_edit"}
-_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+_EVENT_DEFAULTS = {"size": "auto", "quality": "auto", "background": "auto", "output_format": "png"}
 
 # What the router is asked to do for a stream: generate, reporting progress to the callback.
 Generation = Callable[[Callable[[Progress], None]], Awaitable[ImageResult]]
@@ -78,22 +79,10 @@ class PartialImageEvent(_ImageEvent, kw_only=True):
     partial_image_index: int
 
 
-class InputTokensDetails(msgspec.Struct, kw_only=True):
-    image_tokens: int = 0
-    text_tokens: int = 0
-
-
-class StreamUsage(msgspec.Struct, kw_only=True):
-    """The ``usage`` of a completed event: tokens as the backend counted them (zero for diffusion models)."""
-
-    input_tokens: int = 0
-    input_tokens_details: InputTokensDetails = msgspec.field(default_factory=InputTokensDetails)
-    output_tokens: int = 0
-    total_tokens: int = 0
-
-
 class CompletedEvent(_ImageEvent, kw_only=True):
-    usage: StreamUsage
+    """The final image; ``usage`` as the backend counted tokens (all 0 for diffusion models)."""
+
+    usage: OpenAIUsage
 
 
 class StreamErrorEvent(msgspec.Struct, kw_only=True):
@@ -113,15 +102,10 @@ def streams(endpoint: Endpoint[Any, Any]) -> bool:
 
 
 def _settings(request: ImageRequest, image: GeneratedImage) -> dict[str, Any]:
-    """size, quality, background and output_format of an event, as the non-streamed answer reports them."""
-    size = f"{image.width}x{image.height}" if image.width and image.height else request.size or "auto"
-    return {
-        "created_at": int(time.time()),
-        "size": size,
-        "quality": request.quality or "auto",
-        "background": request.background or "auto",
-        "output_format": _FORMATS.get(image.media_type, request.output_format or "png"),
-    }
+    """size, quality, background and output_format of an event: what the plain answer states
+    (``schemas.openai.produced``), and ``auto`` (``png``) where it would leave one out, since the events
+    must carry all four and OpenAI's document allows only its own values there."""
+    return {"created_at": int(time.time()), **_EVENT_DEFAULTS, **produced(request, [image])}
 
 
 def _sse(event_type: str, data: bytes) -> bytes:
@@ -145,13 +129,7 @@ def completed_event(request: ImageRequest, result: ImageResult) -> bytes:
     if not result.images or (b64 := result.images[0].as_b64()) is None:
         raise GatewayError(ErrorCode.UPSTREAM_ERROR, "the backend answered no image to stream")
     image = result.images[0]
-    prompt_tokens, total_tokens = result.usage.prompt_tokens, result.usage.total_tokens
-    usage = StreamUsage(
-        input_tokens=prompt_tokens,
-        input_tokens_details=InputTokensDetails(text_tokens=prompt_tokens),
-        output_tokens=max(0, total_tokens - prompt_tokens),
-        total_tokens=total_tokens,
-    )
+    usage = usage_of(result.usage)
     event_type = f"{_PREFIX[request.operation]}.completed"
     event = CompletedEvent(type=event_type, b64_json=b64, usage=usage, **_settings(request, image))
     return _sse(event_type, msgspec.json.encode(event))

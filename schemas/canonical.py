@@ -360,6 +360,9 @@ class ImageRequest(msgspec.Struct, kw_only=True, frozen=True):
     # OpenAI's 0-100 for jpeg and webp: 100 (its default) the best quality, lower smaller files.
     output_compression: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     response_format: ResponseFormat = ResponseFormat.URL
+    # The client named no ``response_format`` on a route whose default a model's configuration may set
+    # (the root /v1 family: ``models[].default_response_format``, applied by gateway.routes, then cleared).
+    response_format_defaulted: bool = False
     # Streamed answers (OpenAI's ``stream``): the client reads server-sent events, with up to
     # ``partial_images`` previews before the final image.
     stream: bool = False
@@ -398,6 +401,8 @@ class GeneratedImage(msgspec.Struct, kw_only=True):
     height: int | None = None
     seed: int | None = None
     media_type: str = "image/png"
+    # The prompt the provider says it drew from, when it rewrote the client's (OpenAI's ``revised_prompt``).
+    revised_prompt: str | None = None
 
     def as_b64(self) -> str | None:
         """Base64 text of the image, without decoding when it already is base64."""

@@ -120,10 +120,12 @@ class NebulVariationRequest(NebulOptions, kw_only=True, omit_defaults=True):
 
 
 class NebulImage(msgspec.Struct):
-    """One entry of ``data``: both keys always present, the unused one null."""
+    """One entry of ``data``: both keys always present, the unused one null. ``revised_prompt`` (OpenAI's)
+    is read from a provider that gives one, and passed on to the root /v1 family's answer."""
 
     b64_json: str | None = None
     url: str | None = None
+    revised_prompt: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class NebulUsage(msgspec.Struct):
@@ -240,6 +242,7 @@ class NebulEndpoint(Endpoint[RequestT, NebulImageResponse]):
                 GeneratedImage(
                     b64_json=item.b64_json,
                     url=item.url,
+                    revised_prompt=item.revised_prompt or None,
                     width=request.width,
                     height=request.height,
                     media_type=media_type,

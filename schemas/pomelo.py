@@ -287,8 +287,13 @@ class Flux(Endpoint[PomeloFluxRequest, PomeloFluxResponse]):
         if request.n > 1:
             raise GatewayError(ErrorCode.INVALID_REQUEST, "Flux.1 makes one image per request", param="n")
         steps = DEFAULT_STEPS if request.steps is None else request.steps
-        if not 1 <= steps <= MAX_STEPS:
-            raise GatewayError(ErrorCode.INVALID_REQUEST, f"Flux.1 takes 1 to {MAX_STEPS} steps", param="steps")
+        if not 1 <= steps <= MAX_STEPS:  # the endpoint's documented range: told to the client as it is (public)
+            raise GatewayError(
+                ErrorCode.INVALID_REQUEST,
+                f"Flux.1 takes 1 to {MAX_STEPS} steps, not {steps}",
+                param="steps",
+                public=True,
+            )
         return PomeloFluxRequest(
             prompt=request.prompt or "",
             negative_prompt=request.negative_prompt,

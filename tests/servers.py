@@ -16,6 +16,8 @@ from typing import Any, Self
 import httpx
 import uvicorn
 
+from tests import openai_spec
+
 __all__ = ["GatewayProcess", "ThreadedServer", "free_port"]
 
 
@@ -92,6 +94,7 @@ class GatewayProcess:
     def __init__(self, config_file: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        openai_spec.serving(self.url)  # its root /v1 answers are held to OpenAI's document
         self.log = config_file.with_name(f"gateway-{self.port}.log")
         command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_file), "--port", str(self.port)]
         with self.log.open("wb") as log:
@@ -115,6 +118,7 @@ class GatewayProcess:
 
     def stop(self) -> int:
         """SIGTERM, then the exit status (killed if it does not stop in time)."""
+        openai_spec.retired(self.url)
         if self.process.poll() is None:
             self.process.terminate()
         try:

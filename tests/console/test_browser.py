@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import openai_spec
 from tests.console.conftest import ADMIN_KEY, CLIENT_KEY
 from tests.emulators import EmulatorServer
 from tests.integration.gateway_server import GatewayServer
@@ -118,6 +119,39 @@ def test_generates_from_the_tiny_model_and_the_image_decodes(page: Any, console_
     )
     assert len(requests) == 2  # one per model
     assert all('"seed":1234' in body and '"size":"512x512"' in body for body in requests)
+
+
+def test_same_again_repeats_the_image_byte_for_byte(page: Any, console_gateway: GatewayServer) -> None:
+    """The console sends its seed (and steps) to /v1, which carries them to the model: "Same again" draws
+    the very same PNG, streamed or not. Every answer the page read holds to OpenAI's document."""
+    answers: list[Any] = []
+    page.on("response", lambda r: answers.append(r) if r.url.endswith("/v1/images/generations") else None)
+    sign_in(page, console_gateway)
+    page.get_by_label("tiny").check()
+    page.get_by_label("Size").select_option("256x256")
+    page.get_by_label("Steps").fill("2")
+    page.get_by_label("Inbound API key").fill(CLIENT_KEY)
+    drawn: dict[str, list[str]] = {}
+    for previews in (True, False):
+        page.get_by_label("Show progress and partial previews when the route streams them").set_checked(previews)
+        page.get_by_label("Seed").fill("")  # the console picks one and shows it; "Same again" repeats it
+        for button in ("Generate", "Same again"):
+            page.get_by_role("button", name=button).click()
+            page.wait_for_function(
+                "() => { const c = document.querySelector('article.card[data-model=tiny]');"
+                " const i = c && c.querySelector('img:not(.preview)');"
+                " return c.ariaBusy === 'false' && i && i.complete && i.naturalWidth > 0; }"
+            )
+            image = page.locator('article.card[data-model="tiny"] img:not(.preview)').first
+            drawn.setdefault(str(previews), []).append(image.get_attribute("src") or "")
+    for sources in drawn.values():
+        assert sources[0].startswith("data:image/png;base64,") and sources[0] == sources[1]
+    assert drawn["True"][0] != drawn["False"][0]  # each round its own seed: another picture
+    assert len(answers) == 4
+    for answer in answers:
+        kind = answer.headers.get("content-type", "")
+        assert openai_spec.answer_problems("/v1/images/generations", answer.status, kind, answer.body()) == []
+    assert any(answer.headers.get("content-type", "").startswith("text/event-stream") for answer in answers)
 
 
 def test_an_error_shows_the_dialects_message(page: Any, console_gateway: GatewayServer) -> None:

@@ -58,6 +58,10 @@ def test_env_default_is_used_when_unset() -> None:
         ("models: [{name: x, targets: []}]", "at `$.models[0].targets`"),
         ("server: {prot: 1}", "unknown field `prot`"),
         ("server: [", "not valid YAML"),
+        (
+            "models: [{name: x, default_response_format: png, targets: [{provider: p, model: y}]}]",
+            "default_response_format must be url or b64_json, not 'png' - at `$.models[0].default_response_format`",
+        ),
     ],
 )
 def test_bad_config_names_file_and_field(text: str, expected: str) -> None:
@@ -65,6 +69,13 @@ def test_bad_config_names_file_and_field(text: str, expected: str) -> None:
         parse_config(text, "bad.yaml", environ={})
     assert str(caught.value).startswith("bad.yaml: ")
     assert expected in str(caught.value)
+
+
+def test_a_models_default_response_format() -> None:
+    text = GOOD.replace("  - name: flux-schnell\n", "  - name: flux-schnell\n    default_response_format: b64_json\n")
+    config = parse_config(text, "good.yaml", environ={"MEL_KEY": "k"})
+    assert [model.default_response_format for model in config.models] == ["b64_json"]
+    assert parse_config(GOOD, "good.yaml", environ={"MEL_KEY": "k"}).models[0].default_response_format is None
 
 
 def test_duplicate_alias_is_refused() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.serving import uvicorn_options
+from tests import openai_spec
 from tests.servers import ThreadedServer
 
 
@@ -19,6 +20,15 @@ class GatewayServer(ThreadedServer):
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         super().__init__(create_app(config), **uvicorn_options(config.server))  # bounded as `serve` bounds them
+
+    def start(self) -> Self:
+        super().start()
+        openai_spec.serving(self.url)  # its root /v1 answers are held to OpenAI's document
+        return self
+
+    def stop(self) -> None:
+        openai_spec.retired(self.url)
+        super().stop()
 
 
 def gateway_config(

@@ -1,6 +1,7 @@
-"""One generation for identical requests, through a real gateway against the Pomelo emulator (the one
-dialect that carries a seed): concurrent identical seeded requests make one upstream call, unseeded
-ones and other keys' do not share, a failure reaches every client, and the cache answers with no call."""
+"""One generation for identical requests, through a real gateway against the Pomelo emulator: concurrent
+identical seeded requests make one upstream call (Pomelo's Flux.1 and the root /v1 family carry a seed,
+and share with each other), unseeded ones and other keys' do not share, a failure reaches every client,
+and the cache answers with no call."""
 
 from __future__ import annotations
 
@@ -80,6 +81,24 @@ def test_five_identical_seeded_requests_make_one_upstream_call(
     # another key's identical request is its own
     [other] = post_all(gateway, [(PATHS[0], "bob", body)])
     assert other.headers["x-gateway-cache"] == "miss" and flux_calls(emulators) == 2
+
+
+def test_seeded_requests_over_the_root_v1_share_one_generation(
+    gateway: GatewayServer, emulators: dict[str, EmulatorServer]
+) -> None:
+    """OpenAI's routes carry ``seed`` (a documented extension): identical seeded requests share, and with
+    Pomelo's Flux.1 too when they ask for the same drawing (its 1:1 is 1024x1024, its default 30 steps)."""
+    emulators["pomelo"].emulator.add_fault(HOLD)
+    prompt = "a lighthouse over /v1"
+    v1 = {"model": "flux.1", "prompt": prompt, "seed": 5150, "size": "1024x1024", "steps": 30}
+    flux = {"prompt": prompt, "seed": 5150, "aspect_ratio": "1:1"}
+    requests = [("/v1/images/generations", "alice", v1)] * 3 + [(PATHS[1], "alice", flux)]
+    answers = post_all(gateway, requests)
+    assert [answer.status_code for answer in answers] == [200] * 4, [answer.text for answer in answers]
+    assert flux_calls(emulators) == 1
+    assert sorted(answer.headers["x-gateway-cache"] for answer in answers) == ["miss"] + ["shared"] * 3
+    images = {httpx.get(answer.json()["data"][0]["url"], timeout=10).content for answer in answers[:3]}
+    assert images == {image_of(answers[3])}
 
 
 def test_unseeded_requests_are_not_shared(gateway: GatewayServer, emulators: dict[str, EmulatorServer]) -> None:

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from gateway.auth import hash_key
+from tests import openai_spec
 from tests.emulators import EmulatorServer, Fault, solid_png
 from tests.integration.conftest import MAX_BODY_BYTES, PROVIDERS
 from tests.integration.gateway_server import GatewayServer
@@ -48,9 +49,11 @@ def urllib_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, di
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
+            status, content_type, raw = answer.status, answer.headers.get("content-type", ""), answer.read()
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        status, content_type, raw = error.code, error.headers.get("content-type", ""), error.read()
+    openai_spec.seen(url, "POST", status, content_type, raw)  # a root /v1 answer holds to OpenAI's document
+    return status, json.loads(raw)
 
 
 @pytest.mark.parametrize("dialect", sorted(JSON_ROUTES))

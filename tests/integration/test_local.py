@@ -9,6 +9,7 @@ up on is dropped from the worker's queue.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -188,6 +189,47 @@ def test_same_seed_same_bytes_through_the_gateway(gateway: GatewayServer, http: 
         images.append(png_from(http, answer.json()["images"][0]["url"], "url"))
     assert seeds == [1234, 1234, 99]
     assert images[0] == images[1] != images[2]
+
+
+def test_the_root_v1_carries_seed_steps_and_negative_prompt(gateway: GatewayServer, http: httpx.Client) -> None:
+    """OpenAI's routes take the extensions too (as vLLM-Omni and SGLang do): the same seed, the same bytes,
+    on a JSON generation and on a multipart edit."""
+    body = {"model": "tiny", "prompt": PROMPT, "size": "64x64", "steps": 2, "negative_prompt": "fog"}
+
+    def generated(seed: int) -> bytes:
+        answer = http.post(gateway.url + "/v1/images/generations", json={**body, "seed": seed})
+        assert answer.status_code == 200, answer.text
+        return png_from(http, answer.json()["data"][0]["url"], "url")
+
+    assert generated(1234) == generated(1234) != generated(99)
+    png = input_png(http, gateway)
+
+    def edited(seed: int) -> bytes:
+        fields = {"model": "tiny", "prompt": "snow", "seed": str(seed), "steps": "2", "response_format": "b64_json"}
+        answer = http.post(gateway.url + "/v1/images/edits", files={"image": ("a.png", png, "image/png")}, data=fields)
+        assert answer.status_code == 200, answer.text
+        return base64.b64decode(answer.json()["data"][0]["b64_json"])
+
+    assert edited(7) == edited(7) != edited(8)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/images/generations", {"model": "tiny", "prompt": PROMPT, "size": "64x64", "steps": 99}, "steps"),
+        ("/nebulablock/api/v1/images/generation", {"model": "tiny", "prompt": PROMPT, "num_steps": 99}, "num_steps"),
+        ("/pomelo/api/v1/flux.1", {"prompt": PROMPT, "steps": 51}, "steps"),
+    ],
+)
+def test_steps_beyond_the_models_range_are_refused_naming_the_field_and_range(
+    path: str, body: dict[str, Any], field: str, gateway: GatewayServer, http: httpx.Client
+) -> None:
+    """Never clamped or dropped: a 400 in the client's envelope, its own field and the range it may hold."""
+    response = http.post(gateway.url + path, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert re.search(rf"\b{field}\b", error["message"]) and "1 to 50" in error["message"], error
+    assert error.get("param", field) == field  # OpenAI's envelope names it in `param` too
 
 
 def test_nebul_edit_with_mask_and_variation(gateway: GatewayServer, http: httpx.Client) -> None:

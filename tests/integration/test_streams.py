@@ -110,7 +110,8 @@ def test_sdk_generate_streams_partials_then_completed(client: openai.OpenAI) -> 
     assert [event.partial_image_index for event in partials] == [0, 1]  # type: ignore[union-attr]
     for event in events:
         assert image_dimensions(decoded(event.b64_json)) == (64, 64)
-        assert (event.size, event.output_format, event.quality, event.background) == ("64x64", "png", "auto", "auto")
+        # OpenAI's event schema has four sizes (1024x1024, 1536x1024, 1024x1536, auto): 64x64 is said as "auto".
+        assert (event.size, event.output_format, event.quality, event.background) == ("auto", "png", "auto", "auto")
         assert event.created_at > 0
     assert completed.usage.total_tokens == 0  # type: ignore[union-attr]
     # The previews are the latents' approximation, the final image the VAE's full decode: not the same picture.
@@ -146,10 +147,13 @@ def test_http_provider_gives_the_completed_event_only(
     client: openai.OpenAI, emulators: dict[str, EmulatorServer]
 ) -> None:
     events = list(
-        client.images.generate(model="flux-schnell", prompt=PROMPT, size="512x512", stream=True, partial_images=3)
+        client.images.generate(
+            model="flux-schnell", prompt=PROMPT, size="1024x1024", quality="high", stream=True, partial_images=3
+        )
     )
     assert [event.type for event in events] == ["image_generation.completed"]
-    assert image_dimensions(base64.b64decode(events[0].b64_json)) == (512, 512)
+    assert image_dimensions(base64.b64decode(events[0].b64_json)) == (1024, 1024)
+    assert (events[0].size, events[0].quality, events[0].output_format) == ("1024x1024", "high", "png")  # as drawn
     assert emulators["melious"].emulator.calls[-1].path == "/v1/images/generations"
 
 

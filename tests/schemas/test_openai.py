@@ -22,8 +22,9 @@ from schemas.canonical import (
     ResponseFormat,
     Usage,
 )
+from tests import openai_spec
 from tests.schemas.test_melious import DOCUMENTED_RESPONSE as MELIOUS_RESPONSE
-from tests.schemas.test_melious import IMPACT, shape
+from tests.schemas.test_melious import IMPACT
 from tests.schemas.test_nebul import DOCUMENTED_RESPONSE as NEBUL_RESPONSE
 from tests.schemas.test_nebul import JPEG, NOT_AN_IMAGE, PNG, form_of, nebul_requests, parse_form
 
@@ -88,12 +89,14 @@ SDK_CALLS: list[tuple[str, Callable[[Any], Any], ImageRequest]] = [
     (
         "melious-quick-example",
         lambda c: c.images.generate(model="flux-schnell", prompt=PROMPT, size="1024x1024", n=1),
-        ImageRequest(model="flux-schnell", prompt=PROMPT, n=1, width=1024, height=1024),
+        ImageRequest(model="flux-schnell", prompt=PROMPT, n=1, width=1024, height=1024, response_format_defaulted=True),
     ),
     (
         "prompt-only",
         lambda c: c.images.generate(prompt="a cat"),
-        ImageRequest(model="flux-schnell", prompt="a cat", response_format=ResponseFormat.URL),
+        ImageRequest(
+            model="flux-schnell", prompt="a cat", response_format=ResponseFormat.URL, response_format_defaulted=True
+        ),
     ),
     (
         "dall-e-3-style",
@@ -127,6 +130,7 @@ SDK_CALLS: list[tuple[str, Callable[[Any], Any], ImageRequest]] = [
             background="transparent",
             output_format="webp",
             output_compression=80,
+            response_format_defaulted=True,
         ),
     ),
     (
@@ -148,6 +152,7 @@ SDK_CALLS: list[tuple[str, Callable[[Any], Any], ImageRequest]] = [
             height=1024,
             images=(PNG, JPEG),
             mask=PNG,
+            response_format_defaulted=True,
         ),
     ),
     (
@@ -167,7 +172,13 @@ SDK_CALLS: list[tuple[str, Callable[[Any], Any], ImageRequest]] = [
         "variation",
         lambda c: c.images.create_variation(image=("a.png", PNG, "image/png"), n=2, size="512x512"),
         ImageRequest(
-            model=nebul.DEFAULT_MODEL, operation=Operation.VARIATION, n=2, width=512, height=512, images=(PNG,)
+            model=nebul.DEFAULT_MODEL,
+            operation=Operation.VARIATION,
+            n=2,
+            width=512,
+            height=512,
+            images=(PNG,),
+            response_format_defaulted=True,
         ),
     ),
 ]
@@ -186,7 +197,9 @@ def test_sdk_calls_decode_and_read_our_answer(
         assert (response.data[0].url, response.data[0].b64_json) == ("https://gw/img/1.png", None)
     else:
         assert (response.data[0].url, response.data[0].b64_json) == (None, "aW1n")
-    assert (response.created, response.size) == (1731500000, expected.size or "auto")
+    # The size asked for where OpenAI's document can say it (1024x1024, 1536x1024, ...), else none: never "auto".
+    stated = expected.size if expected.size in openai.ANSWER_SIZES else None
+    assert (response.created, response.size) == (1731500000, stated)
 
 
 # --- the Melious and Nebul document examples, sent to the root ---
@@ -194,7 +207,9 @@ def test_sdk_calls_decode_and_read_our_answer(
 
 def test_melious_curl_example_decodes_as_at_melious() -> None:
     body = json.dumps({"model": "flux-schnell", "prompt": PROMPT, "size": "1024x1024", "n": 1}).encode()
-    assert openai.GENERATIONS.decode_json(body) == melious.GENERATIONS.decode_json(body)
+    at_root = openai.GENERATIONS.decode_json(body)
+    assert at_root.response_format_defaulted  # a model's default_response_format may stand in for Melious's url
+    assert msgspec.structs.replace(at_root, response_format_defaulted=False) == melious.GENERATIONS.decode_json(body)
 
 
 def test_nebul_generation_example_decodes_as_at_nebul() -> None:
@@ -213,38 +228,126 @@ def test_nebul_multipart_examples_decode_as_at_nebul() -> None:
 
 def test_defaults_are_openais() -> None:
     assert openai.GENERATIONS.decode_json(b'{"prompt": "p", "stream": false, "style": "natural"}') == ImageRequest(
-        model="flux-schnell", prompt="p", response_format=ResponseFormat.URL
+        model="flux-schnell", prompt="p", response_format=ResponseFormat.URL, response_format_defaulted=True
     )
     assert openai.EDITS.decode_form({"model": "m", "prompt": "p", "image": [PNG]}).response_format is ResponseFormat.URL
     assert openai.VARIATIONS.decode_form({"image": [PNG]}).response_format is ResponseFormat.URL
 
 
-# --- responses: the union of Melious's and Nebul's fields ---
+@pytest.mark.parametrize("model", ["gpt-image-1", "gpt-image-1.5", "gpt-image-2-2026-04-21", "chatgpt-image-latest"])
+def test_gpt_image_model_names_answer_base64_unless_asked_otherwise(model: str) -> None:
+    """OpenAI answers its GPT image models in base64, so its SDKs send no response_format and read b64_json."""
+    named = openai.GENERATIONS.decode_json(json.dumps({"model": model, "prompt": "p"}).encode())
+    assert (named.response_format, named.response_format_defaulted) == (ResponseFormat.B64_JSON, False)
+    edit = openai.EDITS.decode_form({"model": model, "prompt": "p", "image": [PNG]})
+    assert (edit.response_format, edit.response_format_defaulted) == (ResponseFormat.B64_JSON, False)
+    asked = openai.GENERATIONS.decode_json(
+        json.dumps({"model": model, "prompt": "p", "response_format": "url"}).encode()
+    )
+    assert (asked.response_format, asked.response_format_defaulted) == (ResponseFormat.URL, False)
+    other = openai.GENERATIONS.decode_json(b'{"model": "dall-e-2", "prompt": "p"}')
+    assert (other.response_format, other.response_format_defaulted) == (ResponseFormat.URL, True)
 
-UNION = json.loads(NEBUL_RESPONSE) | {"environment_impact": json.loads(MELIOUS_RESPONSE)["environment_impact"]}
+
+def test_the_extensions_map_into_the_canonical_request() -> None:
+    """seed, steps, negative_prompt and guidance: top-level JSON fields, or multipart form fields."""
+    extensions = {"seed": 7, "steps": 12, "negative_prompt": "fog", "guidance": 3.5}
+    body = json.dumps({"model": "m", "prompt": "p", **extensions}).encode()
+    form = {name: str(value) for name, value in extensions.items()}
+    decoded = [
+        openai.GENERATIONS.decode_json(body),
+        openai.EDITS.decode_form({"model": "m", "prompt": "p", "image": [PNG], **form}),
+        openai.VARIATIONS.decode_form({"model": "m", "image": [PNG], **form}),
+    ]
+    for request in decoded:
+        assert (request.seed, request.steps, request.negative_prompt, request.guidance) == (7, 12, "fog", 3.5)
+
+
+# --- responses: OpenAI's ImagesResponse, with Melious's environment_impact beside it ---
 
 
 def encode(endpoint: Any, request: ImageRequest, result: ImageResult) -> Any:
     return json.loads(msgspec.json.encode(endpoint.encode_result(result, request)))
 
 
+ZERO_USAGE = {
+    "input_tokens": 0,
+    "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+    "output_tokens": 0,
+    "total_tokens": 0,
+}
+
+
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.path)
-def test_result_with_impact_encodes_the_union(endpoint: Any) -> None:
+def test_result_with_impact_encodes_openais_response_and_the_impact(endpoint: Any) -> None:
     request = ImageRequest(model="m", prompt="p")
     result = ImageResult(
         images=[GeneratedImage(url="https://gw/1.png")], created=1, model="m", environment_impact=IMPACT
     )
     encoded = encode(endpoint, request, result)
-    assert shape(encoded) == shape(UNION)
-    assert encoded["data"] == [{"b64_json": None, "url": "https://gw/1.png"}]
-    assert encoded["environment_impact"] == UNION["environment_impact"]
+    assert openai_spec.problems("ImagesResponse", encoded) == []
+    assert encoded["data"] == [{"url": "https://gw/1.png"}]  # no "b64_json": null
+    assert encoded["environment_impact"] == json.loads(MELIOUS_RESPONSE)["environment_impact"]
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.path)
-def test_result_without_impact_encodes_nebuls_response(endpoint: Any) -> None:
+def test_result_encodes_openais_images_response(endpoint: Any) -> None:
     request = ImageRequest(model="m", prompt="p", response_format=ResponseFormat.B64_JSON)
     result = ImageResult(images=[GeneratedImage(b64_json="<BASE64_IMAGE_DATA>")], created=1731500000, model="m")
-    assert encode(endpoint, request, result) == json.loads(NEBUL_RESPONSE)
+    encoded = encode(endpoint, request, result)
+    assert encoded == {
+        "created": 1731500000,
+        "data": [{"b64_json": "<BASE64_IMAGE_DATA>"}],
+        "output_format": "png",
+        "usage": ZERO_USAGE,  # no backend here counts tokens: honest zeros, in OpenAI's shape
+    }
+    assert openai_spec.problems("ImagesResponse", encoded) == []
+
+
+def test_the_answer_states_what_was_produced_where_the_document_can_say_it() -> None:
+    """size, quality, background and output_format: what was drawn, never "auto"; left out where OpenAI's
+    document has no value for it (a 512x512 image, quality "hd")."""
+    request = ImageRequest(model="m", prompt="p", quality="high", background="opaque", output_format="webp")
+    drawn = [GeneratedImage(b64_json="aW1n", width=1536, height=1024, media_type="image/jpeg")]
+    encoded = encode(openai.GENERATIONS, request, ImageResult(images=drawn, created=1, model="m"))
+    assert {k: encoded[k] for k in ("size", "quality", "background", "output_format")} == {
+        "size": "1536x1024",  # the image's own size
+        "quality": "high",
+        "background": "opaque",
+        "output_format": "jpeg",  # what the backend drew, not what was asked
+    }
+    request = ImageRequest(model="m", prompt="p", quality="hd", background="auto", width=512, height=512)
+    small = [GeneratedImage(b64_json="aW1n", width=512, height=512)]
+    encoded = encode(openai.GENERATIONS, request, ImageResult(images=small, created=1, model="m"))
+    assert set(encoded) == {"created", "data", "output_format", "usage"}
+    assert openai_spec.problems("ImagesResponse", encoded) == []
+
+
+def test_usage_is_openais_shape_with_the_backends_counts() -> None:
+    request = ImageRequest(model="m", prompt="p", response_format=ResponseFormat.B64_JSON)
+    result = ImageResult(
+        images=[GeneratedImage(b64_json="aW1n")], created=1, model="m", usage=Usage(prompt_tokens=7, total_tokens=30)
+    )
+    assert encode(openai.GENERATIONS, request, result)["usage"] == {
+        "input_tokens": 7,
+        "input_tokens_details": {"image_tokens": 0, "text_tokens": 7},
+        "output_tokens": 23,
+        "total_tokens": 30,
+    }
+
+
+def test_a_providers_revised_prompt_is_passed_on() -> None:
+    nebul_answer = json.dumps(
+        {"created": 1, "data": [{"b64_json": "aW1n", "url": None, "revised_prompt": "a tabby cat, photographed"}]}
+    )
+    request = ImageRequest(model="m", prompt="a cat", response_format=ResponseFormat.B64_JSON)
+    result = nebul.GENERATIONS.decode_response(nebul_answer.encode(), request)
+    assert result.images[0].revised_prompt == "a tabby cat, photographed"
+    assert encode(openai.GENERATIONS, request, result)["data"] == [
+        {"b64_json": "aW1n", "revised_prompt": "a tabby cat, photographed"}
+    ]
+    # Nebul's own answer keeps its documented shape: both keys, no revised_prompt it did not have.
+    assert encode(nebul.GENERATIONS, request, result)["data"] == [{"b64_json": "aW1n", "url": None}]
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.path)
