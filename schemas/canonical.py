@@ -378,6 +378,8 @@ class GeneratedImage(msgspec.Struct, kw_only=True):
     height: int | None = None
     seed: int | None = None
     media_type: str = "image/png"
+    # The prompt the provider says it drew from, when it rewrote the client's (OpenAI's ``revised_prompt``).
+    revised_prompt: str | None = None
 
     def as_b64(self) -> str | None:
         """Base64 text of the image, without decoding when it already is base64."""
