@@ -47,17 +47,23 @@ JS_SDK := tests/js/node_modules/.package-lock.json
 $(JS_SDK): tests/js/package.json tests/js/package-lock.json
 	npm ci --silent --no-audit --no-fund --prefix tests/js
 
+# Portkey's open-source gateway, an OpenAI-compatible server the suite puts behind a `kind: openai` provider
+# (tests/integration/test_portkey_upstream.py), at the version its lock file pins.
+PORTKEY_TESTS := tests/portkey/node_modules/.package-lock.json
+$(PORTKEY_TESTS): tests/portkey/package.json tests/portkey/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tests/portkey
+
 # Re-resolve every lock file to the newest versions pyproject.toml allows, and print what changed.
 # Run it on purpose (a dependency to move, a new one declared), then `make test`, and commit requirements/ with it.
 lock:
 	$(PYTHON) requirements/lock.py
 
-install: $(STAMP) $(JS_SDK) $(LITELLM_SDK)
+install: $(STAMP) $(JS_SDK) $(PORTKEY_TESTS) $(LITELLM_SDK)
 
 run: $(SERVE_STAMP)
 	$(EMULATOR_PORTS) $(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-test: $(STAMP) $(JS_SDK) $(LITELLM_SDK)
+test: $(STAMP) $(JS_SDK) $(PORTKEY_TESTS) $(LITELLM_SDK)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
