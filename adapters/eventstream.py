@@ -74,6 +74,10 @@ class EventParser:
             raise StreamTooLarge(f"an event larger than {self.max_event_bytes} bytes")
         return found
 
+    def finish(self) -> list[Event]:
+        """At the end of the stream: the last event, when it came without its blank line (or ended in a CR)."""
+        return self.feed(b"\n\n")
+
     def _line(self, line: bytes) -> Event | None:
         if not line:  # a blank line ends the event
             if not self._data and not self._name:
@@ -180,7 +184,7 @@ class EventStreamClient:
                         if on_event(event):
                             return None
                 if streamed:
-                    for event in parser.feed(b"\n\n"):  # a last event without its blank line
+                    for event in parser.finish():
                         if on_event(event):
                             return None
                     return None

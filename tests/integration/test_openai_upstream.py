@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,21 @@ def extended() -> Iterator[EmulatorServer]:
 
 
 @pytest.fixture(scope="module")
+def stalling() -> Iterator[EmulatorServer]:
+    """An OpenAI-compatible server that waits a long while between the events of a stream."""
+    with start_emulator("openai", api_key=API_KEY, event_pause=30.0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def gateway(
-    emulators: dict[str, EmulatorServer], extended: EmulatorServer, tmp_path_factory: pytest.TempPathFactory
+    emulators: dict[str, EmulatorServer],
+    extended: EmulatorServer,
+    stalling: EmulatorServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayServer]:
     upstream = emulators["openai"]
+    once = {"attempts": 1}
     providers = {
         # OpenAI's GPT image models: no response_format (they refuse it), streams, no variations.
         "oa-gpt": openai_entry(
@@ -77,9 +89,13 @@ def gateway(
         "oa-b64": openai_entry(upstream),  # asks for b64_json (the default)
         "oa-url": openai_entry(upstream, response_format="url"),
         "oa-ext": openai_entry(extended, extensions=True),
-        "oa-ext-renamed": openai_entry(
-            extended, extensions=["steps"], extension_names={"steps": "num_inference_steps"}
+        "oa-steps-only": openai_entry(extended, extensions=["steps"], extension_names={"steps": "num_inference_steps"}),
+        # Bounds on a stream: events, the bytes of one event, each read.
+        "oa-few-events": openai_entry(upstream, response_format=None, stream=True, stream_max_events=2, retry=once),
+        "oa-small-events": openai_entry(
+            upstream, response_format=None, stream=True, stream_max_event_bytes=1000, retry=once
         ),
+        "oa-stalling": openai_entry(stalling, response_format=None, stream=True, timeout={"read": 0.3}, retry=once),
     }
     models = [
         {"name": "gpt", "targets": [{"provider": "oa-gpt", "model": "gpt-image-1"}]},
@@ -89,6 +105,10 @@ def gateway(
         {"name": "dalle-3", "targets": [{"provider": "oa-url", "model": "dall-e-3"}]},
         {"name": "ext", "targets": [{"provider": "oa-ext", "model": "dall-e-2"}]},
         {"name": "plain", "targets": [{"provider": "oa-b64", "model": "dall-e-2"}]},
+        {"name": "steps-only", "targets": [{"provider": "oa-steps-only", "model": "dall-e-2"}]},
+        {"name": "few-events", "targets": [{"provider": "oa-few-events", "model": "gpt-image-1"}]},
+        {"name": "small-events", "targets": [{"provider": "oa-small-events", "model": "gpt-image-1"}]},
+        {"name": "stalling", "targets": [{"provider": "oa-stalling", "model": "gpt-image-1"}]},
         {"name": "flux.1", "targets": [{"provider": "oa-ext", "model": "dall-e-2"}]},
         {
             "name": "fallback",
@@ -103,9 +123,15 @@ def gateway(
     server.stop()
 
 
-@pytest.fixture
-def upstream(emulators: dict[str, EmulatorServer], extended: EmulatorServer) -> EmulatorServer:
+@pytest.fixture(autouse=True)
+def _fresh_servers(extended: EmulatorServer, stalling: EmulatorServer) -> None:
+    """This module's own servers start each test with no calls (the session's are reset by conftest)."""
     extended.emulator.reset()
+    stalling.emulator.reset()
+
+
+@pytest.fixture
+def upstream(emulators: dict[str, EmulatorServer]) -> EmulatorServer:
     return emulators["openai"]
 
 
@@ -264,6 +290,29 @@ def test_an_upstream_error_event_becomes_the_clients_error_event(sdk: openai.Ope
     assert seen == ["image_generation.partial_image"]  # retried upstream, but each preview reaches the client once
 
 
+def stream_error(gateway: GatewayServer, model: str) -> dict[str, Any]:
+    """The ``error`` event a /v1 stream client gets, after whatever previews came before it."""
+    body = {"model": model, "prompt": PROMPT, "stream": True, "partial_images": 3}
+    answer = httpx.post(gateway.url + "/v1/images/generations", json=body, timeout=60)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+    blocks = [block for block in answer.text.split("\n\n") if block.startswith("event: ")]
+    assert blocks and blocks[-1].startswith("event: error\n"), answer.text[:300]
+    return dict(json.loads(blocks[-1].split("data: ", 1)[1])["error"])
+
+
+@pytest.mark.parametrize("model", ["few-events", "small-events"])
+def test_a_stream_past_its_bounds_is_an_upstream_error(
+    gateway: GatewayServer, upstream: EmulatorServer, model: str
+) -> None:
+    assert stream_error(gateway, model)["code"] == "upstream_error"
+    assert len(upstream.emulator.calls) == 1
+
+
+def test_a_stream_that_stalls_is_an_upstream_timeout(gateway: GatewayServer, stalling: EmulatorServer) -> None:
+    assert stream_error(gateway, "stalling")["code"] == "timeout"
+    assert len(stalling.emulator.calls) == 1
+
+
 # --------------------------------------------------------------------------- extensions
 
 
@@ -282,6 +331,14 @@ def test_extensions_go_to_a_server_that_takes_them_under_its_names(
     seeded = httpx.post(gateway.url + "/api/v1/flux.1", json={"prompt": PROMPT, "seed": 7}, timeout=30)
     assert seeded.status_code == 200, seeded.text
     assert extended.emulator.calls[-1].body["seed"] == 7
+
+
+def test_only_the_declared_extensions_are_sent(gateway: GatewayServer, extended: EmulatorServer) -> None:
+    body = {"model": "steps-only", "prompt": PROMPT, "num_steps": 9, "negative_prompt": "blur", "width": 256}
+    answer = httpx.post(gateway.url + "/api/v1/images/generation", json={**body, "height": 256}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    sent = only_call(extended).body
+    assert sent["num_inference_steps"] == 9 and "negative_prompt" not in sent
 
 
 def test_extensions_are_left_out_for_a_server_that_does_not_take_them(
