@@ -70,7 +70,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy schemas adapters gateway local_backend bench
 
-# All four provider emulators on 127.0.0.1:9101..9104 (EMULATOR_PORT moves them), for the README's examples.
+# The provider emulators on 127.0.0.1:9101..9105 (EMULATOR_PORT moves them; the fifth is OpenAI's API), for the README's examples.
 emulators: $(SERVE_STAMP)
 	$(BIN)/python -m tests.emulators all --base-port $(EMULATOR_PORT)
 
