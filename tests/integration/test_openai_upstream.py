@@ -88,6 +88,8 @@ def gateway(
         "oa-gpt-nostream": openai_entry(upstream, response_format=None),
         "oa-b64": openai_entry(upstream),  # asks for b64_json (the default)
         "oa-url": openai_entry(upstream, response_format="url"),
+        "oa-dalle-2-streaming": openai_entry(upstream, stream=True),  # declared to stream: dall-e-2 refuses it
+        "oa-dalle-3": openai_entry(upstream, response_format="url", max_n_per_call=1, operations=["generate"]),
         "oa-ext": openai_entry(extended, extensions=True),
         "oa-steps-only": openai_entry(extended, extensions=["steps"], extension_names={"steps": "num_inference_steps"}),
         # Bounds on a stream: events, the bytes of one event, each read.
@@ -102,7 +104,8 @@ def gateway(
         {"name": "gpt-nostream", "targets": [{"provider": "oa-gpt-nostream", "model": "gpt-image-1"}]},
         {"name": "dalle", "targets": [{"provider": "oa-b64", "model": "dall-e-2"}]},
         {"name": "dalle-url", "targets": [{"provider": "oa-url", "model": "dall-e-2"}]},
-        {"name": "dalle-3", "targets": [{"provider": "oa-url", "model": "dall-e-3"}]},
+        {"name": "dalle-2-streaming", "targets": [{"provider": "oa-dalle-2-streaming", "model": "dall-e-2"}]},
+        {"name": "dalle-3", "targets": [{"provider": "oa-dalle-3", "model": "dall-e-3"}]},
         {"name": "ext", "targets": [{"provider": "oa-ext", "model": "dall-e-2"}]},
         {"name": "plain", "targets": [{"provider": "oa-b64", "model": "dall-e-2"}]},
         {"name": "steps-only", "targets": [{"provider": "oa-steps-only", "model": "dall-e-2"}]},
@@ -195,11 +198,15 @@ def test_a_base64_answer_is_stored_for_a_url_client(
     assert call.body["response_format"] == "b64_json" and call.body["n"] == 2
 
 
-def test_dall_e_3_revised_prompt_and_usage_are_read(gateway: GatewayServer, upstream: EmulatorServer) -> None:
-    body = {"model": "dalle-3", "prompt": PROMPT, "response_format": "url"}
+def test_a_server_that_makes_one_image_a_call_gets_one_call_per_image(
+    gateway: GatewayServer, upstream: EmulatorServer
+) -> None:
+    body = {"model": "dalle-3", "prompt": PROMPT, "n": 2, "response_format": "url"}
     answer = httpx.post(gateway.url + "/v1/images/generations", json=body, timeout=30)
     assert answer.status_code == 200, answer.text
-    assert only_call(upstream).body["model"] == "dall-e-3"
+    assert len(answer.json()["data"]) == 2
+    calls = upstream.emulator.calls
+    assert [(call.body["model"], call.body.get("n"), call.status) for call in calls] == [("dall-e-3", 1, 200)] * 2
 
 
 # --------------------------------------------------------------------------- edits and variations
@@ -262,7 +269,7 @@ def test_partial_images_are_forwarded_to_the_stream_client(sdk: openai.OpenAI, u
     assert image_dimensions(png_of(events[2].b64_json)) == (1024, 1024)
     call = only_call(upstream)
     assert call.body["stream"] is True and call.body["partial_images"] == 2
-    assert call.headers["accept"] == "text/event-stream"
+    assert call.headers["accept"] == "text/event-stream" and call.request_id is not None
     sent_as_documented("CreateImageRequest", call.body)
 
 
@@ -306,6 +313,13 @@ def test_a_stream_past_its_bounds_is_an_upstream_error(
 ) -> None:
     assert stream_error(gateway, model)["code"] == "upstream_error"
     assert len(upstream.emulator.calls) == 1
+
+
+def test_a_streams_refusal_before_any_event_is_the_clients_error(
+    gateway: GatewayServer, upstream: EmulatorServer
+) -> None:
+    assert stream_error(gateway, "dalle-2-streaming")["code"] == "invalid_value"  # invalid_request, not retried
+    assert [call.status for call in upstream.emulator.calls] == [400]
 
 
 def test_a_stream_that_stalls_is_an_upstream_timeout(gateway: GatewayServer, stalling: EmulatorServer) -> None:
