@@ -43,7 +43,7 @@ class StreamTooLarge(Exception):
 class EventParser:
     """Bytes of an event stream in, whole events out; bounded in the bytes of one event and in events."""
 
-    __slots__ = ("_buffer", "_data", "_held", "_name", "events", "max_event_bytes", "max_events")
+    __slots__ = ("_buffer", "_data", "_held", "_name", "_scanned", "events", "max_event_bytes", "max_events")
 
     def __init__(self, max_event_bytes: int, max_events: int) -> None:
         self.max_event_bytes = max_event_bytes
@@ -53,6 +53,7 @@ class EventParser:
         self._data: list[bytes] = []
         self._name = ""
         self._held = 0  # bytes of the event being read (its data lines and the pending line)
+        self._scanned = 0  # the pending line's bytes already searched for its end (a long line is searched once)
 
     def feed(self, chunk: bytes) -> list[Event]:
         """The events that ``chunk`` completes (in order); ``StreamTooLarge`` past a bound."""
@@ -61,7 +62,7 @@ class EventParser:
         start = 0
         buffer = self._buffer
         while True:
-            end = _line_end(buffer, start)
+            end = _line_end(buffer, max(start, self._scanned))
             if end is None:
                 break
             line_end, next_start = end
@@ -70,6 +71,7 @@ class EventParser:
                 found.append(event)
             start = next_start
         del buffer[:start]
+        self._scanned = len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)  # a last CR is looked at again
         if self._held + len(buffer) > self.max_event_bytes:
             raise StreamTooLarge(f"an event larger than {self.max_event_bytes} bytes")
         return found
@@ -102,10 +104,11 @@ class EventParser:
         return None  # id, retry and unknown fields are ignored
 
 
-def _line_end(buffer: bytearray, start: int) -> tuple[int, int] | None:
-    """Where the line from ``start`` ends and the next begins (CRLF, LF or CR), or None when it has not ended."""
-    newline = buffer.find(b"\n", start)
-    carriage = buffer.find(b"\r", start, newline if newline != -1 else len(buffer))
+def _line_end(buffer: bytearray, search: int) -> tuple[int, int] | None:
+    """Where the line being read ends and the next begins (CRLF, LF or CR), or None when it has not ended;
+    the search begins at ``search`` (the line's bytes before it are known to hold no line end)."""
+    newline = buffer.find(b"\n", search)
+    carriage = buffer.find(b"\r", search, newline if newline != -1 else len(buffer))
     if carriage != -1:
         if carriage + 1 == len(buffer):
             return None  # a CR at the end: the LF may follow in the next chunk

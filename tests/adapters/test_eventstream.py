@@ -51,3 +51,15 @@ def test_more_events_than_the_bound_are_refused() -> None:
 def test_comments_are_not_events() -> None:
     parser = EventParser(1 << 20, 1)
     assert parser.feed(b": ping\n\n" * 50) == []
+
+
+def test_a_long_line_is_searched_once_for_its_end() -> None:
+    """A partial image arrives as one long ``data:`` line over many chunks: each chunk is searched, not the line."""
+    parser = EventParser(1 << 24, 10)
+    chunk = b"A" * 65536
+    assert parser.feed(b"data: ") == []
+    for _ in range(64):
+        assert parser.feed(chunk) == []
+        assert parser._scanned == len(parser._buffer)  # everything held has been searched
+    assert parser.feed(b"\r") == [] and parser._scanned == len(parser._buffer) - 1  # a CR may start a CRLF
+    assert parser.feed(b"\n\n") == [Event("message", chunk * 64)]
