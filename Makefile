@@ -47,25 +47,31 @@ JS_SDK := tests/js/node_modules/.package-lock.json
 $(JS_SDK): tests/js/package.json tests/js/package-lock.json
 	npm ci --silent --no-audit --no-fund --prefix tests/js
 
+# Portkey's open-source gateway, an OpenAI-compatible server the suite puts behind a `kind: openai` provider
+# (tests/integration/test_portkey_upstream.py), at the version its lock file pins.
+PORTKEY_TESTS := tests/portkey/node_modules/.package-lock.json
+$(PORTKEY_TESTS): tests/portkey/package.json tests/portkey/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tests/portkey
+
 # Re-resolve every lock file to the newest versions pyproject.toml allows, and print what changed.
 # Run it on purpose (a dependency to move, a new one declared), then `make test`, and commit requirements/ with it.
 # KEEP=1: only what a change to pyproject.toml needs (a dependency added or removed); the rest stays as locked.
 lock:
 	$(PYTHON) requirements/lock.py $(if $(KEEP),--keep)
 
-install: $(STAMP) $(JS_SDK) $(LITELLM_SDK)
+install: $(STAMP) $(JS_SDK) $(PORTKEY_TESTS) $(LITELLM_SDK)
 
 run: $(SERVE_STAMP)
 	$(EMULATOR_PORTS) $(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-test: $(STAMP) $(JS_SDK) $(LITELLM_SDK)
+test: $(STAMP) $(JS_SDK) $(PORTKEY_TESTS) $(LITELLM_SDK)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy schemas adapters gateway local_backend bench
 
-# All four provider emulators on 127.0.0.1:9101..9104 (EMULATOR_PORT moves them), for the README's examples.
+# The provider emulators on 127.0.0.1:9101..9105 (EMULATOR_PORT moves them; the fifth is OpenAI's API), for the README's examples.
 emulators: $(SERVE_STAMP)
 	$(BIN)/python -m tests.emulators all --base-port $(EMULATOR_PORT)
 

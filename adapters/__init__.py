@@ -11,6 +11,7 @@ from adapters.local import LocalAdapter
 from adapters.melious import MeliousAdapter
 from adapters.nebul import NebulAdapter
 from adapters.nebulablock import NebulaBlockAdapter
+from adapters.openai import OpenAIAdapter
 from adapters.pomelo import PomeloAdapter
 from adapters.upstream import UpstreamClient
 
@@ -23,6 +24,7 @@ ADAPTER_CLASSES: Mapping[str, Callable[[str, Any, UpstreamClient], Adapter]] = {
     "nebul": NebulAdapter,
     "pomelo": PomeloAdapter,
     "nebulablock": NebulaBlockAdapter,
+    "openai": OpenAIAdapter,  # any OpenAI-compatible images server
     "local": LocalAdapter,  # imports the engine (and torch) only when it runs models in process
 }
 

@@ -35,6 +35,7 @@ __all__ = [
     "JobsConfig",
     "KeyWebhooks",
     "ModelConfig",
+    "OpenAIProvider",
     "ProviderConfig",
     "S3StoreConfig",
     "TargetConfig",
@@ -132,7 +133,44 @@ class NebulaBlockProvider(_Provider, tag="nebulablock"):
     api: Literal["serverless", "v1"] = "v1"
 
 
-ProviderConfig = MeliousProvider | NebulProvider | PomeloProvider | NebulaBlockProvider | LocalBackendSettings
+OpenAIExtension = Literal["seed", "steps", "guidance", "negative_prompt"]
+ALL_OPERATIONS = [Operation.GENERATE, Operation.EDIT, Operation.VARIATION]
+MiB = 1024 * 1024
+
+
+class OpenAIProvider(_Provider, tag="openai"):
+    """Any server that speaks OpenAI's Images API (OpenAI, SGLang, vLLM-Omni, LocalAI, another gateway).
+
+    ``base_url`` is where its ``/images/...`` paths hang (``https://api.openai.com/v1``). What it
+    can do is declared: ``operations`` (targets are skipped for the others, without a call),
+    the ``response_format`` to ask for (null: never sent, as OpenAI's GPT image models need),
+    whether it streams partial images, and which documented extensions it takes (docs/operations.md).
+    """
+
+    organization: str = ""  # sent as OpenAI-Organization when set
+    project: str = ""  # sent as OpenAI-Project when set
+    # More headers sent with every request (a proxy's routing headers, e.g. Portkey's x-portkey-provider).
+    headers: dict[str, str] = {}
+    operations: Annotated[list[Operation], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: list(ALL_OPERATIONS)
+    )
+    response_format: Literal["b64_json", "url"] | None = "b64_json"
+    # true: a client's `stream: true` on generations and edits is passed upstream (`stream`, `partial_images`),
+    # and each partial image the server sends is forwarded as it comes; false: the final image only.
+    stream: bool = False
+    # The documented extensions it takes (true: all four); the others are left out of what is sent.
+    extensions: bool | list[OpenAIExtension] = False
+    # Its name for an extension where it is not vLLM-Omni's: seed, num_inference_steps, guidance_scale, negative_prompt.
+    extension_names: dict[OpenAIExtension, Annotated[str, msgspec.Meta(min_length=1)]] = {}
+    max_n_per_call: Annotated[int, msgspec.Meta(ge=1, le=10)] = 10  # a larger n is split into calls (dall-e-3: 1)
+    # Bounds on a streamed answer: events of any type, and the bytes of one event.
+    stream_max_events: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+    stream_max_event_bytes: PositiveInt = 64 * MiB
+
+
+ProviderConfig = (
+    MeliousProvider | NebulProvider | PomeloProvider | NebulaBlockProvider | OpenAIProvider | LocalBackendSettings
+)
 
 
 def provider_kind(provider: ProviderConfig) -> str:
@@ -416,6 +454,18 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         problems = cross_check(self)
         if problems:
             raise ValueError("; ".join(problems))
+        declared_operations(self)
+
+
+def declared_operations(config: GatewayConfig) -> None:
+    """Targets on a provider that declares its ``operations`` (``kind: openai``) do only those: a request
+    for another is skipped without a call, as a target's own ``operations`` says."""
+    for model in config.models:
+        for target in model.targets:
+            provider = config.providers[target.provider]
+            if isinstance(provider, OpenAIProvider):
+                wanted = target.operations if target.operations is not None else provider.operations
+                target.operations = [operation for operation in wanted if operation in provider.operations]
 
 
 def cross_check(config: GatewayConfig) -> list[str]:

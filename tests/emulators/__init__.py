@@ -1,5 +1,5 @@
 """Provider emulators: real HTTP servers on loopback that speak the four image APIs
-(Melious, Nebul, Pomelo, NebulaBlock) as their documents describe, written
+(Melious, Nebul, Pomelo, NebulaBlock) and OpenAI's Images API as their documents describe, written
 independently of the project's own code so that tests against them are real.
 
     with start_emulator("nebul") as server:
@@ -20,6 +20,7 @@ from .errors import ProviderError
 from .melious import MeliousEmulator
 from .nebul import NebulEmulator
 from .nebulablock import NebulaBlockEmulator
+from .openai import OpenAIEmulator
 from .png import image_size, noise_png, solid_png
 from .pomelo import PomeloEmulator
 from .server import EmulatorServer
@@ -29,6 +30,7 @@ EMULATORS: dict[str, type[Emulator]] = {
     "nebul": NebulEmulator,
     "pomelo": PomeloEmulator,
     "nebulablock": NebulaBlockEmulator,
+    "openai": OpenAIEmulator,
 }
 """The emulator class of each provider kind, in the order `all` assigns ports."""
 
@@ -61,6 +63,7 @@ __all__ = [
     "MeliousEmulator",
     "NebulEmulator",
     "NebulaBlockEmulator",
+    "OpenAIEmulator",
     "PomeloEmulator",
     "ProviderError",
     "create_emulator",

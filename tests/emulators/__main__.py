@@ -1,7 +1,7 @@
 """Run emulators in the foreground.
 
 python -m tests.emulators melious --port 9101 [--api-key K]
-python -m tests.emulators all --base-port 9101   # melious, nebul, pomelo, nebulablock on 9101..9104
+python -m tests.emulators all --base-port 9101   # melious, nebul, pomelo, nebulablock, openai on 9101..9105
 python -m tests.emulators melious --port 0 --noise --no-call-log   # heavy answers, no call log (benchmarks)
 """
 
@@ -19,7 +19,7 @@ DEFAULT_BASE_PORT = 9101
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.emulators", description="Run provider emulators.")
-    parser.add_argument("kind", choices=[*EMULATORS, "all"], help="which provider to emulate, or all four")
+    parser.add_argument("kind", choices=[*EMULATORS, "all"], help="which provider to emulate, or all of them")
     parser.add_argument(
         "--port", type=int, default=None, help="port for one emulator (default: its place after --base-port)"
     )

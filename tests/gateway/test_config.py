@@ -266,7 +266,7 @@ models:
         assert path in paths, f"{path} not reported in one run: {errors}"
     text_of = "\n".join(errors)
     assert "unknown field `bogus`" in text_of
-    assert "one of: 'melious', 'nebul', 'pomelo', 'nebulablock', 'local'" in text_of
+    assert "one of: 'melious', 'nebul', 'pomelo', 'nebulablock', 'openai', 'local'" in text_of
     assert "(one of: 'midjourney', 'flux')" in text_of
     assert "missing required field `name`" in text_of
     assert "(there: 'mel', 'odd', 'pom')" in text_of
