@@ -69,8 +69,16 @@ class OpenAIGenerationRequest(nebul.NebulGenerationRequest, kw_only=True, omit_d
     negative_prompt: str | None = None
 
 
+# The model a client that names none asks for, where OpenAI's document gives one (generations keep
+# Melious's default, as the root family always had): LiteLLM's ``image_variation`` sends no ``model``.
+DEFAULT_EDIT_MODEL = "gpt-image-1.5"
+DEFAULT_VARIATION_MODEL = "dall-e-2"
+
+
 class OpenAIEditRequest(nebul.NebulEditRequest, kw_only=True, omit_defaults=True):
     """Nebul's edit request with OpenAI's defaults and the extensions."""
+
+    model: nebul.Model = DEFAULT_EDIT_MODEL
 
     response_format: nebul.ResponseFormatName | None = None  # type: ignore[assignment]
     output_compression: Compression | None = None
@@ -81,6 +89,8 @@ class OpenAIEditRequest(nebul.NebulEditRequest, kw_only=True, omit_defaults=True
 
 class OpenAIVariationRequest(nebul.NebulVariationRequest, kw_only=True, omit_defaults=True):
     """Nebul's variation request with OpenAI's defaults and the extensions."""
+
+    model: nebul.Model = DEFAULT_VARIATION_MODEL
 
     response_format: nebul.ResponseFormatName | None = None  # type: ignore[assignment]
     output_compression: Compression | None = None

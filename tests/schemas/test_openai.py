@@ -172,7 +172,7 @@ SDK_CALLS: list[tuple[str, Callable[[Any], Any], ImageRequest]] = [
         "variation",
         lambda c: c.images.create_variation(image=("a.png", PNG, "image/png"), n=2, size="512x512"),
         ImageRequest(
-            model=nebul.DEFAULT_MODEL,
+            model=openai.DEFAULT_VARIATION_MODEL,  # OpenAI's document: dall-e-2 when none is named
             operation=Operation.VARIATION,
             n=2,
             width=512,
@@ -370,6 +370,15 @@ def test_nebul_and_melious_responses_decode(endpoint: Any) -> None:
 # --- bad input and errors ---
 
 
+def test_a_request_naming_no_model_asks_for_openais_default_for_its_operation() -> None:
+    """OpenAI's document: edits default to gpt-image-1.5, variations to dall-e-2 (LiteLLM's variation names none)."""
+    assert openai.EDITS.decode_form({"prompt": "p", "image": [PNG]}).model == "gpt-image-1.5"
+    assert openai.VARIATIONS.decode_form({"image": [PNG]}).model == "dall-e-2"
+    # Nebul's own routes keep their document's rule: an edit names its model.
+    with pytest.raises(GatewayError):
+        nebul.EDITS.decode_form({"prompt": "p", "image": [PNG]})
+
+
 @pytest.mark.parametrize(
     ("endpoint", "body", "code", "param"),
     [
@@ -380,7 +389,7 @@ def test_nebul_and_melious_responses_decode(endpoint: Any) -> None:
         (openai.GENERATIONS, b'{"prompt": "p", "size": "large"}', ErrorCode.INVALID_SIZE, "size"),
         (openai.EDITS, {"model": "m", "prompt": "p", "image": [NOT_AN_IMAGE]}, ErrorCode.INVALID_REQUEST, "image"),
         (openai.EDITS, {"model": "m", "prompt": "p"}, ErrorCode.INVALID_REQUEST, "image"),
-        (openai.EDITS, {"prompt": "p", "image": [PNG]}, ErrorCode.INVALID_REQUEST, "model"),
+        (openai.EDITS, {"model": "", "prompt": "p", "image": [PNG]}, ErrorCode.INVALID_REQUEST, "model"),
         (openai.VARIATIONS, {"n": "2"}, ErrorCode.INVALID_REQUEST, "image"),
         (openai.VARIATIONS, {"image": [NOT_AN_IMAGE]}, ErrorCode.INVALID_REQUEST, "image"),
     ],
