@@ -109,7 +109,8 @@ class AdminGate:
         if self.access == "admin_key":
             return
         client = connection.client.host if connection.client else ""
-        if self.access == "off" or not is_loopback(client) or not is_loopback(host_name(connection.headers.get("host"))):
+        host = host_name(connection.headers.get("host"))
+        if self.access == "off" or not is_loopback(client) or not is_loopback(host):
             raise NotFoundException()
 
     def admit(self, connection: ASGIConnection[Any, Any, Any, Any]) -> None:

@@ -17,14 +17,13 @@ from redis.backoff import NoBackoff
 
 from adapters import Adapter, build_adapter
 from adapters.upstream import UpstreamClient, build_upstream_client
-from gateway import metrics, tracing
+from gateway import metrics, serving, tracing
 from gateway.admin import admin_handlers
 from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.cooldown import Cooldowns
 from gateway.dedup import Dedup
-from gateway import serving
 from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
 from gateway.imagestore import ImageStore, StoreUnavailable, build_image_store

@@ -509,10 +509,11 @@ def _raw_references(raw: dict[str, Any]) -> list[str]:
     providers = raw.get("providers")
     names = {str(name) for name in providers} if isinstance(providers, dict) else set()
     models: list[tuple[str, list[str], list[str]]] = []
-    for model in raw.get("models") if isinstance(raw.get("models"), list) else []:
-        model = model if isinstance(model, dict) else {}
-        aliases = model.get("aliases") if isinstance(model.get("aliases"), list) else []
-        targets = model.get("targets") if isinstance(model.get("targets"), list) else []
+    listed = raw.get("models")
+    for entry in listed if isinstance(listed, list) else []:
+        model: dict[str, Any] = entry if isinstance(entry, dict) else {}
+        aliases: list[Any] = model["aliases"] if isinstance(model.get("aliases"), list) else []
+        targets: list[Any] = model["targets"] if isinstance(model.get("targets"), list) else []
         models.append((
             str(model.get("name", "")),
             [str(alias) for alias in aliases],

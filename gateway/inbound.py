@@ -142,6 +142,9 @@ class BodyPace(NamedTuple):
     min_bytes_per_s: int = 16 * 1024  # the average pace once ``idle_s`` has passed (0: none)
 
 
+DEFAULT_PACE = BodyPace()
+
+
 class ScopeInbound:
     """A dialect request read straight from its ASGI scope and messages."""
 
@@ -152,8 +155,8 @@ class ScopeInbound:
         "holder",
         "max_body_bytes",
         "pace",
-        "received",
         "receive",
+        "received",
         "reserved",
         "scope",
         "stalled",
@@ -162,7 +165,7 @@ class ScopeInbound:
     )
 
     def __init__(
-        self, scope: Scope, receive: Receive, max_body_bytes: int, budget: BodyBudget, pace: BodyPace = BodyPace()
+        self, scope: Scope, receive: Receive, max_body_bytes: int, budget: BodyBudget, pace: BodyPace = DEFAULT_PACE
     ) -> None:
         self.scope = scope
         self.receive = receive

@@ -144,9 +144,8 @@ models:
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "refs.yaml", environ={})
     text_of = str(caught.value)
-    assert (
-        "provider 'nope', which is not under `providers` (there: 'mel') - at `$.models[1].targets[1].provider`" in text_of
-    )
+    where = "- at `$.models[1].targets[1].provider`"
+    assert f"provider 'nope', which is not under `providers` (there: 'mel') {where}" in text_of
     assert "'a' is used twice - at `$.models[2]`" in text_of
     assert "- at `$.models[2].targets[0].provider`" in text_of
     assert len(caught.value.errors) == 3

@@ -153,7 +153,7 @@ def test_headers_that_never_complete_are_a_408_and_a_silent_connection_is_closed
 def test_an_idle_kept_alive_connection_is_closed(gateway: GatewayProcess) -> None:
     with connect(gateway) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
-        status, headers, _, _ = read_answer(sock)  # read_answer's probe waits for more: the server closes first
+        status, _headers, _, _ = read_answer(sock)  # read_answer's probe waits for more: the server closes first
         assert status == 200
         sock.settimeout(8)
         assert sock.recv(1) == b""
@@ -162,7 +162,7 @@ def test_an_idle_kept_alive_connection_is_closed(gateway: GatewayProcess) -> Non
 def test_a_stalled_body_is_a_408_and_gives_its_budget_back(gateway: GatewayProcess) -> None:
     with connect(gateway) as sock:
         sock.sendall(post_head(GENERATE, MAX_BODY) + b'{"model": "m", "prompt": "')  # then stalls
-        status, headers, answer, closed = read_answer(sock)
+        status, _headers, answer, closed = read_answer(sock)
     assert status == 408 and closed
     assert "no part of the request body arrived for 1 s" in json.loads(answer)["error"]["message"]
     assert served(gateway, "key-a") == 200  # its reservation went back

@@ -34,10 +34,11 @@ class LocalGatewayServer(GatewayServer):
 
 @pytest.fixture(scope="module")
 def gateway(emulators: dict[str, EmulatorServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    """OpenAI's model names on our targets: dall-e-3 and dall-e-2 at emulators, gpt-image-1 and tiny on the local engine."""
+    """OpenAI's model names on our targets: dall-e-3 and dall-e-2 at emulators, gpt-image-1 and tiny locally."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(tmp_path_factory.mktemp("models")))
-        local = {"kind": "local", "device": "cpu", "batch_window_ms": 0, "models": {"tiny": {"path": "builtin:tiny-sd"}}}
+        tiny = {"tiny": {"path": "builtin:tiny-sd"}}
+        local = {"kind": "local", "device": "cpu", "batch_window_ms": 0, "models": tiny}
         providers = provider_entries(emulators)
         providers["gpu"] = local
         models = [
