@@ -340,9 +340,12 @@ async def _ended(
         await gateway.admission.settle(record.reservation, actual)
     seconds = time.perf_counter() - started
     record.finish(seconds)
-    gateway.recent_requests.record(current_request_id(), functools.partial(record.summary, seconds))
     if span is not None:
         span.end(record, operation, status)
+    # The console's summary keeps this record for the last few hundred requests: never the client's prompt,
+    # which may be megabytes long (three floods of 20 MB prompts held 240 MB each, for good, before).
+    record.prompt = None
+    gateway.recent_requests.record(current_request_id(), functools.partial(record.summary, seconds))
 
 
 async def _stream_finished(

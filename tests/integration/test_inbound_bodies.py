@@ -182,3 +182,34 @@ def test_a_flood_of_large_bodies_stays_within_the_in_flight_budget(
     finally:
         emulators["nebulablock"].emulator.clear_faults()
         gateway.stop()
+
+
+def test_floods_in_a_row_do_not_ratchet_idle_memory(emulators: dict[str, EmulatorServer], tmp_path: Path) -> None:
+    """Three floods of large bodies, each answered 400 (a prompt past the limit): idle memory comes back each time.
+
+    The console's recent-request summaries keep their records a while; they kept each client's prompt too
+    (+240 MB of idle memory a flood of 12 bodies of 20 MB, for good, before).
+    """
+    gateway = GatewayProcess(
+        write_config(
+            tmp_path,
+            emulators,
+            max_body_bytes=12 * MiB,
+            max_inflight_body_bytes=256 * MiB,
+            max_inflight_body_share=1.0,
+        )
+    ).wait_ready()
+    url = gateway.url + "/nebulablock/api/v1/images/generation"
+    body = json.dumps({"model": "m", "prompt": "x" * (8 * MiB), "width": 64, "height": 64}).encode()
+    try:
+        key = {"Authorization": "Bearer flood-key"}
+        assert urllib_post(url, json.dumps({"model": "m", "prompt": "p"}).encode(), key)[0] == 200
+        idle = memory_kib(gateway.process.pid, "VmRSS")
+        for _ in range(3):
+            with ThreadPoolExecutor(12) as pool:
+                answers = list(pool.map(lambda _: urllib_post(url, body, key), range(12)))
+            assert {status for status, _ in answers} == {400}, answers[:1]
+        time.sleep(1)
+        assert memory_kib(gateway.process.pid, "VmRSS") - idle < 48 * 1024
+    finally:
+        gateway.stop()
