@@ -21,6 +21,9 @@ SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 LITELLM_VENV ?= bench/.venv-litellm
+# (Defined before any rule names them: make expands a rule's prerequisites as it reads the rule.)
+LITELLM_SDK := $(LITELLM_VENV)/.installed-sdk
+LITELLM_PROXY := $(LITELLM_VENV)/.installed-proxy
 
 .PHONY: install run test lint lock emulators bench bench-quick bench-servers bench-portkey bench-local clean
 
@@ -77,8 +80,6 @@ emulators: $(SERVE_STAMP)
 
 # LiteLLM lives in a virtualenv of its own (it pins versions of its own): its SDK for the suite
 # (requirements/litellm.txt), its proxy on top for `make bench` (requirements/litellm-proxy.txt).
-LITELLM_SDK := $(LITELLM_VENV)/.installed-sdk
-LITELLM_PROXY := $(LITELLM_VENV)/.installed-proxy
 $(LITELLM_SDK): requirements/litellm.txt
 	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
 	$(LITELLM_VENV)/bin/pip --quiet --quiet --disable-pip-version-check install --require-hashes --no-deps -r $<
