@@ -24,7 +24,8 @@ from litestar.testing import TestClient
 from prometheus_client.metrics import MetricWrapperBase
 
 from gateway import metrics
-from gateway.app import create_app
+from gateway.app import create_app, metrics_protected
+from gateway.auth import hash_key
 from gateway.cli import build_parser
 from gateway.cli import main as cli_main
 from gateway.config import DirectoryStoreConfig, GatewayConfig, ServerConfig, parse_config
@@ -127,12 +128,22 @@ def env_refs(text: str) -> dict[str, bool]:
 
 
 def placeholder_env(text: str) -> dict[str, str]:
-    """A value for every variable a config names without a default (a well-formed URL for REDIS_URL)."""
-    return {
-        name: "redis://127.0.0.1:6379/0" if name == "REDIS_URL" else f"test-{name.lower()}"
-        for name, defaulted in env_refs(text).items()
-        if not defaulted
-    }
+    """A value for every variable a config names without a default (a well-formed URL for REDIS_URL, a key's
+    hash for a ``*_HASH``: the hash of ``placeholder_key(name)``)."""
+    return {name: _placeholder(name) for name, defaulted in env_refs(text).items() if not defaulted}
+
+
+def placeholder_key(hash_name: str) -> str:
+    """The key whose hash ``placeholder_env`` gives ``hash_name``."""
+    return f"test-key-of-{hash_name.lower()}"
+
+
+def _placeholder(name: str) -> str:
+    if name == "REDIS_URL":
+        return "redis://127.0.0.1:6379/0"
+    if name.endswith("_HASH"):
+        return hash_key(placeholder_key(name))
+    return f"test-{name.lower()}"
 
 
 def docs_rows() -> dict[str, list[str]]:
