@@ -176,6 +176,8 @@ class LocalAdapter(AdapterBase):
                 refused = error.reason is FailureReason.UPSTREAM_CREDENTIALS
                 if error.code not in _NEXT_WORKER and not refused and not isinstance(error, UpstreamUnreachable):
                     raise
+                if refused:  # seen here even when the next worker serves: that worker wants another token
+                    log.warning("worker_refused_token", provider=self.name, worker=worker.config.base_url)
                 failure = error
         assert failure is not None
         raise failure

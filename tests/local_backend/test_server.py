@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from adapters.base import CallOptions
 from adapters.local import LocalAdapter
@@ -292,8 +293,12 @@ async def test_the_adapter_sends_the_token_and_moves_past_a_worker_that_refuses_
     with WorkerServer(tiny_settings(batch_window_ms=0, worker_token="another-token-0123456789")) as other:
         adapter = remote([other.url, guarded.url], client, worker_token=TOKEN)
         before = guarded.engine.stats().images_generated
-        results = [await adapter.generate(ask(seed=index), NO_OPTIONS) for index in range(2)]
+        with capture_logs() as logged:
+            results = [await adapter.generate(ask(seed=index), NO_OPTIONS) for index in range(2)]
         assert all(result.images for result in results)
+        refusals = [line for line in logged if line["event"] == "worker_refused_token"]
+        assert refusals and all(line["worker"] == other.url and line["provider"] == "gpu" for line in refusals)
+        assert TOKEN not in repr(logged)
         assert guarded.engine.stats().images_generated == before + 2 and other.engine.stats().images_generated == 0
         readiness = await adapter.ready()
         assert readiness == {"ready": True, "workers": {other.url: False, guarded.url: True}}
