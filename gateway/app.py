@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from adapters import Adapter, build_adapter
 from adapters.upstream import UpstreamClient, build_upstream_client
 from gateway import metrics, tracing
-from gateway.admin import admin_handlers, gate_of
+from gateway.admin import admin_handlers
 from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
@@ -179,6 +179,8 @@ async def prometheus_metrics(request: Request[Any, Any, Any]) -> Response[bytes]
     """Prometheus exposition of the gateway's metrics (see docs/operations.md); with ``server.metrics_access``
     ``admin_key`` (the default once admin keys exist) it wants ``Authorization: Bearer <admin key>``, else 401."""
     if metrics_protected(request.app.state.config):
+        from gateway.admin import gate_of
+
         gate_of(request).admit(request)  # the admin API's check: the key hashed and compared in constant time
     # Given as the header: Litestar would append a second `; charset=utf-8` to a text/ media type.
     return Response(metrics.render(), headers={"content-type": metrics.CONTENT_TYPE_LATEST})
