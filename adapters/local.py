@@ -4,7 +4,9 @@ With ``workers`` empty the adapter runs a ``local_backend.engine.LocalEngine`` i
 (torch is imported then, and only then). Otherwise each worker is an HTTP provider like
 any other (``HttpAdapter`` with the worker's endpoint and error table, ``schemas.worker``),
 and the request goes to the workers in turn, moving on to the next one when a worker
-cannot be reached or is overloaded, so GPU nodes scale apart from gateway replicas.
+cannot be reached, is overloaded or refuses the gateway's credential, so GPU nodes scale
+apart from gateway replicas. Every call to a worker, its ``/health`` too, carries the
+provider's ``worker_token`` as ``Authorization: Bearer`` (local_backend/server.py).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import structlog
 
 from adapters.base import AdapterBase, BackendObserver, CallOptions, TimeoutSettings
 from adapters.http import HttpAdapter, UpstreamUnreachable
 from adapters.upstream import AnswerTooLarge, UpstreamClient, UpstreamFailure
 from schemas import worker as protocol
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, ImageResult, Operation
+from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, ImageResult, Operation
 from schemas.dialect import Endpoint
 from schemas.local import LocalBackendSettings
 
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from local_backend.engine import LocalEngine
 
 __all__ = ["LocalAdapter", "WorkerAdapter"]
+
+log = structlog.get_logger("adapters.local")
 
 # The most a worker's answer may hold: n images of the largest size, as base64 JSON, fit well within.
 MAX_WORKER_ANSWER_BYTES = 1 << 30
@@ -79,9 +84,12 @@ class LocalAdapter(AdapterBase):
         self._turn = itertools.count()
         self._starting = asyncio.Lock()
         self._workers = [
-            WorkerAdapter(name, WorkerSettings(base_url=url, timeout=settings.timeout), client)
+            WorkerAdapter(
+                name, WorkerSettings(base_url=url, timeout=settings.timeout, api_key=settings.worker_token), client
+            )
             for url in settings.workers
         ]
+        self._health_headers = {"Authorization": f"Bearer {settings.worker_token}"} if settings.worker_token else None
 
     @property
     def remote(self) -> bool:
@@ -94,6 +102,12 @@ class LocalAdapter(AdapterBase):
     async def start(self) -> None:
         """Load the models in-process (nothing to do when the models live on workers)."""
         async with self._starting:
+            if self.remote and not self.settings.worker_token:
+                log.warning(
+                    "worker_token_unset",
+                    provider=self.name,
+                    detail="calls to this provider's workers carry no credential: a worker that wants one refuses them",
+                )
             if self.remote or self.engine is not None:
                 return
             from local_backend.engine import LocalEngine  # brings torch: only where models run here
@@ -158,8 +172,12 @@ class LocalAdapter(AdapterBase):
             except GatewayError as error:
                 error.provider = self.name
                 error.public = _speaks_to_the_client(error)
-                if error.code not in _NEXT_WORKER and not isinstance(error, UpstreamUnreachable):
+                # A worker refusing the credential drew nothing: another (not yet rotated) may take it.
+                refused = error.reason is FailureReason.UPSTREAM_CREDENTIALS
+                if error.code not in _NEXT_WORKER and not refused and not isinstance(error, UpstreamUnreachable):
                     raise
+                if refused:  # seen here even when the next worker serves: that worker wants another token
+                    log.warning("worker_refused_token", provider=self.name, worker=worker.config.base_url)
                 failure = error
         assert failure is not None
         raise failure
@@ -168,7 +186,12 @@ class LocalAdapter(AdapterBase):
         connect = self.settings.timeout.connect
         try:
             answer = await self.client.send(
-                "GET", url + protocol.HEALTH_PATH, connect_timeout=connect, read_timeout=connect, max_bytes=1 << 20
+                "GET",
+                url + protocol.HEALTH_PATH,
+                headers=self._health_headers,
+                connect_timeout=connect,
+                read_timeout=connect,
+                max_bytes=1 << 20,
             )
         except (UpstreamFailure, AnswerTooLarge):
             return False

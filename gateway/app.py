@@ -167,9 +167,20 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response(body, status_code=200 if ok else 503)
 
 
+def metrics_protected(config: GatewayConfig) -> bool:
+    """Whether /metrics wants an admin key: ``server.metrics_access``, or, when it is null, whether admin keys exist."""
+    access = config.server.metrics_access
+    return access == "admin_key" or (access is None and bool(config.auth.admin_keys))
+
+
 @get("/metrics", tags=["ops"], include_in_schema=False)
-async def prometheus_metrics() -> Response[bytes]:
-    """Prometheus exposition of the gateway's metrics (see docs/operations.md)."""
+async def prometheus_metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus exposition of the gateway's metrics (see docs/operations.md); with ``server.metrics_access``
+    ``admin_key`` (the default once admin keys exist) it wants ``Authorization: Bearer <admin key>``, else 401."""
+    if metrics_protected(request.app.state.config):
+        from gateway.admin import gate_of
+
+        gate_of(request).admit(request)  # the admin API's check: the key hashed and compared in constant time
     # Given as the header: Litestar would append a second `; charset=utf-8` to a text/ media type.
     return Response(metrics.render(), headers={"content-type": metrics.CONTENT_TYPE_LATEST})
 

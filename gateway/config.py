@@ -309,6 +309,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace_s: Seconds = 30.0  # on SIGTERM: stop accepting, let requests in flight finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
+    # Who may read /metrics (it names inbound keys and their spend): `admin_key` (Authorization: Bearer <an
+    # admin key>, else 401), `open`, or null: `admin_key` when `auth.admin_keys` has one, else `open`.
+    metrics_access: Literal["open", "admin_key"] | None = None
     dedup: DedupConfig = msgspec.field(default_factory=DedupConfig)
     # Connections (gateway/serving.py, gateway/inbound.py): what a client may hold before and while it sends.
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024  # request line + headers; past it a 431
@@ -477,6 +480,8 @@ def cross_check(config: GatewayConfig) -> list[str]:
     admins = [key.name for key in config.auth.admin_keys]
     if len(admins) != len(set(admins)):
         problems.append("two admin keys under `auth.admin_keys` share a name - at `$.auth.admin_keys`")
+    if config.server.metrics_access == "admin_key" and not admins:
+        problems.append("`metrics_access: admin_key` needs an admin key under `auth.admin_keys` - at `$.server`")
     models = [(model.name, model.aliases, [target.provider for target in model.targets]) for model in config.models]
     return problems + reference_problems(set(config.providers), models) + currency_problems(config)
 

@@ -4,10 +4,20 @@
 ``kind: local`` provider on this machine's device. The gateway reaches it through a
 ``kind: local`` provider whose ``workers`` lists its URL (see ``schemas.worker``).
 A client that hangs up while its request waits in the queue has it dropped.
+
+The worker's credential is the provider's ``worker_token``, a secret it shares with the
+gateway: every route wants ``Authorization: Bearer <worker_token>`` (401 in the worker
+protocol's error shape otherwise, compared in constant time), except ``/health`` asked
+with no credential at all, which answers only ``{"status": ...}`` with its 200 or 503 (what
+the orchestrator's probe needs; the device and each model's state need the token). A
+worker with no token serves beyond loopback only with ``allow_unauthenticated: true``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -15,6 +25,8 @@ from typing import Any, Protocol
 
 import structlog
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 
 from local_backend.engine import EngineStats, LocalEngine
 from schemas import worker as protocol
@@ -23,7 +35,7 @@ from schemas.dialect import error_answer
 from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_client_leaves
 from schemas.local import LocalBackendSettings
 
-__all__ = ["create_worker_app", "local_settings", "serve_worker"]
+__all__ = ["WorkerCredential", "create_worker_app", "local_settings", "serve_worker", "worker_refusal"]
 
 log = structlog.get_logger("local_backend.server")
 JSON = "application/json"
@@ -36,7 +48,45 @@ class GatewayConfigLike(Protocol):
     def providers(self) -> Mapping[str, object]: ...
 
 
-@post(protocol.GENERATE_PATH, status_code=200)
+class WorkerCredential:
+    """The worker's token, kept as its SHA-256 digest; what a request presents is compared in constant time."""
+
+    def __init__(self, token: str) -> None:
+        self._digest = hashlib.sha256(token.encode()).digest() if token else None
+
+    @property
+    def required(self) -> bool:
+        return self._digest is not None
+
+    def presented(self, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+        """Whether the request carries an ``Authorization`` header at all."""
+        return "authorization" in connection.headers
+
+    def check(self, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+        """Nothing when the request presents the token (or none is required); a 401 ``GatewayError`` otherwise."""
+        if self._digest is None:
+            return
+        scheme, _, token = (connection.headers.get("authorization") or "").partition(" ")
+        # Hashed first: the comparison takes the same time whatever the length presented.
+        digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        if scheme.lower() == "bearer" and hmac.compare_digest(digest, self._digest):
+            return
+        raise GatewayError(
+            ErrorCode.UNAUTHORIZED,
+            "this worker wants the gateway's worker_token: send `Authorization: Bearer <worker_token>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def credential_of(connection: ASGIConnection[Any, Any, Any, Any]) -> WorkerCredential:
+    return connection.app.state.credential  # type: ignore[no-any-return]
+
+
+def needs_credential(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    credential_of(connection).check(connection)
+
+
+@post(protocol.GENERATE_PATH, status_code=200, guards=[needs_credential])
 async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Draw one canonical request; dropped from the queue if its client hangs up first."""
     engine: LocalEngine = request.app.state.engine
@@ -51,15 +101,23 @@ async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 
     A worker missing one model's weights is not healthy (``degraded``: its other models
     still serve the requests that reach it), so the orchestrator and the operator see it.
+    Asked with no credential at all (a kubelet's probe) a worker that wants a token answers
+    the status alone; a wrong one is a 401, so a gateway holding a stale token is not ready.
     """
     engine: LocalEngine = request.app.state.engine
-    stats = engine.stats()
+    credential = credential_of(request)
+    anonymous = credential.required and not credential.presented(request)
+    if not anonymous:
+        credential.check(request)
     status = "ok" if engine.healthy else "degraded" if engine.ready else "unavailable"
-    body = {"status": status, "device": stats.device, "models": stats.models}
+    body: dict[str, Any] = {"status": status}
+    if not anonymous:
+        stats = engine.stats()
+        body.update(device=stats.device, models=stats.models)
     return Response(body, status_code=200 if engine.healthy else 503)
 
 
-@get(protocol.STATS_PATH, sync_to_thread=False)
+@get(protocol.STATS_PATH, sync_to_thread=False, guards=[needs_credential])
 def stats(request: Request[Any, Any, Any]) -> EngineStats:
     """Queue depth, batch sizes seen and images drawn, for metrics and tests."""
     engine: LocalEngine = request.app.state.engine
@@ -91,7 +149,7 @@ def create_worker_app(settings: LocalBackendSettings) -> Litestar:
         finally:
             await engine.aclose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[generate, health, stats],
         lifespan=[lifespan],
         exception_handlers={Exception: _handle_error},
@@ -99,6 +157,8 @@ def create_worker_app(settings: LocalBackendSettings) -> Litestar:
         openapi_config=None,
         debug=False,
     )
+    app.state.credential = WorkerCredential(settings.worker_token)
+    return app
 
 
 def local_settings(config: GatewayConfigLike) -> LocalBackendSettings | None:
@@ -109,13 +169,46 @@ def local_settings(config: GatewayConfigLike) -> LocalBackendSettings | None:
     return None
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` (and names under it) or a loopback address: nothing beyond this machine reaches it."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def worker_refusal(settings: LocalBackendSettings, host: str) -> str | None:
+    """Why a worker with ``settings`` must not listen on ``host``; None when it may.
+
+    Without a ``worker_token`` anyone who reaches the port is served: only on loopback, or
+    where the operator says so (``allow_unauthenticated``: a network nothing else reaches).
+    """
+    if settings.worker_token or settings.allow_unauthenticated or is_loopback(host):
+        return None
+    return (
+        f"a worker listening on {host} needs the local provider's `worker_token` (the secret the gateway sends,"
+        " e.g. `worker_token: ${WORKER_TOKEN}` in both configs), or `allow_unauthenticated: true` where nothing"
+        " but the gateway can reach it"
+    )
+
+
 def serve_worker(config: GatewayConfigLike, host: str, port: int) -> int:
-    """Serve the config's local models on ``host:port`` until stopped; 1 when there is nothing to serve."""
+    """Serve the config's local models on ``host:port`` until stopped; 1 when there is nothing to serve,
+    or when it would listen beyond loopback with no ``worker_token`` (see ``worker_refusal``)."""
     import uvicorn
 
     settings = local_settings(config)
     if settings is None or not settings.models:
         print("config error: a worker needs a `kind: local` provider with `models`", file=sys.stderr)
         return 1
+    refusal = worker_refusal(settings, host)
+    if refusal is not None:
+        print(f"config error: {refusal}", file=sys.stderr)
+        return 1
+    if not settings.worker_token:
+        log.warning("worker_open", host=host, detail="no worker_token: whoever reaches this port is served")
     uvicorn.run(create_worker_app(settings), host=host, port=port, log_level="warning", access_log=False)
     return 0

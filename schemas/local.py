@@ -33,6 +33,9 @@ MAX_INPUT_PIXELS_CEILING = 8192 * 8192
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
+# The shared secret between the gateway and its workers: empty (none), or 16 to 4096 printable ASCII
+# characters without spaces (it travels in `Authorization: Bearer`).
+WorkerToken = Annotated[str, msgspec.Meta(pattern=r"^([\x21-\x7e]{16,4096})?\Z")]
 # `auto` (cuda when present, else cpu), `cpu`, `cuda` or one GPU such as `cuda:1`.
 Device = Annotated[str, msgspec.Meta(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
 
@@ -91,6 +94,13 @@ class LocalBackendSettings(ProviderPolicy, kw_only=True, forbid_unknown_fields=T
 
     models: dict[str, LocalModelSettings] = {}
     workers: list[str] = []
+    # The credential between the gateway and its workers (write it as `${WORKER_TOKEN}`): the gateway sends it
+    # as `Authorization: Bearer` to each of `workers`; a worker (`image-gateway worker`) serving this provider's
+    # `models` wants it on every route but an anonymous `/health`. Empty: none (local_backend/server.py).
+    worker_token: WorkerToken = ""
+    # A worker with no `worker_token` beyond loopback refuses to start unless this is true (a private network
+    # that nothing else can reach); the gateway's side ignores it.
+    allow_unauthenticated: bool = False
     device: Device = "auto"
     # On cuda; the CPU always computes in float32.
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"

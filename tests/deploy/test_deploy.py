@@ -24,7 +24,8 @@ from litestar.testing import TestClient
 from prometheus_client.metrics import MetricWrapperBase
 
 from gateway import metrics
-from gateway.app import create_app
+from gateway.app import create_app, metrics_protected
+from gateway.auth import hash_key
 from gateway.cli import build_parser
 from gateway.cli import main as cli_main
 from gateway.config import DirectoryStoreConfig, GatewayConfig, ServerConfig, parse_config
@@ -127,12 +128,22 @@ def env_refs(text: str) -> dict[str, bool]:
 
 
 def placeholder_env(text: str) -> dict[str, str]:
-    """A value for every variable a config names without a default (a well-formed URL for REDIS_URL)."""
-    return {
-        name: "redis://127.0.0.1:6379/0" if name == "REDIS_URL" else f"test-{name.lower()}"
-        for name, defaulted in env_refs(text).items()
-        if not defaulted
-    }
+    """A value for every variable a config names without a default (a well-formed URL for REDIS_URL, a key's
+    hash for a ``*_HASH``: the hash of ``placeholder_key(name)``)."""
+    return {name: _placeholder(name) for name, defaulted in env_refs(text).items() if not defaulted}
+
+
+def placeholder_key(hash_name: str) -> str:
+    """The key whose hash ``placeholder_env`` gives ``hash_name``."""
+    return f"test-key-of-{hash_name.lower()}"
+
+
+def _placeholder(name: str) -> str:
+    if name == "REDIS_URL":
+        return "redis://127.0.0.1:6379/0"
+    if name.endswith("_HASH"):
+        return hash_key(placeholder_key(name))
+    return f"test-{name.lower()}"
 
 
 def docs_rows() -> dict[str, list[str]]:
@@ -767,10 +778,141 @@ def test_k8s_configmaps_carry_the_deploy_configs() -> None:
 
 
 def test_k8s_secret_example_holds_placeholders_only() -> None:
-    secret = k8s_object("Secret", "image-gateway-secrets")
-    assert "data" not in secret
-    for key, value in secret["stringData"].items():
-        assert value.startswith("<") and value.endswith(">"), f"{key}: a placeholder, never a real value"
+    secrets = yaml_documents(K8S / "secret.example.yaml")
+    assert {secret["metadata"]["name"] for secret in secrets} == {"image-gateway-secrets", "image-gateway-metrics"}
+    for secret in secrets:
+        assert secret["kind"] == "Secret" and "data" not in secret
+        for key, value in secret["stringData"].items():
+            assert value.startswith("<") and value.endswith(">"), f"{key}: a placeholder, never a real value"
+
+
+# === closed surfaces: the workers' credential, NetworkPolicies, /metrics ===
+
+
+def _local_provider(path: Path) -> tuple[str, dict[str, Any], LocalBackendSettings]:
+    """The config's one local provider: its name, as written, and as parsed."""
+    text = path.read_text(encoding="utf-8")
+    config = parse_config(text, environ=placeholder_env(text))
+    ((name, parsed),) = [(n, p) for n, p in config.providers.items() if isinstance(p, LocalBackendSettings)]
+    return name, _raw_provider(text, name), parsed
+
+
+def env_example() -> dict[str, str]:
+    lines = (DEPLOY / "env.example").read_text(encoding="utf-8").splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))  # type: ignore[misc]
+
+
+def test_gateway_and_worker_share_a_worker_token_from_the_environment() -> None:
+    _, gateway_raw, gateway = _local_provider(GATEWAY_CONFIG)
+    _, worker_raw, worker = _local_provider(WORKER_CONFIG)
+    assert gateway.workers and worker.models
+    assert gateway_raw["worker_token"] == worker_raw["worker_token"] == "${WORKER_TOKEN}", "one secret, no default"
+    assert gateway.worker_token == worker.worker_token != ""
+    assert not worker.allow_unauthenticated and "allow_unauthenticated" not in worker_raw
+    # compose: both services read the same variable, which deploy/.env must set.
+    services = compose()["services"]
+    assert services["gateway"]["environment"]["WORKER_TOKEN"].startswith("${WORKER_TOKEN:?")
+    assert services[WORKER_SERVICE]["environment"]["WORKER_TOKEN"].startswith("${WORKER_TOKEN:?")
+    assert env_example()["WORKER_TOKEN"] == "", "env.example names it, empty"
+    # Kubernetes: the worker reads the gateway's Secret's key (the gateway has the whole Secret).
+    (item,) = [item for item in _container("image-gateway-worker")["env"] if item["name"] == "WORKER_TOKEN"]
+    ref = item["valueFrom"]["secretKeyRef"]
+    sources = [
+        source["secretRef"]["name"] for source in _container("image-gateway")["envFrom"] if "secretRef" in source
+    ]
+    assert ref == {"name": "image-gateway-secrets", "key": "WORKER_TOKEN"} and ref["name"] in sources
+    assert "WORKER_TOKEN" in k8s_object("Secret", "image-gateway-secrets")["stringData"]
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+@pytest.mark.parametrize(("deployment", "port"), [("image-gateway-worker", WORKER_PORT), ("image-gateway-redis", 6379)])
+def test_k8s_network_policy_admits_only_the_gateway(deployment: str, port: int) -> None:
+    """Every NetworkPolicy selecting these pods lets in the gateway's pods alone, on the pods' own port."""
+    deployments = {obj["metadata"]["name"]: _pod_labels(obj) for obj in k8s_objects() if obj["kind"] == "Deployment"}
+    gateway = deployments["image-gateway"]
+    policies = [
+        obj
+        for obj in k8s_objects()
+        if obj["kind"] == "NetworkPolicy"
+        and _selects(obj["spec"]["podSelector"]["matchLabels"], deployments[deployment])
+    ]
+    assert policies, f"no NetworkPolicy selects the pods of {deployment}"
+    (container,) = k8s_object("Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+    assert port in {item["containerPort"] for item in container["ports"]}
+    for policy in policies:
+        spec = policy["spec"]
+        assert policy["apiVersion"] == "networking.k8s.io/v1" and "Ingress" in spec["policyTypes"]
+        assert not _selects(spec["podSelector"]["matchLabels"], gateway), "the gateway itself stays reachable"
+        assert spec["ingress"], "an empty ingress list admits nobody: the gateway must be let in"
+        for rule in spec["ingress"]:
+            assert rule["from"], "a rule without `from` admits every pod and address"
+            for peer in rule["from"]:
+                assert set(peer) == {"podSelector"}, "peers are pods of this namespace (no ipBlock, no namespaces)"
+                admitted = [
+                    name for name, labels in deployments.items() if _selects(peer["podSelector"]["matchLabels"], labels)
+                ]
+                assert admitted == ["image-gateway"], f"{policy['metadata']['name']} admits {admitted}"
+            assert [_port_number(container, item["port"]) for item in rule["ports"]] == [port]
+            assert all(item.get("protocol", "TCP") == "TCP" for item in rule["ports"])
+
+
+def test_k8s_network_policies_are_for_the_gateways_neighbours_and_listed() -> None:
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))["resources"]
+    assert "networkpolicy.yaml" in listed
+    names = {obj["metadata"]["name"] for obj in k8s_objects() if obj["kind"] == "NetworkPolicy"}
+    assert names == {"image-gateway-worker", "image-gateway-redis"}
+    url = urlsplit(k8s_object("ConfigMap", "image-gateway-env")["data"]["REDIS_URL"])
+    assert url.port == 6379, "the Redis policy's port is the one the gateway dials"
+
+
+def test_gateway_config_protects_metrics_with_the_key_prometheus_sends(tmp_path: Path) -> None:
+    text = GATEWAY_CONFIG.read_text(encoding="utf-8")
+    config = parse_config(text, environ=placeholder_env(text))
+    assert config.server.metrics_access == "admin_key" and metrics_protected(config)
+    (key,) = [key for key in yaml.safe_load(text)["auth"]["admin_keys"] if key["name"] == "prometheus"]
+    assert key["hash"] == "${METRICS_KEY_HASH}", "the hash comes from the environment, the key never appears"
+    # The deploy config as it serves (its store and Redis swapped for local ones): /metrics wants that key.
+    served = msgspec.structs.replace(
+        config, image_store=DirectoryStoreConfig(path=str(tmp_path)), redis=type(config.redis)()
+    )
+    with TestClient(create_app(served)) as test_client:
+        assert test_client.get("/metrics").status_code == 401
+        client_key = test_client.get("/metrics", headers={"Authorization": "Bearer test-client-key"})
+        assert client_key.status_code == 401
+        scraped = test_client.get(
+            "/metrics", headers={"Authorization": f"Bearer {placeholder_key('METRICS_KEY_HASH')}"}
+        )
+        assert scraped.status_code == 200 and "image_gateway_" in scraped.text
+
+
+def test_prometheus_sends_the_metrics_key_in_compose() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "image-gateway"]
+    authorization = job["authorization"]
+    assert authorization.get("type", "Bearer") == "Bearer" and "credentials" not in authorization
+    path = Path(authorization["credentials_file"])
+    assert path.parent == Path("/run/secrets"), "compose mounts a service's secrets under /run/secrets"
+    services, secrets = compose()["services"], compose()["secrets"]
+    assert path.name in services["prometheus"]["secrets"]
+    assert secrets[path.name] == {"environment": "METRICS_KEY"}
+    assert services["gateway"]["environment"]["METRICS_KEY_HASH"].startswith("${METRICS_KEY_HASH:?")
+    assert "secrets" not in services["gateway"], "the gateway holds the hash alone"
+    assert env_example()["METRICS_KEY"] == env_example()["METRICS_KEY_HASH"] == ""
+
+
+def test_prometheus_sends_the_metrics_key_in_kubernetes() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-kubernetes.yml").read_text(encoding="utf-8"))
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "image-gateway"]
+    authorization = job["authorization"]
+    assert authorization.get("type", "Bearer") == "Bearer" and "credentials" not in authorization
+    path = Path(authorization["credentials_file"])
+    # Where the Prometheus Operator mounts `spec.secrets`: /etc/prometheus/secrets/<secret>/<key>.
+    assert path.parent.parent == Path("/etc/prometheus/secrets")
+    assert path.name in k8s_object("Secret", path.parent.name)["stringData"]
+    assert "METRICS_KEY_HASH" in k8s_object("Secret", "image-gateway-secrets")["stringData"]
 
 
 # === docs/operations.md ===

@@ -10,11 +10,12 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from adapters.base import CallOptions
 from adapters.local import LocalAdapter
 from adapters.upstream import UpstreamClient, build_upstream_client
-from local_backend.server import local_settings, serve_worker
+from local_backend.server import local_settings, serve_worker, worker_refusal
 from schemas import worker as protocol
 from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest
 from schemas.dialect import image_dimensions
@@ -229,3 +230,120 @@ async def test_a_worker_missing_a_models_weights_is_not_healthy(tmp_path: Path, 
     assert served.status_code == 200, served.text
     error = protocol.decode_error(gone.status_code, gone.content)
     assert error.reason is FailureReason.MODEL_UNAVAILABLE and not error.counts_toward_cooldown
+
+
+# --- the worker's credential (worker_token) ---
+
+TOKEN = "worker-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[WorkerServer]:
+    """A worker that wants ``TOKEN``."""
+    with WorkerServer(tiny_settings(batch_window_ms=0, worker_token=TOKEN)) as worker:
+        yield worker
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, bearer("not-the-worker-token-at-all"), bearer(TOKEN[:-1]), {"Authorization": TOKEN}, {"X-API-Key": TOKEN}],
+    ids=["none", "wrong", "prefix", "no-scheme", "other-header"],
+)
+def test_a_guarded_worker_refuses_generate_and_stats_without_its_token(
+    guarded: WorkerServer, headers: dict[str, str]
+) -> None:
+    before = guarded.engine.stats().images_generated
+    generate = httpx.post(guarded.url + protocol.GENERATE_PATH, content=protocol.encode_request(ask()), headers=headers)
+    stats = httpx.get(guarded.url + protocol.STATS_PATH, headers=headers)
+    for answer in (generate, stats):
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["www-authenticate"] == "Bearer"
+        error = protocol.decode_error(answer.status_code, answer.content)  # the worker protocol's error shape
+        assert error.code is ErrorCode.UNAUTHORIZED and "worker_token" in error.message
+        assert TOKEN not in answer.text
+    assert guarded.engine.stats().images_generated == before
+
+
+def test_a_guarded_worker_serves_the_gateways_token(guarded: WorkerServer) -> None:
+    answer = httpx.post(
+        guarded.url + protocol.GENERATE_PATH, content=protocol.encode_request(ask(seed=3)), headers=bearer(TOKEN)
+    )
+    assert answer.status_code == 200, answer.text
+    assert protocol.decode_result(answer.content).images[0].seed == 3
+    stats = httpx.get(guarded.url + protocol.STATS_PATH, headers={"authorization": f"bearer {TOKEN}"})
+    assert stats.status_code == 200 and stats.json()["device"] == "cpu"
+
+
+def test_a_guarded_workers_health_tells_a_probe_its_status_alone(guarded: WorkerServer) -> None:
+    anonymous = httpx.get(guarded.url + protocol.HEALTH_PATH)  # a kubelet's probe: no credential at all
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok"}
+    wrong = httpx.get(guarded.url + protocol.HEALTH_PATH, headers=bearer("not-the-worker-token-at-all"))
+    assert wrong.status_code == 401 and wrong.json()["code"] == "unauthorized"
+    known = httpx.get(guarded.url + protocol.HEALTH_PATH, headers=bearer(TOKEN))
+    assert known.status_code == 200 and known.json() == {"status": "ok", "device": "cpu", "models": {"tiny": "ready"}}
+
+
+async def test_the_adapter_sends_the_token_and_moves_past_a_worker_that_refuses_it(
+    guarded: WorkerServer, workers: list[WorkerServer], client: UpstreamClient
+) -> None:
+    with WorkerServer(tiny_settings(batch_window_ms=0, worker_token="another-token-0123456789")) as other:
+        adapter = remote([other.url, guarded.url], client, worker_token=TOKEN)
+        before = guarded.engine.stats().images_generated
+        with capture_logs() as logged:
+            results = [await adapter.generate(ask(seed=index), NO_OPTIONS) for index in range(2)]
+        assert all(result.images for result in results)
+        refusals = [line for line in logged if line["event"] == "worker_refused_token"]
+        assert refusals and all(line["worker"] == other.url and line["provider"] == "gpu" for line in refusals)
+        assert TOKEN not in repr(logged)
+        assert guarded.engine.stats().images_generated == before + 2 and other.engine.stats().images_generated == 0
+        readiness = await adapter.ready()
+        assert readiness == {"ready": True, "workers": {other.url: False, guarded.url: True}}
+
+        refused = remote([other.url], client, worker_token=TOKEN)
+        with pytest.raises(GatewayError) as caught:
+            await refused.generate(ask(), NO_OPTIONS)
+        assert (
+            caught.value.code is ErrorCode.UPSTREAM_ERROR and caught.value.reason is FailureReason.UPSTREAM_CREDENTIALS
+        )
+        assert TOKEN not in caught.value.message and "another-token" not in caught.value.message
+        assert caught.value.provider == "gpu"
+    # A worker with no token of its own serves a gateway that sends one (a rollout that adds it).
+    assert (await remote([workers[0].url], client, worker_token=TOKEN).generate(ask(), NO_OPTIONS)).images
+
+
+def test_worker_token_must_be_long_and_printable() -> None:
+    for bad in ("short", "x" * 15, "has a space in the token", "line-break-in-token\n", "ünïcode-token-0123456789"):
+        with pytest.raises(msgspec.ValidationError, match="worker_token"):
+            tiny_settings(worker_token=bad)
+    assert tiny_settings(worker_token="x" * 16).worker_token == "x" * 16
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.7", "worker.internal"])
+def test_a_worker_without_a_token_refuses_to_listen_beyond_loopback(
+    host: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.config import parse_config
+
+    config = parse_config("providers:\n  local:\n    kind: local\n    models: {tiny: {path: builtin:tiny-sd}}\n")
+    assert serve_worker(config, host, 0) == 1
+    err = capsys.readouterr().err
+    assert "worker_token" in err and "allow_unauthenticated" in err and host in err
+
+
+@pytest.mark.parametrize(
+    ("host", "options", "refused"),
+    [
+        ("127.0.0.1", {}, False),
+        ("localhost", {}, False),
+        ("::1", {}, False),
+        ("0.0.0.0", {}, True),
+        ("0.0.0.0", {"allow_unauthenticated": True}, False),
+        ("0.0.0.0", {"worker_token": TOKEN}, False),
+    ],
+)
+def test_which_workers_may_listen(host: str, options: dict[str, object], refused: bool) -> None:
+    assert (worker_refusal(tiny_settings(**options), host) is not None) is refused

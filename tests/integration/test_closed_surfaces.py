@@ -1,0 +1,181 @@
+"""What must be closed, over real HTTP: a GPU worker takes the gateway's ``worker_token``, and ``/metrics``
+takes an admin key (``server.metrics_access``).
+
+A real gateway in front of a real worker (the tiny model on the CPU): the right token draws; a wrong or
+missing one is the worker's 401, which moves the request on to the model's next target, or answers the
+client ``upstream_error`` when there is none; neither token ever reaches a log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from gateway.auth import hash_key
+from gateway.config import ConfigError
+from gateway.logs import config_secrets
+from schemas import worker as protocol
+from tests.integration.gateway_server import GatewayServer, gateway_config
+from tests.local_backend.engines import local_settings
+from tests.local_backend.worker_server import WorkerServer
+
+TOKEN = "the-workers-token-0123456789"
+WRONG = "a-stale-token-9876543210zz"
+ADMIN_KEY, CLIENT_KEY = "admin-key-for-prometheus", "a-clients-own-key"
+BODY = {"model": "tiny", "prompt": "a lighthouse", "size": "64x64", "response_format": "b64_json"}
+GENERATIONS = "/nebul/v1/images/generations"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("models")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def worker(model_dir: Path) -> Iterator[WorkerServer]:
+    """A worker that wants ``TOKEN``."""
+    with WorkerServer(local_settings({"tiny": "builtin:tiny-sd"}, batch_window_ms=0, worker_token=TOKEN)) as server:
+        yield server
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=60) as client:
+        yield client
+
+
+def remote(url: str, **options: Any) -> dict[str, Any]:
+    return {"kind": "local", "workers": [url], **options}
+
+
+def test_the_gateway_reaches_a_guarded_worker_with_its_token_only(
+    worker: WorkerServer, tmp_path: Path, http: httpx.Client, capfd: pytest.CaptureFixture[str]
+) -> None:
+    providers = {
+        "right": remote(worker.url, worker_token=TOKEN),
+        "stale": remote(worker.url, worker_token=WRONG),
+        "stale-first": remote(worker.url, worker_token=WRONG),  # its own provider: a refusal cools "stale" down
+        "tokenless": remote(worker.url),
+    }
+    models = [
+        {"name": "tiny", "targets": [{"provider": "right", "model": "tiny"}]},
+        # The stale provider first: the worker's 401 moves the request on to the next target.
+        {
+            "name": "fallback",
+            "targets": [{"provider": "stale-first", "model": "tiny"}, {"provider": "right", "model": "tiny"}],
+        },
+        {"name": "stale-only", "targets": [{"provider": "stale", "model": "tiny"}]},
+        {"name": "tokenless-only", "targets": [{"provider": "tokenless", "model": "tiny"}]},
+    ]
+    config = gateway_config(providers, models, tmp_path, server={"log_level": "debug"})
+    assert {TOKEN, WRONG} <= set(config_secrets(config)), "the log scrubber knows both tokens"
+    before = worker.engine.stats().images_generated
+    with GatewayServer(config) as gateway:
+        drawn = http.post(gateway.url + GENERATIONS, json=BODY)
+        assert drawn.status_code == 200, drawn.text
+        assert drawn.headers["x-gateway-provider"] == "right"
+
+        moved = http.post(gateway.url + GENERATIONS, json={**BODY, "model": "fallback"})
+        assert moved.status_code == 200, moved.text
+        assert moved.headers["x-gateway-provider"] == "right"
+
+        for model in ("stale-only", "tokenless-only"):
+            refused = http.post(gateway.url + GENERATIONS, json={**BODY, "model": model})
+            assert refused.status_code == 502, refused.text
+            assert refused.json()["error"]["code"] == "upstream_error"
+            assert TOKEN not in refused.text and WRONG not in refused.text
+
+        ready = http.get(gateway.url + "/ready").json()["checks"]
+        assert ready["right"] == {"ready": True, "workers": {worker.url: True}}
+        assert ready["stale"] == {"ready": False, "workers": {worker.url: False}}  # a wrong token: the worker's 401
+        structlog.get_logger("tests").warning("a_line_naming_the_tokens", stale=WRONG, token=TOKEN)
+    assert worker.engine.stats().images_generated == before + 2  # nothing drawn for a refused call
+    logged = capfd.readouterr()
+    assert "a_line_naming_the_tokens" in logged.out + logged.err
+    for token in (TOKEN, WRONG):
+        assert token not in logged.out and token not in logged.err, "a worker token reached a log line"
+
+
+def test_a_guarded_worker_answers_strangers_401_and_probes_their_status(worker: WorkerServer) -> None:
+    generate = httpx.post(worker.url + protocol.GENERATE_PATH, json={"model": "tiny", "prompt": "p"})
+    assert generate.status_code == 401 and generate.json()["code"] == "unauthorized"
+    assert httpx.get(worker.url + protocol.STATS_PATH).status_code == 401
+    assert httpx.get(worker.url + protocol.HEALTH_PATH).json() == {"status": "ok"}
+
+
+@pytest.fixture(scope="module")
+def admin_gateway(worker: WorkerServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    """A gateway with an inbound key and an admin key; ``metrics_access`` left to its default."""
+    auth = {
+        "keys": [{"name": "client", "hash": hash_key(CLIENT_KEY)}],
+        "admin_keys": [{"name": "prometheus", "hash": hash_key(ADMIN_KEY)}],
+    }
+    config = gateway_config(
+        {"gpu": remote(worker.url, worker_token=TOKEN)},
+        [{"name": "tiny", "targets": [{"provider": "gpu", "model": "tiny"}]}],
+        tmp_path_factory.mktemp("store"),
+        auth=auth,
+    )
+    with GatewayServer(config) as gateway:
+        yield gateway
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": f"Bearer {CLIENT_KEY}"}, {"Authorization": "Bearer not-a-key"}, {"X-API-Key": "nope"}],
+    ids=["none", "client-key", "wrong", "x-api-key"],
+)
+def test_metrics_want_an_admin_key_once_there_are_admin_keys(
+    admin_gateway: GatewayServer, headers: dict[str, str]
+) -> None:
+    refused = httpx.get(admin_gateway.url + "/metrics", headers=headers)
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert "image_gateway_" not in refused.text and "client" not in refused.text
+
+
+def test_metrics_answer_the_admin_key(admin_gateway: GatewayServer) -> None:
+    scraped = httpx.get(admin_gateway.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    assert "image_gateway_in_flight_requests" in scraped.text
+    # The admin key is an operator's, not a client's: the dialect routes still refuse it.
+    assert (
+        httpx.post(
+            admin_gateway.url + GENERATIONS, json=BODY, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        ).status_code
+        == 401
+    )
+
+
+@pytest.mark.parametrize(
+    ("server", "admin_keys", "open_"),
+    [({}, False, True), ({"metrics_access": "open"}, True, True), ({"metrics_access": "admin_key"}, True, False)],
+    ids=["default-without-admin-keys", "open-with-admin-keys", "admin-key"],
+)
+def test_metrics_access_as_configured(
+    worker: WorkerServer, tmp_path: Path, server: dict[str, Any], admin_keys: bool, open_: bool
+) -> None:
+    auth = {"admin_keys": [{"name": "ops", "hash": hash_key(ADMIN_KEY)}]} if admin_keys else {}
+    config = gateway_config(
+        {"gpu": remote(worker.url, worker_token=TOKEN)},
+        [{"name": "tiny", "targets": [{"provider": "gpu", "model": "tiny"}]}],
+        tmp_path,
+        server=server,
+        auth=auth,
+    )
+    with GatewayServer(config) as gateway:
+        anonymous = httpx.get(gateway.url + "/metrics")
+    assert anonymous.status_code == (200 if open_ else 401)
+
+
+def test_metrics_access_admin_key_needs_an_admin_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="metrics_access"):
+        gateway_config({}, [], tmp_path, server={"metrics_access": "admin_key"})
