@@ -135,6 +135,11 @@ class JobQueue(ABC):
     async def done(self, taken: Taken) -> None:
         """The job's end is stored: it leaves the queue."""
 
+    async def hand_back(self, consumers: int, keep: set[str]) -> int:
+        """The process is stopping: give its pending entries (all but ``keep``) to another process now;
+        how many. Jobs in this process go with it: nothing to give."""
+        return 0
+
     @abstractmethod
     async def aclose(self) -> None: ...
 
@@ -364,6 +369,21 @@ class RedisJobQueue(JobQueue):
             pipe.xack(self.stream, self.group, taken.handle)
             pipe.xdel(self.stream, taken.handle)
             await pipe.execute()
+
+    async def hand_back(self, consumers: int, keep: set[str]) -> int:
+        """Every entry this process's consumers hold (``XPENDING``), but ``keep``, is made idle as if its
+        keep-alives had stopped ``claim_after_s`` ago (``XCLAIM ... IDLE``): the next ``XAUTOCLAIM`` of
+        another replica takes it, without waiting ``claim_after_s``."""
+        handles: list[Any] = []
+        for consumer in range(consumers):
+            pending: Any = await self.redis.xpending_range(
+                self.stream, self.group, min="-", max="+", count=10_000, consumername=self._consumer(consumer)
+            )
+            handles += [h for entry in pending if (h := _text(entry["message_id"])) not in keep]
+        if handles:
+            idle_ms = self.claim_after_ms + 60_000
+            await self.redis.xclaim(self.stream, self.group, self._consumer(0), 0, handles, idle=idle_ms, justid=True)
+        return len(handles)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
