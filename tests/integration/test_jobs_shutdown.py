@@ -170,6 +170,12 @@ def test_a_job_within_the_grace_finishes_and_no_job_is_taken_after_sigterm(
     try:
         running = submit(http, first.url, "finishes within the grace")
         wait_for(lambda: len(melious.calls) == 1, "the upstream call is made")
+        # A client follows the job: its open request keeps the server draining (uvicorn waits for it
+        # before the app's shutdown runs), the time in which consumers used to go on taking jobs.
+        events: list[str] = []
+        follower = threading.Thread(target=follow, args=(first.url, running, events), daemon=True)
+        follower.start()
+        wait_for(lambda: events, "the follower is connected")
         first.process.send_signal(signal.SIGTERM)
         wait_for(lambda: '"jobs_stop_taking"' in first.log.read_text(), "the consumers stop", timeout=EXIT_BOUND_S)
         # A job queued now, on the same Redis (the gateway's own queue code): the stopping replica leaves it.
@@ -185,6 +191,8 @@ def test_a_job_within_the_grace_finishes_and_no_job_is_taken_after_sigterm(
         assert untouched.status == QUEUED and untouched.runs == 0
         assert late not in first.log.read_text()
         assert len(melious.calls) == 1
+        follower.join(timeout=EXIT_BOUND_S)
+        assert any("event: result" in line for line in events), events  # the follower saw the end
 
         second = GatewayProcess(path).wait_ready()
         done = wait_for(
@@ -196,6 +204,15 @@ def test_a_job_within_the_grace_finishes_and_no_job_is_taken_after_sigterm(
         stop_quietly(first)
         if second is not None:
             second.stop()
+
+
+def follow(base: str, job_id: str, lines: list[str]) -> None:
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("GET", f"{base}/v1/jobs/{job_id}/events", headers=HEADERS) as answer,
+    ):
+        for line in answer.iter_lines():
+            lines.append(line)
 
 
 def enqueue(prefix: str, prompt: str) -> str:
@@ -286,9 +303,9 @@ def test_sigterm_while_redis_stops_answering_always_ends_in_time(
     consumers' reads), SIGTERM at a random moment after: the process is gone within grace + margin."""
     require_shared_redis()
     rng = random.Random()
-    for trial in range(8):
+    for trial in range(10):
         proxy = StallingProxy(6379)
-        path = config_file(tmp_path, fresh_emulators, proxy.url, prefix, probe_interval_s=0.01, timeout_s=0.5)
+        path = config_file(tmp_path, fresh_emulators, proxy.url, prefix, probe_interval_s=0.005, timeout_s=0.05)
         gateway = GatewayProcess(path).wait_ready("/health")
         try:
             proxy.stall()
