@@ -40,6 +40,7 @@ from gateway.jobqueue import (
     JobQueue,
     JobRecord,
     MemoryJobQueue,
+    QueueFull,
     RedisJobQueue,
     Taken,
 )
@@ -60,6 +61,7 @@ log = structlog.get_logger("gateway.jobs")
 JOBS_PATH = "/v1/jobs"
 POLL_S = 0.25  # how often a waiting answer, an event stream and a running job's cancel check look again
 STOP_S = 1.0  # at shutdown: how long cancelled jobs get to unwind, and the queue to close
+QUEUE_FULL_RETRY_AFTER_S = 10  # Retry-After of a submit refused for the bytes queued (they free as jobs end)
 HAND_BACK_S = 2.0  # at shutdown: how long handing the unfinished jobs back to the queue may take
 # Mounts by the route a job names: the first mount of each endpoint (a prefix and the root share a table).
 _MOUNTS: dict[str, Mount] = {}
@@ -73,9 +75,17 @@ def _route_of(endpoint: Endpoint[Any, Any]) -> str:
 
 def build_job_queue(gateway: Gateway) -> JobQueue:
     config = gateway.config
+    jobs = config.jobs
     if config.redis.url:
-        return RedisJobQueue(config.redis.url, config.redis.key_prefix, config.jobs.ttl_s, config.jobs.claim_after_s)
-    return MemoryJobQueue(config.jobs.ttl_s)
+        return RedisJobQueue(
+            config.redis.url,
+            config.redis.key_prefix,
+            jobs.ttl_s,
+            jobs.claim_after_s,
+            max_bytes=jobs.max_queued_bytes,
+            max_bytes_per_key=jobs.max_queued_bytes_per_key,
+        )
+    return MemoryJobQueue(jobs.ttl_s, max_bytes=jobs.max_queued_bytes, max_bytes_per_key=jobs.max_queued_bytes_per_key)
 
 
 def job_body(record: JobRecord, progress: JobProgress | None) -> dict[str, Any]:
@@ -276,7 +286,7 @@ class Jobs:
             )
             job.webhook = webhook
             job.reservation = record.reservation  # of the key's budget: the job settles it when it ends
-            await self.queue.put(job, msgspec.msgpack.encode(canonical, enc_hook=encode_hook))
+            await self._put(job, msgspec.msgpack.encode(canonical, enc_hook=encode_hook))
             record.reservation = None
             self._transition(job, "submitted")
             if preferences.wait:  # a client that hangs up while it waits leaves the job running
@@ -297,6 +307,27 @@ class Jobs:
             body = msgspec.json.encode({"id": job.id, "status": QUEUED, "created_at": job.created_at})
             headers = {"Location": f"{JOBS_PATH}/{job.id}", "Preference-Applied": "respond-async", **rate_headers}
             return Answer(body, headers, 202)
+
+    async def _put(self, job: JobRecord, payload: bytes) -> None:
+        """Queue the job; past the bytes its key may queue a ``rate_limited`` (429), past all of them an
+        ``overloaded`` (503), both with a Retry-After (the bytes come back as jobs end)."""
+        try:
+            await self.queue.put(job, payload)
+        except QueueFull as full:
+            log.warning("job_queue_full", per_key=full.per_key, size=full.size, key_name=job.key)
+            if full.per_key:
+                raise GatewayError(
+                    ErrorCode.RATE_LIMITED,
+                    "this key's queued jobs hold as many bytes as it may queue; try again when some have ended",
+                    retry_after=QUEUE_FULL_RETRY_AFTER_S,
+                    public=True,
+                ) from None
+            raise GatewayError(
+                ErrorCode.OVERLOADED,
+                "the queued jobs hold as many bytes as the gateway keeps; try again later",
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+                public=True,
+            ) from None
 
     async def wait(self, job_id: str, seconds: float) -> JobRecord | None:
         """The job once it has ended, or None when it has not within ``seconds``."""
