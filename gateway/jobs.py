@@ -220,17 +220,23 @@ class Jobs:
         ending = {*self._consumers, *unfinished}
         if ending:
             await asyncio.wait(ending, timeout=STOP_S)
-        stuck = {self._handles[task].handle for task in unfinished if not task.done() and task in self._handles}
+        stuck = [self._handles[task] for task in unfinished if not task.done() and task in self._handles]
         await bounded(self._hand_back(stuck), HAND_BACK_S, "jobs_hand_back")
         await bounded(self.queue.aclose(), STOP_S, "job_queue_close")
 
-    async def _hand_back(self, stuck: set[str]) -> None:
-        """The jobs cancelled mid-run are queued again; this process's pending entries go to another."""
+    async def _hand_back(self, stuck: list[Taken]) -> None:
+        """The jobs cancelled mid-run are queued again; this process's pending entries go to another.
+
+        A run that did not end when cancelled (``stuck``) keeps its entry: it is taken over only
+        ``claim_after_s`` after its last renewal, by when this process is gone."""
+        stuck_jobs = {taken.job_id for taken in stuck}
         for job in list(self._started.values()):
+            if job.id in stuck_jobs:
+                continue
             job.status, job.runs, job.updated_at = QUEUED, max(0, job.runs - 1), int(time.time())
             if await self.queue.replace(job, frozenset({RUNNING})):
                 self._transition(job, "handed back: the process stopped before it ended")
-        handed = await self.queue.hand_back(self.settings.consumers, stuck)
+        handed = await self.queue.hand_back(self.settings.consumers, {taken.handle for taken in stuck})
         if handed:
             log.warning("jobs_handed_back", entries=handed, detail="another replica takes them")
 

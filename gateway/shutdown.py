@@ -14,6 +14,7 @@ is waiting for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -75,7 +76,11 @@ class Shutdown:
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         if not self.begun and self._loop is not None:
             self._start_clock()
-            self._loop.call_soon_threadsafe(self.begin)
+            self._watchdog = threading.Timer(self.grace_s + self.margin_s, self._force_exit)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+                self._loop.call_soon_threadsafe(self.begin)
         previous = self._previous.get(sig)
         if callable(previous):
             previous(sig, frame)
@@ -84,10 +89,6 @@ class Shutdown:
         if self.deadline is not None:
             return
         self.deadline = time.monotonic() + self.grace_s
-        if threading.current_thread() is threading.main_thread() and self._loop is not None:
-            self._watchdog = threading.Timer(self.grace_s + self.margin_s, self._force_exit)
-            self._watchdog.daemon = True
-            self._watchdog.start()
 
     def begin(self) -> None:
         """The shutdown begins (a signal, or the lifespan's end when no signal came): run the callbacks once."""
