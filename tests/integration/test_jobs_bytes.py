@@ -22,7 +22,9 @@ import pytest
 import redis
 
 from gateway.auth import hash_key
+from gateway.config import ConfigError
 from tests.emulators import EmulatorServer, Fault
+from tests.gateway.fakes import config
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer
 from tests.redis_support import require_shared_redis
@@ -140,3 +142,11 @@ def test_queued_bytes_are_bounded_per_key_and_in_all(
         assert wait_ended(http, server, job_id, who)["status"] == "succeeded"
     if prefix is not None:
         assert held_in_redis(prefix) == (0, 0)
+
+
+def test_a_key_share_larger_than_the_whole_bound_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"max_queued_bytes_per_key must be at most max_queued_bytes"):
+        config({}, [], jobs={"max_queued_bytes": MiB, "max_queued_bytes_per_key": 2 * MiB})
+    for field in ("max_queued_bytes", "max_queued_bytes_per_key"):
+        with pytest.raises(ConfigError, match=rf"at `\$\.jobs\.{field}`"):
+            config({}, [], jobs={field: 0})
