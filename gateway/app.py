@@ -130,13 +130,13 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             await gateway.jobs.aclose(shutdown.left())  # the jobs running get what is left of the grace
             # Each step is bounded: a Redis or a backend that stopped answering cannot keep the process.
             if redis_probe is not None:
-                await redis_probe.aclose(STEP_S)
+                await redis_probe.aclose(shutdown.closing_left(STEP_S))
             for name, adapter in adapters.items():
-                await bounded(adapter.aclose(), STEP_S, f"adapter:{name}")
-            await bounded(limiter.aclose(), STEP_S, "limiter")
-            await bounded(client.aclose(), STEP_S, "upstream_client")
-            await bounded(image_store.aclose(), STEP_S, "image_store")
-            await bounded(webhooks.aclose(), STEP_S, "webhooks")
+                await bounded(adapter.aclose(), shutdown.closing_left(STEP_S), f"adapter:{name}")
+            await bounded(limiter.aclose(), shutdown.closing_left(STEP_S), "limiter")
+            await bounded(client.aclose(), shutdown.closing_left(STEP_S), "upstream_client")
+            await bounded(image_store.aclose(), shutdown.closing_left(STEP_S), "image_store")
+            await bounded(webhooks.aclose(), shutdown.closing_left(STEP_S), "webhooks")
             tracing.stop()  # flushes the spans still queued
         finally:
             shutdown.done()

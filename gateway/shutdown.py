@@ -109,6 +109,13 @@ class Shutdown:
             return self.grace_s
         return max(0.0, self.deadline - time.monotonic())
 
+    def closing_left(self, step_s: float) -> float:
+        """How long the next closing step may take: ``step_s``, cut so that the steps after the grace end
+        a second before the watchdog would."""
+        if self.deadline is None:
+            return step_s
+        return max(0.0, min(step_s, self.deadline + self.margin_s - 1.0 - time.monotonic()))
+
     def done(self) -> None:
         """The lifespan's shutdown is over: no watchdog needed."""
         if self._watchdog is not None:
