@@ -37,6 +37,7 @@ from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.redis_health import start_probe
 from gateway.router import Router
 from gateway.routes import MOUNTS
+from gateway.shutdown import STEP_S, Shutdown, bounded
 from gateway.state import Gateway
 from gateway.webhooks import Webhooks
 from schemas.canonical import ErrorCode, GatewayError
@@ -115,20 +116,29 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     gateway = app.state.gateway
     gateway.jobs = Jobs(gateway, build_job_queue(gateway))
     gateway.jobs.start()
+    # SIGTERM stops the job consumers at once, and the process ends by the grace plus a margin (gateway/shutdown.py).
+    shutdown = Shutdown(config.server.shutdown_grace_s)
+    shutdown.install()
+    shutdown.on_begin(gateway.jobs.stop_taking)
     tracing.start()  # OTLP export when OTEL_EXPORTER_OTLP_*ENDPOINT is set; off otherwise
     try:
         yield
     finally:
-        await gateway.jobs.aclose(config.server.shutdown_grace_s)
-        for adapter in adapters.values():
-            await adapter.aclose()
-        if redis_probe is not None:
-            await redis_probe.aclose()
-        await limiter.aclose()
-        await client.aclose()
-        await image_store.aclose()
-        await webhooks.aclose()
-        tracing.stop()  # flushes the spans still queued
+        shutdown.begin()  # a no-op after a signal; else (an app stopped in a test) the grace starts now
+        try:
+            await gateway.jobs.aclose(shutdown.left())  # the jobs running get what is left of the grace
+            # Each step is bounded: a Redis or a backend that stopped answering cannot keep the process.
+            if redis_probe is not None:
+                await redis_probe.aclose(shutdown.closing_left(STEP_S))
+            for name, adapter in adapters.items():
+                await bounded(adapter.aclose(), shutdown.closing_left(STEP_S), f"adapter:{name}")
+            await bounded(limiter.aclose(), shutdown.closing_left(STEP_S), "limiter")
+            await bounded(client.aclose(), shutdown.closing_left(STEP_S), "upstream_client")
+            await bounded(image_store.aclose(), shutdown.closing_left(STEP_S), "image_store")
+            await bounded(webhooks.aclose(), shutdown.closing_left(STEP_S), "webhooks")
+            tracing.stop()  # flushes the spans still queued
+        finally:
+            shutdown.done()
 
 
 @get("/health", sync_to_thread=False, tags=["ops"])

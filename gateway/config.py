@@ -437,6 +437,14 @@ class JobsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_runs: PositiveInt = 3  # runs (claims included) before a job that keeps killing its process fails
     max_wait_s: PositiveInt = 60  # the longest `Prefer: wait=N` honoured; a longer wait is cut to it
     max_queued: PositiveInt = 10_000  # jobs waiting at once; past it a submit is `overloaded` (503)
+    # The requests (images included) of jobs not ended yet, counted in Redis with every replica's (or in this
+    # process): past the total a submit is `overloaded` (503), past one key's share `rate_limited` (429).
+    max_queued_bytes: PositiveInt = 256 * 1024 * 1024
+    max_queued_bytes_per_key: PositiveInt = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_queued_bytes_per_key > self.max_queued_bytes:
+            raise ValueError("max_queued_bytes_per_key must be at most max_queued_bytes")
 
 
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -40,11 +40,14 @@ from gateway.jobqueue import (
     JobQueue,
     JobRecord,
     MemoryJobQueue,
+    QueueFull,
     RedisJobQueue,
     Taken,
 )
 from gateway.prefer import Preferences, parse_prefer, prefer_headers
+from gateway.redis_health import resume_cancel
 from gateway.routes import MOUNTS, Answer, Mount, RequestRecord, answer_headers, finish
+from gateway.shutdown import bounded
 from gateway.state import Gateway
 from gateway.webhooks import WebhookTarget
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Progress, decode_hook, encode_hook
@@ -57,6 +60,9 @@ log = structlog.get_logger("gateway.jobs")
 
 JOBS_PATH = "/v1/jobs"
 POLL_S = 0.25  # how often a waiting answer, an event stream and a running job's cancel check look again
+STOP_S = 1.0  # at shutdown: how long cancelled jobs get to unwind, and the queue to close
+QUEUE_FULL_RETRY_AFTER_S = 10  # Retry-After of a submit refused for the bytes queued (they free as jobs end)
+HAND_BACK_S = 2.0  # at shutdown: how long handing the unfinished jobs back to the queue may take
 # Mounts by the route a job names: the first mount of each endpoint (a prefix and the root share a table).
 _MOUNTS: dict[str, Mount] = {}
 for _mount in MOUNTS:
@@ -69,9 +75,17 @@ def _route_of(endpoint: Endpoint[Any, Any]) -> str:
 
 def build_job_queue(gateway: Gateway) -> JobQueue:
     config = gateway.config
+    jobs = config.jobs
     if config.redis.url:
-        return RedisJobQueue(config.redis.url, config.redis.key_prefix, config.jobs.ttl_s, config.jobs.claim_after_s)
-    return MemoryJobQueue(config.jobs.ttl_s)
+        return RedisJobQueue(
+            config.redis.url,
+            config.redis.key_prefix,
+            jobs.ttl_s,
+            jobs.claim_after_s,
+            max_bytes=jobs.max_queued_bytes,
+            max_bytes_per_key=jobs.max_queued_bytes_per_key,
+        )
+    return MemoryJobQueue(jobs.ttl_s, max_bytes=jobs.max_queued_bytes, max_bytes_per_key=jobs.max_queued_bytes_per_key)
 
 
 def job_body(record: JobRecord, progress: JobProgress | None) -> dict[str, Any]:
@@ -162,6 +176,9 @@ class Jobs:
         self._consumers: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
         self._notifying: set[asyncio.Task[None]] = set()
+        self._handles: dict[asyncio.Task[None], Taken] = {}  # the queue entry of each job running here
+        self._started: dict[str, JobRecord] = {}  # jobs this process marked running and has not ended
+        self._stopping = False
         self.entered: Counter[str] = Counter()  # jobs entering each status in this process, for the console
 
     # --- lifecycle
@@ -172,20 +189,56 @@ class Jobs:
             for number in range(self.settings.consumers)
         ]
 
-    async def aclose(self, grace_s: float = 0.0) -> None:
-        """Stop taking jobs; let the running ones finish within ``grace_s``, then cancel them.
-
-        A cancelled job's queue entry is not acknowledged: with Redis another replica claims it.
-        """
+    def stop_taking(self) -> None:
+        """Take no more jobs (the process is stopping): the consumers end now; the running jobs go on."""
+        if self._stopping:
+            return
+        self._stopping = True
         for task in self._consumers:
             task.cancel()
+        log.info("jobs_stop_taking", running=len(self._running))
+
+    async def aclose(self, grace_s: float = 0.0) -> None:
+        """Stop taking jobs; let the running ones finish within ``grace_s``, then hand the rest back.
+
+        A job still running past the grace is cancelled and handed back: its record is ``queued``
+        again (this run not counted against ``jobs.max_runs``) and its queue entry is marked idle
+        at once, so another replica's next look for abandoned entries (``XAUTOCLAIM``, every
+        ``claim_after_s``/4 at most) takes it. Entries this process read but never started, and
+        jobs whose webhook was not delivered yet, are handed back the same way. When Redis does
+        not answer in time, the entries stay pending and are claimed ``claim_after_s`` after their
+        last keep-alive instead. Every step is bounded: this returns within about
+        ``grace_s + STOP_S + HAND_BACK_S + STOP_S`` whatever Redis does.
+        """
+        self.stop_taking()
         running = set(self._running)
         if running and grace_s > 0:
             await asyncio.wait(running, timeout=grace_s)
-        for task in running | self._notifying:  # webhooks not delivered yet: another replica delivers them
+        unfinished = {task for task in running if not task.done()} | set(self._notifying)
+        for task in unfinished:  # webhooks not delivered yet: another replica delivers them
             task.cancel()
-        await asyncio.gather(*self._consumers, *running, *self._notifying, return_exceptions=True)
-        await self.queue.aclose()
+        ending = {*self._consumers, *unfinished}
+        if ending:
+            await asyncio.wait(ending, timeout=STOP_S)
+        stuck = [self._handles[task] for task in unfinished if not task.done() and task in self._handles]
+        await bounded(self._hand_back(stuck), HAND_BACK_S, "jobs_hand_back")
+        await bounded(self.queue.aclose(), STOP_S, "job_queue_close")
+
+    async def _hand_back(self, stuck: list[Taken]) -> None:
+        """The jobs cancelled mid-run are queued again; this process's pending entries go to another.
+
+        A run that did not end when cancelled (``stuck``) keeps its entry: it is taken over only
+        ``claim_after_s`` after its last renewal, by when this process is gone."""
+        stuck_jobs = {taken.job_id for taken in stuck}
+        for job in list(self._started.values()):
+            if job.id in stuck_jobs:
+                continue
+            job.status, job.runs, job.updated_at = QUEUED, max(0, job.runs - 1), int(time.time())
+            if await self.queue.replace(job, frozenset({RUNNING})):
+                self._transition(job, "handed back: the process stopped before it ended")
+        handed = await self.queue.hand_back(self.settings.consumers, {taken.handle for taken in stuck})
+        if handed:
+            log.warning("jobs_handed_back", entries=handed, detail="another replica takes them")
 
     # --- submit
 
@@ -239,7 +292,7 @@ class Jobs:
             )
             job.webhook = webhook
             job.reservation = record.reservation  # of the key's budget: the job settles it when it ends
-            await self.queue.put(job, msgspec.msgpack.encode(canonical, enc_hook=encode_hook))
+            await self._put(job, msgspec.msgpack.encode(canonical, enc_hook=encode_hook))
             record.reservation = None
             self._transition(job, "submitted")
             if preferences.wait:  # a client that hangs up while it waits leaves the job running
@@ -260,6 +313,27 @@ class Jobs:
             body = msgspec.json.encode({"id": job.id, "status": QUEUED, "created_at": job.created_at})
             headers = {"Location": f"{JOBS_PATH}/{job.id}", "Preference-Applied": "respond-async", **rate_headers}
             return Answer(body, headers, 202)
+
+    async def _put(self, job: JobRecord, payload: bytes) -> None:
+        """Queue the job; past the bytes its key may queue a ``rate_limited`` (429), past all of them an
+        ``overloaded`` (503), both with a Retry-After (the bytes come back as jobs end)."""
+        try:
+            await self.queue.put(job, payload)
+        except QueueFull as full:
+            log.warning("job_queue_full", per_key=full.per_key, size=full.size, key_name=job.key)
+            if full.per_key:
+                raise GatewayError(
+                    ErrorCode.RATE_LIMITED,
+                    "this key's queued jobs hold as many bytes as it may queue; try again when some have ended",
+                    retry_after=QUEUE_FULL_RETRY_AFTER_S,
+                    public=True,
+                ) from None
+            raise GatewayError(
+                ErrorCode.OVERLOADED,
+                "the queued jobs hold as many bytes as the gateway keeps; try again later",
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+                public=True,
+            ) from None
 
     async def wait(self, job_id: str, seconds: float) -> JobRecord | None:
         """The job once it has ended, or None when it has not within ``seconds``."""
@@ -333,19 +407,27 @@ class Jobs:
     # --- run
 
     async def _consume(self, number: int) -> None:
-        while True:
+        while not self._stopping:
             try:
                 taken = await self.queue.take(number)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: try again, never stop consuming
+                resume_cancel()  # a stop that redis-py reported as its timeout is still a stop
                 log.warning("job_queue_unavailable", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(1.0)
                 continue
+            if self._stopping:  # taken as the process began to stop: handed back (aclose)
+                return
             task = asyncio.create_task(self._run(taken, number))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._handles[task] = taken
+            task.add_done_callback(self._forget)
             await asyncio.shield(task)  # one job at a time per consumer; shutdown waits for it (aclose)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._handles.pop(task, None)
 
     async def _run(self, taken: Taken, consumer: int) -> None:
         structlog.contextvars.clear_contextvars()
@@ -353,9 +435,10 @@ class Jobs:
         try:
             await self._run_taken(taken, consumer)
         except asyncio.CancelledError:
-            raise
+            raise  # the process is stopping: a job it started is handed back (aclose)
         except Exception as exc:  # a store that failed mid-way: the entry stays, and is claimed again later
             log.error("job_run_failed", error=f"{type(exc).__name__}: {exc}")
+        self._started.pop(taken.job_id, None)
 
     async def _run_taken(self, taken: Taken, consumer: int) -> None:
         found = await self.queue.get(taken.job_id)
@@ -382,6 +465,7 @@ class Jobs:
         if not await self.queue.replace(job, frozenset({QUEUED, RUNNING})) or await self.queue.cancel_requested(job.id):
             await self._release(taken, consumer)  # cancelled meanwhile
             return
+        self._started[job.id] = msgspec.structs.replace(job)  # as stored now: what a hand-back starts from
         self._transition(job, "started")
         payload = await self.queue.payload(job.id)
         if payload is None:

@@ -11,7 +11,6 @@ one ``RedisHealth``, which moves the gauge and logs each transition once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import structlog
@@ -19,7 +18,7 @@ from redis.exceptions import RedisError
 
 from gateway import metrics
 
-__all__ = ["RedisHealth", "RedisProbe", "start_probe"]
+__all__ = ["RedisHealth", "RedisProbe", "resume_cancel", "start_probe"]
 
 log = structlog.get_logger("gateway.redis_health")
 
@@ -52,31 +51,52 @@ class RedisProbe:
         self.client = client
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def probe(self) -> bool:
         try:
             await self.client.ping()
         except (RedisError, OSError) as exc:
+            # A cancel that lands as redis-py's read timeout fires comes back as its TimeoutError (a
+            # RedisError): the cancel is not swallowed with it, or the probe would ping on for good.
+            resume_cancel()
             self.health.observe(False, type(exc).__name__)
             return False
         self.health.observe(True)
         return True
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self.probe()
             await asyncio.sleep(self.interval_s)
 
     def start(self) -> RedisProbe:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="redis-probe")
         return self
 
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def aclose(self, timeout_s: float = 1.0) -> None:
+        """Stop the probe; waits at most ``timeout_s`` for it, and never swallows the caller's own cancel."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        task.cancel()
+        # asyncio.wait neither raises the task's CancelledError nor hides one aimed at this caller.
+        await asyncio.wait({task}, timeout=timeout_s)
+        if not task.done():
+            log.error("redis_probe_not_stopped", detail=f"still in a Redis call after {timeout_s:g} s; left behind")
+
+
+def resume_cancel() -> None:
+    """Raise CancelledError when the current task was asked to stop and a library turned that into an error.
+
+    ``asyncio.timeout`` (redis-py's reads, 3.11) raises TimeoutError when its deadline and a cancel
+    from outside meet; the task's ``cancelling()`` count still says it was cancelled.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def start_probe(limiter: Any, client: Any, interval_s: float) -> RedisProbe | None:
