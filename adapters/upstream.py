@@ -18,6 +18,7 @@ a declared length. A call's buffer is let go of when the call ends.
 from __future__ import annotations
 
 import contextlib
+import io
 import mmap
 import ssl
 import urllib.request
@@ -29,6 +30,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from schemas.imageforms import sliceable
+
+_LARGE_BODY = 1 << 20  # aiohttp.payload.TOO_LARGE_BYTES_BODY
 
 __all__ = [
     "DEFAULT_TRANSPORT",
@@ -312,7 +315,9 @@ class AiohttpUpstream:
             async with self._session.request(
                 method,
                 url,
-                data=body,
+                # A large body is handed over as a stream aiohttp writes in chunks, yielding to the loop between
+                # them (as raw bytes, past 1 MiB, aiohttp warns that it may hold the event loop).
+                data=io.BytesIO(body) if body is not None and len(body) > _LARGE_BODY else body,
                 headers=headers,
                 timeout=self._timeout(connect_timeout, read_timeout),
                 allow_redirects=False,

@@ -232,3 +232,25 @@ def test_health_and_ready(gateway: GatewayServer, http: httpx.Client) -> None:
     assert http.get(gateway.url + "/health").json() == {"status": "ok"}
     ready = http.get(gateway.url + "/ready").json()
     assert ready["status"] == "ready" and "via-melious" in ready["models"]
+
+
+def test_an_edit_larger_than_a_mib_reaches_the_provider(
+    gateway: GatewayServer, emulators: dict[str, EmulatorServer], http: httpx.Client
+) -> None:
+    """A multipart body past 1 MiB goes upstream in chunks (as raw bytes aiohttp warns it may hold the loop, and
+    under the suite's warnings-as-errors the call failed)."""
+    import io
+    import random
+
+    from PIL import Image
+
+    noise = random.Random(7).randbytes(640 * 640 * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (640, 640), noise).save(buffer, format="PNG", compress_level=0)
+    png = buffer.getvalue()
+    assert 1024 * 1024 < len(png) < 1536 * 1024
+    data = {"model": "via-nebul", "prompt": "Add a red hat", "response_format": "b64_json"}
+    edit = http.post(gateway.url + "/nebul/v1/images/edits", files=[("image", ("a.png", png, "image/png"))], data=data)
+    assert edit.status_code == 200, edit.text
+    upstream = emulators["nebul"].emulator.calls[-1]
+    assert upstream.path == "/v1/images/edits" and upstream.body_size > len(png)
