@@ -24,6 +24,7 @@ from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.cooldown import Cooldowns
 from gateway.dedup import Dedup
+from gateway.idempotency import Idempotency
 from gateway import serving
 from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
@@ -111,6 +112,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         webhooks=webhooks,
         dedup=Dedup(config, router, image_store, redis_client),
         redis=redis_client,
+        idempotency=Idempotency(config, image_store, redis_client),
         adapters=adapters,
     )
     gateway = app.state.gateway
