@@ -261,15 +261,19 @@ async def serve(
             replayed = await _replay(gateway, endpoint, canonical, begun, request, record, key)
             if replayed is not None:
                 return replayed
-            await idempotency.forget(begun.slot)  # its images left the store: generate again
+            with contextlib.suppress(Exception):  # its images left the store: generate again
+                await idempotency.forget(begun.slot)
     try:
         answer = await _admitted(gateway, endpoint, request, record, key, canonical, plan, deadline, job, claim)
     except BaseException:
         if claim is not None:
             await claim.release()  # a failure is not kept: a retry may succeed
         raise
-    if claim is not None and not isinstance(answer, StreamedAnswer):
-        await claim.release()  # kept already, unless something between kept nothing
+    if claim is not None:  # kept already, unless nothing was kept; a stream's key is given up when it ends
+        if isinstance(answer, StreamedAnswer):
+            answer.closing.append(claim.release)
+        else:
+            await claim.release()
     return answer
 
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from gateway.auth import hash_key
-from tests.emulators import EmulatorServer, Fault
+from tests.emulators import EmulatorServer, Fault, solid_png
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer
 from tests.integration.test_dialects import INBOUND
@@ -25,7 +25,10 @@ from tests.redis_support import require_shared_redis
 
 KEYS = {"alice": "alice-idempotency-key", "bob": "bob-idempotency-key"}
 AUTH = {"keys": [{"name": name, "hash": hash_key(key)} for name, key in KEYS.items()]}
-MODELS = [{"name": "via-melious", "targets": [{"provider": "melious", "model": "flux-schnell"}]}]
+MODELS = [
+    {"name": "via-melious", "targets": [{"provider": "melious", "model": "flux-schnell"}]},
+    {"name": "via-nebul", "targets": [{"provider": "nebul", "model": "black-forest-labs/FLUX.1-Kontext-dev"}]},
+]
 MODEL = "via-melious"
 HOLD = Fault(delay=1.5, times=1)  # the first upstream call runs long enough for the repeat to arrive
 
@@ -151,6 +154,30 @@ def test_a_repeat_while_the_first_runs_waits_for_its_answer(
             same_answer(firsts[0], answer)
 
 
+@pytest.mark.parametrize("path", ["/nebul/v1/images/edits", "/v1/images/edits", "/v1/images/variations"])
+def test_a_multipart_repeat_is_the_same_request_by_its_images(
+    path: str, gateway: GatewayServer, emulators: dict[str, EmulatorServer]
+) -> None:
+    """A retried multipart body has a new boundary; what it asks for (its fields, its images' bytes) is the same."""
+    red, blue = solid_png(64, 64, (200, 0, 0)), solid_png(64, 64, (0, 0, 200))
+    fields = {"model": "via-nebul", "response_format": "b64_json"}
+    if not path.endswith("variations"):
+        fields["prompt"] = "add a hat"
+    key = new_key()
+
+    def send(image: bytes) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {KEYS['alice']}", "Idempotency-Key": f'"{key}"'}
+        files = {"image": ("a.png", image, "image/png")}
+        return httpx.post(gateway.url + path, files=files, data=fields, headers=headers, timeout=30)
+
+    first = send(red)
+    assert first.status_code == 200, first.text
+    same_answer(first, send(red))
+    conflict = send(blue)
+    assert conflict.status_code == 422, conflict.text
+    assert sum(call.method == "POST" for call in emulators["nebul"].emulator.calls) == 1
+
+
 def test_the_header_is_a_structured_field_string_or_a_bare_key(
     gateway: GatewayServer, emulators: dict[str, EmulatorServer]
 ) -> None:
@@ -217,6 +244,18 @@ def test_a_repeated_stream_replays_the_result_as_its_events(
 
     assert completed(again)["b64_json"] == completed(first)["b64_json"]
     assert upstream_calls(emulators) == 1
+
+
+def test_a_failed_stream_frees_its_key(gateway: GatewayServer, emulators: dict[str, EmulatorServer]) -> None:
+    path = "/v1/images/generations"
+    body = {"model": MODEL, "prompt": "a stream that fails first", "size": "1024x1024", "stream": True}
+    emulators["melious"].emulator.add_fault(Fault(status=500, times=3))  # every attempt of the first
+    key = new_key()
+    failed = post(gateway.url, path, body, key)
+    assert failed.status_code == 200 and "error" in failed.text  # after the headers, a failure is an event
+    retried = post(gateway.url, path, body, key)
+    assert "idempotent-replayed" not in retried.headers and "image_generation.completed" in retried.text
+    assert upstream_calls(emulators) == 4
 
 
 def test_a_repeated_job_submission_gets_the_same_job(
