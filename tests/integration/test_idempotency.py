@@ -286,6 +286,15 @@ def test_a_repeated_job_submission_gets_the_same_job(
     assert upstream_calls(emulators) == 2
 
 
+def test_concurrent_job_submissions_under_one_key_are_one_job(gateway: GatewayServer) -> None:
+    path, payload, _, _ = INBOUND["melious"]
+    key = new_key()
+    answers = at_once(*(lambda: post(gateway.url, path, payload(MODEL), key, Prefer="respond-async") for _ in range(3)))
+    assert [answer.status_code for answer in answers] == [202] * 3, [answer.text for answer in answers]
+    assert len({answer.json()["id"] for answer in answers}) == 1
+    assert sum("idempotent-replayed" in answer.headers for answer in answers) == 2
+
+
 def test_after_the_window_a_repeat_generates_again(
     short_window: GatewayServer, emulators: dict[str, EmulatorServer]
 ) -> None:
@@ -310,6 +319,12 @@ def test_a_repeat_on_another_replica_gets_the_first_answer(
         first = post(first_replica.url, path, payload(MODEL), key)
         same_answer(first, post(second_replica.url, path, payload(MODEL), key))
     assert upstream_calls(emulators) == 2
+    # what Redis holds is small: no image in it, whatever form the answer took
+    client = redis.Redis.from_url(require_shared_redis())
+    prefix = first_replica.config.redis.key_prefix + "idem:"
+    entries = [client.get(key) for key in client.scan_iter(f"{prefix}*")]
+    assert len(entries) >= 2 and all(entry is not None and len(entry) < 2048 for entry in entries)
+    assert all(b"b64" not in (entry or b"") for entry in entries)
     # a repeat on the other replica while the first still runs waits for it
     emulators["melious"].emulator.add_fault(HOLD)
     path, payload, _, _ = INBOUND["openai-root"]
