@@ -41,9 +41,9 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import structlog
@@ -66,6 +66,7 @@ _LEASE_MARGIN_S = 10.0
 _POLL_S = 0.05  # how often a repeat looks whether the first has ended (on another replica)
 _MAX_ENTRY_BYTES = 64 * 1024
 Receive = Callable[[], Awaitable[Any]]
+T = TypeVar("T")
 
 # Set the entry to ARGV[2] (for ARGV[3] ms) only while it is still the claim of owner ARGV[1]; or delete it.
 _KEEP_IF_OWNER = """
@@ -209,6 +210,7 @@ class Idempotency:
         self._image_ttl_s = min(self.settings.ttl_s, float(image_store.ttl_seconds))
         self._memory = _Memory(self.settings.memory_entries)
         self._ended: dict[str, asyncio.Event] = {}  # slots claimed in this process: their repeats wake at once
+        self._detached: set[asyncio.Task[Any]] = set()  # generations that outlive their clients
 
     def key(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         """The request's Idempotency-Key; None without one, or when idempotency is off."""
@@ -319,6 +321,20 @@ class Idempotency:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended.wait(), wait)
 
+    def detach(self, claim: Claim, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run a claimed request's generation in a task of its own, which keeps (or gives up) the key when it
+        ends: a client that hangs up stops only its own wait, and its retry gets the answer."""
+        task = self.background(work)
+        claim.detached = task
+        return task
+
+    def background(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task this table holds until it ends."""
+        task = asyncio.create_task(work)
+        self._detached.add(task)
+        task.add_done_callback(_forget_task(self._detached))
+        return task
+
     # --- images
 
     async def keep_images(self, result: ImageResult, wanted_url: bool, base_url: str) -> list[KeptImage]:
@@ -372,6 +388,15 @@ class Idempotency:
         return msgspec.structs.replace(entry.result, images=images)
 
 
+def _forget_task(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # a failure nobody waited for any more is not "never retrieved"
+
+    return done
+
+
 class Claim:
     """The first request under a key: it keeps its answer, or gives the key up when it fails."""
 
@@ -381,6 +406,7 @@ class Claim:
         self.owner = owner
         self.fingerprint = fingerprint
         self.ended = False
+        self.detached: asyncio.Task[Any] | None = None  # its generation, in a task of its own (Idempotency.detach)
 
     async def keep(
         self,

@@ -44,7 +44,7 @@ from schemas.canonical import (
     ResponseFormat,
 )
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
-from schemas.disconnect import ClientGone
+from schemas.disconnect import ClientGone, unless_client_leaves
 from schemas.imageforms import Conversion, Pieces, conversion, encode_answer
 
 if TYPE_CHECKING:
@@ -265,16 +265,39 @@ async def serve(
                 await idempotency.forget(begun.slot)
     try:
         answer = await _admitted(gateway, endpoint, request, record, key, canonical, plan, deadline, job, claim)
-    except BaseException:
-        if claim is not None:
+    except BaseException as exc:
+        if claim is not None and claim.detached is not None:  # it keeps or gives up the key itself
+            if isinstance(exc, ClientGone):
+                _settle_when_done(gateway, claim.detached, record)
+        elif claim is not None:
             await claim.release()  # a failure is not kept: a retry may succeed
         raise
     if claim is not None:  # kept already, unless nothing was kept; a stream's key is given up when it ends
         if isinstance(answer, StreamedAnswer):
             answer.closing.append(claim.release)
-        else:
+        elif claim.detached is None:
             await claim.release()
     return answer
+
+
+def _settle_when_done(gateway: Gateway, generation: asyncio.Task[Any], record: RequestRecord) -> None:
+    """The budget of a client that left while its generation goes on is settled when it ends, at its cost:
+    the retry that gets the answer is not charged again."""
+    reservation, record.reservation = record.reservation, None
+    if reservation is None:
+        return
+    assert gateway.idempotency is not None
+
+    async def settle() -> None:
+        try:
+            await generation
+        except BaseException:
+            actual = 0
+        else:
+            actual = record.cost.micros if record.cost is not None else 0
+        await gateway.admission.settle(reservation, actual)
+
+    gateway.idempotency.background(settle())
 
 
 async def _admitted(
@@ -296,6 +319,7 @@ async def _admitted(
     rate_headers = decision.headers() if decision.limit or decision.policies else {}
     if job is not None:  # route ▸ deliver ▸ encode run detached (gateway/jobs.py), which settles the reservation
         return await job.submit(endpoint, canonical, request, record, rate_headers, _job_keeper(claim))
+    base_url = gateway.public_base_url or request.base_url()
     if canonical.stream:  # from here on, events: the generation runs as the stream is sent (never shared)
         streamed = msgspec.structs.replace(canonical, response_format=ResponseFormat.B64_JSON)
 
@@ -310,48 +334,67 @@ async def _admitted(
             record.cost = accounting.cost_of(plan.model, canonical, result)
             record.energy = energy.account(gateway.config, result, plan)
             if claim is not None:
-                await _keep(gateway, claim, result, False, request, answer_headers(result, record))
+                kept = await _kept_images(gateway, claim, result, False, base_url)
+                if kept is not None:
+                    await claim.keep(answer_headers(result, record), result=result, images=kept)
             return result
 
         return StreamedAnswer(endpoint, canonical, request.receive, rate_headers, generate)
     # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled; a
     # generation shared by identical seeded requests, or answered from the cache: gateway.dedup.
     key_name = key.name if key is not None else None
-    result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts, request.receive)
-    kept = None
-    if claim is not None:  # its images go to the store now (a URL answer's once, for both)
-        kept = await _kept_images(gateway, claim, result, canonical.response_format is ResponseFormat.URL, request)
-    body = await finish(gateway, endpoint, canonical, result, request, record, plan, cache)
-    headers = answer_headers(result, record, cache)
-    if claim is not None and kept is not None:
-        await claim.keep(headers, result=result, images=kept)
+    if claim is None:
+        result, cache = await gateway.dedup.generate(
+            key_name, canonical, plan, deadline, record.attempts, request.receive
+        )
+        body = await finish(gateway, endpoint, canonical, result, request, record, plan, cache)
+        return Answer(body, {**answer_headers(result, record, cache), **rate_headers})
+    # With an Idempotency-Key the generation outlives a client that hangs up (a proxy's timeout): its retry
+    # gets the answer instead of drawing it again.
+    assert gateway.idempotency is not None
+    work = gateway.idempotency.detach(
+        claim, _generate_kept(gateway, endpoint, canonical, plan, deadline, record, claim, key_name, base_url)
+    )
+    body, headers = await unless_client_leaves(request.receive, asyncio.shield(work))
     return Answer(body, {**headers, **rate_headers})
 
 
+async def _generate_kept(
+    gateway: Gateway,
+    endpoint: Endpoint[Any, Any],
+    canonical: ImageRequest,
+    plan: Plan,
+    deadline: float,
+    record: RequestRecord,
+    claim: Claim,
+    key_name: str | None,
+    base_url: str,
+) -> tuple[bytes | Pieces, dict[str, str]]:
+    """route ▸ deliver ▸ encode, the answer kept for repeats (or the key given up when it fails)."""
+    try:
+        result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts)
+        # its images go to the store now (a URL answer's once, for both)
+        kept = await _kept_images(gateway, claim, result, canonical.response_format is ResponseFormat.URL, base_url)
+        body = await finish(gateway, endpoint, canonical, result, base_url, record, plan, cache)
+        headers = answer_headers(result, record, cache)
+        if kept is not None:
+            await claim.keep(headers, result=result, images=kept)
+        return body, headers
+    finally:
+        await claim.release()  # nothing, once kept
+
+
 async def _kept_images(
-    gateway: Gateway, claim: Claim, result: ImageResult, wanted_url: bool, request: ScopeInbound
+    gateway: Gateway, claim: Claim, result: ImageResult, wanted_url: bool, base_url: str
 ) -> list[KeptImage] | None:
     """The result's images put in the store for repeats; None (and the key given up) when the store fails."""
     assert gateway.idempotency is not None
     try:
-        return await gateway.idempotency.keep_images(result, wanted_url, gateway.public_base_url or request.base_url())
+        return await gateway.idempotency.keep_images(result, wanted_url, base_url)
     except StoreUnavailable as exc:
         log.warning("idempotency_store_failed", detail=str(exc))
         await claim.release()
         return None
-
-
-async def _keep(
-    gateway: Gateway,
-    claim: Claim,
-    result: ImageResult,
-    wanted_url: bool,
-    request: ScopeInbound,
-    headers: dict[str, str],
-) -> None:
-    kept = await _kept_images(gateway, claim, result, wanted_url, request)
-    if kept is not None:
-        await claim.keep(headers, result=result, images=kept)
 
 
 def _job_keeper(claim: Claim | None) -> Callable[[JobRecord], Awaitable[None]] | None:

@@ -178,6 +178,24 @@ def test_a_multipart_repeat_is_the_same_request_by_its_images(
     assert sum(call.method == "POST" for call in emulators["nebul"].emulator.calls) == 1
 
 
+@pytest.mark.parametrize("dialect", ["melious", "nebul"])  # a URL answer and a base64 one
+def test_a_client_that_timed_out_gets_the_answer_on_its_retry(
+    dialect: str, gateway: GatewayServer, emulators: dict[str, EmulatorServer]
+) -> None:
+    """The issue's case: a proxy or client timeout, then the retry. The first generation goes on without its
+    client, and the retry gets its answer; the GPU drew once."""
+    path, payload, _, _ = INBOUND[dialect]
+    emulators["melious"].emulator.add_fault(HOLD)
+    key = new_key()
+    headers = {"Authorization": f"Bearer {KEYS['alice']}", "Idempotency-Key": f'"{key}"'}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while the upstream still draws
+        httpx.post(gateway.url + path, json=payload(MODEL), headers=headers, timeout=httpx.Timeout(30, read=0.3))
+    retried = post(gateway.url, path, payload(MODEL), key)
+    assert retried.status_code == 200, retried.text
+    assert retried.headers["idempotent-replayed"] == "true"
+    assert upstream_calls(emulators) == 1
+
+
 def test_the_header_is_a_structured_field_string_or_a_bare_key(
     gateway: GatewayServer, emulators: dict[str, EmulatorServer]
 ) -> None:
@@ -313,18 +331,21 @@ def test_a_repeat_on_another_replica_gets_the_first_answer(
     replicas: tuple[GatewayServer, GatewayServer], emulators: dict[str, EmulatorServer]
 ) -> None:
     first_replica, second_replica = replicas
+    images = []
     for dialect in ("melious", "nebul"):  # a URL answer and a base64 one
-        path, payload, _, _ = INBOUND[dialect]
+        path, payload, _, pointer = INBOUND[dialect]
         key = new_key()
         first = post(first_replica.url, path, payload(MODEL), key)
         same_answer(first, post(second_replica.url, path, payload(MODEL), key))
+        images.append(pointer(first.json()))
     assert upstream_calls(emulators) == 2
     # what Redis holds is small: no image in it, whatever form the answer took
     client = redis.Redis.from_url(require_shared_redis())
     prefix = first_replica.config.redis.key_prefix + "idem:"
     entries = [client.get(key) for key in client.scan_iter(f"{prefix}*")]
     assert len(entries) >= 2 and all(entry is not None and len(entry) < 2048 for entry in entries)
-    assert all(b"b64" not in (entry or b"") for entry in entries)
+    base64_image = images[1][:64].encode()
+    assert len(base64_image) == 64 and not any(base64_image in (entry or b"") for entry in entries)
     # a repeat on the other replica while the first still runs waits for it
     emulators["melious"].emulator.add_fault(HOLD)
     path, payload, _, _ = INBOUND["openai-root"]
