@@ -25,8 +25,12 @@ draft-ietf-httpapi-idempotency-key-header, on every dialect route and on job sub
   over ``_MAX_ENTRY_BYTES`` is not kept. An answer with images is kept no longer than the image
   store keeps images (``image_store.ttl_seconds``). A failure is never kept: it drew no image,
   and a retry may succeed (the draft allows either).
+- **A client that hangs up.** A claimed request's generation runs in a task of its own
+  (``Idempotency.detach``): the proxy timeout that made the client retry does not cancel it,
+  and the retry gets its answer. Its budget is settled when it ends (gateway/routes.py).
 - **Streams.** A repeat of a ``stream: true`` request waits like any other and gets the first
-  result as the stream's final events (no partial images).
+  result as the stream's final events (no partial images). A stream whose client leaves
+  frees its key.
 - **Where.** Redis when ``redis.url`` is set (every replica sees every key); else a table in
   the process, bounded by ``server.idempotency.memory_entries``.
 

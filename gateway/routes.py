@@ -258,7 +258,7 @@ async def serve(
             if not isinstance(begun, Stored):
                 claim = begun
                 break
-            replayed = await _replay(gateway, endpoint, canonical, begun, request, record, key)
+            replayed = await _replay(gateway, endpoint, canonical, begun, request, record)
             if replayed is not None:
                 return replayed
             with contextlib.suppress(Exception):  # its images left the store: generate again
@@ -420,20 +420,14 @@ async def _replay(
     stored: Stored,
     request: ScopeInbound,
     record: RequestRecord,
-    key: InboundKey | None,
 ) -> Answer | StreamedAnswer | None:
     """The kept answer of the first request under this key; None when its images have left the store."""
     assert gateway.idempotency is not None
     entry = stored.entry
     headers = {**entry.headers, REPLAYED_HEADER: "true", ATTEMPTS_HEADER: "0"}
-    if entry.job is not None:  # the same job, as it stands now
-        body: bytes | Pieces = (entry.body or "").encode()
-        if gateway.jobs is not None:
-            with contextlib.suppress(GatewayError):
-                found, _ = await gateway.jobs.find(entry.job, key)
-                body = msgspec.json.encode({"id": found.id, "status": found.status, "created_at": found.created_at})
+    if entry.job is not None:  # the first 202 as it was sent: the same job, followed at its Location
         metrics.child(metrics.IDEMPOTENCY, "replayed").inc()
-        return Answer(body, headers, entry.status)
+        return Answer((entry.body or "").encode(), headers, entry.status)
     wanted_url = canonical.response_format is ResponseFormat.URL and not canonical.stream
     base_url = gateway.public_base_url or request.base_url()
     result = await gateway.idempotency.result_of(entry, wanted_url, base_url)
