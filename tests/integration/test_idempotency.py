@@ -21,7 +21,7 @@ from tests.emulators import EmulatorServer, Fault, solid_png
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer
 from tests.integration.test_dialects import INBOUND
-from tests.redis_support import require_shared_redis
+from tests.redis_support import OwnRedis, require_shared_redis
 
 KEYS = {"alice": "alice-idempotency-key", "bob": "bob-idempotency-key"}
 AUTH = {"keys": [{"name": name, "hash": hash_key(key)} for name, key in KEYS.items()]}
@@ -371,6 +371,30 @@ def test_a_job_repeated_on_another_replica_is_the_same_job(replicas: tuple[Gatew
     assert submitted.status_code == 202, submitted.text
     again = post(second_replica.url, path, payload(MODEL), key, Prefer="respond-async")
     assert again.status_code == 202 and again.json()["id"] == submitted.json()["id"]
+
+
+def test_without_its_redis_a_keyed_request_is_served_without_the_guarantee(
+    emulators: dict[str, EmulatorServer], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    own = OwnRedis(tmp_path_factory.mktemp("redis")).start()
+    server = start_gateway(
+        emulators, MODELS, tmp_path_factory.mktemp("store"), auth=AUTH, redis={"url": own.url, "key_prefix": "t:"}
+    )
+    try:
+        path, payload, _, _ = INBOUND["melious"]
+        key = new_key()
+        first = post(server.url, path, payload(MODEL), key)
+        same_answer(first, post(server.url, path, payload(MODEL), key))
+        own.stop()  # Redis goes away: availability first
+        answer = post(server.url, path, payload(MODEL), new_key())
+        assert answer.status_code == 200, answer.text
+        assert "idempotent-replayed" not in answer.headers
+        assert upstream_calls(emulators) == 2
+        text = httpx.get(server.url + "/metrics", timeout=10).text
+        assert 'image_gateway_idempotent_requests_total{outcome="unavailable"}' in text
+    finally:
+        server.stop()
+        own.stop()
 
 
 def test_the_metrics_count_replays_and_conflicts(gateway: GatewayServer) -> None:
