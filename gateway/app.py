@@ -24,10 +24,10 @@ from gateway.auth import Authenticator
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.cooldown import Cooldowns
 from gateway.dedup import Dedup
-from gateway.idempotency import Idempotency
 from gateway import serving
 from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
+from gateway.idempotency import Idempotency
 from gateway.imagestore import ImageStore, StoreUnavailable, build_image_store
 from gateway.jobroutes import JOB_ROUTES
 from gateway.jobs import Jobs, build_job_queue
