@@ -332,6 +332,16 @@ class Idempotency:
         claim.detached = task
         return task
 
+    async def aclose(self, grace_s: float = 0.0) -> None:
+        """At shutdown: let generations whose clients left finish within ``grace_s``, then cancel them (their
+        keys' leases lapse, so a retry on another replica generates)."""
+        running = set(self._detached)
+        if running and grace_s > 0:
+            await asyncio.wait(running, timeout=grace_s)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     def background(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task this table holds until it ends."""
         task = asyncio.create_task(work)
