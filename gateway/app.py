@@ -26,6 +26,7 @@ from gateway.cooldown import Cooldowns
 from gateway.dedup import Dedup
 from gateway.docs_assets import assets_router, render_plugins
 from gateway.errors import handle_exception
+from gateway.idempotency import Idempotency
 from gateway.imagestore import ImageStore, StoreUnavailable, build_image_store
 from gateway.jobroutes import JOB_ROUTES
 from gateway.jobs import Jobs, build_job_queue
@@ -111,6 +112,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         webhooks=webhooks,
         dedup=Dedup(config, router, image_store, redis_client),
         redis=redis_client,
+        idempotency=Idempotency(config, image_store, redis_client),
         adapters=adapters,
     )
     gateway = app.state.gateway

@@ -290,6 +290,17 @@ class DedupConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory_cache_bytes: PositiveInt = 16 * 1024 * 1024  # the in-process result cache's bound, without Redis
 
 
+class IdempotencyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Retries with an ``Idempotency-Key`` get the first request's answer (gateway/idempotency.py)."""
+
+    enabled: bool = True
+    # How long a key's answer is replayed; an answer with images at most image_store.ttl_seconds (its images'
+    # life in the store). The draft suggests 24 h.
+    ttl_s: Seconds = 86_400.0
+    max_key_chars: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 255  # a longer Idempotency-Key is a 400
+    memory_entries: PositiveInt = 10_000  # the in-process table's bound, without Redis (oldest answers out first)
+
+
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The listening socket and the limits on what a client may send."""
 
@@ -313,6 +324,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # admin key>, else 401), `open`, or null: `admin_key` when `auth.admin_keys` has one, else `open`.
     metrics_access: Literal["open", "admin_key"] | None = None
     dedup: DedupConfig = msgspec.field(default_factory=DedupConfig)
+    idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
     # Connections (gateway/serving.py, gateway/inbound.py): what a client may hold before and while it sends.
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024  # request line + headers; past it a 431
     header_timeout_s: Seconds = 10.0  # from connecting (or the previous answer) to complete headers; else a 408

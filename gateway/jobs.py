@@ -17,7 +17,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -162,8 +162,9 @@ class Ticket(NamedTuple):
         request: ScopeInbound,
         record: RequestRecord,
         rate_headers: dict[str, str],
+        queued: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> Answer:
-        return await self.jobs.submit(self, endpoint, canonical, request, record, rate_headers)
+        return await self.jobs.submit(self, endpoint, canonical, request, record, rate_headers, queued)
 
 
 class Jobs:
@@ -266,8 +267,12 @@ class Jobs:
         request: ScopeInbound,
         record: RequestRecord,
         rate_headers: dict[str, str],
+        queued: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> Answer:
-        """Store and queue a job; ``202`` with its place, or the plain answer when it ends within ``wait``."""
+        """Store and queue a job; ``202`` with its place, or the plain answer when it ends within ``wait``.
+
+        ``queued`` hears of the job as soon as it is queued (an Idempotency-Key keeps it: gateway/idempotency.py).
+        """
         async with store_errors():
             key, preferences, webhook = ticket.key, ticket.preferences, ticket.webhook
             if canonical.stream:  # a job's result is the JSON answer; events are at /v1/jobs/{id}/events
@@ -295,6 +300,8 @@ class Jobs:
             await self._put(job, msgspec.msgpack.encode(canonical, enc_hook=encode_hook))
             record.reservation = None
             self._transition(job, "submitted")
+            if queued is not None:
+                await queued(job)
             if preferences.wait:  # a client that hangs up while it waits leaves the job running
                 waited = self.wait(job.id, min(preferences.wait, self.settings.max_wait_s))
                 done = await unless_client_leaves(request.receive, waited)

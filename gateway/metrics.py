@@ -191,6 +191,14 @@ CACHE_LOOKUPS = Counter(
     ["model", "outcome"],
     namespace=NAMESPACE,
 )
+IDEMPOTENCY = Counter(
+    "idempotent_requests",
+    "Requests with an Idempotency-Key by what became of the key (gateway/idempotency.py): kept (a first answer "
+    "kept for repeats), replayed (a repeat answered with it), conflict (422: the key was used for another "
+    "request), in_progress (409: the first was still running at the repeat's deadline), unavailable (Redis away).",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
 JOBS = Counter(
     "jobs",
     "Async jobs entering each status (queued, running, succeeded, failed, canceled), across this process's work.",

@@ -142,6 +142,20 @@ JOB_PARAMETERS = (
         description="With `Prefer: respond-async`: where the job's end is POSTed (Standard Webhooks), if the key may.",
     ),
 )
+# Idempotent retries (gateway/idempotency.py): every dialect route takes the key.
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    param_in=ParamType.HEADER,
+    required=False,
+    schema=Schema(type=OpenAPIType.STRING, max_length=257),
+    description=(
+        "draft-ietf-httpapi-idempotency-key-header: a Structured Field string (or a bare key) of at most "
+        "`server.idempotency.max_key_chars` characters. A repeat of the same request under the same key, "
+        "from the same inbound key, within `server.idempotency.ttl_s`, gets the first answer (or job), marked "
+        "`Idempotent-Replayed: true`, and nothing is generated again; one while the first runs waits for it. "
+        "Another request under a used key: 422. Malformed: 400."
+    ),
+)
 JOB_ACCEPTED = OpenAPIResponse(
     description="Accepted as a job (`Prefer: respond-async`): poll `Location`.",
     headers={
@@ -180,7 +194,7 @@ def _operation(route: DocumentedRoute) -> Operation:
         operation_id=route.name,
         summary=f"{endpoint.dialect} {endpoint.operation.value}",
         tags=[endpoint.dialect],
-        parameters=list(JOB_PARAMETERS),
+        parameters=[*JOB_PARAMETERS, IDEMPOTENCY_KEY],
         responses={
             "200": OpenAPIResponse(description="The generated images, in the dialect's answer."),
             "202": JOB_ACCEPTED,

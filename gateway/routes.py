@@ -9,11 +9,12 @@ runs it for every dialect route and renders any failure in the client's own enve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import structlog
@@ -24,6 +25,7 @@ from gateway.accounting import Cost, Reservation
 from gateway.config import ModelConfig
 from gateway.dedup import CACHE_HEADER, MISS
 from gateway.failures import current_request_id
+from gateway.idempotency import REPLAYED_HEADER, Claim, KeptImage, Stored, fingerprint
 from gateway.imagestore import StoreUnavailable
 from gateway.inbound import ScopeInbound
 from gateway.router import Attempts, Plan
@@ -42,8 +44,13 @@ from schemas.canonical import (
     ResponseFormat,
 )
 from schemas.dialect import BodyKind, Endpoint, ErrorTable
-from schemas.disconnect import ClientGone
+from schemas.disconnect import ClientGone, unless_client_leaves
 from schemas.imageforms import Conversion, Pieces, conversion, encode_answer
+
+if TYPE_CHECKING:
+    from gateway.config import InboundKey
+    from gateway.jobqueue import JobRecord
+    from gateway.jobs import Ticket
 
 __all__ = ["MOUNTS", "Mount", "errors_for_path", "serve_recorded"]
 
@@ -230,6 +237,9 @@ async def serve(
     record.key = key.name if key is not None else "none"
     if key is not None:
         request.holder = f"key:{key.name}"  # its body counts against this key's share of the in-flight budget
+    idempotency = gateway.idempotency
+    # Idempotency-Key (gateway/idempotency.py): a malformed one is refused before the body is read.
+    idempotency_key = idempotency.key(request.scope["headers"]) if idempotency is not None else None
     job = await gateway.jobs.accept(key, request) if gateway.jobs is not None else None  # Prefer: respond-async
     canonical = await decode_request(endpoint, request)
     record.prompt = canonical.prompt
@@ -237,28 +247,202 @@ async def serve(
     plan = gateway.router.plan(canonical.model)  # the model, resolved once
     record.model = plan.model.name
     canonical = answer_form(canonical, plan.model)
+    claim: Claim | None = None
+    if idempotency_key is not None:  # a repeat is answered here, before admission: it draws nothing
+        assert idempotency is not None
+        key_name = key.name if key is not None else None
+        route = f"{endpoint.dialect}:{endpoint.operation.value}:{endpoint.path}"
+        identity = fingerprint(route, canonical, job is not None)
+        while True:
+            begun = await idempotency.begin(key_name, idempotency_key, identity, deadline, request.receive)
+            if not isinstance(begun, Stored):
+                claim = begun
+                break
+            replayed = await _replay(gateway, endpoint, canonical, begun, request, record)
+            if replayed is not None:
+                return replayed
+            with contextlib.suppress(Exception):  # its images left the store: generate again
+                await idempotency.forget(begun.slot)
+    try:
+        answer = await _admitted(gateway, endpoint, request, record, key, canonical, plan, deadline, job, claim)
+    except BaseException as exc:
+        if claim is not None and claim.detached is not None:  # it keeps or gives up the key itself
+            if isinstance(exc, ClientGone):
+                _settle_when_done(gateway, claim.detached, record)
+        elif claim is not None:
+            await claim.release()  # a failure is not kept: a retry may succeed
+        raise
+    if claim is not None:  # kept already, unless nothing was kept; a stream's key is given up when it ends
+        if isinstance(answer, StreamedAnswer):
+            answer.closing.append(claim.release)
+        elif claim.detached is None:
+            await claim.release()
+    return answer
+
+
+def _settle_when_done(gateway: Gateway, generation: asyncio.Task[Any], record: RequestRecord) -> None:
+    """The budget of a client that left while its generation goes on is settled when it ends, at its cost:
+    the retry that gets the answer is not charged again."""
+    reservation, record.reservation = record.reservation, None
+    if reservation is None:
+        return
+    assert gateway.idempotency is not None
+
+    async def settle() -> None:
+        try:
+            await generation
+        except BaseException:
+            actual = 0
+        else:
+            actual = record.cost.micros if record.cost is not None else 0
+        await gateway.admission.settle(reservation, actual)
+
+    gateway.idempotency.background(settle())
+
+
+async def _admitted(
+    gateway: Gateway,
+    endpoint: Endpoint[Any, Any],
+    request: ScopeInbound,
+    record: RequestRecord,
+    key: InboundKey | None,
+    canonical: ImageRequest,
+    plan: Plan,
+    deadline: float,
+    job: Ticket | None,
+    claim: Claim | None,
+) -> Answer | StreamedAnswer:
+    """admit ▸ route ▸ deliver ▸ encode (or the job, or the stream); ``claim`` keeps the answer for repeats."""
+    admission = gateway.admission
     decision = await admission.admit(key, canonical, plan.model)
     record.reservation = decision.reservation
     rate_headers = decision.headers() if decision.limit or decision.policies else {}
     if job is not None:  # route ▸ deliver ▸ encode run detached (gateway/jobs.py), which settles the reservation
-        return await job.submit(endpoint, canonical, request, record, rate_headers)
+        return await job.submit(endpoint, canonical, request, record, rate_headers, _job_keeper(claim))
+    base_url = gateway.public_base_url or request.base_url()
     if canonical.stream:  # from here on, events: the generation runs as the stream is sent (never shared)
         streamed = msgspec.structs.replace(canonical, response_format=ResponseFormat.B64_JSON)
 
         async def generate(progress: Callable[[Progress], None]) -> ImageResult:
-            result = await gateway.router.generate(streamed, plan, deadline, record.attempts, progress)
+            try:
+                result = await gateway.router.generate(streamed, plan, deadline, record.attempts, progress)
+            except BaseException:
+                if claim is not None:
+                    await claim.release()
+                raise
             record.provider, record.images = result.provider, len(result.images)
             record.cost = accounting.cost_of(plan.model, canonical, result)
             record.energy = energy.account(gateway.config, result, plan)
+            if claim is not None:
+                kept = await _kept_images(gateway, claim, result, False, base_url)
+                if kept is not None:
+                    await claim.keep(answer_headers(result, record), result=result, images=kept)
             return result
 
         return StreamedAnswer(endpoint, canonical, request.receive, rate_headers, generate)
     # A client that hangs up has its request dropped (queued locally) or its upstream call cancelled; a
     # generation shared by identical seeded requests, or answered from the cache: gateway.dedup.
     key_name = key.name if key is not None else None
-    result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts, request.receive)
-    body = await finish(gateway, endpoint, canonical, result, request, record, plan, cache)
-    return Answer(body, {**answer_headers(result, record, cache), **rate_headers})
+    if claim is None:
+        result, cache = await gateway.dedup.generate(
+            key_name, canonical, plan, deadline, record.attempts, request.receive
+        )
+        body = await finish(gateway, endpoint, canonical, result, request, record, plan, cache)
+        return Answer(body, {**answer_headers(result, record, cache), **rate_headers})
+    # With an Idempotency-Key the generation outlives a client that hangs up (a proxy's timeout): its retry
+    # gets the answer instead of drawing it again.
+    assert gateway.idempotency is not None
+    work = gateway.idempotency.detach(
+        claim, _generate_kept(gateway, endpoint, canonical, plan, deadline, record, claim, key_name, base_url)
+    )
+    body, headers = await unless_client_leaves(request.receive, asyncio.shield(work))
+    return Answer(body, {**headers, **rate_headers})
+
+
+async def _generate_kept(
+    gateway: Gateway,
+    endpoint: Endpoint[Any, Any],
+    canonical: ImageRequest,
+    plan: Plan,
+    deadline: float,
+    record: RequestRecord,
+    claim: Claim,
+    key_name: str | None,
+    base_url: str,
+) -> tuple[bytes | Pieces, dict[str, str]]:
+    """route ▸ deliver ▸ encode, the answer kept for repeats (or the key given up when it fails)."""
+    try:
+        result, cache = await gateway.dedup.generate(key_name, canonical, plan, deadline, record.attempts)
+        # its images go to the store now (a URL answer's once, for both)
+        kept = await _kept_images(gateway, claim, result, canonical.response_format is ResponseFormat.URL, base_url)
+        body = await finish(gateway, endpoint, canonical, result, base_url, record, plan, cache)
+        headers = answer_headers(result, record, cache)
+        if kept is not None:
+            await claim.keep(headers, result=result, images=kept)
+        return body, headers
+    finally:
+        await claim.release()  # nothing, once kept
+
+
+async def _kept_images(
+    gateway: Gateway, claim: Claim, result: ImageResult, wanted_url: bool, base_url: str
+) -> list[KeptImage] | None:
+    """The result's images put in the store for repeats; None (and the key given up) when the store fails."""
+    assert gateway.idempotency is not None
+    try:
+        return await gateway.idempotency.keep_images(result, wanted_url, base_url)
+    except StoreUnavailable as exc:
+        log.warning("idempotency_store_failed", detail=str(exc))
+        await claim.release()
+        return None
+
+
+def _job_keeper(claim: Claim | None) -> Callable[[JobRecord], Awaitable[None]] | None:
+    """What keeps a job submission's answer (its job) as soon as it is queued."""
+    if claim is None:
+        return None
+
+    async def queued(job: JobRecord) -> None:
+        from gateway.jobs import JOBS_PATH, QUEUED
+
+        assert claim is not None
+        body = msgspec.json.encode({"id": job.id, "status": QUEUED, "created_at": job.created_at})
+        headers = {"Location": f"{JOBS_PATH}/{job.id}", "Preference-Applied": "respond-async"}
+        await claim.keep(headers, job=job.id, body=body, status=202)
+
+    return queued
+
+
+async def _replay(
+    gateway: Gateway,
+    endpoint: Endpoint[Any, Any],
+    canonical: ImageRequest,
+    stored: Stored,
+    request: ScopeInbound,
+    record: RequestRecord,
+) -> Answer | StreamedAnswer | None:
+    """The kept answer of the first request under this key; None when its images have left the store."""
+    assert gateway.idempotency is not None
+    entry = stored.entry
+    headers = {**entry.headers, REPLAYED_HEADER: "true", ATTEMPTS_HEADER: "0"}
+    if entry.job is not None:  # the first 202 as it was sent: the same job, followed at its Location
+        metrics.child(metrics.IDEMPOTENCY, "replayed").inc()
+        return Answer((entry.body or "").encode(), headers, entry.status)
+    wanted_url = canonical.response_format is ResponseFormat.URL and not canonical.stream
+    base_url = gateway.public_base_url or request.base_url()
+    result = await gateway.idempotency.result_of(entry, wanted_url, base_url)
+    if result is None:
+        return None
+    metrics.child(metrics.IDEMPOTENCY, "replayed").inc()
+    record.provider = entry.headers.get(PROVIDER_HEADER, record.provider)
+    if canonical.stream:  # the first result, as the stream's final events
+
+        async def replayed(progress: Callable[[Progress], None]) -> ImageResult:
+            return result
+
+        return StreamedAnswer(endpoint, canonical, request.receive, headers, replayed)
+    body = encode_answer(endpoint.encode_result(result, canonical), result.images)
+    return Answer(body, headers, entry.status)
 
 
 async def finish(

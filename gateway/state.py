@@ -11,6 +11,7 @@ from gateway.admission import Admission
 from gateway.config import GatewayConfig
 from gateway.cooldown import Cooldowns
 from gateway.dedup import Dedup
+from gateway.idempotency import Idempotency
 from gateway.imagestore import ImageStore
 from gateway.recent import RecentRequests
 from gateway.router import Router
@@ -35,6 +36,7 @@ class Gateway:
     webhooks: Webhooks
     dedup: Dedup
     redis: Any = None
+    idempotency: Idempotency | None = None  # Idempotency-Key (gateway/idempotency.py), set by the app's lifespan
     adapters: dict[str, Adapter] = field(default_factory=dict)
     jobs: Jobs | None = None  # async jobs (gateway/jobs.py), set by the app's lifespan
     # The last requests by request id, for the console (gateway/recent.py).

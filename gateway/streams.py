@@ -176,6 +176,7 @@ class StreamedAnswer:
         self.headers = headers
         self.generation = generation
         self.finish: Callable[[str, GatewayError | None], Awaitable[None]] = _nothing
+        self.closing: list[Callable[[], Awaitable[None]]] = []  # run when the stream ends, however it ends
 
     async def send(self, send: Send, extra_headers: list[tuple[bytes, bytes]], errors: ErrorTable) -> None:
         """Send the headers, then each event as it comes; the end of the stream ends the request."""
@@ -206,6 +207,8 @@ class StreamedAnswer:
                     outcome.append(("client_gone", None))
         finally:
             metrics.STREAMS_OPEN.dec()
+            for closing in self.closing:
+                await closing()
             await self.finish(*(outcome[0] if outcome else ("client_gone", None)))
 
     async def _produce(

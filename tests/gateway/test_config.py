@@ -57,6 +57,9 @@ def test_env_default_is_used_when_unset() -> None:
         ("models: [{name: x, targets: [{provider: nope, model: y}]}]", "provider 'nope', which is not under"),
         ("models: [{name: x, targets: []}]", "at `$.models[0].targets`"),
         ("server: {prot: 1}", "unknown field `prot`"),
+        ("server: {idempotency: {ttl_s: 0}}", "at `$.server.idempotency.ttl_s`"),
+        ("server: {idempotency: {max_key_chars: 5000}}", "at `$.server.idempotency.max_key_chars`"),
+        ("server: {idempotency: {memory_entries: 0}}", "at `$.server.idempotency.memory_entries`"),
         ("server: [", "not valid YAML"),
         (
             "models: [{name: x, default_response_format: png, targets: [{provider: p, model: y}]}]",
@@ -69,6 +72,11 @@ def test_bad_config_names_file_and_field(text: str, expected: str) -> None:
         parse_config(text, "bad.yaml", environ={})
     assert str(caught.value).startswith("bad.yaml: ")
     assert expected in str(caught.value)
+
+
+def test_idempotency_defaults_to_a_24_hour_window() -> None:
+    idempotency = parse_config("{}", "empty.yaml", environ={}).server.idempotency
+    assert (idempotency.enabled, idempotency.ttl_s, idempotency.max_key_chars) == (True, 86_400, 255)
 
 
 def test_a_models_default_response_format() -> None:
