@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -128,7 +129,13 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     finally:
         shutdown.begin()  # a no-op after a signal; else (an app stopped in a test) the grace starts now
         try:
-            await gateway.jobs.aclose(shutdown.left())  # the jobs running get what is left of the grace
+            # The jobs running, and the generations whose clients left while an Idempotency-Key keeps their
+            # answer for a retry, share what is left of the grace.
+            left = shutdown.left()
+            await asyncio.gather(
+                gateway.jobs.aclose(left),
+                bounded(gateway.idempotency.aclose(left), left + shutdown.closing_left(STEP_S), "idempotency"),
+            )
             # Each step is bounded: a Redis or a backend that stopped answering cannot keep the process.
             if redis_probe is not None:
                 await redis_probe.aclose(shutdown.closing_left(STEP_S))
