@@ -104,8 +104,11 @@ def test_check_config_names_each_local_model_without_weights_and_its_field(
     assert main(["check-config", "--no-store", str(config)]) == 0, capsys.readouterr().err
 
 
-def test_a_worker_config_is_checked_too_unless_told_not_to(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_worker_config_is_checked_too_unless_told_not_to(
+    cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The shipped worker config names stabilityai/sdxl-turbo: a machine without it in the cache is told so."""
+    monkeypatch.setenv("WORKER_TOKEN", "a-worker-token-of-the-deploy-files")  # the deploy config requires one
     assert main(["check-config", str(DEPLOY_WORKER)]) == 1
     assert "local model 'sdxl-turbo'" in capsys.readouterr().err
     assert main(["check-config", "--no-weights", str(DEPLOY_WORKER)]) == 0
