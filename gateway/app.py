@@ -35,6 +35,7 @@ from gateway.logs import RequestIdMiddleware, config_secrets, configure_logging
 from gateway.memory import return_large_buffers
 from gateway.openapi import DocumentedRoute, add_dialect_routes
 from gateway.pipeline import dialect_route_for, serve_dialect_route
+from gateway.provider_health import ProviderHealth
 from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.redis_health import start_probe
 from gateway.router import Router
@@ -47,6 +48,9 @@ from schemas.canonical import ErrorCode, GatewayError
 __all__ = ["create_app"]
 
 log = structlog.get_logger("gateway.app")
+
+# The longest start-up waits for the providers' first readiness check (workers that do not answer take longer).
+FIRST_CHECK_S = 2.0
 
 
 def build_adapters(config: GatewayConfig, client: UpstreamClient) -> dict[str, Adapter]:
@@ -117,6 +121,10 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         adapters=adapters,
     )
     gateway = app.state.gateway
+    # Each provider's readiness, in the background: /ready reads it and never waits on a worker.
+    providers = ProviderHealth(adapters, config.server.provider_probe_interval_s).start()
+    app.state.providers = providers
+    await providers.first_check(FIRST_CHECK_S)
     gateway.jobs = Jobs(gateway, build_job_queue(gateway))
     gateway.jobs.start()
     # SIGTERM stops the job consumers at once, and the process ends by the grace plus a margin (gateway/shutdown.py).
@@ -139,6 +147,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             # Each step is bounded: a Redis or a backend that stopped answering cannot keep the process.
             if redis_probe is not None:
                 await redis_probe.aclose(shutdown.closing_left(STEP_S))
+            await providers.aclose(shutdown.closing_left(STEP_S))
             for name, adapter in adapters.items():
                 await bounded(adapter.aclose(), shutdown.closing_left(STEP_S), f"adapter:{name}")
             await bounded(limiter.aclose(), shutdown.closing_left(STEP_S), "limiter")
@@ -158,9 +167,14 @@ def health() -> dict[str, str]:
 
 @get("/ready", tags=["ops"])
 async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Ready for traffic: config loaded, the image store usable, local models loaded (or a worker up), and
-    Redis reachable when one is configured with ``on_failure: closed`` (with ``open`` a lost Redis is
-    degraded, not down)."""
+    """Ready for traffic: config loaded, the image store usable, and Redis reachable when one is configured
+    with ``on_failure: closed`` (with ``open`` a lost Redis is degraded, not down).
+
+    A provider that cannot serve (the local models not loaded, no GPU worker answering) is that provider's
+    state, shown under ``providers`` as the background check last saw it (gateway/provider_health.py), never
+    a 503: the replica still serves every other provider, and a model's next target. The body is public (the
+    kubelet's probe): it names no worker address, server path or secret.
+    """
     gateway: Gateway = request.app.state.gateway
     checks: dict[str, Any] = {"config": "ok"}
     ok = True
@@ -175,14 +189,15 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         await gateway.image_store.check()
         checks["image_store"] = "ok"
     except StoreUnavailable as exc:  # URL answers would fail: not ready
-        checks["image_store"] = str(exc)
+        checks["image_store"] = exc.public
         ok = False
-    for name, adapter in gateway.adapters.items():
-        state = await adapter.ready()  # backends that load something report (the local one)
-        if state is not None:
-            checks[name] = state
-            ok = ok and bool(state.get("ready"))
-    body = {"status": "ready" if ok else "not ready", "checks": checks, "models": gateway.router.model_names}
+    providers: ProviderHealth = request.app.state.providers
+    body = {
+        "status": "ready" if ok else "not ready",
+        "checks": checks,
+        "providers": providers.public(),
+        "models": gateway.router.model_names,
+    }
     return Response(body, status_code=200 if ok else 503)
 
 

@@ -317,6 +317,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The HTTP client every adapter sends through (adapters/upstream.py): aiohttp's. `raw` (a client
     # of our own), `httpx` and `httpx-aiohttp` are gone: docs/benchmarks.md, "The transport decision".
     upstream_transport: Literal["aiohttp"] = "aiohttp"
+    # How often each process asks the providers that report readiness (the local one: its models, its workers)
+    # whether they can serve: image_gateway_provider_ready and /ready's `providers` (gateway/provider_health.py).
+    provider_probe_interval_s: Seconds = 10.0
     shutdown_grace_s: Seconds = 30.0  # on SIGTERM: stop accepting, let requests in flight finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False

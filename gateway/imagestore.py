@@ -88,8 +88,13 @@ def _read_or_create(path: Path) -> str:
 class StoreUnavailable(Exception):
     """The store cannot be used (bucket missing, credentials refused, storage unreachable).
 
-    The message says which, in words an operator can act on, and holds no secret.
+    The message says which, in words an operator can act on, and holds no secret; ``public`` is what the
+    public ``/ready`` may show when the message names something of the server's own (a path).
     """
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public or message
 
 
 class ImageStore(Protocol):
@@ -189,7 +194,10 @@ class DirectoryImageStore:
     async def check(self) -> None:
         """The directory exists (it was made at start); nothing else can be known without a write."""
         if not self.path.is_dir():
-            raise StoreUnavailable(f"image_store.path {str(self.path)!r} is not a directory")
+            raise StoreUnavailable(
+                f"image_store.path {str(self.path)!r} is not a directory",
+                public="image_store.path is not a directory (the gateway's log names it)",
+            )
 
     async def aclose(self) -> None:
         return None

@@ -151,6 +151,14 @@ REDIS_UP = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="min",
 )
+PROVIDER_READY = Gauge(
+    "provider_ready",
+    "1 while a provider that reports readiness can serve (the local one: a model loaded, or a worker up), 0 while "
+    "it cannot; checked every server.provider_probe_interval_s. A per-target state: /ready stays 200.",
+    ["provider"],
+    namespace=NAMESPACE,
+    multiprocess_mode="min",
+)
 LOCAL_QUEUE_DEPTH = Gauge(
     "local_queue_depth",
     "Requests waiting for the local backend.",

@@ -93,9 +93,12 @@ def test_the_gateway_reaches_a_guarded_worker_with_its_token_only(
             assert refused.json()["error"]["code"] == "upstream_error"
             assert TOKEN not in refused.text and WRONG not in refused.text
 
-        ready = http.get(gateway.url + "/ready").json()["checks"]
-        assert ready["right"] == {"ready": True, "workers": {worker.url: True}}
-        assert ready["stale"] == {"ready": False, "workers": {worker.url: False}}  # a wrong token: the worker's 401
+        ready = http.get(gateway.url + "/ready")
+        assert ready.status_code == 200  # a provider whose worker refuses its token is that provider's state
+        providers = ready.json()["providers"]
+        assert providers["right"] == {"ready": True, "workers": 1, "workers_up": 1}
+        assert providers["stale"] == {"ready": False, "workers": 1, "workers_up": 0}  # a wrong token: the worker's 401
+        assert worker.url not in ready.text  # /ready is public: no worker address
         structlog.get_logger("tests").warning("a_line_naming_the_tokens", stale=WRONG, token=TOKEN)
     assert worker.engine.stats().images_generated == before + 2  # nothing drawn for a refused call
     logged = capfd.readouterr()
