@@ -37,7 +37,7 @@ from gateway.openapi import DocumentedRoute, add_dialect_routes
 from gateway.pipeline import dialect_route_for, serve_dialect_route
 from gateway.provider_health import ProviderHealth
 from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
-from gateway.redis_health import start_probe
+from gateway.redis_health import check_eviction_policy, start_probe
 from gateway.router import Router
 from gateway.routes import MOUNTS
 from gateway.shutdown import STEP_S, Shutdown, bounded
@@ -93,12 +93,18 @@ async def start_image_store(config: GatewayConfig) -> ImageStore:
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     config: GatewayConfig = app.state.config
+    limiter, redis_client = build_limiter(config)
+    if redis_client is not None:  # jobs, budgets and limits live there: a Redis that evicts is refused
+        try:
+            await check_eviction_policy(redis_client, config.redis.evicting_policy)
+        except BaseException:
+            await limiter.aclose()
+            raise
     client = build_upstream_client(config.server.upstream_transport)
     adapters = build_adapters(config, client)
     for adapter in adapters.values():
         adapter.observe(metrics.LocalBackendMetrics())  # backends with a queue report it (the local one)
         await adapter.start()
-    limiter, redis_client = build_limiter(config)
     redis_probe = start_probe(limiter, redis_client, config.redis.probe_interval_s)  # a lost Redis shows
     cooldowns = Cooldowns(redis_client, config.redis.key_prefix)
     auth = Authenticator(config.auth)

@@ -48,6 +48,10 @@ def _serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": math.ceil(config.server.shutdown_grace_s),
         **uvicorn_options(config.server),  # header bytes, slow headers, idle keep-alive (gateway/serving.py)
     }
+    refusal = workers_refusal(config, args.workers)
+    if refusal is not None:
+        print(f"config error: {refusal}", file=sys.stderr)
+        return 1
     if args.workers > 1:
         # Each worker process loads the same file; metrics are pooled through a shared directory,
         # which must be named before any worker imports prometheus_client.
@@ -63,6 +67,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     _announcing_server(uvicorn.Config(create_app(config), **options)).run()
     return 0
+
+
+def workers_refusal(config: GatewayConfig, workers: int) -> str | None:
+    """Why ``serve --workers N`` must not run with ``config``; None when it may.
+
+    Without ``redis.url`` async jobs live in each process's memory: a job accepted by one process is
+    unknown to the others, so most of its lookups would answer 404. Several processes need the shared store.
+    """
+    if workers <= 1 or config.redis.url:
+        return None
+    return (
+        f"`serve --workers {workers}` with no `redis.url` would keep async jobs in each process's own memory (the"
+        " in-process job store): a job accepted by one process answers 404 from the others. Set `redis.url` (the"
+        " shared job store, also for limits, budgets and Idempotency-Key), or serve with `--workers 1`"
+    )
 
 
 def listen_address(args: argparse.Namespace, config: GatewayConfig) -> tuple[str, int]:

@@ -355,6 +355,10 @@ class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # How often each process pings Redis, so that a lost Redis shows (image_gateway_redis_up, a log line)
     # even when nothing else calls it for a while (no rate limits: Redis only for cooldowns).
     probe_interval_s: Seconds = 5.0
+    # A Redis whose maxmemory-policy evicts keys (anything but `noeviction`) would drop accepted jobs, job records,
+    # budgets and limits without a trace: `refuse` stops the gateway at start, `warn` logs it at error level and
+    # serves (gateway/redis_health.py, check_eviction_policy).
+    evicting_policy: Literal["refuse", "warn"] = "refuse"
 
 
 _WHSEC = re.compile(r"^whsec_([A-Za-z0-9+/]+={0,2})$")

@@ -18,9 +18,43 @@ from redis.exceptions import RedisError
 
 from gateway import metrics
 
-__all__ = ["RedisHealth", "RedisProbe", "resume_cancel", "start_probe"]
+__all__ = ["EvictingRedis", "RedisHealth", "RedisProbe", "check_eviction_policy", "resume_cancel", "start_probe"]
 
 log = structlog.get_logger("gateway.redis_health")
+
+NOEVICTION = "noeviction"
+
+
+class EvictingRedis(RuntimeError):
+    """The configured Redis may evict keys, and ``redis.evicting_policy`` is ``refuse``: the gateway does not start."""
+
+
+async def check_eviction_policy(client: Any, evicting_policy: str) -> str | None:
+    """Read the Redis's ``maxmemory_policy`` (``INFO memory``, which managed Redis services allow where ``CONFIG``
+    is often renamed away) and refuse one that evicts: jobs, job records, budgets and limits live there, and an
+    evicted job answers 404 with nothing logged. With ``evicting_policy: warn`` it is logged at error level.
+
+    Returns the policy read (None when Redis did not answer: ``redis.on_failure`` applies, and it is read
+    again at the next start). Raises ``EvictingRedis`` to refuse.
+    """
+    try:
+        info = await client.info("memory")
+    except (RedisError, OSError) as exc:
+        log.warning("redis_policy_unchecked", error=type(exc).__name__, detail="Redis did not answer at start")
+        return None
+    policy = str(info.get("maxmemory_policy", "") or "")
+    if not policy or policy == NOEVICTION:
+        return policy or None
+    message = (
+        f"the configured Redis runs maxmemory-policy {policy}: it would evict accepted jobs, job records, budgets"
+        f" and limits without a trace. Run it with `maxmemory-policy noeviction` (and AOF persistence:"
+        f" deploy/compose.yaml, deploy/k8s/redis.yaml), or set `redis.evicting_policy: warn` to serve anyway"
+    )
+    if evicting_policy == "refuse":
+        log.error("redis_evicting", policy=policy, setting="redis.evicting_policy", detail=message)
+        raise EvictingRedis(message)
+    log.error("redis_evicting", policy=policy, setting="redis.evicting_policy: warn", detail=message)
+    return policy
 
 
 class RedisHealth:

@@ -768,6 +768,79 @@ def test_k8s_redis_url_names_the_redis_service() -> None:
     assert container["image"].startswith("redis:")
 
 
+def _redis_container() -> dict[str, Any]:
+    (container,) = k8s_object("Deployment", "image-gateway-redis")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _option(args: list[str], name: str) -> str:
+    assert args.count(name) == 1, f"{name} once in {args}"
+    return args[args.index(name) + 1]
+
+
+def shipped_redis_commands() -> dict[str, list[str]]:
+    """The redis-server command line of compose and of Kubernetes."""
+    return {"compose": compose()["services"]["redis"]["command"], "k8s": _redis_container()["args"]}
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_shipped_redis_never_evicts_and_keeps_its_data_on_a_volume(where: str) -> None:
+    """It holds the job queue, job records and budgets: noeviction, AOF, and its --dir on a volume that outlives it."""
+    args = shipped_redis_commands()[where]
+    assert args[0] == "redis-server"
+    assert _option(args, "--maxmemory-policy") == "noeviction"
+    assert _option(args, "--appendonly") == "yes"
+    data_dir = _option(args, "--dir")
+    if where == "compose":
+        mounts = dict(volume.split(":")[:2] for volume in compose()["services"]["redis"]["volumes"])
+        volume = next(name for name, path in mounts.items() if path == data_dir)
+        assert volume in compose()["volumes"], "a named volume, kept across `docker compose down`/`up`"
+    else:
+        (mount,) = [m for m in _redis_container()["volumeMounts"] if m["mountPath"] == data_dir]
+        (volume,) = [
+            v
+            for v in k8s_object("Deployment", "image-gateway-redis")["spec"]["template"]["spec"]["volumes"]
+            if v["name"] == mount["name"]
+        ]
+        claim = volume["persistentVolumeClaim"]["claimName"]  # not an emptyDir: it outlives the pod
+        assert k8s_object("PersistentVolumeClaim", claim)["spec"]["resources"]["requests"]["storage"]
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+async def test_the_gateway_accepts_the_shipped_redis_and_refuses_an_evicting_one(where: str, tmp_path: Path) -> None:
+    """A real redis-server with the shipped command line (its --dir here) passes the gateway's start-up check;
+    the same with allkeys-lru is refused, naming the policy and the setting that downgrades it."""
+    import redis.asyncio as aioredis
+
+    from gateway.redis_health import EvictingRedis, check_eviction_policy
+    from tests.redis_support import OwnRedis
+
+    args = shipped_redis_commands()[where][1:]
+    args[args.index("--dir") + 1] = str(tmp_path)
+    for policy in ("shipped", "allkeys-lru"):
+        extra = args if policy == "shipped" else [*args, "--maxmemory-policy", policy]
+        server = OwnRedis(tmp_path, extra_args=extra).start()
+        client = aioredis.Redis(port=server.port)
+        try:
+            if policy == "shipped":
+                assert await check_eviction_policy(client, GATEWAY_DEPLOY_EVICTING_POLICY) == "noeviction"
+                assert (await client.config_get("appendonly"))["appendonly"] == "yes"
+            else:
+                with pytest.raises(EvictingRedis, match=r"allkeys-lru.*redis\.evicting_policy: warn"):
+                    await check_eviction_policy(client, GATEWAY_DEPLOY_EVICTING_POLICY)
+        finally:
+            await client.aclose()
+            server.stop()
+
+
+GATEWAY_DEPLOY_EVICTING_POLICY = "refuse"
+
+
+def test_deploy_config_refuses_an_evicting_redis() -> None:
+    text = GATEWAY_CONFIG.read_text()
+    assert re.search(r"^  evicting_policy: (\S+)", text, re.MULTILINE).group(1) == GATEWAY_DEPLOY_EVICTING_POLICY  # type: ignore[union-attr]
+
+
 def test_k8s_configmaps_carry_the_deploy_configs() -> None:
     assert k8s_object("ConfigMap", "image-gateway-config")["data"]["gateway.yaml"] == GATEWAY_CONFIG.read_text(), (
         "deploy/k8s/configmap.yaml's gateway.yaml differs from deploy/config/gateway.yaml: copy it over"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.emulators import EmulatorServer, Fault
+from tests.redis_support import require_shared_redis
 from tests.servers import GatewayProcess
 
 
@@ -24,9 +26,12 @@ def requests_total(text: str) -> float:
     return 0.0
 
 
-def write_config(tmp_path: Path, emulators: dict[str, EmulatorServer], **server: Any) -> Path:
+def write_config(
+    tmp_path: Path, emulators: dict[str, EmulatorServer], redis: dict[str, Any] | None = None, **server: Any
+) -> Path:
     config = {
         "server": server,
+        **({"redis": redis} if redis else {}),
         "image_store": {"path": str(tmp_path / "store"), "secret": "shared-by-workers"},
         "providers": {"mel": {"kind": "melious", "base_url": emulators["melious"].base_url, "api_key": "test-key"}},
         "models": [{"name": "flux-schnell", "targets": [{"provider": "mel", "model": "flux-schnell"}]}],
@@ -39,8 +44,10 @@ def write_config(tmp_path: Path, emulators: dict[str, EmulatorServer], **server:
 def test_two_workers_pool_their_metrics(emulators: dict[str, EmulatorServer], tmp_path: Path) -> None:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
+    # Several processes share one job store (Redis): `serve --workers 2` refuses the in-process one.
+    redis = {"url": require_shared_redis(), "key_prefix": f"igw-test-{uuid.uuid4().hex}:"}
     gateway = GatewayProcess(
-        write_config(tmp_path, emulators), "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        write_config(tmp_path, emulators, redis), "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     )
     try:
         gateway.wait_ready("/health")
