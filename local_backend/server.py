@@ -11,6 +11,10 @@ protocol's error shape otherwise, compared in constant time), except ``/health``
 with no credential at all, which answers only ``{"status": ...}`` with its 200 or 503 (what
 the orchestrator's probe needs; the device and each model's state need the token). A
 worker with no token serves beyond loopback only with ``allow_unauthenticated: true``.
+
+``GET /metrics`` (with the token, as Prometheus sends it from a ``credentials_file``) is the
+Prometheus exposition of ``local_backend.metrics``: queue depth, batches, requests by outcome,
+images, energy, health and each model's state.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from local_backend.engine import EngineStats, LocalEngine
+from local_backend.metrics import CONTENT_TYPE, WorkerMetrics
 from schemas import worker as protocol
 from schemas.canonical import ErrorCode, GatewayError, as_gateway_error
 from schemas.dialect import error_answer
@@ -92,7 +97,21 @@ async def generate(request: Request[Any, Any, Any]) -> Response[bytes]:
     engine: LocalEngine = request.app.state.engine
     canonical = protocol.decode_request(await request.body())
     result = await unless_client_leaves(request.receive, engine.generate(canonical))
+    energy = result.energy
+    metrics_of(request).answered(
+        canonical.model, len(result.images), energy.kwh if energy else None, energy.method if energy else None
+    )
     return Response(protocol.encode_result(result), media_type=JSON)
+
+
+def metrics_of(connection: ASGIConnection[Any, Any, Any, Any]) -> WorkerMetrics:
+    return connection.app.state.metrics  # type: ignore[no-any-return]
+
+
+@get("/metrics", sync_to_thread=False, guards=[needs_credential])
+def prometheus_metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The worker's Prometheus exposition (``local_backend.metrics``), with its ``worker_token`` like every route."""
+    return Response(metrics_of(request).render(), headers={"content-type": CONTENT_TYPE})
 
 
 @get(protocol.HEALTH_PATH)
@@ -126,12 +145,17 @@ def stats(request: Request[Any, Any, Any]) -> EngineStats:
 
 def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Any exception in the worker protocol's envelope: the same translation as the gateway's (``as_gateway_error``)."""
+    generating = request.scope.get("path") == protocol.GENERATE_PATH
     if isinstance(exc, ClientGone):
+        if generating:
+            metrics_of(request).failed("client_closed")
         return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
     error = as_gateway_error(exc)
     if error is None:
         log.error("worker_unhandled_exception", exc_info=exc)
         error = GatewayError(ErrorCode.INTERNAL, "internal error in the local worker")
+    if generating:
+        metrics_of(request).failed(error.code.value)
     status, headers, body = error_answer(error, protocol.ERRORS)
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
@@ -141,16 +165,19 @@ def create_worker_app(settings: LocalBackendSettings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = LocalEngine(settings, name="worker")
+        metrics: WorkerMetrics = app.state.metrics
+        engine = LocalEngine(settings, name="worker", observer=metrics)
         await engine.start()
         app.state.engine = engine
+        metrics.attach(engine)
         try:
             yield
         finally:
+            metrics.detach()
             await engine.aclose()
 
     app = Litestar(
-        route_handlers=[generate, health, stats],
+        route_handlers=[generate, health, stats, prometheus_metrics],
         lifespan=[lifespan],
         exception_handlers={Exception: _handle_error},
         request_max_body_size=64 * 1024 * 1024,  # input images travel as base64 inside the JSON
@@ -158,6 +185,7 @@ def create_worker_app(settings: LocalBackendSettings) -> Litestar:
         debug=False,
     )
     app.state.credential = WorkerCredential(settings.worker_token)
+    app.state.metrics = WorkerMetrics()
     return app
 
 

@@ -185,6 +185,34 @@ def served_families(client: TestClient[Any]) -> dict[str, str]:
     return families
 
 
+WORKER_TEST_TOKEN = "a-worker-token-for-the-deploy-tests"
+
+
+@pytest.fixture(scope="module")
+def worker_families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Every metric family a GPU worker's /metrics serves (the worker app as the code builds it, with its token;
+    its one model's weights absent, so that nothing is built), by the name in its ``# TYPE`` line."""
+    from local_backend.server import create_worker_app
+
+    missing = str(tmp_path_factory.mktemp("weights") / "absent")
+    settings = msgspec.convert(
+        {"kind": "local", "models": {"m": {"path": missing}}, "worker_token": WORKER_TEST_TOKEN},
+        type=LocalBackendSettings,
+    )
+    with TestClient(create_worker_app(settings)) as worker:
+        assert worker.get("/metrics").status_code == 401, "a worker's /metrics wants its token"
+        response = worker.get("/metrics", headers={"Authorization": f"Bearer {WORKER_TEST_TOKEN}"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    assert 'image_gateway_worker_model_ready{model="m"} 0.0' in response.text
+    families = dict(re.findall(r"^# TYPE (\S+) (\S+)$", response.text, flags=re.MULTILINE))
+    assert "image_gateway_local_queue_depth" in families and "image_gateway_worker_requests_total" in families
+    return families
+
+
+def served_by_either(name: str, gateway: dict[str, str], worker: dict[str, str]) -> bool:
+    return family_of(name, gateway) is not None or family_of(name, worker) is not None
+
+
 def gateway_families(served: dict[str, str]) -> dict[str, str]:
     return {name: kind for name, kind in served.items() if name.startswith("image_gateway_")}
 
@@ -412,14 +440,33 @@ def test_worker_config_serves_local_models_the_gateway_asks_for() -> None:
 # === metrics: dashboard, alerts, scrape configs ===
 
 
-def test_dashboard_reads_only_metrics_the_gateway_serves(served_families: dict[str, str]) -> None:
+def test_dashboard_reads_only_metrics_the_gateway_or_its_workers_serve(
+    served_families: dict[str, str], worker_families: dict[str, str]
+) -> None:
     exprs = dashboard_exprs()
     assert exprs
     for expr in exprs:
         names = promql_metric_names(expr)
         assert names, f"no metric in {expr!r}"
         for name in names:
-            assert family_of(name, served_families), f"dashboard reads {name!r}, which /metrics does not serve"
+            assert name in _SCRAPE_SERIES or served_by_either(name, served_families, worker_families), (
+                f"dashboard reads {name!r}, which neither /metrics serves"
+            )
+
+
+def test_the_workers_serve_the_local_families_as_the_gateway_does(
+    served_families: dict[str, str], worker_families: dict[str, str]
+) -> None:
+    """The dashboard's local-backend row and the backlog alert read one name, whether the engine runs in the
+    gateway or on workers: same families, same types, same buckets."""
+    from local_backend import metrics as worker_metrics
+
+    local = {name: kind for name, kind in served_families.items() if name.startswith("image_gateway_local_")}
+    assert local and all(worker_families.get(name) == kind for name, kind in local.items())
+    assert worker_metrics.LATENCY_BUCKETS == metrics.LATENCY_BUCKETS
+    assert (*worker_metrics.BATCH_SIZE_BUCKETS, float("inf")) == tuple(metrics.LOCAL_BATCH_SIZE._upper_bounds)
+    only_worker = {name for name in worker_families if name.startswith("image_gateway_worker_")}
+    assert not only_worker & set(served_families), "a worker's own families never share a gateway family's name"
 
 
 def test_dashboard_covers_the_operator_questions() -> None:
@@ -444,6 +491,11 @@ def test_dashboard_covers_the_operator_questions() -> None:
         "image_gateway_budget_spent",
         "image_gateway_budget_amount",
         "image_gateway_budget_refused_total",
+        "image_gateway_provider_ready",  # a local provider's readiness (a per-target state)
+        "image_gateway_worker_requests_total",  # the GPU workers: outcomes, images, energy, health
+        "image_gateway_worker_images_generated_total",
+        "image_gateway_worker_energy_kwh_total",
+        "image_gateway_worker_healthy",
     }
     assert wanted <= read, f"no panel reads {sorted(wanted - read)}"
     quantiles = " ".join(expr for expr in dashboard_exprs() if "histogram_quantile" in expr)
@@ -471,12 +523,82 @@ def test_dashboard_is_well_formed() -> None:
                 assert used.startswith("__") or used in variables, f"{panel['title']}: unknown variable ${used}"
 
 
-def test_alert_rules_read_only_served_metrics(served_families: dict[str, str]) -> None:
+def test_alert_rules_read_only_served_metrics(served_families: dict[str, str], worker_families: dict[str, str]) -> None:
     exprs = alert_exprs()
     assert exprs
     for expr in exprs:
         for name in promql_metric_names(expr):
-            assert name in _SCRAPE_SERIES or family_of(name, served_families), f"alert reads unknown {name!r}"
+            assert name in _SCRAPE_SERIES or served_by_either(name, served_families, worker_families), (
+                f"alert reads unknown {name!r}"
+            )
+
+
+def test_alerts_watch_the_workers_and_the_providers() -> None:
+    exprs = " ".join(alert_exprs())
+    assert 'up{job="image-gateway-worker"}' in exprs
+    assert "image_gateway_worker_healthy" in exprs and "image_gateway_provider_ready" in exprs
+    assert "image_gateway_local_queue_depth" in exprs  # the backlog alert: the workers serve it now
+
+
+def _worker_job(path: Path) -> dict[str, Any]:
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "image-gateway-worker"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    authorization = job["authorization"]
+    assert authorization.get("type", "Bearer") == "Bearer" and "credentials" not in authorization
+    return job
+
+
+def test_prometheus_scrapes_the_workers_with_their_token_in_compose(worker_families: dict[str, str]) -> None:
+    job = _worker_job(DEPLOY / "prometheus" / "prometheus.yml")
+    (sd,) = job["dns_sd_configs"]  # by DNS: no target (and no alert) without `--profile gpu`, every one with --scale
+    assert sd["names"] == [WORKER_SERVICE] and sd["port"] == WORKER_PORT and sd.get("type", "SRV") == "A"
+    path = Path(job["authorization"]["credentials_file"])
+    assert path.parent == Path("/run/secrets")
+    services, secrets = compose()["services"], compose()["secrets"]
+    assert path.name in services["prometheus"]["secrets"]
+    assert secrets[path.name] == {"environment": "WORKER_TOKEN"}, "the token the worker itself reads"
+    assert services[WORKER_SERVICE]["environment"]["WORKER_TOKEN"].startswith("${WORKER_TOKEN:?")
+
+
+def test_prometheus_scrapes_the_workers_with_their_token_in_kubernetes() -> None:
+    job = _worker_job(DEPLOY / "prometheus" / "prometheus-kubernetes.yml")
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    path = Path(job["authorization"]["credentials_file"])
+    assert path.parent.parent == Path("/etc/prometheus/secrets")
+    assert path.name == "WORKER_TOKEN" and path.name in k8s_object("Secret", path.parent.name)["stringData"]
+    pod = k8s_object("Deployment", "image-gateway-worker")["spec"]["template"]["metadata"]
+    assert pod["annotations"]["prometheus.io/scrape"] == "true"
+    assert int(pod["annotations"]["prometheus.io/port"]) == WORKER_PORT
+    assert pod["annotations"]["prometheus.io/path"] == "/metrics"
+
+
+@pytest.mark.parametrize(
+    ("job_name", "deployment"), [("image-gateway", "image-gateway"), ("image-gateway-worker", "image-gateway-worker")]
+)
+def test_each_kubernetes_job_keeps_its_own_pods_only(job_name: str, deployment: str) -> None:
+    """The gateway's job (the admin key) never scrapes a worker, nor the workers' job (the token) a gateway."""
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-kubernetes.yml").read_text(encoding="utf-8"))
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == job_name]
+    keep = [rule for rule in job["relabel_configs"] if rule.get("action") == "keep"]
+    label_rules = [
+        r for r in keep if all(label.startswith("__meta_kubernetes_pod_label_") for label in r["source_labels"])
+    ]
+    assert label_rules
+
+    def kept(labels: dict[str, str]) -> bool:
+        for rule in label_rules:
+            values = [
+                labels.get(re.sub(r"[^a-zA-Z0-9_]", "_", k), "")
+                for k in (label.removeprefix("__meta_kubernetes_pod_label_") for label in rule["source_labels"])
+            ]
+            if not re.fullmatch(rule["regex"], rule.get("separator", ";").join(values)):
+                return False
+        return True
+
+    for name in ("image-gateway", "image-gateway-worker"):
+        labels = {re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in _pod_labels(k8s_object("Deployment", name)).items()}
+        assert kept(labels) == (name == deployment), f"job {job_name} and the pods of {name}"
 
 
 def test_prometheus_scrapes_the_gateway_in_compose(client: TestClient[Any]) -> None:
@@ -506,8 +628,11 @@ def test_prometheus_kubernetes_config_reads_the_pod_annotations(client: TestClie
     assert int(pod["annotations"]["prometheus.io/port"]) == GATEWAY_PORT
     assert client.get(pod["annotations"]["prometheus.io/path"]).status_code == 200
     keep = [rule for rule in job["relabel_configs"] if rule.get("action") == "keep"]
-    name_rule = [r for r in keep if r["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]]
-    assert name_rule and re.fullmatch(name_rule[0]["regex"], pod["labels"]["app.kubernetes.io/name"])
+    name = "__meta_kubernetes_pod_label_app_kubernetes_io_name"
+    (name_rule,) = [r for r in keep if name in r["source_labels"]]
+    labels = {re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in pod["labels"].items()}
+    values = [labels[label.removeprefix("__meta_kubernetes_pod_label_")] for label in name_rule["source_labels"]]
+    assert re.fullmatch(name_rule["regex"], ";".join(values))
 
 
 def test_grafana_provisioning_fits_compose() -> None:
@@ -852,7 +977,11 @@ def test_k8s_configmaps_carry_the_deploy_configs() -> None:
 
 def test_k8s_secret_example_holds_placeholders_only() -> None:
     secrets = yaml_documents(K8S / "secret.example.yaml")
-    assert {secret["metadata"]["name"] for secret in secrets} == {"image-gateway-secrets", "image-gateway-metrics"}
+    assert {secret["metadata"]["name"] for secret in secrets} == {
+        "image-gateway-secrets",
+        "image-gateway-metrics",
+        "image-gateway-worker-metrics",
+    }
     for secret in secrets:
         assert secret["kind"] == "Secret" and "data" not in secret
         for key, value in secret["stringData"].items():
@@ -922,6 +1051,9 @@ def test_k8s_network_policy_admits_only_the_gateway(deployment: str, port: int) 
         assert spec["ingress"], "an empty ingress list admits nobody: the gateway must be let in"
         for rule in spec["ingress"]:
             assert rule["from"], "a rule without `from` admits every pod and address"
+            if deployment == "image-gateway-worker" and _admits_prometheus(rule):
+                assert [_port_number(container, item["port"]) for item in rule["ports"]] == [port]
+                continue  # Prometheus, for the workers' /metrics (which wants the WORKER_TOKEN too)
             for peer in rule["from"]:
                 assert set(peer) == {"podSelector"}, "peers are pods of this namespace (no ipBlock, no namespaces)"
                 admitted = [
@@ -930,6 +1062,21 @@ def test_k8s_network_policy_admits_only_the_gateway(deployment: str, port: int) 
                 assert admitted == ["image-gateway"], f"{policy['metadata']['name']} admits {admitted}"
             assert [_port_number(container, item["port"]) for item in rule["ports"]] == [port]
             assert all(item.get("protocol", "TCP") == "TCP" for item in rule["ports"])
+
+
+def _admits_prometheus(rule: dict[str, Any]) -> bool:
+    """A rule whose one peer is Prometheus's pods (in their own namespace), and nothing else."""
+    if len(rule["from"]) != 1:
+        return False
+    (peer,) = rule["from"]
+    return set(peer) == {"namespaceSelector", "podSelector"} and peer["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "prometheus"
+    }
+
+
+def test_k8s_workers_admit_prometheus_for_their_metrics() -> None:
+    rules = k8s_object("NetworkPolicy", "image-gateway-worker")["spec"]["ingress"]
+    assert sum(_admits_prometheus(rule) for rule in rules) == 1
 
 
 def test_k8s_network_policies_are_for_the_gateways_neighbours_and_listed() -> None:
@@ -991,9 +1138,11 @@ def test_prometheus_sends_the_metrics_key_in_kubernetes() -> None:
 # === docs/operations.md ===
 
 
-def test_docs_describe_every_metric_with_its_type_and_labels(served_families: dict[str, str]) -> None:
+def test_docs_describe_every_metric_with_its_type_and_labels(
+    served_families: dict[str, str], worker_families: dict[str, str]
+) -> None:
     rows = docs_rows()
-    families = gateway_families(served_families)
+    families = {**gateway_families(worker_families), **gateway_families(served_families)}  # the workers' too
     wrappers = metric_wrappers()
     for name, kind in families.items():
         assert name in rows, f"docs/operations.md has no row for the metric {name}"
@@ -1004,7 +1153,7 @@ def test_docs_describe_every_metric_with_its_type_and_labels(served_families: di
             assert documented == set(wrappers[name]._labelnames), f"{name}: labels {sorted(documented)}"
         assert cells[3], f"{name}: say what it means"
     stale = {row for row in rows if row.startswith("image_gateway_")} - set(families)
-    assert not stale, f"docs/operations.md describes metrics the gateway does not serve: {sorted(stale)}"
+    assert not stale, f"docs/operations.md describes metrics neither the gateway nor a worker serves: {sorted(stale)}"
 
 
 def test_docs_describe_every_config_field_with_its_default() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth import hash_key
 from gateway.config import ConfigError
@@ -112,6 +113,54 @@ def test_a_guarded_worker_answers_strangers_401_and_probes_their_status(worker: 
     assert generate.status_code == 401 and generate.json()["code"] == "unauthorized"
     assert httpx.get(worker.url + protocol.STATS_PATH).status_code == 401
     assert httpx.get(worker.url + protocol.HEALTH_PATH).json() == {"status": "ok"}
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus exposition (0 when it is not there)."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": f"Bearer {WRONG}"}, {"Authorization": TOKEN}], ids=["none", "wrong", "no-scheme"]
+)
+def test_a_guarded_workers_metrics_want_its_token(worker: WorkerServer, headers: dict[str, str]) -> None:
+    refused = httpx.get(worker.url + "/metrics", headers=headers)
+    assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"
+    assert "image_gateway_" not in refused.text
+
+
+def test_a_guarded_workers_metrics_count_what_it_drew_and_refused(worker: WorkerServer) -> None:
+    """Queue, batches, requests by outcome, images, health and models: what the dashboard and alerts read."""
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    before = httpx.get(worker.url + "/metrics", headers=token).text
+    body = {"model": "tiny", "prompt": "a lighthouse", "n": 2, "width": 64, "height": 64}
+    drawn = httpx.post(worker.url + protocol.GENERATE_PATH, json=body, headers=token, timeout=60)
+    assert drawn.status_code == 200, drawn.text
+    assert httpx.post(worker.url + protocol.GENERATE_PATH, json=body).status_code == 401
+    unknown = httpx.post(worker.url + protocol.GENERATE_PATH, json={**body, "model": "nope"}, headers=token)
+    assert unknown.status_code == 404
+    scraped = httpx.get(worker.url + "/metrics", headers=token)
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    after = scraped.text
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert grew("image_gateway_worker_requests_total", outcome="ok") == 1
+    assert grew("image_gateway_worker_requests_total", outcome="unauthorized") == 1
+    assert grew("image_gateway_worker_requests_total", outcome="model_not_found") == 1
+    assert grew("image_gateway_worker_images_generated_total", model="tiny") == 2
+    assert grew("image_gateway_local_batch_size_images_sum", model="tiny") == 2
+    assert grew("image_gateway_local_batch_duration_seconds_count", model="tiny") >= 1
+    assert "# TYPE image_gateway_worker_energy_kwh_total counter" in after  # grows where energy is measured or set
+    assert sample(after, "image_gateway_local_queue_depth", model="tiny") == 0
+    assert sample(after, "image_gateway_worker_healthy") == 1
+    assert sample(after, "image_gateway_worker_model_ready", model="tiny") == 1
+    assert "image_gateway_worker_requests_refused_total" in after and TOKEN not in after
 
 
 @pytest.fixture(scope="module")
