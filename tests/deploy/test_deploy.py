@@ -1108,6 +1108,32 @@ def test_gateway_config_protects_metrics_with_the_key_prometheus_sends(tmp_path:
         assert scraped.status_code == 200 and "image_gateway_" in scraped.text
 
 
+def test_the_deploy_gateway_stays_ready_without_its_gpu_workers(tmp_path: Path) -> None:
+    """deploy/README's "No GPU? Delete worker.yaml": the shipped config with its workers absent answers /ready 200
+    (the kubelet keeps every replica), with `local-gpu` unready in the body and the gauge, and no worker address."""
+    from tests.servers import free_port
+
+    text = GATEWAY_CONFIG.read_text(encoding="utf-8")
+    config = parse_config(text, environ=placeholder_env(text))
+    name, _, local = _local_provider(GATEWAY_CONFIG)
+    absent = f"http://127.0.0.1:{free_port()}"
+    providers = {**config.providers, name: msgspec.structs.replace(local, workers=[absent])}
+    served = msgspec.structs.replace(
+        config, image_store=DirectoryStoreConfig(path=str(tmp_path)), redis=type(config.redis)(), providers=providers
+    )
+    with TestClient(create_app(served)) as test_client:
+        ready = test_client.get("/ready")
+        scraped = test_client.get(
+            "/metrics", headers={"Authorization": f"Bearer {placeholder_key('METRICS_KEY_HASH')}"}
+        ).text
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["providers"][name] == {"ready": False, "workers": 1, "workers_up": 0}
+    assert absent not in ready.text
+    assert f'image_gateway_provider_ready{{provider="{name}"}} 0.0' in scraped
+    probe = _container("image-gateway")["readinessProbe"]["httpGet"]["path"]
+    assert probe == "/ready"
+
+
 def test_prometheus_sends_the_metrics_key_in_compose() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "image-gateway"]
