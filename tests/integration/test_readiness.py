@@ -30,7 +30,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 def test_absent_workers_leave_the_replica_ready_and_the_hosted_providers_serving(
-    emulators: dict[str, EmulatorServer], tmp_path: Path, http: httpx.Client
+    emulators: dict[str, EmulatorServer], tmp_path: Path, http: httpx.Client, capfd: pytest.CaptureFixture[str]
 ) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     providers = {
@@ -52,6 +52,8 @@ def test_absent_workers_leave_the_replica_ready_and_the_hosted_providers_serving
 
         served = http.post(gateway.url + "/melious/v1/images/generations", json={"model": "flux-schnell", **PROMPT})
         assert served.status_code == 200, served.text
+    logged = capfd.readouterr()
+    assert logged.out.count('"provider_unready"') + logged.err.count('"provider_unready"') == 1  # once, not per check
 
 
 def test_a_local_model_that_did_not_load_is_not_loaded_in_ready_without_its_path(
