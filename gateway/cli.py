@@ -60,6 +60,12 @@ def _serve(args: argparse.Namespace) -> int:
         from gateway.logs import configure_logging
 
         configure_logging(config.server.log_level, config.server.log_prompts)
+        # Checked here, before the processes start: each would refuse an evicting Redis in its lifespan, but
+        # uvicorn's supervisor then stops with status 0.
+        evicting = evicting_redis(config)
+        if evicting is not None:
+            print(f"config error: {evicting}", file=sys.stderr)
+            return 1
         log_listening(host, port, args.workers)  # the supervisor binds the socket first thing in run()
         uvicorn.run("gateway.app:create_app_from_env", factory=True, workers=args.workers, **options)
         return 0
@@ -82,6 +88,32 @@ def workers_refusal(config: GatewayConfig, workers: int) -> str | None:
         " in-process job store): a job accepted by one process answers 404 from the others. Set `redis.url` (the"
         " shared job store, also for limits, budgets and Idempotency-Key), or serve with `--workers 1`"
     )
+
+
+def evicting_redis(config: GatewayConfig) -> str | None:
+    """Why the configured Redis is refused (it may evict keys, and ``redis.evicting_policy`` is ``refuse``); None
+    when it is not, or when there is no Redis (``gateway.redis_health.check_eviction_policy``)."""
+    if not config.redis.url:
+        return None
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from gateway.redis_health import EvictingRedis, check_eviction_policy
+
+    async def check() -> None:
+        timeout = config.redis.timeout_s
+        client = aioredis.Redis.from_url(config.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            await check_eviction_policy(client, config.redis.evicting_policy)
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(check())
+    except EvictingRedis as exc:
+        return str(exc)
+    return None
 
 
 def listen_address(args: argparse.Namespace, config: GatewayConfig) -> tuple[str, int]:

@@ -60,6 +60,16 @@ def test_an_evicting_redis_is_refused_at_start_naming_the_policy_and_the_setting
     assert "redis.evicting_policy" in log and "noeviction" in log
 
 
+def test_several_processes_refuse_an_evicting_redis_before_they_start(
+    emulators: dict[str, EmulatorServer], evicting_redis: OwnRedis, tmp_path: Path
+) -> None:
+    gateway = GatewayProcess(write_config(tmp_path, emulators, redis={"url": evicting_redis.url}), "--workers", "2")
+    assert exit_status(gateway) == 1
+    log = gateway.log.read_text()
+    assert "config error:" in log and "allkeys-lru" in log and "redis.evicting_policy" in log
+    assert "Child process" not in log, "refused before any server process started"
+
+
 def test_an_evicting_redis_with_the_warn_setting_serves_and_logs_it(
     emulators: dict[str, EmulatorServer], evicting_redis: OwnRedis, tmp_path: Path
 ) -> None:
