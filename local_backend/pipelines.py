@@ -8,9 +8,11 @@ engine calls it from its one device thread.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,9 +128,7 @@ class LoadedModel:
             rules = msgspec.structs.replace(rules, operations=frozenset({Operation.GENERATE}))
         self.rules = rules
 
-    def draw(
-        self, works: Sequence[Work], max_images: int, reporters: Sequence[Reporter | None] | None = None
-    ) -> Drawn:
+    def draw(self, works: Sequence[Work], max_images: int, reporters: Sequence[Reporter | None] | None = None) -> Drawn:
         """Draw every image of ``works`` in pipeline calls of at most ``max_images`` images.
 
         Several works form one call only when they agree on their batch key (the engine
@@ -386,6 +386,9 @@ def _apply_speed_options(
         if not getattr(model, "_repeated_blocks", None):
             raise _option_error(where, "compile", f"{kind} names no repeated blocks to compile")
         options = settings.compile
+        with warnings.catch_warnings():  # torch's own modules still use what torch 2.13 deprecates
+            warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+            importlib.import_module("torch._inductor.compile_fx")  # what compiling imports (torch.utils.mkldnn)
         try:
             model.compile_repeated_blocks(mode=options.mode, fullgraph=options.fullgraph, dynamic=options.dynamic)
         except ValueError as exc:  # its repeated blocks are not in this model

@@ -106,7 +106,9 @@ class Work(msgspec.Struct, kw_only=True, frozen=True):
         """
         if self.operation is not Operation.GENERATE or self.alone:
             return None
-        return BatchKey(self.model, self.width, self.height, self.steps, self.guidance, self.negative_prompt is not None)
+        return BatchKey(
+            self.model, self.width, self.height, self.steps, self.guidance, self.negative_prompt is not None
+        )
 
     def images_per_call(self, max_images: int) -> int:
         """How many of its images (and its companions') one pipeline call draws: within the pixel budget, at least one.

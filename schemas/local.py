@@ -21,8 +21,8 @@ __all__ = [
     "CACHE_FAMILIES",
     "DEFAULT_BATCH_PIXELS",
     "DEFAULT_MAX_INPUT_PIXELS",
-    "CompileSettings",
     "MAX_INPUT_PIXELS_CEILING",
+    "CompileSettings",
     "EnergyMeterSettings",
     "LocalBackendSettings",
     "LocalModelSettings",
@@ -118,8 +118,9 @@ class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
         family = _BUILTIN_FAMILIES.get(self.path) or _declared_family(self.path)
         if self.cache is not None and family is not None and family not in CACHE_FAMILIES:
             raise ValueError(
-                f"`cache`: model {self.path!r} is an {family.upper()} model, whose denoiser has no step cache in diffusers "
-                f"(a {', '.join(sorted(f.upper() for f in CACHE_FAMILIES))} model's transformer has); remove `cache`"
+                f"`cache`: model {self.path!r} is an {family.upper()} model, whose denoiser has no step cache "
+                f"in diffusers (a {', '.join(sorted(f.upper() for f in CACHE_FAMILIES))} model's transformer has); "
+                "remove `cache`"
             )
 
 
