@@ -122,6 +122,13 @@ class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
                 f"in diffusers (a {', '.join(sorted(f.upper() for f in CACHE_FAMILIES))} model's transformer has); "
                 "remove `cache`"
             )
+        if self.cache is not None and self.compile is not None:
+            # diffusers' cache hooks wrap every block's forward in one shared function: regional compilation
+            # recompiles it per block, past torch's recompile limit, and the blocks fall back to eager.
+            raise ValueError(
+                "`compile`: regional compilation does not combine with `cache` (its hooks make every block a "
+                "recompile of one function, past torch.compile's limit, so the blocks run eager); choose one"
+            )
 
 
 def _declared_family(path: str) -> str | None:

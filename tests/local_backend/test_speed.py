@@ -121,6 +121,12 @@ def test_a_step_cache_on_a_unet_model_directory_is_refused_from_its_model_index(
         parse_config(config_text(str(directory), "cache: {kind: first_block}"), "gpu.yaml")
 
 
+def test_a_step_cache_and_compile_together_are_refused_at_config_load() -> None:
+    option = "cache: {threshold: 0.1}, compile: {mode: default}"
+    with pytest.raises(ConfigError, match=r"`compile`: regional compilation does not combine with `cache`"):
+        parse_config(config_text("builtin:tiny-flux", option), "gpu.yaml")
+
+
 @pytest.mark.parametrize(
     ("option", "field"),
     [
