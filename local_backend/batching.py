@@ -1,8 +1,10 @@
 """The bounded queue in front of the device, and the dynamic batching that empties it.
 
 Requests wait here as ``Job``s. The device takes them a batch at a time: the oldest job,
-plus the waiting jobs that agree with it on model, size, steps and guidance, up to
-``max_images`` images. The batch window holds only while companions are likely: a job
+plus the waiting jobs that agree with it on model, size, steps and guidance, up to the
+images one pipeline call of that size may draw: ``max_images``, fewer where the model's
+pixel budget (``batch_pixels``) says so (a 1024x1024 image runs alone or in a pair, small
+ones batch widely). The batch window holds only while companions are likely: a job
 that arrived while the device was busy or behind other waiting jobs waits up to the
 window for companions, counted from its arrival or from the end of the batch it waited
 behind, whichever is later (the clients of a batch just drawn are the likeliest
@@ -114,7 +116,7 @@ class BatchQueue:
                 and self._jobs
                 and self._jobs[0] is head
                 and head.key is not None
-                and self._images_like(head) < self.max_images
+                and self._images_like(head) < self.limit(head)
                 and loop.time() < deadline
             ):
                 await self._wait_for_change(deadline - loop.time())
@@ -136,16 +138,20 @@ class BatchQueue:
         except TimeoutError:
             pass
 
+    def limit(self, head: Job) -> int:
+        """The most images a batch led by ``head`` takes: what one pipeline call of its size may draw."""
+        return head.work.images_per_call(self.max_images)
+
     def _images_like(self, head: Job) -> int:
         return sum(job.images for job in self._jobs if job.key == head.key)
 
     def _take(self, head: Job) -> list[Job]:
-        """``head`` and, in queue order, the jobs with its key that still fit in ``max_images``."""
-        batch, images = [head], head.images
+        """``head`` and, in queue order, the jobs with its key that still fit in its ``limit``."""
+        batch, images, limit = [head], head.images, self.limit(head)
         self._jobs.popleft()
         if head.key is not None:
             for job in list(self._jobs):
-                if job.key == head.key and images + job.images <= self.max_images:
+                if job.key == head.key and images + job.images <= limit:
                     batch.append(job)
                     images += job.images
                     self._jobs.remove(job)

@@ -28,7 +28,7 @@ from PIL import Image
 from local_backend.batching import BatchQueue, Job
 from local_backend.energy import Meter, measured, pick_meter, share
 from local_backend.images import encode_images
-from local_backend.pipelines import Drawn, LoadedModel, load_model, pick_device, pick_dtype
+from local_backend.pipelines import Drawn, LoadedModel, SpeedOptions, load_model, pick_device, pick_dtype
 from local_backend.previews import Reporter
 from local_backend.rules import Work, resolve
 from schemas.canonical import (
@@ -82,6 +82,8 @@ class EngineStats(msgspec.Struct, kw_only=True):
     batches_held: int = 0
     # Each configured model: "ready", or why it is not.
     models: dict[str, str]
+    # Each loaded model's speed options (dtype, step cache, compilation, fused QKV, channels-last).
+    options: dict[str, SpeedOptions] = {}
 
 
 class LocalEngine:
@@ -119,7 +121,6 @@ class LocalEngine:
         so a route falls back to its next target; the other models serve.
         """
         self.device = pick_device(self.settings.device)
-        dtype = pick_dtype(self.device, self.settings.dtype)
         self._meter = pick_meter(self.settings.energy, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-backend-{self.device}")
         self._queue = BatchQueue(
@@ -127,6 +128,7 @@ class LocalEngine:
         )
         loop = asyncio.get_running_loop()
         for name, model_settings in self.settings.models.items():
+            dtype = pick_dtype(self.device, model_settings.dtype or self.settings.dtype)
             try:
                 self._models[name] = await loop.run_in_executor(self._executor, self._load, name, model_settings, dtype)
             except GatewayError as error:
@@ -138,10 +140,15 @@ class LocalEngine:
                     ErrorCode.UPSTREAM_ERROR, f"local model {name!r} failed to load: {type(exc).__name__}: {exc}"
                 )
         self._serving = asyncio.create_task(self._serve(), name=f"local-backend-{self.name}")
-        log.info("local_engine_started", device=self.device, dtype=str(dtype), models=sorted(self._models))
+        log.info(
+            "local_engine_started",
+            device=self.device,
+            models={name: model.options.label() for name, model in sorted(self._models.items())},
+        )
 
     def _load(self, name: str, settings: LocalModelSettings, dtype: torch.dtype) -> LoadedModel:
-        model = load_model(name, settings, self.device, dtype)
+        """Load, apply the speed options, and warm up (compiling, when ``compile`` is set) before serving."""
+        model = load_model(name, settings, self.device, dtype, where=f"$.providers.{self.name}.models.{name}")
         model.warm_up()
         return model
 
@@ -198,6 +205,7 @@ class LocalEngine:
             batches_at_once=self._queue.started_at_once if self._queue is not None else 0,
             batches_held=self._queue.held if self._queue is not None else 0,
             models=models,
+            options={name: model.options for name, model in sorted(self._models.items())},
         )
 
     # --- one request ---
@@ -250,6 +258,7 @@ class LocalEngine:
             timings=Timings(inference=inference, total=time.perf_counter() - started),
             usage=Usage(images_generated=len(images)),
             energy=energy,
+            speed_options=self._models[work.model].options.label(),
         )
 
     def _model(self, name: str) -> LoadedModel:
@@ -300,7 +309,13 @@ class LocalEngine:
         try:
             reporters = [self._reporters.get(id(job)) for job in batch]
             drawn, joules = await loop.run_in_executor(
-                self._executor, measured, self._meter, model.draw, works, self.settings.max_batch_size, reporters
+                self._executor,
+                measured,
+                self._meter,
+                model.draw,
+                works,
+                works[0].images_per_call(self.settings.max_batch_size),
+                reporters,
             )
         except Exception as exc:
             error = _drawing_error(exc, works[0])

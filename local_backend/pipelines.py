@@ -8,9 +8,11 @@ engine calls it from its one device thread.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from local_backend.tiny import BUILTIN_PREFIX, TINY_KINDS, ensure_tiny
 from schemas.canonical import ErrorCode, GatewayError, Operation
 from schemas.local import LocalModelSettings
 
-__all__ = ["Drawn", "LoadedModel", "load_model", "pick_device", "pick_dtype"]
+__all__ = ["Drawn", "LoadedModel", "SpeedOptions", "denoiser", "load_model", "pick_device", "pick_dtype"]
 
 # (default side, steps, guidance) of each family, used where the settings leave them open.
 FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
@@ -69,6 +71,38 @@ def pick_dtype(device: str, setting: str) -> torch.dtype:
     return _DTYPES[setting]
 
 
+class SpeedOptions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """The speed options a loaded model runs with: in its engine's stats, and on each result it draws.
+
+    ``cache`` (e.g. ``first_block:0.05``) is set when a step cache may have skipped work on an image:
+    an image drawn with it can differ from a full one (within the bound docs/local_backend.md states).
+    """
+
+    dtype: str
+    cache: str | None = None
+    compile: str | None = None
+    fuse_qkv: bool = False
+    channels_last: bool = False
+
+    @property
+    def exact(self) -> bool:
+        """Every step computes every block (a cache at threshold 0 is exact too)."""
+        return self.cache is None or self.cache.endswith(":0")
+
+    def label(self) -> str:
+        """One line for a result's metadata: ``bfloat16``, ``bfloat16 first_block:0.05 compile:default`` …"""
+        parts = [self.dtype]
+        if self.cache is not None:
+            parts.append(self.cache)
+        if self.compile is not None:
+            parts.append(f"compile:{self.compile}")
+        if self.fuse_qkv:
+            parts.append("fuse_qkv")
+        if self.channels_last:
+            parts.append("channels_last")
+        return " ".join(parts)
+
+
 class Drawn(msgspec.Struct, kw_only=True):
     """What one batch of work produced: each work's images, and the size of each pipeline call made."""
 
@@ -82,8 +116,11 @@ class Drawn(msgspec.Struct, kw_only=True):
 class LoadedModel:
     """One model's weights on the device, as the pipelines for generation, image-to-image and inpainting."""
 
-    def __init__(self, rules: ModelRules, text_to_image: Pipeline, device: str) -> None:
+    def __init__(
+        self, rules: ModelRules, text_to_image: Pipeline, device: str, options: SpeedOptions | None = None
+    ) -> None:
         self.device = device
+        self.options = options or SpeedOptions(dtype=str(text_to_image.dtype).removeprefix("torch."))
         self.text_to_image = text_to_image
         self.image_to_image = _derived(AutoPipelineForImage2Image, text_to_image)
         self.inpainting = _derived(AutoPipelineForInpainting, text_to_image)
@@ -91,9 +128,7 @@ class LoadedModel:
             rules = msgspec.structs.replace(rules, operations=frozenset({Operation.GENERATE}))
         self.rules = rules
 
-    def draw(
-        self, works: Sequence[Work], max_images: int, reporters: Sequence[Reporter | None] | None = None
-    ) -> Drawn:
+    def draw(self, works: Sequence[Work], max_images: int, reporters: Sequence[Reporter | None] | None = None) -> Drawn:
         """Draw every image of ``works`` in pipeline calls of at most ``max_images`` images.
 
         Several works form one call only when they agree on their batch key (the engine
@@ -291,8 +326,14 @@ def _split(images: list[Image.Image], counts: list[int]) -> list[list[Image.Imag
 # --- loading ---
 
 
-def load_model(name: str, settings: LocalModelSettings, device: str, dtype: torch.dtype) -> LoadedModel:
-    """Load the model ``settings.path`` names onto ``device``; ``GatewayError`` (model_not_found) when absent."""
+def load_model(
+    name: str, settings: LocalModelSettings, device: str, dtype: torch.dtype, where: str = ""
+) -> LoadedModel:
+    """Load the model ``settings.path`` names onto ``device``; ``GatewayError`` (model_not_found) when absent.
+
+    Its speed options are applied here (compilation included; the warm-up compiles): one the pipeline
+    does not support is a ``GatewayError`` naming the field, under ``where`` (``$.providers.<p>.models.<m>``).
+    """
     source = _source(name, settings.path)
     try:
         pipeline = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=True)
@@ -302,7 +343,64 @@ def load_model(name: str, settings: LocalModelSettings, device: str, dtype: torc
         raise
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
-    return LoadedModel(_rules(name, settings, pipeline), pipeline, device)
+    options = _apply_speed_options(name, settings, pipeline, dtype, where or f"local model {name!r}")
+    rules = _rules(name, settings, pipeline)
+    if not options.exact:  # a cache decides for the whole call: an image must not depend on its companions
+        rules = msgspec.structs.replace(rules, batch_alone=True)
+    return LoadedModel(rules, pipeline, device, options)
+
+
+def denoiser(pipeline: Pipeline) -> Any:
+    """The model the pipeline calls at every step: its transformer (Flux) or its UNet (SD, SDXL)."""
+    return getattr(pipeline, "transformer", None) or pipeline.unet
+
+
+def _option_error(where: str, field: str, message: str) -> GatewayError:
+    return GatewayError(ErrorCode.UPSTREAM_ERROR, f"`{where}.{field}`: {message}")
+
+
+def _apply_speed_options(
+    name: str, settings: LocalModelSettings, pipeline: Pipeline, dtype: torch.dtype, where: str
+) -> SpeedOptions:
+    """Fuse, reformat, cache and compile the denoiser as ``settings`` ask; what it now runs with."""
+    from diffusers import FirstBlockCacheConfig
+    from diffusers.models.cache_utils import CacheMixin
+
+    model = denoiser(pipeline)
+    kind = type(model).__name__
+    if settings.fuse_qkv:
+        if not hasattr(model, "fuse_qkv_projections"):
+            raise _option_error(where, "fuse_qkv", f"{kind} cannot fuse its attention projections")
+        model.fuse_qkv_projections()
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+        pipeline.vae.to(memory_format=torch.channels_last)
+    cache = None
+    if settings.cache is not None:
+        if not isinstance(model, CacheMixin):
+            raise _option_error(where, "cache", f"{kind} has no step cache in diffusers (a Flux transformer has)")
+        model.enable_cache(FirstBlockCacheConfig(threshold=settings.cache.threshold))
+        cache = f"{settings.cache.kind}:{settings.cache.threshold:g}"
+    compiled = None
+    if settings.compile is not None:
+        if not getattr(model, "_repeated_blocks", None):
+            raise _option_error(where, "compile", f"{kind} names no repeated blocks to compile")
+        options = settings.compile
+        with warnings.catch_warnings():  # torch's own modules still use what torch 2.13 deprecates
+            warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+            importlib.import_module("torch._inductor.compile_fx")  # what compiling imports (torch.utils.mkldnn)
+        try:
+            model.compile_repeated_blocks(mode=options.mode, fullgraph=options.fullgraph, dynamic=options.dynamic)
+        except ValueError as exc:  # its repeated blocks are not in this model
+            raise _option_error(where, "compile", str(exc)) from exc
+        compiled = options.mode
+    return SpeedOptions(
+        dtype=str(dtype).removeprefix("torch."),
+        cache=cache,
+        compile=compiled,
+        fuse_qkv=settings.fuse_qkv,
+        channels_last=settings.channels_last,
+    )
 
 
 def _source(name: str, path: str) -> str:
@@ -379,4 +477,5 @@ def _rules(name: str, settings: LocalModelSettings, pipeline: Pipeline) -> Model
         default_steps=min(settings.default_steps or steps, settings.max_steps),
         default_guidance=settings.default_guidance if settings.default_guidance is not None else guidance,
         strength=settings.strength,
+        batch_pixels=settings.batch_pixels,
     )

@@ -55,6 +55,10 @@ class ModelRules(msgspec.Struct, kw_only=True, frozen=True):
     # The most pixels an input image or mask may declare (``LocalModelSettings.max_input_pixels``).
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     operations: frozenset[Operation] = frozenset(Operation)
+    # Each pipeline call draws at most this many pixels (its images' summed); one image always fits.
+    batch_pixels: int = 2 * 1024 * 1024
+    # Each request runs in calls of its own: what one image gets depends on the others in its call (a step cache).
+    batch_alone: bool = False
 
 
 class BatchKey(msgspec.Struct, frozen=True):
@@ -65,6 +69,8 @@ class BatchKey(msgspec.Struct, frozen=True):
     height: int
     steps: int
     guidance: float
+    # Whether a negative prompt is given: SDXL draws "none" (zeros) unlike an empty one, which a batch gets.
+    negative: bool = False
 
 
 class Work(msgspec.Struct, kw_only=True, frozen=True):
@@ -88,13 +94,30 @@ class Work(msgspec.Struct, kw_only=True, frozen=True):
     mask: bytes | None = None
     output_format: OutputFormat = "png"
     output_compression: int | None = None  # jpeg/webp quality, 0-100
+    # The model's pixel budget per pipeline call, and whether its requests run alone (``ModelRules``).
+    batch_pixels: int = 2 * 1024 * 1024
+    alone: bool = False
 
     @property
     def batch_key(self) -> BatchKey | None:
-        """Generations batch with their like; an edit or variation (its own input image) runs alone."""
-        if self.operation is not Operation.GENERATE:
+        """Generations batch with their like; an edit or variation (its own input image) runs alone.
+
+        So does every request of a model whose images depend on their companions (a step cache).
+        """
+        if self.operation is not Operation.GENERATE or self.alone:
             return None
-        return BatchKey(self.model, self.width, self.height, self.steps, self.guidance)
+        return BatchKey(
+            self.model, self.width, self.height, self.steps, self.guidance, self.negative_prompt is not None
+        )
+
+    def images_per_call(self, max_images: int) -> int:
+        """How many of its images (and its companions') one pipeline call draws: within the pixel budget, at least one.
+
+        With ``alone`` one image per call: a step cache decides for the whole call.
+        """
+        if self.alone:
+            return 1
+        return max(1, min(max_images, self.batch_pixels // (self.width * self.height)))
 
     @property
     def seeds(self) -> list[int]:
@@ -134,6 +157,8 @@ def resolve(request: ImageRequest, rules: ModelRules) -> Work:
         width=width,
         height=height,
         steps=steps,
+        batch_pixels=rules.batch_pixels,
+        alone=rules.batch_alone,
         guidance=float(guidance),
         seed=secrets.randbelow(MAX_SEED) if request.seed is None else request.seed,
         strength=rules.strength,

@@ -7,7 +7,9 @@ reads a config that names a local provider without torch or diffusers.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -16,11 +18,15 @@ from schemas.policy import ProviderPolicy, RetryPolicy
 from schemas.sustainability import SiteFactors
 
 __all__ = [
+    "CACHE_FAMILIES",
+    "DEFAULT_BATCH_PIXELS",
     "DEFAULT_MAX_INPUT_PIXELS",
     "MAX_INPUT_PIXELS_CEILING",
+    "CompileSettings",
     "EnergyMeterSettings",
     "LocalBackendSettings",
     "LocalModelSettings",
+    "StepCacheSettings",
     "WorkerTimeouts",
 ]
 
@@ -38,6 +44,39 @@ Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
 WorkerToken = Annotated[str, msgspec.Meta(pattern=r"^([\x21-\x7e]{16,4096})?\Z")]
 # `auto` (cuda when present, else cpu), `cpu`, `cuda` or one GPU such as `cuda:1`.
 Device = Annotated[str, msgspec.Meta(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
+
+
+# The most pixels one pipeline call draws, summed over its images, by default: two 1024x1024 images, sixteen at
+# 256x256 (``max_batch_size`` caps the count). Set per model (``batch_pixels``) from bench/local.py's figures.
+DEFAULT_BATCH_PIXELS = 2 * 1024 * 1024
+# The families whose denoiser is a diffusers transformer with ``enable_cache`` (``CacheMixin``): Flux. The
+# UNets of SD and SDXL have none. Known from a built-in model's name, else from its model_index.json.
+CACHE_FAMILIES = frozenset({"flux"})
+_BUILTIN_FAMILIES = {"builtin:tiny-sd": "sd", "builtin:tiny-sdxl": "sdxl", "builtin:tiny-flux": "flux"}
+
+
+class StepCacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A step cache on the model's denoiser: steps whose result is predicted from earlier ones skip work.
+
+    ``first_block``: diffusers' First Block Cache. Each step runs the first transformer block; when its
+    output moved less than ``threshold`` (mean absolute relative change) since the last full step, the
+    other blocks are skipped and their last residual reused. ``threshold: 0`` never skips (exact).
+    """
+
+    kind: Literal["first_block"] = "first_block"
+    threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+
+
+class CompileSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Regional compilation: ``torch.compile`` on each repeated block of the denoiser, once at load.
+
+    The warm-up before the model reports ready runs the compiled blocks once (at the default size).
+    """
+
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    fullgraph: bool = False
+    # A new image size recompiles for a size-generic graph instead of one graph per size.
+    dynamic: bool | None = None
 
 
 class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -61,6 +100,51 @@ class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     default_guidance: Annotated[float, msgspec.Meta(ge=0)] | None = None
     # How far an edit or variation moves away from its input image (1.0: nothing of it is kept).
     strength: Fraction = 0.8
+    # --- speed options (docs/local_backend.md, "Speed options"); the defaults are exact ---
+    # The most pixels one pipeline call draws, its images' summed; a larger image still runs, alone.
+    batch_pixels: PositiveInt = DEFAULT_BATCH_PIXELS
+    # A step cache (Flux-family models only); None: every step computes every block.
+    cache: StepCacheSettings | None = None
+    # Regional compilation of the denoiser's repeated blocks; None: eager.
+    compile: CompileSettings | None = None
+    # One matmul for the query, key and value of each attention (``fuse_qkv_projections``).
+    fuse_qkv: bool = False
+    # The denoiser and VAE in channels-last memory format (convolutions: SD and SDXL's UNet, every VAE).
+    channels_last: bool = False
+    # This model's dtype on cuda; None: the provider's `dtype`. The CPU always computes in float32.
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+
+    def __post_init__(self) -> None:
+        family = _BUILTIN_FAMILIES.get(self.path) or _declared_family(self.path)
+        if self.cache is not None and family is not None and family not in CACHE_FAMILIES:
+            raise ValueError(
+                f"`cache`: model {self.path!r} is an {family.upper()} model, whose denoiser has no step cache "
+                f"in diffusers (a {', '.join(sorted(f.upper() for f in CACHE_FAMILIES))} model's transformer has); "
+                "remove `cache`"
+            )
+        if self.cache is not None and self.compile is not None:
+            # diffusers' cache hooks wrap every block's forward in one shared function: regional compilation
+            # recompiles it per block, past torch's recompile limit, and the blocks fall back to eager.
+            raise ValueError(
+                "`compile`: regional compilation does not combine with `cache` (its hooks make every block a "
+                "recompile of one function, past torch.compile's limit, so the blocks run eager); choose one"
+            )
+
+
+def _declared_family(path: str) -> str | None:
+    """The family a model directory's model_index.json declares (read as JSON: no torch); None when unknown."""
+    try:
+        index = json.loads((Path(path).expanduser() / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a hub id, or not there yet: checked when the model loads
+    name = str(index.get("_class_name", "")) if isinstance(index, dict) else ""
+    if "Flux" in name:
+        return "flux"
+    if "StableDiffusionXL" in name:
+        return "sdxl"
+    if "StableDiffusion" in name:
+        return "sd"
+    return None
 
 
 class WorkerTimeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -11,7 +11,16 @@ from local_backend.rules import Work
 from schemas.canonical import ErrorCode, GatewayError, Operation
 
 
-def job(n: int = 1, *, width: int = 64, model: str = "tiny", edit: bool = False, at: float | None = None) -> Job:
+def job(
+    n: int = 1,
+    *,
+    width: int = 64,
+    model: str = "tiny",
+    edit: bool = False,
+    at: float | None = None,
+    batch_pixels: int = 2 * 1024 * 1024,
+    alone: bool = False,
+) -> Job:
     loop = asyncio.get_running_loop()
     work = Work(
         model=model,
@@ -25,6 +34,8 @@ def job(n: int = 1, *, width: int = 64, model: str = "tiny", edit: bool = False,
         guidance=2.0,
         seed=1,
         strength=0.8,
+        batch_pixels=batch_pixels,
+        alone=alone,
     )
     return Job(work=work, future=loop.create_future(), enqueued_at=loop.time() if at is None else at)
 
@@ -45,6 +56,31 @@ async def test_compatible_jobs_form_one_batch_up_to_the_image_limit() -> None:
     assert await queue.next_batch() == [jobs[1]]
     assert await queue.next_batch() == [jobs[4]]
     assert len(queue) == 0
+
+
+async def test_the_pixel_budget_sets_how_many_images_of_a_size_share_a_call() -> None:
+    queue = BatchQueue(capacity=20, max_images=8, window_s=0)
+    budget = 3 * 64 * 64  # three 64x64 images; one 256x64 image is over it and still runs, alone
+    small = [job(batch_pixels=budget) for _ in range(4)]
+    large = [job(width=256, batch_pixels=budget) for _ in range(2)]
+    for item in [*small, *large]:
+        queue.put(item)
+    assert await queue.next_batch() == small[:3]
+    assert await queue.next_batch() == small[3:]
+    assert await queue.next_batch() == [large[0]]
+    assert await queue.next_batch() == [large[1]]
+    assert small[0].work.images_per_call(8) == 3 and large[0].work.images_per_call(8) == 1
+    assert job(batch_pixels=10**9).work.images_per_call(8) == 8  # max_images still caps a wide budget
+
+
+async def test_a_request_of_a_model_whose_images_depend_on_their_companions_runs_alone() -> None:
+    queue = BatchQueue(capacity=10, max_images=4, window_s=0)
+    jobs = [job(alone=True), job(alone=True)]
+    for item in jobs:
+        queue.put(item)
+    assert await queue.next_batch() == [jobs[0]]
+    assert await queue.next_batch() == [jobs[1]]
+    assert jobs[0].work.images_per_call(4) == 1
 
 
 async def test_edits_run_alone() -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import torch
+
 from bench.local import CPU_PART, END, GPU_NOT_MEASURED, GPU_PART, START, cpu_setup, measure, render, write_doc
+from bench.speed import CACHE_THRESHOLDS, batch_sweep, option_rows, suggested_batch_pixels
+from bench.speed import render as render_speed
 
 
 async def test_a_short_run_measures_every_row() -> None:
@@ -33,3 +38,20 @@ def test_the_doc_section_is_rewritten_in_place(tmp_path: Path) -> None:
     assert GPU_PART in text and GPU_NOT_MEASURED.strip() in text
     write_doc({GPU_PART: "gpu numbers\n"}, doc)
     assert "second" in doc.read_text() and "gpu numbers" in doc.read_text()  # the CPU part is kept
+
+
+def test_the_speed_bench_counts_what_each_option_skips_and_finds_the_knee() -> None:
+    steps = 8
+    rows = option_rows("builtin:tiny-flux", "cpu", torch.float32, 64, steps, repeats=1, compile=False)
+    by_option = {row.option: row for row in rows}
+    assert list(by_option) == ["exact (default)", *(f"cache first_block:{t:g}" for t in CACHE_THRESHOLDS),
+                               "fuse_qkv", "channels_last"]  # fmt: skip
+    assert by_option["exact (default)"].tail_evaluations == steps and math.isinf(by_option["exact (default)"].psnr_db)
+    assert by_option["cache first_block:0.3"].tail_evaluations < steps  # as tests/local_backend/test_speed.py
+    assert by_option["fuse_qkv"].psnr_db > 40
+    batches = batch_sweep("builtin:tiny-sd", "cpu", torch.float32, [64, 128], 2, max_batch=2, repeats=1)
+    assert [(row.size, row.batch) for row in batches] == [(64, 1), (64, 2), (128, 1), (128, 2)]
+    knee = suggested_batch_pixels(batches)
+    assert knee in (128 * 128, 2 * 128 * 128)
+    table = render_speed(rows, batches)
+    assert "| cache first_block:0.3 |" in table and "Suggested `batch_pixels`" in table

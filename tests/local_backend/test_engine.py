@@ -6,12 +6,14 @@ import asyncio
 import io
 from pathlib import Path
 
+import msgspec
 import pytest
 from PIL import Image
 
 from local_backend.engine import LocalEngine
 from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, Operation
 from schemas.dialect import image_dimensions
+from schemas.local import LocalModelSettings
 from tests.local_backend.bad_images import bomb_png, huge_valid_png, truncated_png, zero_png
 from tests.local_backend.engines import TINY, held_device, local_settings, running_engine
 
@@ -79,6 +81,59 @@ async def test_requests_arriving_while_the_device_is_busy_batch_together() -> No
             await asyncio.gather(first, *waiting)
         stats = engine.stats()
     assert stats.batch_sizes == {1: 2, 4: 1}, stats  # the busy one, then 4 of the 5 waiting, then the last
+
+
+async def test_the_pixel_budget_batches_small_images_widely_and_large_ones_alone() -> None:
+    settings = local_settings(batch_window_ms=0, max_batch_size=8)
+    settings.models["tiny"] = msgspec.convert(
+        {"path": "builtin:tiny-sd", "batch_pixels": 2 * 64 * 64}, LocalModelSettings
+    )
+    async with running_engine(settings) as engine:
+        with held_device(engine) as hold:
+            first = asyncio.create_task(engine.generate(ask(seed=1)))
+            await hold.wait_started()
+            small = [asyncio.create_task(engine.generate(ask(seed=10 + i))) for i in range(5)]
+            large = [asyncio.create_task(engine.generate(ask(seed=20 + i, width=128, height=128))) for i in range(2)]
+            await asyncio.sleep(0.05)
+            hold.release()
+            await asyncio.gather(first, *small, *large)
+        stats = engine.stats()
+    # The busy one; the five small ones in calls of two (the budget), then the two large ones one by one.
+    assert stats.batch_sizes == {1: 4, 2: 2}, stats
+
+
+async def test_a_batched_image_is_the_image_drawn_alone() -> None:
+    """Seeded requests drawn in one batch get what each gets alone (float rounding aside), negatives mixed."""
+    requests = [
+        sdxl("a red fox", seed=3),
+        sdxl("a blue bird", seed=4, negative_prompt="blur"),
+        sdxl("a red fox", seed=5, n=2),
+        sdxl("green", seed=6, negative_prompt="dark"),
+    ]
+    settings = local_settings({"tiny-sdxl": "builtin:tiny-sdxl"}, batch_window_ms=0, max_batch_size=8)
+    async with running_engine(settings) as engine:
+        with held_device(engine, "tiny-sdxl") as hold:
+            first = asyncio.create_task(engine.generate(sdxl(seed=1)))
+            await hold.wait_started()
+            waiting = [asyncio.create_task(engine.generate(request)) for request in requests]
+            await asyncio.sleep(0.05)
+            hold.release()
+            await first
+            batched = await asyncio.gather(*waiting)
+        assert engine.stats().batch_sizes == {1: 1, 2: 1, 3: 1}  # no negative prompt (3 images), and with one (2)
+        alone = [await engine.generate(request) for request in requests]
+    for together, by_itself in zip(batched, alone, strict=True):
+        for a, b in zip(together.images, by_itself.images, strict=True):
+            assert worst_difference(a.data, b.data) <= 2
+
+
+def sdxl(prompt: str = "a lighthouse", **fields: object) -> ImageRequest:
+    return ImageRequest(model="tiny-sdxl", prompt=prompt, **fields)  # type: ignore[arg-type]
+
+
+def worst_difference(a: bytes, b: bytes) -> int:
+    first, second = (Image.open(io.BytesIO(data)).convert("RGB").tobytes() for data in (a, b))
+    return max(abs(x - y) for x, y in zip(first, second, strict=True))
 
 
 async def test_a_full_queue_answers_overloaded_at_once() -> None:

@@ -112,9 +112,12 @@ def test_fit_size_never_goes_below_one_step() -> None:
 
 def test_only_generations_batch_and_they_batch_on_what_a_call_shares() -> None:
     a = resolve(ImageRequest(model="sd", prompt="a", negative_prompt="blur", width=64, height=64, seed=1), SD)
-    b = resolve(ImageRequest(model="sd", prompt="b", width=64, height=64, n=2), SD)
-    c = resolve(ImageRequest(model="sd", prompt="c", width=64, height=128), SD)
+    b = resolve(ImageRequest(model="sd", prompt="b", negative_prompt="dark", width=64, height=64, n=2), SD)
+    c = resolve(ImageRequest(model="sd", prompt="c", negative_prompt="blur", width=64, height=128), SD)
     assert a.batch_key == b.batch_key != c.batch_key
+    # No negative prompt is drawn unlike an empty one (SDXL: zeros), which it would get in a batch with one.
+    none = resolve(ImageRequest(model="sd", prompt="d", width=64, height=64), SD)
+    assert none.batch_key is not None and none.batch_key != a.batch_key
     edit = resolve(ImageRequest(model="sd", prompt="x", operation=Operation.EDIT, images=(png(64, 64),)), SD)
     assert edit.batch_key is None
 
