@@ -25,7 +25,7 @@ LITELLM_VENV ?= bench/.venv-litellm
 LITELLM_SDK := $(LITELLM_VENV)/.installed-sdk
 LITELLM_PROXY := $(LITELLM_VENV)/.installed-proxy
 
-.PHONY: install run test lint lock emulators bench bench-quick bench-servers bench-portkey bench-local clean
+.PHONY: install run test lint lock emulators bench bench-quick bench-servers bench-portkey bench-local bench-speed clean
 
 # One lock file into the virtualenv, then the project itself (no dependency resolution at all).
 define install_lock
@@ -115,6 +115,10 @@ bench-portkey: $(BENCH_STAMP) bench/.portkey/node_modules/@portkey-ai/gateway/pa
 # The local diffusers backend: images/s at concurrency 1, 4, 16 against a bare pipeline loop.
 bench-local: $(SERVE_STAMP)
 	$(BIN)/python -m bench.local
+
+# What each speed option of a local model buys, and the pixel budget per batch (bench/speed.py; ARGS=--path ...).
+bench-speed: $(SERVE_STAMP)
+	$(BIN)/python -m bench.speed $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
