@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +44,7 @@ from gateway.status import (
     StatusAnswer,
     StatusSampler,
 )
+from schemas.net import is_loopback
 
 __all__ = ["CONSOLE_DIR", "EVENTS_PER_STREAM", "EVENT_INTERVAL_S", "AdminGate", "admin_handlers"]
 
@@ -64,17 +64,6 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 Access = Literal["admin_key", "loopback", "off"]
-
-
-def is_loopback(host: str) -> bool:
-    """A loopback address, or ``localhost`` and the names under it (RFC 6761: they never leave the machine)."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def host_name(header: str | None) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -39,6 +38,7 @@ from schemas.canonical import ErrorCode, GatewayError, as_gateway_error
 from schemas.dialect import error_answer
 from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_client_leaves
 from schemas.local import LocalBackendSettings
+from schemas.net import is_loopback
 
 __all__ = ["WorkerCredential", "create_worker_app", "local_settings", "serve_worker", "worker_refusal"]
 
@@ -195,17 +195,6 @@ def local_settings(config: GatewayConfigLike) -> LocalBackendSettings | None:
         if isinstance(provider, LocalBackendSettings):
             return provider
     return None
-
-
-def is_loopback(host: str) -> bool:
-    """``localhost`` (and names under it) or a loopback address: nothing beyond this machine reaches it."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def worker_refusal(settings: LocalBackendSettings, host: str) -> str | None:
