@@ -160,13 +160,14 @@ def _handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[b
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
-def create_worker_app(settings: LocalBackendSettings) -> Litestar:
-    """The worker app: a ``LocalEngine`` for ``settings``, started and closed by the app's lifespan."""
+def create_worker_app(settings: LocalBackendSettings, name: str = "worker") -> Litestar:
+    """The worker app: a ``LocalEngine`` for ``settings`` (the config's provider ``name``, which its errors name),
+    started and closed by the app's lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         metrics: WorkerMetrics = app.state.metrics
-        engine = LocalEngine(settings, name="worker", observer=metrics)
+        engine = LocalEngine(settings, name=name, observer=metrics)
         await engine.start()
         app.state.engine = engine
         metrics.attach(engine)
@@ -227,5 +228,6 @@ def serve_worker(config: GatewayConfigLike, host: str, port: int) -> int:
         return 1
     if not settings.worker_token:
         log.warning("worker_open", host=host, detail="no worker_token: whoever reaches this port is served")
-    uvicorn.run(create_worker_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    name = next((name for name, provider in config.providers.items() if provider is settings), "worker")
+    uvicorn.run(create_worker_app(settings, name), host=host, port=port, log_level="warning", access_log=False)
     return 0
