@@ -22,8 +22,9 @@ draft-ietf-httpapi-idempotency-key-header, on every dialect route and on job sub
   each image as its name in the image store (put there, counted against the store's bounds, and
   re-resolved on replay: the same store URL, or the bytes as base64) or as the upstream URL it
   came as; for a job, its id. Never an image in Redis: an entry is a few hundred bytes, and one
-  over ``_MAX_ENTRY_BYTES`` is not kept. An answer with images is kept no longer than the image
-  store keeps images (``image_store.ttl_seconds``). A failure is never kept: it drew no image,
+  over ``_MAX_ENTRY_BYTES`` is not kept. Its images are put in the store for the window, whatever the
+  store's own TTL (on S3 the bucket's lifecycle rule, whole days and at least one, still bounds them;
+  an image gone early makes the repeat generate again). A failure is never kept: it drew no image,
   and a retry may succeed (the draft allows either).
 - **A client that hangs up.** A claimed request's generation runs in a task of its own
   (``Idempotency.detach``): the proxy timeout that made the client retry does not cancel it,
@@ -42,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -211,7 +213,7 @@ class Idempotency:
         self._redis = redis
         self._prefix = config.redis.key_prefix + "idem:"
         self._lease_s = config.server.request_deadline_s + _LEASE_MARGIN_S
-        self._image_ttl_s = min(self.settings.ttl_s, float(image_store.ttl_seconds))
+        self._image_ttl_s = self.settings.ttl_s  # its images are put for the window (the store's TTL is for others)
         self._memory = _Memory(self.settings.memory_entries)
         self._ended: dict[str, asyncio.Event] = {}  # slots claimed in this process: their repeats wake at once
         self._detached: set[asyncio.Task[Any]] = set()  # generations that outlive their clients
@@ -368,7 +370,7 @@ class Idempotency:
             else:
                 data = image.as_bytes()
                 assert data is not None
-                entry.name = await self._store.put(data, image.media_type)
+                entry.name = await self._store.put(data, image.media_type, math.ceil(self._image_ttl_s))
                 if wanted_url and image.url is None:
                     image.url = self._store.url(entry.name, base_url)
             kept.append(entry)

@@ -102,8 +102,9 @@ class ImageStore(Protocol):
 
     ttl_seconds: int
 
-    async def put(self, data: bytes, media_type: str = "image/png") -> str:
-        """Store ``data``; returns its name. Raises ``StoreUnavailable`` when the store cannot take it."""
+    async def put(self, data: bytes, media_type: str = "image/png", ttl_seconds: int | None = None) -> str:
+        """Store ``data`` for ``ttl_seconds`` (the store's own TTL when None); returns its name. Raises
+        ``StoreUnavailable`` when the store cannot take it."""
         ...
 
     def url(self, name: str, base_url: str) -> str:
@@ -136,8 +137,9 @@ class SignedNames:
     def _sign(self, token: str) -> str:
         return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def new(self, media_type: str) -> str:
-        expires = int(time.time()) + self.ttl_seconds
+    def new(self, media_type: str, ttl_seconds: int | None = None) -> str:
+        """A fresh name, valid for ``ttl_seconds`` (the store's TTL when None): the expiry is in the name."""
+        expires = int(time.time()) + (self.ttl_seconds if ttl_seconds is None else ttl_seconds)
         token = f"{expires:x}{secrets.token_urlsafe(18)}"
         return f"{token}.{self._sign(token)}.{_EXTENSIONS.get(media_type, 'png')}"
 
@@ -165,9 +167,9 @@ class DirectoryImageStore:
         self.names = SignedNames(ttl_seconds, secret or kept_secret(self.path))
         self._last_sweep = 0.0
 
-    async def put(self, data: bytes, media_type: str = "image/png") -> str:
-        """Store ``data``; returns the file name clients fetch it by (``<id>.<ext>``)."""
-        name = self.names.new(media_type)
+    async def put(self, data: bytes, media_type: str = "image/png", ttl_seconds: int | None = None) -> str:
+        """Store ``data``; returns the file name clients fetch it by (``<id>.<ext>``), whose expiry the sweep reads."""
+        name = self.names.new(media_type, ttl_seconds)
         await asyncio.to_thread(self._write, name, data)
         return name
 

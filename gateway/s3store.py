@@ -84,14 +84,18 @@ class S3ImageStore:
     def _key(self, name: str) -> str:
         return self.config.prefix + name
 
-    async def put(self, data: bytes, media_type: str = "image/png") -> str:
-        name = self.names.new(media_type)
+    async def put(self, data: bytes, media_type: str = "image/png", ttl_seconds: int | None = None) -> str:
+        # Past the store's TTL, the bucket's lifecycle rule (whole days, at least one) may remove it first.
+        name = self.names.new(media_type, ttl_seconds)
         try:
             await obstore.put_async(
                 self.store,
                 self._key(name),
                 data,
-                attributes={"Content-Type": media_type, "Cache-Control": f"private, max-age={self.ttl_seconds}"},
+                attributes={
+                    "Content-Type": media_type,
+                    "Cache-Control": f"private, max-age={ttl_seconds or self.ttl_seconds}",
+                },
             )
         except Exception as exc:  # obstore's errors are many; each means the image could not be kept
             raise StoreUnavailable(describe_failure(self.config, exc)) from exc

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -410,3 +411,24 @@ def test_the_metrics_count_replays_and_conflicts(gateway: GatewayServer) -> None
         if line.startswith("image_gateway_idempotent_requests_total{")
     }
     assert counted["kept"] >= 1 and counted["replayed"] >= 1 and counted["conflict"] >= 1
+
+
+def test_images_are_kept_for_the_window_past_the_stores_own_ttl(
+    emulators: dict[str, EmulatorServer], tmp_path: Path
+) -> None:
+    """The store keeps other images 1 s; an answer kept for an Idempotency-Key keeps its images for the window."""
+    store = {"path": str(tmp_path / "store"), "ttl_seconds": 1}
+    server = start_gateway(emulators, MODELS, tmp_path / "store", auth=AUTH, image_store=store)
+    try:
+        path, payload, _, _ = INBOUND["melious"]
+        key = new_key()
+        first = post(server.url, path, payload(MODEL), key)
+        assert first.status_code == 200, first.text
+        time.sleep(2.1)  # past the store's own TTL (whole seconds), well within the 24 h window
+        again = post(server.url, path, payload(MODEL), key)
+        same_answer(first, again)
+        assert upstream_calls(emulators) == 1
+        url = again.json()["data"][0]["url"]
+        assert httpx.get(url).status_code == 200  # the replayed URL still serves its image
+    finally:
+        server.stop()
