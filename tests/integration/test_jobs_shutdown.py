@@ -31,6 +31,7 @@ from gateway.jobqueue import QUEUED, JobRecord, RedisJobQueue
 from gateway.shutdown import MARGIN_S
 from schemas.canonical import ImageRequest, ResponseFormat, encode_hook
 from tests.emulators import EmulatorServer, Fault
+from tests.integration.test_jobs_replicas import wait_for
 from tests.redis_support import require_shared_redis
 from tests.servers import GatewayProcess
 
@@ -73,16 +74,6 @@ def job(http: httpx.Client, base: str, job_id: str) -> dict[str, Any]:
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
     return body
-
-
-def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.1)
 
 
 def submit(http: httpx.Client, base: str, prompt: str) -> str:
