@@ -1,4 +1,5 @@
-"""The command line: serve, worker, hash-key and check-config."""
+"""The command line: serve, hash-key, check-config and store-setup (the GPU worker is ``image-gateway-worker``,
+``local_backend/cli.py``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ NebulaBlock dialects.
 
 commands:
   serve          serve the gateway (image-gateway serve --config my.yaml)
-  worker         serve the config's local models as a standalone GPU worker
   hash-key       print the sha256:<hex> form of an inbound key, for auth.keys
   check-config   check a config file: print every problem and exit 1, or print ok
 
@@ -149,20 +149,6 @@ def _announcing_server(config: Any) -> Any:
     return AnnouncingServer(config)
 
 
-def _worker(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.config)
-    if config is None:
-        return 1
-    from gateway.logs import config_secrets, configure_logging
-    from gateway.memory import return_large_buffers
-    from local_backend.server import serve_worker  # brings torch: only on a GPU worker
-
-    return_large_buffers()
-    configure_logging(config.server.log_level, config.server.log_prompts, secrets=config_secrets(config))
-
-    return serve_worker(config, host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8090)
-
-
 def _hash_key(args: argparse.Namespace) -> int:
     from gateway.auth import hash_key
 
@@ -181,8 +167,8 @@ def _check_config(args: argparse.Namespace) -> int:
     if not args.no_weights and _weights_missing(config, args.file):
         return 1
     worker_models = _worker_models(config)
-    if not config.models and worker_models:  # a GPU worker's config: `image-gateway worker` serves it
-        print(f"{args.file}: ok ({worker_models} local models for `image-gateway worker`; no `models`: not for serve)")
+    if not config.models and worker_models:  # a GPU worker's config: `image-gateway-worker` serves it
+        print(f"{args.file}: ok ({worker_models} local models for `image-gateway-worker`; no `models`: not for serve)")
         return 0
     try:
         require_models(config, args.file)
@@ -277,11 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default: $PORT, else the config's)")
     serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (default: 1)")
     serve.set_defaults(run=_serve)
-    worker = commands.add_parser("worker", help="serve the config's local models as a standalone GPU worker")
-    worker.add_argument("--config", help="YAML config file with a kind: local provider (default: the built-in one)")
-    worker.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
-    worker.add_argument("--port", type=int, help="port to listen on (default: 8090)")
-    worker.set_defaults(run=_worker)
     hashed = commands.add_parser("hash-key", help="print the sha256:<hex> form of an inbound key for auth.keys")
     hashed.add_argument("key", help="the key, or - to read it from standard input (keeps it out of shell history)")
     hashed.set_defaults(run=_hash_key)

@@ -172,14 +172,14 @@ class LocalBackendSettings(ProviderPolicy, kw_only=True, forbid_unknown_fields=T
     """The local backend: in-process pipelines, or remote workers when ``workers`` lists their URLs.
 
     With ``workers`` empty the gateway runs ``models`` itself; otherwise it sends every
-    request to those worker servers (``image-gateway worker``), which run the models of
+    request to those worker servers (``image-gateway-worker``), which run the models of
     their own config.
     """
 
     models: dict[str, LocalModelSettings] = {}
     workers: list[str] = []
     # The credential between the gateway and its workers (write it as `${WORKER_TOKEN}`): the gateway sends it
-    # as `Authorization: Bearer` to each of `workers`; a worker (`image-gateway worker`) serving this provider's
+    # as `Authorization: Bearer` to each of `workers`; a worker (`image-gateway-worker`) serving this provider's
     # `models` wants it on every route but an anonymous `/health`. Empty: none (local_backend/server.py).
     worker_token: WorkerToken = ""
     # A worker with no `worker_token` beyond loopback refuses to start unless this is true (a private network

@@ -27,6 +27,7 @@ from gateway import metrics
 from gateway.app import create_app, metrics_protected
 from gateway.auth import hash_key
 from gateway.cli import build_parser
+from local_backend.cli import build_parser as build_worker_parser
 from gateway.cli import main as cli_main
 from gateway.config import DirectoryStoreConfig, GatewayConfig, ServerConfig, parse_config
 from schemas import worker as protocol
@@ -654,16 +655,16 @@ def test_grafana_provisioning_fits_compose() -> None:
 
 
 def test_dockerfile_commands_are_cli_commands() -> None:
-    parser = build_parser()
-    for name, command, port in (
-        ("Dockerfile.gateway", "serve", GATEWAY_PORT),
-        ("Dockerfile.worker", "worker", WORKER_PORT),
+    for name, program, command, port in (
+        ("Dockerfile.gateway", "image-gateway", "serve", GATEWAY_PORT),
+        ("Dockerfile.worker", "image-gateway-worker", None, WORKER_PORT),
     ):
         path = DEPLOY / name
         argv = dockerfile_cmd(path)
-        assert argv[0] == "image-gateway"
-        args = parser.parse_args(argv[1:])
-        assert args.command == command and args.port == port and args.host == "0.0.0.0" and args.config
+        assert argv[0] == program
+        args = (build_parser() if command else build_worker_parser()).parse_args(argv[1:])
+        assert getattr(args, "command", None) == command
+        assert args.port == port and args.host == "0.0.0.0" and args.config
         exposed = [rest for keyword, rest in dockerfile(path) if keyword == "EXPOSE"]
         assert exposed == [str(port)]
         users = [rest for keyword, rest in dockerfile(path) if keyword == "USER"]
@@ -865,8 +866,9 @@ def test_k8s_gateway_service_hpa_and_pdb() -> None:
 
 def test_k8s_worker_deployment_requests_a_gpu() -> None:
     container = _container("image-gateway-worker")
-    args = build_parser().parse_args(container["command"][1:])
-    assert args.command == "worker" and args.port == WORKER_PORT and args.host == "0.0.0.0"
+    assert container["command"][0] == "image-gateway-worker"
+    args = build_worker_parser().parse_args(container["command"][1:])
+    assert args.port == WORKER_PORT and args.host == "0.0.0.0"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["resources"].get("requests", {}).get("nvidia.com/gpu", 1) == 1
     assert container["readinessProbe"]["httpGet"]["path"] == protocol.HEALTH_PATH

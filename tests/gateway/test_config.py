@@ -196,7 +196,7 @@ def test_top_level_help_lists_every_command_in_plain_text(capsys: pytest.Capture
     assert exited.value.code == 0
     text = capsys.readouterr().out
     assert "``" not in text
-    for command in ("serve", "worker", "hash-key", "check-config"):
+    for command in ("serve", "hash-key", "check-config", "store-setup"):
         assert f"\n  {command} " in text, command
 
 
@@ -228,7 +228,7 @@ def test_a_worker_config_passes_check_config_but_not_serve(tmp_path: Path, capsy
     worker = tmp_path / "worker.yaml"
     worker.write_text("providers: {local: {kind: local, models: {tiny: {path: 'builtin:tiny-sd'}}}}\n")
     assert main(["check-config", str(worker)]) == 0
-    assert "ok (1 local models for `image-gateway worker`" in capsys.readouterr().out
+    assert "ok (1 local models for `image-gateway-worker`" in capsys.readouterr().out
     assert main(["serve", "--config", str(worker), "--port", "0"]) == 1
     assert "no models under `models`" in capsys.readouterr().err
 
