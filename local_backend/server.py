@@ -1,6 +1,6 @@
 """The local engine as a standalone worker server, so GPU nodes scale apart from gateway replicas.
 
-``image-gateway worker --config FILE`` serves the models of the config's first
+``image-gateway-worker --config FILE`` serves the models of the config's first
 ``kind: local`` provider on this machine's device. The gateway reaches it through a
 ``kind: local`` provider whose ``workers`` lists its URL (see ``schemas.worker``).
 A client that hangs up while its request waits in the queue has it dropped.
