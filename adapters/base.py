@@ -21,7 +21,7 @@ class CallOptions(msgspec.Struct, kw_only=True, frozen=True):
     # Called on the event loop as the backend works (steps done, partial previews); backends that
     # cannot tell how far they are never call it. It must not block and must not raise.
     progress: Callable[[Progress], None] | None = None
-    # The W3C traceparent of this call's span (gateway/tracing.py), sent upstream beside X-Request-ID; None: untraced.
+    # The W3C traceparent of this call's span (gateway/observability/tracing.py), sent upstream; None: untraced.
     traceparent: str | None = None
 
 

@@ -36,8 +36,8 @@ MARKS: list[tuple[str, str]] = [
     ("httpcore_expiry_scan", "AsyncHTTP11Connection.has_expired (httpcore/"),
     ("sniffio_lookup", "current_async_library (sniffio/"),
     ("structlog", "BoundLoggerLazyProxy"),
-    ("redis_limiter", "RedisLimiter.check (gateway/ratelimit.py"),
-    ("log_middleware", "RequestIdMiddleware.__call__ (gateway/logs.py"),
+    ("redis_limiter", "RedisLimiter.check (gateway/admission/ratelimit.py"),
+    ("log_middleware", "RequestIdMiddleware.__call__ (gateway/observability/logs.py"),
     ("upstream_call", "HttpAdapter._send (adapters/http.py"),
     ("upstream_client", "AiohttpUpstream.send (adapters/upstream.py"),
 ]

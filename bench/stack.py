@@ -206,7 +206,7 @@ class Stack:
 
     def gateway_config(self, port: int) -> dict[str, Any]:
         """The gateway's config: one inbound key with a (never reached) limit, both emulators as providers."""
-        from gateway.auth import hash_key
+        from gateway.admission.auth import hash_key
 
         limits = {"requests": 1_000_000_000, "images": 4_000_000_000, "period_s": 60}
         return {

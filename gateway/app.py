@@ -18,31 +18,32 @@ from redis.backoff import NoBackoff
 
 from adapters import Adapter, build_adapter
 from adapters.upstream import UpstreamClient, build_upstream_client
-from gateway import metrics, serving, tracing
-from gateway.admin import admin_handlers
-from gateway.admission import Admission
-from gateway.auth import Authenticator
+from gateway import serving
+from gateway.admission.auth import Authenticator
+from gateway.admission.gate import Admission
+from gateway.admission.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
-from gateway.cooldown import Cooldowns
-from gateway.dedup import Dedup
-from gateway.docs_assets import assets_router, render_plugins
-from gateway.errors import handle_exception
-from gateway.idempotency import Idempotency
-from gateway.imagestore import ImageStore, StoreUnavailable, build_image_store
-from gateway.jobroutes import JOB_ROUTES
-from gateway.jobs import Jobs, build_job_queue
-from gateway.logs import RequestIdMiddleware, config_secrets, configure_logging
+from gateway.console.admin import admin_handlers
+from gateway.images import ImageStore, StoreUnavailable, build_image_store
+from gateway.jobs.routes import JOB_ROUTES
+from gateway.jobs.service import Jobs, build_job_queue
+from gateway.jobs.webhooks import Webhooks
 from gateway.memory import return_large_buffers
-from gateway.openapi import DocumentedRoute, add_dialect_routes
-from gateway.pipeline import dialect_route_for, serve_dialect_route
-from gateway.provider_health import ProviderHealth
-from gateway.ratelimit import Limiter, MemoryLimiter, RedisLimiter
+from gateway.observability import metrics, tracing
+from gateway.observability.logs import RequestIdMiddleware, config_secrets, configure_logging
 from gateway.redis_health import check_eviction_policy, start_probe
-from gateway.router import Router
-from gateway.routes import MOUNTS
+from gateway.request.docs_assets import assets_router, render_plugins
+from gateway.request.errors import handle_exception
+from gateway.request.idempotency import Idempotency
+from gateway.request.mounts import MOUNTS
+from gateway.request.openapi import DocumentedRoute, add_dialect_routes
+from gateway.request.pipeline import dialect_route_for, serve_dialect_route
+from gateway.routing.cooldown import Cooldowns
+from gateway.routing.dedup import Dedup
+from gateway.routing.provider_health import ProviderHealth
+from gateway.routing.router import Router
 from gateway.shutdown import STEP_S, Shutdown, bounded
 from gateway.state import Gateway
-from gateway.webhooks import Webhooks
 from schemas.canonical import ErrorCode, GatewayError
 
 __all__ = ["create_app"]
@@ -131,12 +132,13 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     providers = ProviderHealth(adapters, config.server.provider_probe_interval_s).start()
     app.state.providers = providers
     await providers.first_check(FIRST_CHECK_S)
-    gateway.jobs = Jobs(gateway, build_job_queue(gateway))
-    gateway.jobs.start()
+    jobs = Jobs(gateway, build_job_queue(gateway))
+    gateway.jobs = jobs
+    jobs.start()
     # SIGTERM stops the job consumers at once, and the process ends by the grace plus a margin (gateway/shutdown.py).
     shutdown = Shutdown(config.server.shutdown_grace_s)
     shutdown.install()
-    shutdown.on_begin(gateway.jobs.stop_taking)
+    shutdown.on_begin(jobs.stop_taking)
     tracing.start()  # OTLP export when OTEL_EXPORTER_OTLP_*ENDPOINT is set; off otherwise
     try:
         yield
@@ -147,7 +149,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             # answer for a retry, share what is left of the grace.
             left = shutdown.left()
             await asyncio.gather(
-                gateway.jobs.aclose(left),
+                jobs.aclose(left),
                 bounded(gateway.idempotency.aclose(left), left + shutdown.closing_left(STEP_S), "idempotency"),
             )
             # Each step is bounded: a Redis or a backend that stopped answering cannot keep the process.
@@ -177,7 +179,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     with ``on_failure: closed`` (with ``open`` a lost Redis is degraded, not down).
 
     A provider that cannot serve (the local models not loaded, no GPU worker answering) is that provider's
-    state, shown under ``providers`` as the background check last saw it (gateway/provider_health.py), never
+    state, shown under ``providers`` as the background check last saw it (gateway/routing/provider_health.py), never
     a 503: the replica still serves every other provider, and a model's next target. The body is public (the
     kubelet's probe): it names no worker address, server path or secret.
     """
@@ -218,7 +220,7 @@ async def prometheus_metrics(request: Request[Any, Any, Any]) -> Response[bytes]
     """Prometheus exposition of the gateway's metrics (see docs/operations.md); with ``server.metrics_access``
     ``admin_key`` (the default once admin keys exist) it wants ``Authorization: Bearer <admin key>``, else 401."""
     if metrics_protected(request.app.state.config):
-        from gateway.admin import gate_of
+        from gateway.console.admin import gate_of
 
         gate_of(request).admit(request)  # the admin API's check: the key hashed and compared in constant time
     # Given as the header: Litestar would append a second `; charset=utf-8` to a text/ media type.
@@ -277,7 +279,13 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
     serving.configure(config.server.max_header_bytes, config.server.header_timeout_s)  # this process's connections
     app = GatewayApp(
         route_handlers=[
-            health, ready, prometheus_metrics, stored_image, *JOB_ROUTES, assets_router(), *admin_handlers()
+            health,
+            ready,
+            prometheus_metrics,
+            stored_image,
+            *JOB_ROUTES,
+            assets_router(),
+            *admin_handlers(),
         ],
         middleware=[RequestIdMiddleware],
         lifespan=[lifespan],

@@ -23,6 +23,9 @@ commands:
   serve          serve the gateway (image-gateway serve --config my.yaml)
   hash-key       print the sha256:<hex> form of an inbound key, for auth.keys
   check-config   check a config file: print every problem and exit 1, or print ok
+  store-setup    give the S3 image store's bucket its lifecycle rule (expiry)
+
+The GPU worker is its own command: image-gateway-worker --config worker.yaml
 
 Where the gateway listens: --host/--port when given, else $PORT for the port, else the
 config's server.host and server.port.
@@ -57,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         # which must be named before any worker imports prometheus_client.
         os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="image-gateway-metrics-"))
-        from gateway.logs import configure_logging
+        from gateway.observability.logs import configure_logging
 
         configure_logging(config.server.log_level, config.server.log_prompts)
         # Checked here, before the processes start: each would refuse an evicting Redis in its lifespan, but
@@ -150,7 +153,7 @@ def _announcing_server(config: Any) -> Any:
 
 
 def _hash_key(args: argparse.Namespace) -> int:
-    from gateway.auth import hash_key
+    from gateway.admission.auth import hash_key
 
     key = args.key if args.key != "-" else sys.stdin.readline().strip()
     if not key.strip():
@@ -185,7 +188,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _weights_missing(config: GatewayConfig, source: str) -> bool:
     """Print each in-process local model whose weights are not on this machine; whether there was one."""
-    from gateway.weights import missing_weights
+    from gateway.config.weights import missing_weights
 
     problems = missing_weights(config)
     for problem in problems:
@@ -197,7 +200,7 @@ def _store_problem(config: GatewayConfig) -> str | None:
     """The image store's check (bucket there, credentials taken): what is wrong, or None."""
     import asyncio
 
-    from gateway.imagestore import StoreUnavailable, build_image_store
+    from gateway.images import StoreUnavailable, build_image_store
 
     async def check() -> None:
         store = build_image_store(config.image_store)
@@ -215,7 +218,7 @@ def _store_problem(config: GatewayConfig) -> str | None:
 
 def _store_setup(args: argparse.Namespace) -> int:
     from gateway.config import S3StoreConfig
-    from gateway.storesetup import apply_lifecycle
+    from gateway.images.setup import apply_lifecycle
 
     config = _load_or_report(args.config)
     if config is None:
@@ -225,7 +228,7 @@ def _store_setup(args: argparse.Namespace) -> int:
         print("image_store.kind is directory: the gateway removes expired files itself; nothing to set up")
         return 0
     if args.print_only:
-        from gateway.storesetup import manual_steps
+        from gateway.images.setup import manual_steps
 
         print(manual_steps(store))
         return 0

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from gateway import metrics
+from gateway.observability import metrics
 
 __all__ = ["EvictingRedis", "RedisHealth", "RedisProbe", "check_eviction_policy", "resume_cancel", "start_probe"]
 

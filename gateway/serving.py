@@ -130,7 +130,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, error: GatewayError) -> None:
         """Answer ``error`` in the envelope of the path asked for (when known), then close: nothing more is read."""
-        from gateway.routes import errors_for_path  # the dialect tables: imported once a refusal happens
+        from gateway.request.mounts import errors_for_path  # the dialect tables: imported once a refusal happens
 
         self._disarm_header_timer()
         try:

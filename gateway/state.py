@@ -7,18 +7,18 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.base import Adapter
 from adapters.upstream import UpstreamClient
-from gateway.admission import Admission
+from gateway.admission.gate import Admission
 from gateway.config import GatewayConfig
-from gateway.cooldown import Cooldowns
-from gateway.dedup import Dedup
-from gateway.idempotency import Idempotency
-from gateway.imagestore import ImageStore
-from gateway.recent import RecentRequests
-from gateway.router import Router
-from gateway.webhooks import Webhooks
+from gateway.images.store import ImageStore
+from gateway.jobs.webhooks import Webhooks
+from gateway.observability.recent import RecentRequests
+from gateway.request.idempotency import Idempotency
+from gateway.routing.cooldown import Cooldowns
+from gateway.routing.dedup import Dedup
+from gateway.routing.router import Router
 
 if TYPE_CHECKING:
-    from gateway.jobs import Jobs
+    from gateway.request.modes import JobIntake
 
 __all__ = ["Gateway"]
 
@@ -36,10 +36,12 @@ class Gateway:
     webhooks: Webhooks
     dedup: Dedup
     redis: Any = None
-    idempotency: Idempotency | None = None  # Idempotency-Key (gateway/idempotency.py), set by the app's lifespan
+    idempotency: Idempotency | None = (
+        None  # Idempotency-Key (gateway/request/idempotency.py), set by the app's lifespan
+    )
     adapters: dict[str, Adapter] = field(default_factory=dict)
-    jobs: Jobs | None = None  # async jobs (gateway/jobs.py), set by the app's lifespan
-    # The last requests by request id, for the console (gateway/recent.py).
+    jobs: JobIntake | None = None  # async jobs (gateway/jobs/service.py), set by the app's lifespan
+    # The last requests by request id, for the console (gateway/observability/recent.py).
     recent_requests: RecentRequests = field(default_factory=RecentRequests)
 
     @property

@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gateway.config import ConfigError, load_config
-    from gateway.logs import config_secrets, configure_logging
     from gateway.memory import return_large_buffers
+    from gateway.observability.logs import config_secrets, configure_logging
 
     try:
         config = load_config(args.config)

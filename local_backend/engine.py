@@ -365,9 +365,9 @@ class BatchSpan(NamedTuple):
 
 def _trace(tracer: Any, work: Work, enqueued_ns: int, batch: BatchSpan, energy: Energy | None) -> None:
     """The request's wait in the queue and its batch, as spans under the current one (the upstream attempt)."""
-    tracer.start_span(
-        "local queue", start_time=enqueued_ns, attributes={"image_gateway.local.model": work.model}
-    ).end(end_time=batch.began)
+    tracer.start_span("local queue", start_time=enqueued_ns, attributes={"image_gateway.local.model": work.model}).end(
+        end_time=batch.began
+    )
     attributes: dict[str, Any] = {
         "image_gateway.local.model": work.model,
         "image_gateway.local.batch_images": batch.images,

@@ -29,7 +29,7 @@ __all__ = ["BATCH_SIZE_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "WorkerMetri
 
 NAMESPACE = "image_gateway"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# The gateway's buckets for the same families (gateway/metrics.py; a test holds the two equal).
+# The gateway's buckets for the same families (gateway/observability/metrics.py; a test holds the two equal).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 READY = "ready"

@@ -2,7 +2,7 @@
 
 Shared by the gateway's config (``sustainability``), the local backend's settings (a
 ``site`` of its own, for GPU nodes elsewhere) and the gateway's accounting
-(``gateway/energy.py``). The formulas and their sources are in docs/operations.md,
+(``gateway/observability/energy.py``). The formulas and their sources are in docs/operations.md,
 "Energy and carbon":
 
 - facility energy  = IT energy (what the meter read) x PUE

@@ -1,4 +1,4 @@
-"""What the gateway's tracing (gateway/tracing.py) and the local engine agree on, without importing each other."""
+"""What gateway/observability/tracing.py and the local engine agree on, without importing each other."""
 
 from __future__ import annotations
 

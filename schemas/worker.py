@@ -5,7 +5,7 @@ which msgspec does itself) and answers the canonical ``ImageResult``; a failure 
 ``{"code": <ErrorCode value>, "message": ..., "param": ...}`` with the code's status (and
 ``reason``, a ``FailureReason`` value, where the error has one: a full queue is ``load_shed``).
 The result carries the energy the worker measured for the request (``ImageResult.energy``),
-which the gateway turns into carbon and water with its own site factors (gateway/energy.py).
+which the gateway turns into carbon and water with its own site factors (gateway/observability/energy.py).
 Imports only msgspec and the schemas: a gateway without torch speaks it too.
 """
 

@@ -41,8 +41,7 @@ def main() -> None:
             model="openai/dall-e-3", prompt="a lighthouse", response_format="b64_json", **common
         )
     elif case == "generate-gpt-image":
-        response = litellm.image_generation(model="openai/gpt-image-1", prompt="a lighthouse", size="64x64",
-                                            **common)
+        response = litellm.image_generation(model="openai/gpt-image-1", prompt="a lighthouse", size="64x64", **common)
     elif case == "edit":
         with open(sys.argv[3], "rb") as image:
             response = litellm.image_edit(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from tests.conftest import API_KEY
 from tests.emulators import EmulatorServer
 from tests.integration.gateway_server import GatewayServer, gateway_config

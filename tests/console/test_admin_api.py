@@ -10,8 +10,8 @@ import httpx
 import msgspec
 import pytest
 
-from gateway.admin import EVENTS_PER_STREAM
 from gateway.config import ConfigError
+from gateway.console.admin import EVENTS_PER_STREAM
 from tests.console.conftest import ADMIN_KEY, CLIENT_KEY, ConsoleGateway, console_config
 from tests.emulators import EmulatorServer
 from tests.integration.gateway_server import GatewayServer
@@ -142,9 +142,7 @@ def test_budgets_show_what_each_key_spent(gateway: GatewayServer, http: httpx.Cl
 
 
 def test_the_local_backend_reports_its_engine(gateway: GatewayServer, http: httpx.Client) -> None:
-    answer = http.post(
-        gateway.url + "/v1/images/generations", headers=CLIENT, json={**TINY, "n": 2}
-    )
+    answer = http.post(gateway.url + "/v1/images/generations", headers=CLIENT, json={**TINY, "n": 2})
     assert answer.status_code == 200, answer.text
     (local,) = http.get(gateway.url + "/admin/api/local", headers=ADMIN).json()
     assert local["provider"] == "local" and local["remote"] is False and local["started"] is True
@@ -170,9 +168,10 @@ def test_jobs_by_status(gateway: GatewayServer, http: httpx.Client) -> None:
 
 
 def test_status_events_arrive_as_server_sent_events(gateway: GatewayServer, capfd: pytest.CaptureFixture[str]) -> None:
-    with httpx.Client(timeout=30) as client, client.stream(
-        "GET", gateway.url + "/admin/api/status/events", headers=ADMIN
-    ) as stream:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("GET", gateway.url + "/admin/api/status/events", headers=ADMIN) as stream,
+    ):
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
         events: list[dict[str, object]] = []

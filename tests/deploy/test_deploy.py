@@ -23,13 +23,13 @@ import yaml
 from litestar.testing import TestClient
 from prometheus_client.metrics import MetricWrapperBase
 
-from gateway import metrics
+from gateway.admission.auth import hash_key
 from gateway.app import create_app, metrics_protected
-from gateway.auth import hash_key
 from gateway.cli import build_parser
-from local_backend.cli import build_parser as build_worker_parser
 from gateway.cli import main as cli_main
 from gateway.config import DirectoryStoreConfig, GatewayConfig, ServerConfig, parse_config
+from gateway.observability import metrics
+from local_backend.cli import build_parser as build_worker_parser
 from schemas import worker as protocol
 from schemas.canonical import ErrorCode
 from schemas.local import LocalBackendSettings

@@ -32,7 +32,6 @@ class ScriptedAdapter(AdapterBase):
         )
 
 
-
 def config(providers: dict[str, dict[str, Any]], models: list[dict[str, Any]], **sections: Any) -> GatewayConfig:
     """A config checked by the same code as a file; providers are Melious entries on an unused address."""
     entries = {

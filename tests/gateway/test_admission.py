@@ -6,9 +6,9 @@ import base64
 
 import pytest
 
-from gateway.admission import Admission, BodyBudget
-from gateway.auth import Authenticator, hash_key
-from gateway.ratelimit import MemoryLimiter
+from gateway.admission.auth import Authenticator, hash_key
+from gateway.admission.gate import Admission, BodyBudget
+from gateway.admission.ratelimit import MemoryLimiter
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, InputImage, Operation
 from tests.gateway.fakes import config
 

@@ -1,4 +1,4 @@
-"""Cooldowns shared through Redis: every provider's is read on its own schedule (gateway/cooldown.py)."""
+"""Cooldowns shared through Redis: every provider's is read on its own schedule (gateway/routing/cooldown.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import secrets
 import redis.asyncio as aioredis
 
 from gateway.config import parse_config
-from gateway.cooldown import Cooldowns
+from gateway.routing.cooldown import Cooldowns
 from tests.redis_support import require_shared_redis
 
 

@@ -1,4 +1,4 @@
-"""gateway/dedup.py on the real router over a backend that holds its answer until told: who shares a
+"""gateway/routing/dedup.py on the real router over a backend that holds its answer until told: who shares a
 generation, each client's own copy, a client leaving, the last one leaving, a shared failure, the cache."""
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from adapters.base import AdapterBase, CallOptions
+from gateway.admission.ratelimit import MemoryLimiter
 from gateway.config import GatewayConfig
-from gateway.cooldown import Cooldowns
-from gateway.dedup import Dedup, _MemoryCache
-from gateway.imagestore import DirectoryImageStore
-from gateway.ratelimit import MemoryLimiter
-from gateway.router import Attempts, Router
+from gateway.images.store import DirectoryImageStore
+from gateway.routing.attempts import Attempts
+from gateway.routing.cooldown import Cooldowns
+from gateway.routing.dedup import Dedup, _MemoryCache
+from gateway.routing.router import Router
 from schemas import melious, pomelo
 from schemas.canonical import (
     ErrorCode,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.errors import render
+from gateway.request.errors import render
 from schemas import melious, nebulablock, openai, pomelo
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.dialect import ErrorTable

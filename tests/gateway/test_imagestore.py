@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.imagestore import SECRET_FILE, DirectoryImageStore
+from gateway.images.store import SECRET_FILE, DirectoryImageStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 

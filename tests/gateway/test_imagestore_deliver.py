@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.imagestore import DirectoryImageStore, StoreUnavailable
-from gateway.routes import deliver
+from gateway.images.store import DirectoryImageStore, StoreUnavailable
+from gateway.request.routes import deliver
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageResult, ResponseFormat
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32

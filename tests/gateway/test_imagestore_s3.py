@@ -13,10 +13,10 @@ import yaml
 
 from gateway.cli import main as cli_main
 from gateway.config import ConfigError, DirectoryStoreConfig, S3StoreConfig, parse_config
-from gateway.imagestore import StoreUnavailable, build_image_store
-from gateway.logs import config_secrets
-from gateway.s3store import S3ImageStore
-from gateway.storesetup import RULE_ID, apply_lifecycle
+from gateway.images import StoreUnavailable, build_image_store
+from gateway.images.s3 import S3ImageStore
+from gateway.images.setup import RULE_ID, apply_lifecycle
+from gateway.observability.logs import config_secrets
 from tests.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64

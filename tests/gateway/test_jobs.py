@@ -15,14 +15,14 @@ import pytest
 import redis
 from litestar.testing import AsyncTestClient, TestClient
 
+from gateway.admission.ratelimit import MemoryLimiter
 from gateway.app import create_app
 from gateway.config import ConfigError
-from gateway.cooldown import Cooldowns
-from gateway.jobqueue import JobRecord
-from gateway.pipeline import DIALECT_ROUTES
-from gateway.prefer import Preferences, parse_prefer
-from gateway.ratelimit import MemoryLimiter
-from gateway.router import Router
+from gateway.jobs.prefer import Preferences, parse_prefer
+from gateway.jobs.queue import JobRecord
+from gateway.request.mounts import DIALECT_ROUTES
+from gateway.routing.cooldown import Cooldowns
+from gateway.routing.router import Router
 from schemas.canonical import GatewayError, ImageRequest
 from tests.gateway.fakes import SteppingAdapter, config, wait_until
 from tests.redis_support import require_shared_redis

@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from gateway.config import parse_config
-from gateway.logs import bind_inbound_keys, config_secrets, configure_logging, unbind_inbound_keys
+from gateway.observability.logs import bind_inbound_keys, config_secrets, configure_logging, unbind_inbound_keys
 
 UPSTREAM_KEY = "sk-upstream-4b1d2c9e7f"
 STORE_SECRET = "store-secret-0a8f3e61"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar.testing import TestClient
 
 from gateway.app import create_app
-from gateway.routes import MOUNTS
+from gateway.request.mounts import MOUNTS
 
 
 def test_every_dialect_route_is_documented_with_its_bodies() -> None:

@@ -1,4 +1,4 @@
-"""Prices, costs, budget periods and their configuration checks (gateway/accounting.py)."""
+"""Prices, costs, budget periods and their configuration checks (gateway/admission/accounting.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.accounting import (
+from gateway.admission.accounting import (
     Cost,
     PriceConfig,
     budget_check,
@@ -18,7 +18,7 @@ from gateway.accounting import (
     image_price,
     period_bounds,
 )
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from gateway.config import ConfigError, GatewayConfig, parse_config
 from schemas.canonical import GeneratedImage, ImageRequest, ImageResult
 
@@ -160,9 +160,7 @@ def test_periods_are_calendar_utc(period: Any, now: dt.datetime, label: str, end
 
 
 def test_budget_check_in_micros_under_the_keys_name_and_period() -> None:
-    cfg = config(
-        [model(target("a", per_image=0.01))], [key("alice", budget={"amount": 0.1, "period": "day"})]
-    )
+    cfg = config([model(target("a", per_image=0.01))], [key("alice", budget={"amount": 0.1, "period": "day"})])
     now = dt.datetime(2026, 11, 24, 18, 0, tzinfo=dt.UTC)
     check = budget_check(cfg.auth.keys[0], Cost(Decimal("0.03"), "USD"), "igw:", now)
     assert check is not None

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.accounting import MICROS, BudgetCheck, BudgetConfig
-from gateway.ratelimit import LimitCheck, Limiter, MemoryLimiter, PolicyState, RedisLimiter, limit_checks
+from gateway.admission.accounting import MICROS, BudgetCheck, BudgetConfig
+from gateway.admission.ratelimit import LimitCheck, Limiter, MemoryLimiter, PolicyState, RedisLimiter, limit_checks
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.policy import RateLimit
 from tests.redis_support import require_shared_redis

@@ -14,7 +14,7 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redis_script import RedisScript
+from gateway.admission.redis_script import RedisScript
 from tests.redis_support import OwnRedis, require_shared_redis
 
 ECHO = """

@@ -6,10 +6,11 @@ import time
 
 import pytest
 
+from gateway.admission.ratelimit import MemoryLimiter
 from gateway.config import parse_config
-from gateway.cooldown import Cooldowns
-from gateway.ratelimit import MemoryLimiter
-from gateway.router import Attempts, Router
+from gateway.routing.attempts import Attempts
+from gateway.routing.cooldown import Cooldowns
+from gateway.routing.router import Router
 from schemas.canonical import ErrorCode, FailureReason, GatewayError, ImageRequest, Operation
 from tests.gateway.fakes import ScriptedAdapter, config
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.accounting import MICROS, BudgetCheck, BudgetConfig
-from gateway.ratelimit import LimitCheck, MemoryLimiter, RedisLimiter
-from gateway.recent import RecentCalls
+from gateway.admission.accounting import MICROS, BudgetCheck, BudgetConfig
+from gateway.admission.ratelimit import LimitCheck, MemoryLimiter, RedisLimiter
+from gateway.observability.recent import RecentCalls
 from tests.redis_support import require_shared_redis
 
 

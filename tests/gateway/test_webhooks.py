@@ -1,4 +1,4 @@
-"""Webhooks (gateway/webhooks.py): signed deliveries to a real loopback receiver, verified with the
+"""Webhooks (gateway/jobs/webhooks.py): signed deliveries to a real loopback receiver, verified with the
 Standard Webhooks reference verifier; retries; and the URLs a key may not call, refused with a 400."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from gateway.cli import main
 from gateway.config import ConfigError, GatewayConfig, parse_config
-from gateway.webhooks import Delivery, Webhooks, WebhookTarget
+from gateway.jobs.webhooks import Delivery, Webhooks, WebhookTarget
 from schemas.canonical import ErrorCode, GatewayError
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -180,8 +180,13 @@ async def test_the_address_is_checked_again_at_send_time(serve_receiver: Any) ->
     finally:
         await hooks.aclose()
     for records in (by_name, by_address):
-        assert [(record.status, record.error) for record in records] == [(None, "refused: the webhook host " + (
-            "resolves to a loopback address" if records is by_name else "is a loopback address"))]
+        assert [(record.status, record.error) for record in records] == [
+            (
+                None,
+                "refused: the webhook host "
+                + ("resolves to a loopback address" if records is by_name else "is a loopback address"),
+            )
+        ]
     assert receiver.received == []
     after = REGISTRY.get_sample_value("image_gateway_webhook_deliveries_total", {"outcome": "refused"})
     assert after == refused + 2
@@ -356,8 +361,8 @@ async def test_deliveries_run_concurrently_without_mixing_policies(serve_receive
     text = f"""
 auth:
   keys:
-    - {{name: a, hash: "{hash_key('a')}", webhooks: {{{block}, allow_private: true}}}}
-    - {{name: b, hash: "{hash_key('b')}", webhooks: {{{block}}}}}
+    - {{name: a, hash: "{hash_key("a")}", webhooks: {{{block}, allow_private: true}}}}
+    - {{name: b, hash: "{hash_key("b")}", webhooks: {{{block}}}}}
 webhooks: {{attempts: 1}}
 """
     hooks = Webhooks(parse_config(text))

@@ -1,4 +1,4 @@
-"""``check-config`` looks for each in-process local model's weights (gateway/weights.py), as loading would."""
+"""``check-config`` looks for each in-process local model's weights (gateway/config/weights.py), as loading would."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from huggingface_hub import try_to_load_from_cache
 
 from gateway.cli import main
-from gateway.weights import hub_cache, weights_problem
+from gateway.config.weights import hub_cache, weights_problem
 
 DEPLOY_WORKER = Path(__file__).resolve().parents[2] / "deploy" / "config" / "worker.yaml"
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 import yaml
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from tests.emulators import EmulatorServer
 from tests.emulators.control import Fault
 from tests.integration.conftest import start_gateway

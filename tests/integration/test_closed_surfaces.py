@@ -17,9 +17,9 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from gateway.config import ConfigError
-from gateway.logs import config_secrets
+from gateway.observability.logs import config_secrets
 from schemas import worker as protocol
 from tests.integration.gateway_server import GatewayServer, gateway_config
 from tests.local_backend.engines import local_settings

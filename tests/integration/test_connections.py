@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from tests.emulators import EmulatorServer
 from tests.integration.conftest import PROVIDERS
 from tests.servers import GatewayProcess

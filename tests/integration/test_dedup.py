@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from tests.emulators import EmulatorServer, Fault
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer

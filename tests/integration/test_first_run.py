@@ -22,9 +22,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.imagestore import SECRET_FILE
-from gateway.openapi import ERROR_STATUSES
-from gateway.routes import MOUNTS
+from gateway.images.store import SECRET_FILE
+from gateway.request.mounts import MOUNTS
+from gateway.request.openapi import ERROR_STATUSES
 from tests.conftest import API_KEY
 from tests.emulators import EmulatorServer
 from tests.integration.gateway_server import GatewayServer, gateway_config

@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from tests import openai_spec
 from tests.emulators import EmulatorServer, Fault, solid_png
 from tests.integration.conftest import MAX_BODY_BYTES, PROVIDERS

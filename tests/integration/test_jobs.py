@@ -18,7 +18,7 @@ import msgspec
 import pytest
 import redis
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from schemas.dialect import image_dimensions
 from tests.emulators import EmulatorServer, Fault, solid_png
 from tests.integration.conftest import start_gateway

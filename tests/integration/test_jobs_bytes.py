@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from gateway.config import ConfigError
 from tests.emulators import EmulatorServer, Fault
 from tests.gateway.fakes import config

@@ -15,7 +15,7 @@ import pytest
 import redis
 import yaml
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from tests.emulators import EmulatorServer, Fault
 from tests.redis_support import require_shared_redis
 from tests.servers import GatewayProcess

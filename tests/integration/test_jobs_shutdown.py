@@ -26,8 +26,9 @@ import pytest
 import redis
 import yaml
 
-from gateway.auth import hash_key
-from gateway.jobqueue import QUEUED, JobRecord, RedisJobQueue
+from gateway.admission.auth import hash_key
+from gateway.jobs.queue import QUEUED, JobRecord
+from gateway.jobs.redis_queue import RedisJobQueue
 from gateway.shutdown import MARGIN_S
 from schemas.canonical import ImageRequest, ResponseFormat, encode_hook
 from tests.emulators import EmulatorServer, Fault

@@ -1,4 +1,4 @@
-"""A job's end told by a signed webhook (gateway/webhooks.py) to a real loopback receiver, verified with the
+"""A job's end told by a signed webhook (gateway/jobs/webhooks.py) to a real loopback receiver, verified with the
 Standard Webhooks reference verifier, the deliveries recorded on the job; a bad X-Webhook-URL refused before 202."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from tests.emulators import EmulatorServer, Fault
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer

@@ -15,7 +15,7 @@ import pytest
 import redis
 import yaml
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from tests.emulators import EmulatorServer
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer

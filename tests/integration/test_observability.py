@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.auth import hash_key
+from gateway.admission.auth import hash_key
 from tests.emulators import EmulatorServer, Fault
 from tests.integration.conftest import API_KEY, start_gateway
 from tests.integration.gateway_server import GatewayServer

@@ -18,8 +18,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import hash_key
-from gateway.routes import MOUNTS
+from gateway.admission.auth import hash_key
+from gateway.request.mounts import MOUNTS
 from tests.emulators import EMULATORS, EmulatorServer, start_emulator
 from tests.integration.conftest import PROVIDERS
 from tests.integration.test_bad_input import JSON_DIALECTS, MULTIPART, PNG, check_envelope

@@ -25,7 +25,7 @@ import openai
 import pytest
 
 from adapters.local import LocalAdapter
-from gateway import streams
+from gateway.request import streams
 from schemas.dialect import image_dimensions, sniff_image
 from tests.emulators import EmulatorServer, solid_png
 from tests.emulators.control import Fault

@@ -20,7 +20,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from gateway import tracing
+from gateway.observability import tracing
 from tests.conftest import API_KEY
 from tests.emulators import EmulatorServer
 from tests.integration.conftest import FAST_RETRY, NO_COOLDOWN, provider_entries

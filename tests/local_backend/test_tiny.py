@@ -101,7 +101,7 @@ def test_an_unknown_kind_is_refused() -> None:
 
 
 def test_check_config_knows_every_built_in_model() -> None:
-    """gateway/weights.py lists them without importing torch: the same names."""
-    from gateway.weights import BUILTIN_MODELS
+    """gateway/config/weights.py lists them without importing torch: the same names."""
+    from gateway.config.weights import BUILTIN_MODELS
 
     assert BUILTIN_MODELS == tiny.TINY_KINDS

@@ -1,0 +1,1 @@
+"""The console: the admin API, the status snapshot, and the page's assets."""

@@ -1,0 +1,1 @@
+"""Async jobs: submit, the queue, the runner, the job routes, ``Prefer`` and webhooks."""

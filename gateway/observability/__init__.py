@@ -1,0 +1,1 @@
+"""What the gateway tells its operators: logs, metrics, traces, recent requests, energy."""

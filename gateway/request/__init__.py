@@ -1,0 +1,1 @@
+"""The request path: dispatch, the dialect table, the inbound request, the steps, streams, errors, OpenAPI."""
