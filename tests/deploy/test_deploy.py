@@ -1,4 +1,5 @@
-"""deploy/ and docs/operations.md against the code: parsed, never run (no Docker or Kubernetes here).
+"""deploy/, docs/operations.md and docs/reliability.md's bounds against the code: parsed, never run (no Docker or
+Kubernetes here).
 
 Every check reads what the code serves or accepts now (the app's /metrics and routes, the
 config Structs, the CLI parser), so adding a metric, a config field or a route without
