@@ -1129,8 +1129,9 @@ def test_gateway_config_protects_metrics_with_the_key_prometheus_sends(tmp_path:
 
 
 def test_the_deploy_gateway_stays_ready_without_its_gpu_workers(tmp_path: Path) -> None:
-    """deploy/README's "No GPU? Delete worker.yaml": the shipped config with its workers absent answers /ready 200
-    (the kubelet keeps every replica), with `local-gpu` unready in the body and the gauge, and no worker address."""
+    """deploy/README's "No GPU? Apply k8s-overlays/no-gpu": the shipped config with its workers absent answers
+    /ready 200 (the kubelet keeps every replica), with `local-gpu` unready in the body and the gauge, and no worker
+    address."""
     from tests.servers import free_port
 
     text = GATEWAY_CONFIG.read_text(encoding="utf-8")

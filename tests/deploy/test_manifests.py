@@ -117,7 +117,8 @@ def schema_problems(obj: dict[str, Any], version: str) -> str | None:
 
 def test_there_are_overlays_and_the_base_is_one() -> None:
     found = overlays()
-    assert K8S in found and DEPLOY / "k8s-overlays" / "directory-store" in found
+    assert K8S in found
+    assert {DEPLOY / "k8s-overlays" / name for name in ("directory-store", "no-gpu")} <= set(found)
     for directory in found:
         if directory != K8S:
             assert not directory.is_relative_to(K8S), "an overlay inside its base is a kustomize cycle"
@@ -208,6 +209,16 @@ def test_the_directory_store_overlay_swaps_the_image_volume_alone() -> None:
     assert {"name": "images", "mountPath": store} in container["volumeMounts"], "the directory store's path"
     commented = GATEWAY_CONFIG.read_text(encoding="utf-8")
     assert "#   path: ${IMAGE_GATEWAY_STORE:-/var/lib/image-gateway/images}" in commented
+
+
+def test_the_no_gpu_overlay_drops_the_workers_alone() -> None:
+    """Everything of the GPU workers goes, nothing else: the gateway keeps its config (its `local-gpu` targets fall
+    back, and it stays ready: test_deploy.py's test_the_deploy_gateway_stays_ready_without_its_gpu_workers)."""
+    base = {(obj["kind"], obj["metadata"]["name"]): obj for obj in rendered(K8S)}
+    kept = {(obj["kind"], obj["metadata"]["name"]): obj for obj in rendered(DEPLOY / "k8s-overlays" / "no-gpu")}
+    workers = {key for key, obj in base.items() if obj["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"}
+    assert {("Deployment", "image-gateway-worker"), ("Service", "image-gateway-worker")} <= workers
+    assert kept == {key: obj for key, obj in base.items() if key not in workers}
 
 
 # --- compose ---
