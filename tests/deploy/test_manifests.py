@@ -32,7 +32,7 @@ from litestar.testing import TestClient
 from gateway.app import create_app
 from gateway.cli import build_parser
 from gateway.config import DirectoryStoreConfig, parse_config
-from gateway.storesetup import RULE_ID
+from gateway.images.setup import RULE_ID
 from local_backend.cli import build_parser as build_worker_parser
 from tests.deploy.test_deploy import (
     DEPLOY,
