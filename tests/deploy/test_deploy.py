@@ -766,8 +766,14 @@ def _compose_env(service: str, image: Path) -> set[str]:
     return names | set(dockerfile_env(image))
 
 
-def _k8s_env(deployment: str, image: Path) -> set[str]:
-    (container,) = k8s_object("Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+def _k8s_env(kind: str, name: str, image: Path, container_name: str | None = None) -> set[str]:
+    """The variables a workload's container has: its env and envFrom (each key checked to exist), its image's ENV.
+    The workload's one container, or the one named ``container_name`` (an init container too)."""
+    pod = k8s_object(kind, name)["spec"]["template"]["spec"]
+    if container_name is None:
+        (container,) = pod["containers"]
+    else:
+        (container,) = [c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"] == container_name]
     names = {item["name"] for item in container.get("env", [])} | set(dockerfile_env(image))
     for source in container.get("envFrom", []):
         if "secretRef" in source:
@@ -783,19 +789,29 @@ def _k8s_env(deployment: str, image: Path) -> set[str]:
     return names
 
 
+GATEWAY_IMAGE, WORKER_IMAGE = DEPLOY / "Dockerfile.gateway", DEPLOY / "Dockerfile.worker"
+
+
 @pytest.mark.parametrize(
-    ("config", "service", "deployment", "image"),
+    ("config", "service", "workload", "image"),
     [
-        (GATEWAY_CONFIG, "gateway", "image-gateway", DEPLOY / "Dockerfile.gateway"),
-        (WORKER_CONFIG, WORKER_SERVICE, "image-gateway-worker", DEPLOY / "Dockerfile.worker"),
+        (GATEWAY_CONFIG, "gateway", ("Deployment", "image-gateway", None), GATEWAY_IMAGE),
+        (GATEWAY_CONFIG, "store-setup", ("Job", "image-gateway-store-setup", None), GATEWAY_IMAGE),
+        (WORKER_CONFIG, WORKER_SERVICE, ("Deployment", "image-gateway-worker", None), WORKER_IMAGE),
+        # the init container that places the weights reads the whole worker config (check-config)
+        (WORKER_CONFIG, None, ("Deployment", "image-gateway-worker", "weights"), WORKER_IMAGE),
     ],
 )
-def test_every_config_variable_is_provided(config: Path, service: str, deployment: str, image: Path) -> None:
+def test_every_config_variable_is_provided(
+    config: Path, service: str | None, workload: tuple[str, str, str | None], image: Path
+) -> None:
     wanted = set(env_refs(config.read_text(encoding="utf-8")))
-    missing = wanted - _compose_env(service, image)
-    assert not missing, f"compose service `{service}` (environment, image ENV) does not set {sorted(missing)}"
-    missing = wanted - _k8s_env(deployment, image)
-    assert not missing, f"Deployment {deployment} (env, Secret, ConfigMap) does not set {sorted(missing)}"
+    if service is not None:
+        missing = wanted - _compose_env(service, image)
+        assert not missing, f"compose service `{service}` (environment, image ENV) does not set {sorted(missing)}"
+    kind, name, container_name = workload
+    missing = wanted - _k8s_env(kind, name, image, container_name)
+    assert not missing, f"{workload} (env, Secret, ConfigMap, image ENV) does not set {sorted(missing)}"
 
 
 # === Kubernetes ===
@@ -815,7 +831,8 @@ def test_k8s_manifests_are_namespace_agnostic_and_listed() -> None:
     files = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
     assert listed == files, "kustomization lists every manifest but the example Secret"
     kinds = {obj["kind"] for obj in objects}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret"} <= kinds
+    wanted = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret", "Job"}
+    assert wanted <= kinds
 
 
 def _pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
@@ -1017,6 +1034,7 @@ def test_k8s_secret_example_holds_placeholders_only() -> None:
     secrets = yaml_documents(K8S / "secret.example.yaml")
     assert {secret["metadata"]["name"] for secret in secrets} == {
         "image-gateway-secrets",
+        "image-gateway-admin-keys",
         "image-gateway-metrics",
         "image-gateway-worker-metrics",
     }
@@ -1147,8 +1165,9 @@ def test_gateway_config_protects_metrics_with_the_key_prometheus_sends(tmp_path:
 
 
 def test_the_deploy_gateway_stays_ready_without_its_gpu_workers(tmp_path: Path) -> None:
-    """deploy/README's "No GPU? Delete worker.yaml": the shipped config with its workers absent answers /ready 200
-    (the kubelet keeps every replica), with `local-gpu` unready in the body and the gauge, and no worker address."""
+    """deploy/README's "No GPU? Apply k8s-overlays/no-gpu": the shipped config with its workers absent answers
+    /ready 200 (the kubelet keeps every replica), with `local-gpu` unready in the body and the gauge, and no worker
+    address."""
     from tests.servers import free_port
 
     text = GATEWAY_CONFIG.read_text(encoding="utf-8")
