@@ -270,8 +270,9 @@ class Topology:
 
         self.env = configs.environment(self)
         worker_config = configs.write_worker_config(self.dir)
-        model_dir = self.dir.parent / "models"  # the built tiny model is kept between soak runs
-        built = model_dir.is_dir() and any(model_dir.iterdir())
+        # Where built-in tiny models are built (the project's default, kept between runs and shared with the suite).
+        model_dir = Path(os.environ.get("IMAGE_GATEWAY_MODEL_DIR", "var/models")).resolve()
+        built = (model_dir / "tiny-sdxl" / "model_index.json").is_file()
         for index, port in enumerate(self.worker_ports, 1):
             say(f"worker-{index} (image-gateway-worker, tiny model on the CPU) on :{port}")
             part = Part(
