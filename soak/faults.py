@@ -61,7 +61,7 @@ class Schedule:
         self.faults = [
             Fault("replica gateway-2 SIGKILLed, restarted", 0.06 * d, hold, replica.kill, replica.restart),
             Fault("worker-2 SIGKILLed, restarted", 0.18 * d, hold, worker.kill, worker.restart),
-            Fault("Redis restarted (SIGTERM, AOF reloaded)", 0.30 * d, max(4.0, hold / 2),
+            Fault("Redis restarted (SIGTERM, AOF reloaded)", 0.30 * d, hold,
                   lambda: redis.stop(grace=20), redis.restart),
             Fault("SeaweedFS paused (SIGSTOP/SIGCONT)", 0.42 * d, 5.0,
                   lambda: seaweedfs.signal(signal.SIGSTOP), lambda: seaweedfs.signal(signal.SIGCONT)),
