@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class Secrets:
     """The soak's credentials, made fresh for each run."""
 
     keys: dict[str, str]  # inbound key name -> key
+    admin_key: str  # the operators' key of /console (the shipped config's `operator`, where it has one)
     metrics_key: str
     worker_token: str
     store_secret: str
@@ -67,6 +69,7 @@ class Secrets:
 
         return cls(
             keys={name: f"sk-soak-{name}-{secrets.token_hex(8)}" for name in ("plain", "budget", "limited")},
+            admin_key=secrets.token_hex(16),
             metrics_key=secrets.token_hex(16),
             worker_token=secrets.token_hex(16),
             store_secret=secrets.token_hex(16),
@@ -95,13 +98,27 @@ def environment(topology: Topology) -> dict[str, str]:
         "NEBULABLOCK_API_KEY": EMULATOR_API_KEY,
         "WORKER_TOKEN": s.worker_token,
         "METRICS_KEY_HASH": hash_key(s.metrics_key),
+        "ADMIN_KEY_HASH": hash_key(s.admin_key),
         "WORKER_MODEL_PATH": "builtin:tiny-sdxl",
     }
+
+
+_REQUIRED_VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)\}")  # ${VAR} with no :-default
 
 
 def _load(path: Path) -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(path.read_text())
     return loaded
+
+
+def check_environment(env: dict[str, str]) -> None:
+    """A clear error when a shipped config names a ``${VAR}`` the soak does not set (a new one in deploy/)."""
+    for name in ("gateway.yaml", "worker.yaml"):
+        text = "\n".join(line.split("#", 1)[0] for line in (DEPLOY / "config" / name).read_text().splitlines())
+        missing = sorted(set(_REQUIRED_VARIABLE.findall(text)) - set(env))
+        if missing:
+            needed = ", ".join(missing)
+            raise RuntimeError(f"deploy/config/{name} needs {needed}: set it in soak/configs.py environment()")
 
 
 def write_worker_config(directory: Path) -> Path:

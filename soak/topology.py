@@ -269,6 +269,7 @@ class Topology:
         ))  # fmt: skip
 
         self.env = configs.environment(self)
+        configs.check_environment(self.env)
         worker_config = configs.write_worker_config(self.dir)
         # Where built-in tiny models are built (the project's default, kept between runs and shared with the suite).
         model_dir = Path(os.environ.get("IMAGE_GATEWAY_MODEL_DIR", "var/models")).resolve()
