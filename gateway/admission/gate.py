@@ -73,6 +73,8 @@ class Admission:
         self.body_budget = BodyBudget(
             server.max_inflight_body_bytes, server.max_inflight_body_share, server.max_body_bytes
         )
+        for scope in ("key", "model", "provider"):  # at 0 from the start, for rate() and increase()
+            metrics.RATE_LIMITED.labels(scope)
         for key in config.auth.keys:
             if key.budget is not None:
                 metrics.BUDGET_AMOUNT.labels(key.name, key.budget.currency).set(key.budget.amount)
