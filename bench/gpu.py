@@ -58,7 +58,7 @@ CACHE_FAMILIES = {"flux-schnell", "flux-dev"}
 # The order in which (model, mode) pairs are measured: what matters most first, so a short budget keeps it.
 PRIORITY = [("plain", "flux-schnell"), ("plain", "sdxl"), ("plain", "flux-dev"), ("cache", "flux-schnell"),
             ("compile", "flux-schnell"), ("both", "flux-schnell"), ("compile", "sdxl"), ("cache", "flux-dev"),
-            ("compile", "flux-dev"), ("both", "flux-dev")]  # fmt: skip
+            ("compile", "flux-dev"), ("both", "flux-dev"), ("cache", "sdxl"), ("both", "sdxl")]  # fmt: skip
 MAX_BATCH = 8  # the engine's max_batch_size; the pixel budget per call (batch_pixels) is the engine's default
 CONCURRENCY = (1, 8)
 REPORT_MARGIN_S = 15.0  # kept back from the budget for stopping the child and writing the report
