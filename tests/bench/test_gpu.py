@@ -7,12 +7,27 @@ the budget stops a run that would outlast it with a report of what was measured.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from bench.gpu import JSON_NAME, LOG_NAME, MD_NAME, Cell, Report, Skip, build_pipeline, main, read_report, render
+from bench.gpu import (
+    JSON_NAME,
+    LOG_NAME,
+    MD_NAME,
+    Cell,
+    Report,
+    Skip,
+    _stop,
+    build_pipeline,
+    main,
+    read_report,
+    render,
+)
 
 MEASURED = [("flux-schnell", "plain"), ("sdxl", "plain"), ("flux-schnell", "cache"), ("flux-schnell", "compile"),
             ("flux-schnell", "both"), ("sdxl", "compile")]  # fmt: skip
@@ -56,13 +71,27 @@ def test_the_cpu_mode_measures_every_model_mode_path_and_concurrency(tmp_path: P
     assert "- sdxl cache: n/a" in table and "Run finished" in table
 
 
-def test_a_run_past_its_budget_is_stopped_and_reports_what_it_has(tmp_path: Path) -> None:
-    # 20 s: the child gets 5 s (the rest is the margin for stopping it), less than torch takes to start.
+def test_a_short_budget_ends_the_run_in_time_and_reports_what_was_not_measured(tmp_path: Path) -> None:
+    # 20 s: the child gets 5 s (the rest is the margin for stopping it), about what torch takes to start here.
     code = main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--sizes", "64", "--budget", "20"])
     report = _report(tmp_path)
-    assert report.ended == "stopped at the budget" and report.elapsed_s < 20
+    assert report.elapsed_s < 20
+    table = (tmp_path / MD_NAME).read_text()
     assert code == (0 if report.cells else 1)
-    assert "Run stopped at the budget" in (tmp_path / MD_NAME).read_text()
+    if report.ended == "finished":  # the child skipped what did not fit, and said so
+        assert any(skip.reason.startswith("budget") for skip in report.skipped)
+        assert "budget:" in table
+    else:  # still building or measuring at the deadline: stopped, and the report says so
+        assert report.ended == "stopped at the budget" and "Run stopped at the budget" in table
+
+
+def test_a_child_past_the_deadline_is_stopped_with_its_own_processes() -> None:
+    child = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], start_new_session=True)
+    started = time.monotonic()
+    _stop(child)
+    assert child.returncode is not None and time.monotonic() - started < 10
+    with pytest.raises(ProcessLookupError):
+        os.killpg(child.pid, 0)  # nothing of its process group is left
 
 
 def test_the_report_keeps_every_whole_line_and_drops_one_cut_short(tmp_path: Path) -> None:
