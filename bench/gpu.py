@@ -612,7 +612,10 @@ def render(report: Report) -> str:
                   f"Python {machine.python}; started {machine.started}; budget {machine.budget_s:.0f} s"
                   f"{'; TINY models (noise, a test of the code, not of a GPU)' if machine.tiny else ''}.",
                   f"Energy: {machine.energy}.", ""]  # fmt: skip
-    lines += [f"Run {report.ended} after {report.elapsed_s:.0f} s. Random weights in bf16 (noise at the real cost); "
+    tiny = machine is not None and machine.tiny
+    what = ("The built-in tiny models in float32 (noise: a check of the code, not a measurement of a GPU)" if tiny
+            else "Real-size architectures with random weights in bf16 (noise, at the real cost)")  # fmt: skip
+    lines += [f"Run {report.ended} after {report.elapsed_s:.0f} s. {what}; "
               "engine = the local engine as the gateway runs it (queue, batching, PNG); bare = pipeline calls alone. "
               "s/image at concurrency 1 is the median request (engine) or call (bare); overhead = engine against "
               "bare (s/image at 1, images/s at 8); batching gain = images/s at 8 over images/s at 1 (engine).",
