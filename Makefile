@@ -25,7 +25,7 @@ LITELLM_VENV ?= bench/.venv-litellm
 LITELLM_SDK := $(LITELLM_VENV)/.installed-sdk
 LITELLM_PROXY := $(LITELLM_VENV)/.installed-proxy
 
-.PHONY: install run test lint lock emulators soak bench bench-quick bench-servers bench-portkey bench-local bench-speed clean
+.PHONY: install run test lint lock emulators soak bench bench-quick bench-servers bench-portkey bench-local bench-speed bench-gpu clean
 
 # One lock file into the virtualenv, then the project itself (no dependency resolution at all).
 define install_lock
@@ -132,6 +132,15 @@ bench-local: $(SERVE_STAMP)
 # What each speed option of a local model buys, and the pixel budget per batch (bench/speed.py; ARGS=--path ...).
 bench-speed: $(SERVE_STAMP)
 	$(BIN)/python -m bench.speed $(ARGS)
+
+# FLUX.1-schnell and SDXL of real size on one GPU, in 8 minutes (bench/gpu.py; DEVELOPERS.md says how to ask for
+# a GPU). OUT=folder for the table and the figures; ARGS="--device cpu --tiny" tries it on the CPU. No install
+# here: a lent GPU machine has its own torch, and bench/gpu.sh installs the wheels carried in .whl.
+OUT ?=
+BENCH_GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+bench-gpu:
+	@test -n "$(OUT)" || { echo "usage: make bench-gpu OUT=folder [ARGS=...]"; exit 2; }
+	BENCH_GPU_PYTHON=$(BENCH_GPU_PYTHON) sh bench/gpu.sh $(OUT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
