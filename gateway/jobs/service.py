@@ -88,10 +88,10 @@ async def store_errors() -> AsyncIterator[None]:
 
 
 class Ticket(NamedTuple):
-    """A request that asked to run as a job, checked before its body was read."""
+    """A request that asked to run as a job, checked before its body was read: the job mode of
+    gateway/request/modes.py (its key is the admitted request's)."""
 
     jobs: Jobs
-    key: InboundKey | None
     preferences: Preferences
     webhook: WebhookTarget | None
 
@@ -131,7 +131,7 @@ class Jobs(JobRunner):
         key_name = key.name if key is not None else None
         # A named URL's host is resolved: off the event loop.
         webhook = await webhooks.target_async(key_name, url) if url else webhooks.target(key_name, None)
-        return Ticket(self, key, preferences, webhook)
+        return Ticket(self, preferences, webhook)
 
     async def submit(
         self,
