@@ -6,9 +6,9 @@ job's run ends (``gateway.jobs.runner``), from what the steps returned: nothing 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import structlog
 
 from gateway.admission.accounting import Cost
@@ -21,8 +21,7 @@ __all__ = ["RequestRecord"]
 log = structlog.get_logger("gateway.request")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
+class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
     """What one request did, for its metrics and its one log line."""
 
     dialect: str
@@ -31,7 +30,7 @@ class RequestRecord:
     provider: str = "none"
     outcome: str = "internal"
     images: int = 0
-    attempts: Attempts = field(default_factory=Attempts)
+    attempts: Attempts = msgspec.field(default_factory=Attempts)
     key: str = "none"  # the inbound key's name
     cost: Cost | None = None  # of an answered request; None: unpriced (gateway/admission/accounting.py)
     energy: Energy | None = None

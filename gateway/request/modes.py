@@ -18,7 +18,6 @@ it is not queued).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -80,7 +79,7 @@ class Streamed(NamedTuple):
         canonical = planned.canonical
         # The events carry base64 images; the final one states the settings the client asked for.
         as_b64 = msgspec.structs.replace(canonical, response_format=ResponseFormat.B64_JSON)
-        streamed = dataclasses.replace(planned, canonical=as_b64)
+        streamed = msgspec.structs.replace(planned, canonical=as_b64)
         encode = functools.partial(completed_event, canonical)
 
         async def final(progress: Callable[[Progress], None]) -> Final:
