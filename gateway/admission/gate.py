@@ -1,6 +1,6 @@
 """Admission: what a request must pass before the gateway spends memory or an upstream call on it.
 
-In the order the pipeline asks (``gateway.routes.serve``): the key, from the headers alone
+In the order the pipeline asks (``gateway.request.serve``): the key, from the headers alone
 (``authorize``); room for the body in the in-flight budget (``BodyBudget``, taken by
 ``gateway.inbound`` as the body is read); the inputs within the configured bounds
 (``check_inputs``); then model access and the key's and the model's rate limits

@@ -18,6 +18,7 @@ from litestar.response import Stream
 
 from gateway.jobs.queue import job_body
 from gateway.jobs.service import JOBS_PATH, Jobs
+from gateway.request import sse
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.nebul import NebulError
@@ -76,7 +77,7 @@ async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Res
     f"{JOBS_PATH}/{{job_id:str}}/events",
     tags=["jobs"],
     responses=_ERRORS,
-    media_type="text/event-stream",
+    media_type=sse.EVENT_STREAM,
     response_description=(
         "Server-sent events: `status` ({id, status, updated_at}) and `progress` ({step, steps}) as they change, "
         "then one `result` event with the job's whole body, after which the stream ends"
@@ -87,11 +88,7 @@ async def job_events(request: Request[Any, Any, Any], job_id: FromPath[str]) -> 
     jobs, gateway = _jobs(request)
     key = gateway.admission.authorize(request.headers)
     job, progress = await jobs.find(job_id, key)  # a 404 before the stream starts
-    return Stream(
-        jobs.events(job, progress),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return Stream(jobs.events(job, progress), media_type=sse.EVENT_STREAM, headers=dict(sse.HEADERS))
 
 
 @delete(

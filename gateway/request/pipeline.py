@@ -19,7 +19,7 @@ from gateway.observability.logs import REQUEST_ID_HEADER, bind_inbound_keys, req
 from gateway.request.errors import render
 from gateway.request.inbound import BodyPace, ScopeInbound
 from gateway.request.mounts import DialectRoute, Mount, find_route
-from gateway.request.routes import JSON, serve_recorded
+from gateway.request.serve import JSON, serve_recorded
 from gateway.request.streams import StreamedAnswer
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError
