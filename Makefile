@@ -43,6 +43,7 @@ $(STAMP): requirements/test.txt pyproject.toml
 	@# The console's browser tests drive Debian's Chromium (no `playwright install` download).
 	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium) || true
 	@test -x /usr/bin/chromium || echo "note: /usr/bin/chromium is missing (apt-get install chromium): tests/console will fail"
+	test -x /usr/bin/prometheus || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) || true
 	touch $@ $(SERVE_STAMP)
 
 # The JS clients of the suite (the official openai SDK, the Vercel AI SDK), at the versions the lock file pins.

@@ -1,0 +1,149 @@
+// The status page's charts of the last hour (/admin/api/charts), drawn with the vendored uPlot
+// (assets/vendor/uplot, loaded by index.html as window.uPlot). The gateway reads Prometheus, or this
+// process's own readings: the page only draws what it is given, and says which.
+
+import { Unauthorized, adminJSON } from "./api.js";
+
+const REFRESH_MS = 30000; // the gateway keeps an answer for 10 s; a minute's point changes slowly
+const HEIGHT = 170;
+const COLORS = ["#0b5cad", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#be185d"];
+
+let timer = null;
+let observer = null;
+const plots = new Map(); // chart id → its uPlot
+
+/** Draw the charts now and every REFRESH_MS until stop(); onUnauthorized() when the key is refused. */
+export function start(onUnauthorized) {
+  stop();
+  const refresh = () => load(onUnauthorized);
+  refresh();
+  timer = setInterval(refresh, REFRESH_MS);
+  if (!observer && "ResizeObserver" in window) {
+    observer = new ResizeObserver(() => resize());
+    observer.observe(document.getElementById("charts"));
+  }
+}
+
+export function stop() {
+  if (timer) clearInterval(timer);
+  timer = null;
+}
+
+async function load(onUnauthorized) {
+  const error = document.getElementById("charts-error");
+  try {
+    draw(await adminJSON("/admin/api/charts"));
+  } catch (failure) {
+    if (failure instanceof Unauthorized) {
+      stop();
+      onUnauthorized(failure.message);
+      return;
+    }
+    error.textContent = `The charts could not be loaded: ${failure.message}`;
+    error.hidden = false;
+  }
+}
+
+function cssColor(name, fallback) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
+}
+
+/** Draw one answer of /admin/api/charts. */
+export function draw(answer) {
+  const host = document.getElementById("charts");
+  host.dataset.source = answer.source;
+  document.getElementById("charts-note").textContent = answer.note;
+  const error = document.getElementById("charts-error");
+  error.textContent = answer.error ? `${answer.error}.` : "";
+  error.hidden = !answer.error;
+  const figures = answer.charts.map((chart) => figure(chart, answer.times));
+  host.replaceChildren(...figures);
+  host.setAttribute("aria-busy", "false");
+}
+
+function figure(chart, times) {
+  const existing = plots.get(chart.id);
+  if (existing) existing.destroy();
+  plots.delete(chart.id);
+  const box = document.createElement("figure");
+  box.className = "chart";
+  box.dataset.chart = chart.id;
+  box.dataset.series = chart.series.map((s) => s.name).join(",");
+  const caption = document.createElement("figcaption");
+  const title = document.createElement("strong");
+  title.textContent = chart.title;
+  const unit = document.createElement("span");
+  unit.className = "hint";
+  unit.textContent = ` ${chart.unit}`;
+  caption.append(title, unit);
+  box.append(caption);
+  const drawn = chart.series.filter((s) => s.values.some((v) => v != null));
+  if (!drawn.length) {
+    const empty = document.createElement("p");
+    empty.className = "hint empty";
+    empty.textContent = "Nothing in this window yet.";
+    box.append(empty);
+    return box;
+  }
+  const plot = document.createElement("div");
+  plot.className = "plot";
+  plot.setAttribute("role", "img");
+  plot.setAttribute("aria-label", `${chart.title} (${chart.unit}), latest: ${latest(drawn)}`);
+  box.append(plot);
+  const muted = cssColor("--muted", "#5b5b5b");
+  const grid = cssColor("--line", "#d6d6d2");
+  const axis = { stroke: muted, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+  const options = {
+    width: 300,
+    height: HEIGHT,
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+    axes: [axis, { ...axis, size: 56, values: (u, ticks) => ticks.map(short) }],
+    series: [
+      {},
+      ...drawn.map((s, index) => ({
+        label: s.name,
+        stroke: COLORS[index % COLORS.length],
+        width: 2,
+        points: { size: 6 },
+        value: (u, v) => (v == null ? "—" : short(v)),
+      })),
+    ],
+  };
+  const data = [times, ...drawn.map((s) => s.values)];
+  // uPlot measures its box: it is drawn once the figure is in the page.
+  requestAnimationFrame(() => {
+    options.width = Math.max(160, plot.clientWidth);
+    const made = new window.uPlot(options, data, plot);
+    made.setLegend({ idx: times.length - 1 }); // the legend shows the latest point until the pointer moves
+    plots.set(chart.id, made);
+    box.dataset.drawn = "true";
+  });
+  return box;
+}
+
+function resize() {
+  for (const plot of plots.values()) {
+    const width = Math.max(160, plot.root.parentElement.clientWidth);
+    if (Math.abs(plot.width - width) > 4) plot.setSize({ width, height: HEIGHT });
+  }
+}
+
+function latest(series) {
+  return series
+    .map((s) => {
+      const found = [...s.values].reverse().find((v) => v != null);
+      return `${s.name} ${found == null ? "none" : short(found)}`;
+    })
+    .join(", ");
+}
+
+/** A number as a chart writes it: 3 significant digits, no exponent for everyday values. */
+export function short(value) {
+  if (value == null) return "—";
+  const size = Math.abs(value);
+  if (size === 0) return "0";
+  if (size >= 1e6) return `${(value / 1e6).toPrecision(3)}M`;
+  if (size >= 1e3) return `${(value / 1e3).toPrecision(3)}k`;
+  if (size >= 1) return String(Number(value.toPrecision(3)));
+  return String(Number(value.toPrecision(2)));
+}
