@@ -35,11 +35,13 @@ def _fresh(fresh_emulators: dict[str, EmulatorServer]) -> None:
 
 
 def generate(gateway: GatewayServer, model: str, times: int = 1) -> None:
+    # The tiny model small and quick; the emulated provider at its own default size.
+    body = {"size": "256x256", "steps": 2} if model == "tiny" else {}
     for _ in range(times):
         answered = httpx.post(
             gateway.url + "/v1/images/generations",
             headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-            json={"model": model, "prompt": "a lighthouse", "size": "256x256"},
+            json={"model": model, "prompt": "a lighthouse", **body},
             timeout=120,
         )
         assert answered.status_code == 200, answered.text
@@ -58,15 +60,16 @@ def open_status(page: Any, gateway: GatewayServer) -> list[str]:
     return refused
 
 
-def drawn(page: Any) -> dict[str, list[str]]:
-    """Each chart drawn by uPlot (its canvas in the page) → the series its legend names."""
+def drawn(page: Any) -> dict[str, dict[str, str]]:
+    """Each chart drawn by uPlot (its canvas in the page) → the series its legend names → the value it shows."""
     for chart in CHART_IDS:
         page.locator(f'figure[data-chart="{chart}"]').wait_for()
     page.wait_for_function("() => document.querySelectorAll('figure.chart[data-drawn=true]').length >= 2")
     return page.evaluate(
         """() => Object.fromEntries([...document.querySelectorAll('figure.chart[data-drawn=true]')].map(f => [
             f.dataset.chart,
-            [...f.querySelectorAll('.u-legend .u-series:not(:first-child) .u-label')].map(l => l.textContent)]))"""
+            Object.fromEntries([...f.querySelectorAll('.u-legend .u-series:not(:first-child)')].map(row => [
+                row.querySelector('.u-label').textContent, row.querySelector('.u-value').textContent]))]))"""
     )
 
 
@@ -85,6 +88,7 @@ def test_charts_of_this_process_and_the_models_speed_options(page: Any, console_
     assert page.locator("#charts-error").is_hidden()
     legends = drawn(page)
     assert set(legends["requests"]) >= {"local", "melious"}
+    assert legends["requests"]["melious"] == "3" and legends["requests"]["local"] == "2"  # the latest point shown
     assert set(legends["images"]) >= {"local", "melious"}
     assert set(legends["latency"]) >= {"local", "melious", "all requests"}
     assert "EUR" in legends["cost"]  # tiny is priced in EUR (melious is not)
@@ -211,6 +215,11 @@ def test_charts_from_a_real_prometheus(page: Any, watched: tuple[GatewayServer, 
         generate(gateway, "tiny")
         generate(gateway, "via-melious", 2)
         time.sleep(2.5)  # scraped every second
+    if SHOTS:  # for the docs' picture: a few minutes of traffic at changing rates, a line rather than a dot
+        for minute in range(4):
+            generate(gateway, "tiny", 1 + minute % 2)
+            generate(gateway, "via-melious", (3, 6, 2, 5)[minute])
+            time.sleep(45)
     prometheus.wait(lambda: prometheus.query("sum(rate(image_gateway_requests_total[2m])) > 0"), "counting requests")
 
     answered = httpx.get(

@@ -8,6 +8,7 @@ const REFRESH_MS = 30000; // the gateway keeps an answer for 10 s; a minute's po
 const HEIGHT = 170;
 const COLORS = ["#0b5cad", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#be185d"];
 
+const colors = new Map(); // series name → its colour, the same in every chart of the page
 let timer = null;
 let observer = null;
 const plots = new Map(); // chart id → its uPlot
@@ -56,12 +57,12 @@ export function draw(answer) {
   const error = document.getElementById("charts-error");
   error.textContent = answer.error ? `${answer.error}.` : "";
   error.hidden = !answer.error;
-  const figures = answer.charts.map((chart) => figure(chart, answer.times));
+  const figures = answer.charts.map((chart) => figure(chart, answer.times, answer.window_s));
   host.replaceChildren(...figures);
   host.setAttribute("aria-busy", "false");
 }
 
-function figure(chart, times) {
+function figure(chart, times, windowS) {
   const existing = plots.get(chart.id);
   if (existing) existing.destroy();
   plots.delete(chart.id);
@@ -93,18 +94,22 @@ function figure(chart, times) {
   const muted = cssColor("--muted", "#5b5b5b");
   const grid = cssColor("--line", "#d6d6d2");
   const axis = { stroke: muted, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+  const end = times[times.length - 1];
   const options = {
     width: 300,
     height: HEIGHT,
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+    scales: {
+      x: { time: true, range: () => [end - windowS, end] }, // the whole window, however few points it has yet
+      y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
+    },
     axes: [axis, { ...axis, size: 56, values: (u, ticks) => ticks.map(short) }],
     series: [
       {},
-      ...drawn.map((s, index) => ({
+      ...drawn.map((s) => ({
         label: s.name,
-        stroke: COLORS[index % COLORS.length],
+        stroke: colorOf(s.name),
         width: 2,
-        points: { size: 6 },
+        points: { show: true, size: 6, filter: lonely },
         value: (u, v) => (v == null ? "—" : short(v)),
       })),
     ],
@@ -113,12 +118,32 @@ function figure(chart, times) {
   // uPlot measures its box: it is drawn once the figure is in the page.
   requestAnimationFrame(() => {
     options.width = Math.max(160, plot.clientWidth);
+    // The legend shows the latest point until the pointer moves over the chart.
+    options.hooks = { ready: [(u) => u.setLegend({ idx: times.length - 1 })] };
     const made = new window.uPlot(options, data, plot);
-    made.setLegend({ idx: times.length - 1 }); // the legend shows the latest point until the pointer moves
     plots.set(chart.id, made);
     box.dataset.drawn = "true";
   });
   return box;
+}
+
+function colorOf(name) {
+  if (!colors.has(name)) colors.set(name, COLORS[colors.size % COLORS.length]);
+  return colors.get(name);
+}
+
+/** The points drawn as dots: those with no neighbour to draw a line to, and the latest. */
+function lonely(u, seriesIndex) {
+  const values = u.data[seriesIndex];
+  const found = [];
+  let last = null;
+  for (let i = 0; i < values.length; i++) {
+    if (values[i] == null) continue;
+    last = i;
+    if (values[i - 1] == null && values[i + 1] == null) found.push(i);
+  }
+  if (last != null && !found.includes(last)) found.push(last);
+  return found;
 }
 
 function resize() {
