@@ -149,7 +149,9 @@ function lonely(u, seriesIndex) {
 function resize() {
   for (const plot of plots.values()) {
     const width = Math.max(160, plot.root.parentElement.clientWidth);
-    if (Math.abs(plot.width - width) > 4) plot.setSize({ width, height: HEIGHT });
+    if (Math.abs(plot.width - width) <= 4) continue;
+    plot.setSize({ width, height: HEIGHT });
+    plot.setLegend({ idx: plot.data[0].length - 1 }); // a new size clears the legend: the latest point again
   }
 }
 
