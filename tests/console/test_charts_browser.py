@@ -74,6 +74,7 @@ def drawn(page: Any) -> dict[str, dict[str, str]]:
 
 
 def shoot(page: Any, name: str) -> None:
+    page.mouse.move(2, 2)  # nowhere over a chart
     if SHOTS:
         page.locator("#charts-box").screenshot(path=str(Path(SHOTS) / name))
 
@@ -95,6 +96,12 @@ def test_charts_of_this_process_and_the_models_speed_options(page: Any, console_
     assert charts.locator('figure[data-chart="requests"] canvas').count() == 1
     label = charts.locator('figure[data-chart="requests"] .plot').get_attribute("aria-label") or ""
     assert label.startswith("Requests by provider (per minute), latest:") and "melious 3" in label
+
+    # The pointer over a chart shows the point under it; once it leaves, the latest again.
+    box = charts.locator('figure[data-chart="requests"] .u-over').bounding_box()
+    page.mouse.move(box["x"] + 5, box["y"] + box["height"] / 2)
+    page.mouse.move(2, 2)
+    assert drawn(page)["requests"]["melious"] == "3"
 
     # The local backend's model, and what it runs with, asked through the adapter protocol.
     options = page.locator('#local .local-card[data-provider="local"] [data-fact="options-tiny"] dd')

@@ -119,7 +119,11 @@ function figure(chart, times, windowS) {
   requestAnimationFrame(() => {
     options.width = Math.max(160, plot.clientWidth);
     // The legend shows the latest point until the pointer moves over the chart.
-    options.hooks = { ready: [(u) => u.setLegend({ idx: times.length - 1 })] };
+    const latestInLegend = (u) => u.setLegend({ idx: times.length - 1 });
+    options.hooks = {
+      ready: [latestInLegend],
+      setCursor: [(u) => u.cursor.idx == null && latestInLegend(u)], // the pointer left: the latest again
+    };
     const made = new window.uPlot(options, data, plot);
     plots.set(chart.id, made);
     box.dataset.drawn = "true";
