@@ -43,7 +43,7 @@ $(STAMP): requirements/test.txt pyproject.toml
 	@# The console's browser tests drive Debian's Chromium (no `playwright install` download).
 	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium) || true
 	@test -x /usr/bin/chromium || echo "note: /usr/bin/chromium is missing (apt-get install chromium): tests/console will fail"
-	@# The soak's load balancer and Prometheus (promtool tests the alert rules): Debian's packages.
+	@# The soak's load balancer and Prometheus (promtool tests the alert rules; the console's chart tests scrape with it): Debian's packages.
 	command -v haproxy >/dev/null && command -v prometheus >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy prometheus) || true
 	@command -v promtool >/dev/null || echo "note: haproxy/prometheus are missing (apt-get install haproxy prometheus): tests/soak and tests/deploy/test_alert_rules.py will fail"

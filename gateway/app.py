@@ -23,7 +23,7 @@ from gateway.admission.auth import Authenticator
 from gateway.admission.gate import Admission
 from gateway.admission.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
-from gateway.console.admin import admin_handlers
+from gateway.console.admin import admin_handlers, console_lifespan
 from gateway.images import ImageStore, StoreUnavailable, build_image_store
 from gateway.jobs.routes import JOB_ROUTES
 from gateway.jobs.service import Jobs, build_job_queue
@@ -288,7 +288,7 @@ def create_app(config: GatewayConfig | None = None) -> Litestar:
             *admin_handlers(),
         ],
         middleware=[RequestIdMiddleware],
-        lifespan=[lifespan],
+        lifespan=[lifespan, console_lifespan],  # the console's chart readings, once the gateway is built
         logging_config=None,  # structlog writes every line; Litestar's own config would start a queue thread
         exception_handlers={Exception: handle_exception},
         request_max_body_size=config.server.max_body_bytes,

@@ -7,6 +7,9 @@ Who may see them:
 - with none configured, both are served only when ``server.host`` is a loopback address and the
   request comes from loopback too (the page says so); otherwise both are 404, as if not there.
 
+The status page's charts of the last hour (``/admin/api/charts``) come from Prometheus or from this
+process's own readings (``gateway/console/charts.py``); ``console_lifespan`` keeps those readings.
+
 The status stream (``/admin/api/status/events``) is server-sent events read by ``fetch`` (so the
 key travels in the header, never in a URL): one snapshot a second, shared by every open page;
 each stream ends after ``EVENTS_PER_STREAM`` events and the page reconnects.
@@ -17,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import NotFoundException
@@ -33,6 +37,7 @@ from litestar.static_files import create_static_files_router
 
 from gateway.admission.auth import Authenticator
 from gateway.config import AuthConfig, GatewayConfig, InboundKey
+from gateway.console.charts import Charts, ChartsAnswer
 from gateway.console.status import (
     BudgetsAnswer,
     JobsStatus,
@@ -46,7 +51,7 @@ from gateway.console.status import (
 )
 from schemas.net import is_loopback
 
-__all__ = ["CONSOLE_DIR", "EVENTS_PER_STREAM", "EVENT_INTERVAL_S", "AdminGate", "admin_handlers"]
+__all__ = ["CONSOLE_DIR", "EVENTS_PER_STREAM", "EVENT_INTERVAL_S", "AdminGate", "admin_handlers", "console_lifespan"]
 
 CONSOLE_DIR = Path(__file__).parent
 EVENT_INTERVAL_S = 1.0
@@ -192,6 +197,15 @@ async def jobs(request: Request[Any, Any, Any]) -> JobsStatus:
     return msgspec.convert(await sampler_of(request).jobs(), JobsStatus)
 
 
+@get("/charts")
+async def charts(request: Request[Any, Any, Any]) -> ChartsAnswer:
+    """The status page's charts of the last hour, a point a minute: requests and failed provider calls by
+    provider, p95 latency (by provider, and of all requests), images, cost, energy and queue depth. ``source``:
+    ``prometheus`` (``console.prometheus_url``: every replica it scrapes) or ``process`` (this process's own
+    readings, labelled so in ``note``; ``error`` says why when Prometheus failed). At most 10 s old."""
+    return msgspec.convert(await request.app.state.console_charts.answer(), ChartsAnswer)
+
+
 @get("/requests/{request_id:str}")
 async def recent_request(request: Request[Any, Any, Any], request_id: FromPath[str]) -> RecentRequest:
     """One of this process's last dialect requests by its ``X-Request-ID``: the model, the provider that
@@ -231,7 +245,7 @@ def admin_handlers() -> list[Any]:
         cache_control=CacheControlHeader(no_cache=True),
         send_as_attachment=False,
     )
-    handlers = [status, providers, models, limits, budgets, local, jobs, recent_request, status_events]
+    handlers = [status, providers, models, limits, budgets, local, jobs, charts, recent_request, status_events]
     for handler in handlers:  # the docstrings document the API (the app leaves use_handler_docstrings off)
         handler.description = handler.description or inspect.cleandoc(handler.fn.__doc__ or "")
     api = Router(
@@ -241,3 +255,14 @@ def admin_handlers() -> list[Any]:
         tags=["admin"],
     )
     return [console_page, assets, api]
+
+
+@asynccontextmanager
+async def console_lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Keeps this process's readings for the charts (after the app's own lifespan has built the gateway)."""
+    keeper = Charts(app.state.gateway, app.state.config.console).start()
+    app.state.console_charts = keeper
+    try:
+        yield
+    finally:
+        await keeper.aclose()
