@@ -151,6 +151,7 @@ def write_gateway_config(topology: Topology) -> Path:
         },
         {"name": "limited", "hash": hash_key(s.keys["limited"]), "limits": RATE_LIMITED, "webhooks": hooks},
     ]
+    config["console"] = {"prometheus_url": topology.prometheus_url}  # the charts read the soak's Prometheus
     config["webhooks"] = {"attempts": 8, "backoff_initial_s": 0.5, "backoff_max_s": 2.0, "timeout_s": 5}
     for name, provider in config["providers"].items():
         if name in PROVIDER_EMULATOR:
