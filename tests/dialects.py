@@ -17,7 +17,7 @@ from schemas import melious, nebul, nebulablock, openai, pomelo
 from schemas.dialect import Endpoint
 from tests.emulators import solid_png
 
-__all__ = ["CALLS", "PROMPT", "Call", "image_pointers", "png_of"]
+__all__ = ["CALLS", "INBOUND", "PROMPT", "Call", "image_pointers", "png_of"]
 
 PROMPT = "A serene mountain landscape at sunset"
 EDIT_PROMPT = "add a red hat"
@@ -143,3 +143,59 @@ def png_of(pointer: tuple[str, str], fetch: Callable[[str], bytes]) -> bytes:
     """The bytes an image pointer stands for (``fetch`` reads a URL)."""
     form, value = pointer
     return base64.b64decode(value) if form == "b64" else fetch(value)
+
+
+# A client per dialect route, by name, as the tests of one behaviour across the dialects use it (idempotency,
+# budgets): what it sends for model ``model`` (a 1024x1024 image, where it can say so), and how it finds
+# the image in the answer: ("b64", pointer) or ("url", pointer).
+Pointer = Callable[[dict[str, Any]], str]
+
+
+def first_data(body: dict[str, Any], key: str) -> str:
+    return str(body["data"][0][key])
+
+
+INBOUND: dict[str, tuple[str, Callable[[str], dict[str, Any]], str, Pointer]] = {
+    "melious": (
+        "/melious/v1/images/generations",
+        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024", "n": 1},
+        "url",
+        lambda b: first_data(b, "url"),
+    ),
+    "melious-b64": (
+        "/melious/v1/images/generations",
+        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024", "response_format": "b64_json"},
+        "b64",
+        lambda b: first_data(b, "b64_json"),
+    ),
+    "nebul": (
+        "/nebul/v1/images/generations",
+        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024", "n": 1},
+        "b64",
+        lambda b: first_data(b, "b64_json"),
+    ),
+    "pomelo-midjourney": (
+        "/pomelo/api/v1/midjourney/generate",
+        lambda m: {"prompt": PROMPT, "model": m, "width": 1024, "height": 1024, "num_outputs": 1},
+        "url",
+        lambda b: str(b["images"][0]["url"]),
+    ),
+    "nebulablock-serverless": (
+        "/nebulablock/api/v1/images/generation",
+        lambda m: {"model": m, "prompt": PROMPT, "num_steps": 25, "guidance_scale": 9, "width": 1024, "height": 1024},
+        "b64",
+        lambda b: first_data(b, "b64_json"),
+    ),
+    "nebulablock-v1": (
+        "/nebulablock/v1/images/generate",
+        lambda m: {"model": m, "prompt": PROMPT, "n": 1, "size": "1024x1024"},
+        "url",
+        lambda b: str(b["data"]["images"][0]["url"]),
+    ),
+    "openai-root": (
+        "/v1/images/generations",
+        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024"},
+        "url",
+        lambda b: first_data(b, "url"),
+    ),
+}
