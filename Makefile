@@ -21,6 +21,13 @@ SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 LITELLM_VENV ?= bench/.venv-litellm
+# `make test` runs the suite on TEST_WORKERS processes (pytest-xdist), each test module whole on one of them
+# (--dist loadscope: a module's gateways and servers start once); TEST_WORKERS=0 runs it in this process.
+# The 25 slowest steps are printed at the end (--durations=25). See docs/testing.md.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+# One OpenMP thread per torch in a worker: four workers' spinning thread pools on two cores starve each other.
+PYTEST_ENV = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1})
 # (Defined before any rule names them: make expands a rule's prerequisites as it reads the rule.)
 LITELLM_SDK := $(LITELLM_VENV)/.installed-sdk
 LITELLM_PROXY := $(LITELLM_VENV)/.installed-proxy
@@ -72,7 +79,7 @@ run: $(SERVE_STAMP)
 	$(EMULATOR_PORTS) $(BIN)/image-gateway serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(STAMP) $(JS_SDK) $(PORTKEY_TESTS) $(LITELLM_SDK)
-	$(BIN)/python -m pytest -q
+	$(PYTEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

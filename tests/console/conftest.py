@@ -60,15 +60,6 @@ def console_config(emulators: dict[str, EmulatorServer], store: Path, **sections
     return gateway_config(providers, models, store, **{"auth": auth, **sections})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Where the tiny model is built, once per module."""
-    path = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(path))
-        yield path
-
-
 @pytest.fixture(scope="module")
 def console_gateway(
     emulators: dict[str, EmulatorServer], model_dir: Path, tmp_path_factory: pytest.TempPathFactory

@@ -437,8 +437,8 @@ def test_deploy_configs_pass_check_config(monkeypatch: pytest.MonkeyPatch, capsy
     for path in (GATEWAY_CONFIG, WORKER_CONFIG):
         for name, value in placeholder_env(path.read_text(encoding="utf-8")).items():
             monkeypatch.setenv(name, value)
-        # --no-store: the placeholders name no reachable bucket (tests/gateway/test_imagestore_s3.py reaches one)
-        # --no-weights: the worker's model is in the GPU node's cache, not here (tests/gateway/test_weights.py)
+        # --no-store: the placeholders name no reachable bucket (tests/gateway/images/test_imagestore_s3.py reaches one)
+        # --no-weights: the worker's model is in the GPU node's cache, not here (tests/gateway/config/test_weights.py)
         assert cli_main(["check-config", "--no-store", "--no-weights", str(path)]) == 0, capsys.readouterr().err
         assert ": ok (" in capsys.readouterr().out
 

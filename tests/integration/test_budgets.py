@@ -21,11 +21,11 @@ import redis
 import yaml
 
 from gateway.admission.auth import hash_key
+from tests.dialects import INBOUND
 from tests.emulators import EmulatorServer
 from tests.emulators.control import Fault
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer
-from tests.integration.test_dialects import INBOUND
 from tests.redis_support import require_shared_redis
 from tests.servers import GatewayProcess
 

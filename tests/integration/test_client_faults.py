@@ -93,15 +93,6 @@ def assert_client_fault(response: httpx.Response, family: str, field: str) -> No
 # --- bad input, to a gateway in its own process ---
 
 
-@pytest.fixture(scope="module", autouse=True)
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The built-in tiny model, built once for this module's gateways and worker, away from var/."""
-    path = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(path))
-        yield path
-
-
 @pytest.fixture(scope="module")
 def redis_prefix() -> Iterator[str]:
     """A key prefix of this module's own in the shared Redis, emptied afterwards."""

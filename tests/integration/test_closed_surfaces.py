@@ -32,14 +32,6 @@ BODY = {"model": "tiny", "prompt": "a lighthouse", "size": "64x64", "response_fo
 GENERATIONS = "/nebul/v1/images/generations"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(path))
-        yield path
-
-
 @pytest.fixture(scope="module")
 def worker(model_dir: Path) -> Iterator[WorkerServer]:
     """A worker that wants ``TOKEN``."""

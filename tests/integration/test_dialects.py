@@ -1,74 +1,17 @@
-"""Each inbound dialect reaches each provider, over real HTTP, and the image that comes back is real."""
+"""What the dialect routes do beyond one image each: the fixed-model routes, splits across calls, gateway URLs,
+edits and variations with files, refusals. Every dialect route x provider x mode is tests/integration/test_matrix.py."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
-from typing import Any
 
 import httpx
-import pytest
 
 from schemas.dialect import image_dimensions
 from tests.emulators import EmulatorServer
-from tests.integration.conftest import PROVIDERS
 from tests.integration.gateway_server import GatewayServer
 
 PROMPT = "A serene mountain landscape at sunset"
-
-# What a client of each dialect sends for model ``model`` (a 1024x1024 image, where it can say so),
-# and how it finds the image in the answer: ("b64", pointer) or ("url", pointer).
-Pointer = Callable[[dict[str, Any]], str]
-
-
-def first_data(body: dict[str, Any], key: str) -> str:
-    return str(body["data"][0][key])
-
-
-INBOUND: dict[str, tuple[str, Callable[[str], dict[str, Any]], str, Pointer]] = {
-    "melious": (
-        "/melious/v1/images/generations",
-        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024", "n": 1},
-        "url",
-        lambda b: first_data(b, "url"),
-    ),
-    "melious-b64": (
-        "/melious/v1/images/generations",
-        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024", "response_format": "b64_json"},
-        "b64",
-        lambda b: first_data(b, "b64_json"),
-    ),
-    "nebul": (
-        "/nebul/v1/images/generations",
-        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024", "n": 1},
-        "b64",
-        lambda b: first_data(b, "b64_json"),
-    ),
-    "pomelo-midjourney": (
-        "/pomelo/api/v1/midjourney/generate",
-        lambda m: {"prompt": PROMPT, "model": m, "width": 1024, "height": 1024, "num_outputs": 1},
-        "url",
-        lambda b: str(b["images"][0]["url"]),
-    ),
-    "nebulablock-serverless": (
-        "/nebulablock/api/v1/images/generation",
-        lambda m: {"model": m, "prompt": PROMPT, "num_steps": 25, "guidance_scale": 9, "width": 1024, "height": 1024},
-        "b64",
-        lambda b: first_data(b, "b64_json"),
-    ),
-    "nebulablock-v1": (
-        "/nebulablock/v1/images/generate",
-        lambda m: {"model": m, "prompt": PROMPT, "n": 1, "size": "1024x1024"},
-        "url",
-        lambda b: str(b["data"]["images"][0]["url"]),
-    ),
-    "openai-root": (
-        "/v1/images/generations",
-        lambda m: {"model": m, "prompt": PROMPT, "size": "1024x1024"},
-        "url",
-        lambda b: first_data(b, "url"),
-    ),
-}
 
 
 def image_bytes(http: httpx.Client, form: str, pointer: str) -> bytes:
@@ -78,22 +21,6 @@ def image_bytes(http: httpx.Client, form: str, pointer: str) -> bytes:
     assert fetched.status_code == 200, fetched.text
     assert fetched.headers["content-type"] == "image/png"
     return fetched.content
-
-
-@pytest.mark.parametrize("provider", list(PROVIDERS))
-@pytest.mark.parametrize("dialect", list(INBOUND))
-def test_every_dialect_reaches_every_provider(
-    dialect: str, provider: str, gateway: GatewayServer, emulators: dict[str, EmulatorServer], http: httpx.Client
-) -> None:
-    path, payload, form, pointer = INBOUND[dialect]
-    response = http.post(gateway.url + path, json=payload(f"via-{provider}"))
-    assert response.status_code == 200, response.text
-    assert response.headers["x-gateway-provider"] == provider
-    image = image_bytes(http, form, pointer(response.json()))
-    assert image.startswith(b"\x89PNG")
-    assert image_dimensions(image) == (1024, 1024)
-    calls = emulators[PROVIDERS[provider][0]].emulator.calls
-    assert [call.method for call in calls] == ["POST"]
 
 
 def test_pomelo_flux_route_reaches_its_configured_model(

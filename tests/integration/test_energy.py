@@ -8,7 +8,6 @@ with a configured energy per image is estimated; a provider with nothing known h
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +32,6 @@ WORKER_SITE = {"carbon_intensity_g_per_kwh": 30.0, "pue": 1.1, "water_l_per_kwh"
 # No RAPL here, and none wanted: the estimate is the path these tests take on any machine.
 NEBUL_MODEL = "black-forest-labs/FLUX.1-Kontext-dev"
 ESTIMATE = {"meter": "power", "power_watts": 250.0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(path))
-        yield path
 
 
 def started(server: GatewayServer) -> GatewayServer:

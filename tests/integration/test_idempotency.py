@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from gateway.admission.auth import hash_key
+from tests.dialects import INBOUND
 from tests.emulators import EmulatorServer, Fault, solid_png
 from tests.integration.conftest import start_gateway
 from tests.integration.gateway_server import GatewayServer
-from tests.integration.test_dialects import INBOUND
 from tests.redis_support import OwnRedis, require_shared_redis
 
 KEYS = {"alice": "alice-idempotency-key", "bob": "bob-idempotency-key"}

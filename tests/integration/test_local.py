@@ -23,11 +23,13 @@ from adapters.local import LocalAdapter
 from local_backend.server import create_worker_app
 from schemas import worker as protocol
 from schemas.dialect import image_dimensions
+from tests.fixtures import engine_of
 from tests.integration.gateway_server import GatewayServer, gateway_config
 from tests.local_backend.engines import held_device, local_settings
 from tests.local_backend.worker_server import WorkerServer
 from tests.servers import ThreadedServer
 
+pytestmark = pytest.mark.usefixtures("started_adapters")  # tests/fixtures.py: engines read
 PROMPT = "a lighthouse at dusk"
 MISSING_DIR = "/nonexistent/models/sd-turbo"
 
@@ -53,36 +55,6 @@ def served_models(provider: str) -> list[dict[str, Any]]:
 def start(providers: dict[str, Any], models: list[dict[str, Any]], store: Path) -> GatewayServer:
     """A gateway for these providers and models; ``with`` starts it and stops it."""
     return GatewayServer(gateway_config(providers, models, store))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def started_adapters() -> Iterator[list[LocalAdapter]]:
-    """Every ``LocalAdapter`` the gateways of this module start, so tests can read their engines' counters."""
-    started: list[LocalAdapter] = []
-    real_start = LocalAdapter.start
-
-    async def recording_start(self: LocalAdapter) -> None:
-        started.append(self)
-        await real_start(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(LocalAdapter, "start", recording_start)
-        yield started
-
-
-def engine_of(adapters: list[LocalAdapter]) -> Any:
-    """The in-process engine of the gateway started last."""
-    engine = adapters[-1].engine
-    assert engine is not None, "the local provider of that gateway runs no in-process engine"
-    return engine
 
 
 @pytest.fixture(scope="module")

@@ -29,35 +29,14 @@ from gateway.request import streams
 from schemas.dialect import image_dimensions, sniff_image
 from tests.emulators import EmulatorServer, solid_png
 from tests.emulators.control import Fault
+from tests.fixtures import engine_of
 from tests.integration.conftest import provider_entries
 from tests.integration.gateway_server import GatewayServer, gateway_config
 from tests.local_backend.engines import held_device
 
+pytestmark = pytest.mark.usefixtures("started_adapters")  # tests/fixtures.py: engines read
 PROMPT = "a lighthouse at dusk"
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def started_adapters() -> Iterator[list[LocalAdapter]]:
-    """Every ``LocalAdapter`` the gateway of this module starts, so tests can read its engine's counters."""
-    started: list[LocalAdapter] = []
-    real_start = LocalAdapter.start
-
-    async def recording_start(self: LocalAdapter) -> None:
-        started.append(self)
-        await real_start(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(LocalAdapter, "start", recording_start)
-        yield started
 
 
 class LocalGatewayServer(GatewayServer):
@@ -85,12 +64,6 @@ def gateway(
 def client(gateway: GatewayServer) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(api_key="sk-anything", base_url=gateway.url + "/v1", max_retries=0, timeout=60) as sdk:
         yield sdk
-
-
-def engine_of(adapters: list[LocalAdapter]) -> Any:
-    engine = adapters[-1].engine
-    assert engine is not None, "the local provider runs no in-process engine"
-    return engine
 
 
 def decoded(b64: str) -> bytes:

@@ -35,21 +35,19 @@ class LocalGatewayServer(GatewayServer):
 @pytest.fixture(scope="module")
 def gateway(emulators: dict[str, EmulatorServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     """OpenAI's model names on our targets: dall-e-3 and dall-e-2 at emulators, gpt-image-1 and tiny locally."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(tmp_path_factory.mktemp("models")))
-        tiny = {"tiny": {"path": "builtin:tiny-sd"}}
-        local = {"kind": "local", "device": "cpu", "batch_window_ms": 0, "models": tiny}
-        providers = provider_entries(emulators)
-        providers["gpu"] = local
-        models = [
-            {"name": "dall-e-3", "targets": [{"provider": "melious", "model": "flux-schnell"}]},
-            {"name": "dall-e-2", "targets": [{"provider": "nebul", "model": "black-forest-labs/FLUX.1-Kontext-dev"}]},
-            {"name": "gpt-image-1", "targets": [{"provider": "gpu", "model": "tiny"}]},
-            {"name": "tiny", "targets": [{"provider": "gpu", "model": "tiny"}]},
-        ]
-        server = LocalGatewayServer(gateway_config(providers, models, tmp_path_factory.mktemp("store"))).start()
-        yield server
-        server.stop()
+    tiny = {"tiny": {"path": "builtin:tiny-sd"}}
+    local = {"kind": "local", "device": "cpu", "batch_window_ms": 0, "models": tiny}
+    providers = provider_entries(emulators)
+    providers["gpu"] = local
+    models = [
+        {"name": "dall-e-3", "targets": [{"provider": "melious", "model": "flux-schnell"}]},
+        {"name": "dall-e-2", "targets": [{"provider": "nebul", "model": "black-forest-labs/FLUX.1-Kontext-dev"}]},
+        {"name": "gpt-image-1", "targets": [{"provider": "gpu", "model": "tiny"}]},
+        {"name": "tiny", "targets": [{"provider": "gpu", "model": "tiny"}]},
+    ]
+    server = LocalGatewayServer(gateway_config(providers, models, tmp_path_factory.mktemp("store"))).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

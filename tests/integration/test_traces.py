@@ -81,14 +81,6 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
         server.close()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGE_GATEWAY_MODEL_DIR", str(path))
-        yield path
-
-
 MODELS = [
     {
         "name": "via-melious",

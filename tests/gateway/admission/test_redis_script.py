@@ -187,6 +187,7 @@ async def test_rediss_speaks_tls() -> None:
         "unix://",
         "",
     ],
+    ids=["http", "ssl-query", "port-not-a-number", "unix-without-path", "empty"],  # the same on every xdist worker
 )
 def test_urls_it_cannot_honour_are_refused_at_once(url: str) -> None:
     with pytest.raises(ValueError) as caught:

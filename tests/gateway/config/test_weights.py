@@ -10,7 +10,7 @@ from huggingface_hub import try_to_load_from_cache
 from gateway.cli import main
 from gateway.config.weights import hub_cache, weights_problem
 
-DEPLOY_WORKER = Path(__file__).resolve().parents[2] / "deploy" / "config" / "worker.yaml"
+DEPLOY_WORKER = Path(__file__).resolve().parents[3] / "deploy" / "config" / "worker.yaml"
 
 
 def cache_entry(cache: Path, repo_id: str, *, revision: str = "0123abcd", index: bool = True) -> None:

@@ -334,6 +334,7 @@ def test_a_delivery_record_is_msgspec_encodable() -> None:
         (f"{{secret: {SECRET}, url: 'http://h.example/x'}}", "$.auth.keys[0].webhooks.url"),
         (f"{{secret: {SECRET}, allow_privat: true}}", "$.auth.keys[0].webhooks"),
     ],
+    ids=["not-whsec", "too-short", "url-as-host", "wildcard-host", "http-url", "unknown-field"],  # no random secret
 )
 def test_check_config_names_the_bad_webhook_field(
     block: str, path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
