@@ -206,6 +206,9 @@ async def serve_recorded(
     finally:
         if not isinstance(answer, StreamedAnswer):
             await ended(outcome, failure, answer.completed if answer is not None else None)
+        # The failure's traceback holds this frame: a reference to it here would keep both (and the request, its
+        # prompt and body with them) until the cyclic collector runs.
+        failure = None
 
 
 async def _ended(
