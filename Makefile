@@ -24,6 +24,8 @@ LITELLM_VENV ?= bench/.venv-litellm
 # (Defined before any rule names them: make expands a rule's prerequisites as it reads the rule.)
 LITELLM_SDK := $(LITELLM_VENV)/.installed-sdk
 LITELLM_PROXY := $(LITELLM_VENV)/.installed-proxy
+# More options for `make bench` / `make bench-quick` (python -m bench.proxy --help), e.g. BENCH_ARGS=--compare-dispatch.
+BENCH_ARGS ?=
 
 .PHONY: install run test lint lock emulators bench bench-quick bench-servers bench-portkey bench-local bench-speed clean
 
@@ -95,10 +97,10 @@ $(BENCH_STAMP): requirements/bench.txt pyproject.toml
 
 # The gateway against a bare emulator and LiteLLM's proxy; writes docs/benchmarks.md.
 bench: $(BENCH_STAMP) $(LITELLM_PROXY)
-	$(BIN)/python -m bench.proxy --litellm-python $(LITELLM_VENV)/bin/python --py-spy
+	$(BIN)/python -m bench.proxy --litellm-python $(LITELLM_VENV)/bin/python --py-spy $(BENCH_ARGS)
 
 bench-quick: $(BENCH_STAMP) $(LITELLM_PROXY)
-	$(BIN)/python -m bench.proxy --quick --litellm-python $(LITELLM_VENV)/bin/python
+	$(BIN)/python -m bench.proxy --quick --litellm-python $(LITELLM_VENV)/bin/python $(BENCH_ARGS)
 
 # uvicorn (uvloop+httptools, asyncio+h11), Granian, and two processes, serving the same gateway.
 bench-servers: $(BENCH_STAMP)
