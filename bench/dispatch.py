@@ -196,6 +196,11 @@ def _row(
     )
 
 
+def _signed(value: float) -> str:
+    """A difference in ms, signed, with no "-0.000" for a difference that rounds to nothing."""
+    return f"{round(value, 3) + 0.0:+.3f}"
+
+
 def _spread(values: Sequence[float]) -> str:
     finite = [v for v in values if not math.isnan(v)]
     if len(finite) < 2:
@@ -261,10 +266,10 @@ def render_dispatch(result: DispatchComparison, machine: Machine, command: str) 
     read = "in process" if result.in_process else "on the servers"
     lines += [
         "",
-        f"On the two servers, Litestar's routing shows as {extra:+.3f} ms of CPU per light request at "
-        f"{result.rate:g} req/s, pooled (the median of the paired rounds: {paired:+.3f} ms; closed loop: "
-        f"{closed_extra:+.3f} ms), against the direct dispatch. The rule is to adopt the route handlers unless "
+        f"On the two servers, Litestar's routing shows as {_signed(extra)} ms of CPU per light request at "
+        f"{result.rate:g} req/s, pooled (the median of the paired rounds: {_signed(paired)} ms; closed loop: "
+        f"{_signed(closed_extra)} ms), against the direct dispatch. The rule is to adopt the route handlers unless "
         f"they cost more than {THRESHOLD_MS:g} ms of CPU per light request; read {read} "
-        f"({result.deciding_ms:+.3f} ms), that is {verdict}.",
+        f"({_signed(result.deciding_ms)} ms), that is {verdict}.",
     ]
     return "\n".join(lines)
