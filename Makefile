@@ -27,7 +27,7 @@ LITELLM_PROXY := $(LITELLM_VENV)/.installed-proxy
 # More options for `make bench` / `make bench-quick` (python -m bench.proxy --help), e.g. BENCH_ARGS=--compare-dispatch.
 BENCH_ARGS ?=
 
-.PHONY: install run test lint lock emulators bench bench-quick bench-servers bench-portkey bench-local bench-speed clean
+.PHONY: install run test lint lock emulators soak bench bench-quick bench-servers bench-portkey bench-local bench-speed bench-gpu clean
 
 # One lock file into the virtualenv, then the project itself (no dependency resolution at all).
 define install_lock
@@ -45,6 +45,10 @@ $(STAMP): requirements/test.txt pyproject.toml
 	@# The console's browser tests drive Debian's Chromium (no `playwright install` download).
 	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium) || true
 	@test -x /usr/bin/chromium || echo "note: /usr/bin/chromium is missing (apt-get install chromium): tests/console will fail"
+	@# The soak's load balancer and Prometheus (promtool tests the alert rules; the console's chart tests scrape with it): Debian's packages.
+	command -v haproxy >/dev/null && command -v prometheus >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy prometheus) || true
+	@command -v promtool >/dev/null || echo "note: haproxy/prometheus are missing (apt-get install haproxy prometheus): tests/soak and tests/deploy/test_alert_rules.py will fail"
 	touch $@ $(SERVE_STAMP)
 
 # The JS clients of the suite (the official openai SDK, the Vercel AI SDK), at the versions the lock file pins.
@@ -74,11 +78,20 @@ test: $(STAMP) $(JS_SDK) $(PORTKEY_TESTS) $(LITELLM_SDK)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy schemas adapters gateway local_backend bench
+	$(BIN)/mypy schemas adapters gateway local_backend bench soak
 
 # The provider emulators on 127.0.0.1:9101..9105 (EMULATOR_PORT moves them; the fifth is OpenAI's API), for the README's examples.
 emulators: $(SERVE_STAMP)
 	$(BIN)/python -m tests.emulators all --base-port $(EMULATOR_PORT)
+
+# The production topology on one machine (HAProxy, three replicas, Redis with AOF, SeaweedFS, two workers,
+# the emulators, Prometheus) under mixed traffic and scheduled faults, for DURATION seconds; prints one summary
+# and writes it to var/soak/<time>/summary.md (docs/operations.md, "Soak").
+DURATION ?= 600
+soak: $(STAMP)
+	command -v haproxy >/dev/null && command -v prometheus >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy prometheus)
+	$(BIN)/python -m soak --duration $(DURATION)
 
 # LiteLLM lives in a virtualenv of its own (it pins versions of its own): its SDK for the suite
 # (requirements/litellm.txt), its proxy on top for `make bench` (requirements/litellm-proxy.txt).
@@ -121,6 +134,15 @@ bench-local: $(SERVE_STAMP)
 # What each speed option of a local model buys, and the pixel budget per batch (bench/speed.py; ARGS=--path ...).
 bench-speed: $(SERVE_STAMP)
 	$(BIN)/python -m bench.speed $(ARGS)
+
+# FLUX.1-schnell and SDXL of real size on one GPU, in 8 minutes (bench/gpu.py; DEVELOPERS.md says how to ask for
+# a GPU). OUT=folder for the table and the figures; ARGS="--device cpu --tiny" tries it on the CPU. No install
+# here: a lent GPU machine has its own torch, and bench/gpu.sh installs the wheels carried in .whl.
+OUT ?=
+BENCH_GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+bench-gpu:
+	@test -n "$(OUT)" || { echo "usage: make bench-gpu OUT=folder [ARGS=...]"; exit 2; }
+	BENCH_GPU_PYTHON=$(BENCH_GPU_PYTHON) sh bench/gpu.sh $(OUT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -39,8 +39,9 @@ class Adapter(Protocol):
 
     ``generate`` raises ``GatewayError`` for every failure, already translated into the
     canonical taxonomy. The app calls ``observe`` and then ``start`` once at start-up,
-    ``ready`` for ``/ready``, and ``aclose`` at shutdown (it releases what the adapter owns,
-    not shared clients). ``AdapterBase`` gives each a no-op default.
+    ``ready`` for ``/ready``, ``backend_status`` for the console's status page, and ``aclose``
+    at shutdown (it releases what the adapter owns, not shared clients). ``AdapterBase`` gives
+    each a no-op default.
     """
 
     name: str
@@ -55,6 +56,11 @@ class Adapter(Protocol):
 
     async def ready(self) -> dict[str, Any] | None:
         """For ``/ready``: a report with a ``ready`` flag, or None when there is nothing to report."""
+        ...
+
+    async def backend_status(self) -> dict[str, Any] | None:
+        """For the console's status page: a backend of the gateway's own (its device, queue, batches, workers,
+        each model's speed options), or None for a provider that is only its calls (every HTTP provider)."""
         ...
 
     async def generate(self, request: ImageRequest, options: CallOptions) -> ImageResult: ...
@@ -74,6 +80,10 @@ class AdapterBase:
         """Nothing to load by default."""
 
     async def ready(self) -> dict[str, Any] | None:
+        return None
+
+    async def backend_status(self) -> dict[str, Any] | None:
+        """Nothing beyond the provider's calls by default."""
         return None
 
     async def aclose(self) -> None:

@@ -50,6 +50,27 @@ class _WorkerHealth(msgspec.Struct):
 _health_decoder = msgspec.json.Decoder(_WorkerHealth)
 
 
+class SpeedOptions(msgspec.Struct, kw_only=True):
+    """A loaded model's speed options as its engine reports them (``local_backend.pipelines.SpeedOptions``)."""
+
+    dtype: str
+    cache: str | None = None  # a step cache, e.g. ``first_block:0.05``
+    compile: str | None = None  # regional compilation's mode
+    fuse_qkv: bool = False
+    channels_last: bool = False
+
+
+class _WorkerStats(msgspec.Struct):
+    """What the console reads of a worker's ``/stats``: each loaded model's speed options."""
+
+    options: dict[str, SpeedOptions] = {}
+
+
+_stats_decoder = msgspec.json.Decoder(_WorkerStats)
+# A worker's speed options change only when it restarts: its /stats is asked at most this often for the console.
+WORKER_OPTIONS_TTL_S = 30.0
+
+
 @dataclass
 class WorkerSettings:
     """One remote worker, as the HTTP adapter reads a provider's settings."""
@@ -90,6 +111,8 @@ class LocalAdapter(AdapterBase):
             for url in settings.workers
         ]
         self._health_headers = {"Authorization": f"Bearer {settings.worker_token}"} if settings.worker_token else None
+        self._worker_options: dict[str, SpeedOptions] = {}
+        self._worker_options_at = -WORKER_OPTIONS_TTL_S
 
     @property
     def remote(self) -> bool:
@@ -140,6 +163,50 @@ class LocalAdapter(AdapterBase):
             return {"ready": self.engine.ready, "models": self.engine.stats().models}
         answers = await asyncio.gather(*(self._health(url) for url in self.settings.workers))
         return {"ready": any(answers), "workers": dict(zip(self.settings.workers, answers, strict=True))}
+
+    async def backend_status(self) -> dict[str, Any] | None:
+        """For the console: the in-process engine's counters and each model's speed options; with remote workers,
+        each worker's health and the speed options they report (``/stats``)."""
+        if self.remote:
+            state = await self.ready() or {}
+            options = await self._remote_options()
+            return {"remote": True, "workers": state.get("workers", {}), "options": msgspec.to_builtins(options)}
+        if self.engine is None:
+            return {"remote": False, "device": None, "started": False}
+        stats = msgspec.to_builtins(self.engine.stats())
+        stats["batch_sizes"] = {str(size): count for size, count in stats["batch_sizes"].items()}
+        # Every field, as remote workers' are told: the engine's own form leaves the defaults out.
+        stats["options"] = msgspec.to_builtins(msgspec.convert(stats["options"], dict[str, SpeedOptions]))
+        return {"remote": False, "started": True, **stats}
+
+    async def _remote_options(self) -> dict[str, SpeedOptions]:
+        """Each model's speed options as the workers report them (the first to name a model), asked every
+        ``WORKER_OPTIONS_TTL_S`` at most; what was known before while no worker answers."""
+        if time.monotonic() - self._worker_options_at < WORKER_OPTIONS_TTL_S:
+            return self._worker_options
+        self._worker_options_at = time.monotonic()
+        found: dict[str, SpeedOptions] = {}
+        for answer in await asyncio.gather(*(self._stats(url) for url in self.settings.workers)):
+            for model, options in (answer or {}).items():
+                found.setdefault(model, options)
+        if found:
+            self._worker_options = found
+        return self._worker_options
+
+    async def _stats(self, url: str) -> dict[str, SpeedOptions] | None:
+        connect = self.settings.timeout.connect
+        try:
+            answer = await self.client.send(
+                "GET",
+                url + protocol.STATS_PATH,
+                headers=self._health_headers,
+                connect_timeout=connect,
+                read_timeout=connect,
+                max_bytes=1 << 20,
+            )
+            return _stats_decoder.decode(answer.body).options if answer.status == 200 else None
+        except (UpstreamFailure, AnswerTooLarge, msgspec.ValidationError, msgspec.DecodeError):
+            return None
 
     # --- in-process ---
 

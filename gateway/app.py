@@ -25,7 +25,7 @@ from gateway.admission.auth import Authenticator
 from gateway.admission.gate import Admission
 from gateway.admission.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
-from gateway.console.admin import AdminGate, admin_handlers, provide_admin_gate
+from gateway.console.admin import AdminGate, admin_handlers, console_lifespan, provide_admin_gate
 from gateway.images import ImageStore, StoreUnavailable, build_image_store
 from gateway.jobs.routes import JOB_ROUTES
 from gateway.jobs.service import Jobs, build_job_queue
@@ -342,7 +342,7 @@ def create_app(config: GatewayConfig | None = None, dispatch: str | None = None)
         ],
         dependencies=DEPENDENCIES,
         middleware=[RequestIdMiddleware],
-        lifespan=[lifespan],
+        lifespan=[lifespan, console_lifespan],  # the console's chart readings, once the gateway is built
         logging_config=None,  # structlog writes every line; Litestar's own config would start a queue thread
         exception_handlers={Exception: handle_exception},
         request_max_body_size=config.server.max_body_bytes,

@@ -21,7 +21,7 @@ from gateway.routing.dedup import Dedup
 from gateway.routing.router import Router
 
 if TYPE_CHECKING:
-    from gateway.request.modes import JobIntake
+    from gateway.request.admitted import JobIntake
 
 __all__ = ["Gateway", "Injected"]
 

@@ -31,7 +31,16 @@ from local_backend.tiny import BUILTIN_PREFIX, TINY_KINDS, ensure_tiny
 from schemas.canonical import ErrorCode, GatewayError, Operation
 from schemas.local import LocalModelSettings
 
-__all__ = ["Drawn", "LoadedModel", "SpeedOptions", "denoiser", "load_model", "pick_device", "pick_dtype"]
+__all__ = [
+    "Drawn",
+    "LoadedModel",
+    "SpeedOptions",
+    "denoiser",
+    "load_model",
+    "pick_device",
+    "pick_dtype",
+    "prepare_model",
+]
 
 # (default side, steps, guidance) of each family, used where the settings leave them open.
 FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
@@ -342,8 +351,25 @@ def load_model(
             raise _not_found(name, settings.path, source) from exc
         raise
     pipeline.to(device)
+    return prepare_model(name, settings, pipeline, device, dtype, where)
+
+
+def prepare_model(
+    name: str,
+    settings: LocalModelSettings,
+    pipeline: Pipeline,
+    device: str,
+    dtype: torch.dtype,
+    where: str = "",
+    compile_backend: str = "inductor",
+) -> LoadedModel:
+    """A pipeline already on ``device`` (in ``dtype``) as a model to serve: its speed options applied, its rules made.
+
+    ``load_model`` ends here; bench/gpu.py starts here with pipelines it builds in memory.
+    ``compile_backend`` is torch.compile's (the bench's CPU mode traces with ``eager``, generating no code).
+    """
     pipeline.set_progress_bar_config(disable=True)
-    options = _apply_speed_options(name, settings, pipeline, dtype, where or f"local model {name!r}")
+    options = _apply_speed_options(name, settings, pipeline, dtype, where or f"local model {name!r}", compile_backend)
     rules = _rules(name, settings, pipeline)
     if not options.exact:  # a cache decides for the whole call: an image must not depend on its companions
         rules = msgspec.structs.replace(rules, batch_alone=True)
@@ -360,7 +386,12 @@ def _option_error(where: str, field: str, message: str) -> GatewayError:
 
 
 def _apply_speed_options(
-    name: str, settings: LocalModelSettings, pipeline: Pipeline, dtype: torch.dtype, where: str
+    name: str,
+    settings: LocalModelSettings,
+    pipeline: Pipeline,
+    dtype: torch.dtype,
+    where: str,
+    compile_backend: str = "inductor",
 ) -> SpeedOptions:
     """Fuse, reformat, cache and compile the denoiser as ``settings`` ask; what it now runs with."""
     from diffusers import FirstBlockCacheConfig
@@ -389,8 +420,12 @@ def _apply_speed_options(
         with warnings.catch_warnings():  # torch's own modules still use what torch 2.13 deprecates
             warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
             importlib.import_module("torch._inductor.compile_fx")  # what compiling imports (torch.utils.mkldnn)
+        # A mode is inductor's: another backend takes none.
+        mode = {"mode": options.mode} if compile_backend == "inductor" else {}
         try:
-            model.compile_repeated_blocks(mode=options.mode, fullgraph=options.fullgraph, dynamic=options.dynamic)
+            model.compile_repeated_blocks(
+                backend=compile_backend, fullgraph=options.fullgraph, dynamic=options.dynamic, **mode
+            )
         except ValueError as exc:  # its repeated blocks are not in this model
             raise _option_error(where, "compile", str(exc)) from exc
         compiled = options.mode

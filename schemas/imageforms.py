@@ -6,7 +6,7 @@ the two places that act on it only ask:
 
 - ``FETCH`` (URL → bytes): done by the adapter, inside the upstream call, so a failed download
   is a failed upstream attempt (retried, fallen back from, logged as ``upstream_attempt``);
-- ``STORE`` (bytes or base64 → URL): done by ``gateway.routes.deliver`` through the image store;
+- ``STORE`` (bytes or base64 → URL): done by ``gateway.request.steps.deliver`` through the image store;
 - ``KEEP``: the image goes out as it came (base64 to base64 untouched, bytes encoded once).
 
 Heavy answers: when a provider's answer carries base64 and its body is plain ASCII with no

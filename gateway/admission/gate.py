@@ -1,6 +1,6 @@
 """Admission: what a request must pass before the gateway spends memory or an upstream call on it.
 
-In the order the pipeline asks (``gateway.routes.serve``): the key, from the headers alone
+In the order the pipeline asks (``gateway.request.serve``): the key, from the headers alone
 (``authorize``); room for the body in the in-flight budget (``BodyBudget``, taken by
 ``gateway.inbound`` as the body is read); the inputs within the configured bounds
 (``check_inputs``); then model access and the key's and the model's rate limits
@@ -73,6 +73,8 @@ class Admission:
         self.body_budget = BodyBudget(
             server.max_inflight_body_bytes, server.max_inflight_body_share, server.max_body_bytes
         )
+        for scope in ("key", "model", "provider"):  # at 0 from the start, for rate() and increase()
+            metrics.RATE_LIMITED.labels(scope)
         for key in config.auth.keys:
             if key.budget is not None:
                 metrics.BUDGET_AMOUNT.labels(key.name, key.budget.currency).set(key.budget.amount)

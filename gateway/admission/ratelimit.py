@@ -172,10 +172,22 @@ ALLOWED = Decision(allowed=True, limit=0, remaining=0, reset_s=0.0)
 
 
 class Limiter(Protocol):
+    """Rate limits and budgets, checked and charged together: in memory (``MemoryLimiter``) or in Redis
+    (``RedisLimiter``). ``ahead_ms`` and ``spent_micros`` read what the limits and budgets hold without
+    charging them (the console's status page)."""
+
     async def check(self, checks: Sequence[LimitCheck], budgets: Sequence[BudgetCheck] = ()) -> Decision: ...
 
     async def settle(self, reservation: Reservation, actual: int) -> list[int]:
         """Correct each reserved budget to ``actual`` micros; answers what each period has spent (-1: gone)."""
+        ...
+
+    async def ahead_ms(self, keys: Sequence[str]) -> list[float]:
+        """How far each limit's theoretical arrival time is ahead of now, in ms (0: full again); charges nothing."""
+        ...
+
+    async def spent_micros(self, keys: Sequence[str]) -> list[int]:
+        """What each budget counter holds (spent and reserved, micros; 0 when none); charges nothing."""
         ...
 
     async def aclose(self) -> None: ...

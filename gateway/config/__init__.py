@@ -12,6 +12,7 @@ from gateway.config.providers import ModelConfig, OpenAIProvider, ProviderConfig
 from gateway.config.settings import (
     AdminKey,
     AuthConfig,
+    ConsoleConfig,
     GatewayConfig,
     InboundKey,
     JobsConfig,
@@ -29,6 +30,7 @@ __all__ = [
     "AuthConfig",
     "BudgetConfig",
     "ConfigError",
+    "ConsoleConfig",
     "DirectoryStoreConfig",
     "GatewayConfig",
     "ImageStoreConfig",

@@ -16,6 +16,7 @@ from gateway.config.fields import DEFAULT_CONFIG_PATH, ConfigError, FieldValueEr
 from gateway.config.providers import ModelConfig, ProviderConfig
 from gateway.config.settings import (
     AuthConfig,
+    ConsoleConfig,
     GatewayConfig,
     JobsConfig,
     RedisConfig,
@@ -154,6 +155,7 @@ def _check_parts(raw: dict[str, Any], errors: list[str]) -> None:
         "auth": AuthConfig,
         "image_store": ImageStoreConfig,
         "webhooks": WebhooksConfig,
+        "console": ConsoleConfig,
         "sustainability": SiteFactors,
     }
     for key, value in raw.items():

@@ -210,6 +210,35 @@ class JobsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_queued_bytes_per_key must be at most max_queued_bytes")
 
 
+class ConsoleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The console's status page: where its charts of the last hour come from (gateway/console/charts.py)."""
+
+    # Prometheus's HTTP API (`http://prometheus:9090`, a path prefix allowed; `user:password@` sent as basic
+    # auth), which scrapes every replica; empty: the charts show this process's own last hour.
+    prometheus_url: str = ""
+    prometheus_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0  # all of one chart refresh's queries
+
+    def __post_init__(self) -> None:
+        if self.prometheus_url:
+            self.prometheus_url = prometheus_url(self.prometheus_url)
+
+
+def prometheus_url(url: str) -> str:
+    """``url`` without a trailing slash, or a ``FieldValueError`` naming ``prometheus_url``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as exc:
+        raise FieldValueError("prometheus_url", f"prometheus_url {url!r} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FieldValueError(
+            "prometheus_url", "prometheus_url must be an http:// or https:// URL with a host, e.g. http://prometheus:9090"
+        )
+    if parts.query or parts.fragment:
+        raise FieldValueError("prometheus_url", "prometheus_url takes no ?query or #fragment: give the base URL")
+    return url.rstrip("/")
+
+
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration file."""
 
@@ -221,6 +250,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     # The site's grid, PUE and water factors that turn energy into carbon and water (docs: "Energy and carbon").
     sustainability: SiteFactors = msgspec.field(default_factory=SiteFactors)
 

@@ -7,6 +7,9 @@ Who may see them:
 - with none configured, both are served only when ``server.host`` is a loopback address and the
   request comes from loopback too (the page says so); otherwise both are 404, as if not there.
 
+The status page's charts of the last hour (``/admin/api/charts``) come from Prometheus or from this
+process's own readings (``gateway/console/charts.py``); ``console_lifespan`` keeps those readings.
+
 The status stream (``/admin/api/status/events``) is server-sent events read by ``fetch`` (so the
 key travels in the header, never in a URL): one snapshot a second, shared by every open page;
 each stream ends after ``EVENTS_PER_STREAM`` events and the page reconnects.
@@ -17,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-from litestar import Response, get
+from litestar import Litestar, Response, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
@@ -34,6 +38,7 @@ from litestar.static_files import create_static_files_router
 
 from gateway.admission.auth import Authenticator
 from gateway.config import AuthConfig, GatewayConfig, InboundKey
+from gateway.console.charts import Charts, ChartsAnswer
 from gateway.console.status import (
     BudgetsAnswer,
     JobsStatus,
@@ -54,6 +59,7 @@ __all__ = [
     "EVENT_INTERVAL_S",
     "AdminGate",
     "admin_handlers",
+    "console_lifespan",
     "gate_of",
     "provide_admin_gate",
 ]
@@ -148,6 +154,11 @@ def provide_sampler(state: State) -> StatusSampler:
     return sampler  # type: ignore[no-any-return]
 
 
+def provide_charts(state: State) -> Charts:
+    """The ``console_charts`` dependency: the readings ``console_lifespan`` keeps."""
+    return state.console_charts  # type: ignore[no-any-return]
+
+
 @get("/console", guards=[console_visible], include_in_schema=False, sync_to_thread=False)
 def console_page() -> Response[bytes]:
     """The console's one page (playground and status), from the package."""
@@ -207,6 +218,15 @@ async def jobs(sampler: Injected[StatusSampler]) -> JobsStatus:
     return msgspec.convert(await sampler.jobs(), JobsStatus)
 
 
+@get("/charts")
+async def charts(console_charts: Injected[Charts]) -> ChartsAnswer:
+    """The status page's charts of the last hour, a point a minute: requests and failed provider calls by
+    provider, p95 latency (by provider, and of all requests), images, cost, energy and queue depth. ``source``:
+    ``prometheus`` (``console.prometheus_url``: every replica it scrapes) or ``process`` (this process's own
+    readings, labelled so in ``note``; ``error`` says why when Prometheus failed). At most 10 s old."""
+    return msgspec.convert(await console_charts.answer(), ChartsAnswer)
+
+
 @get("/requests/{request_id:str}")
 async def recent_request(gateway: Injected[Gateway], request_id: FromPath[str]) -> RecentRequest:
     """One of this process's last dialect requests by its ``X-Request-ID``: the model, the provider that
@@ -246,14 +266,28 @@ def admin_handlers() -> list[Any]:
         cache_control=CacheControlHeader(no_cache=True),
         send_as_attachment=False,
     )
-    handlers = [status, providers, models, limits, budgets, local, jobs, recent_request, status_events]
+    handlers = [status, providers, models, limits, budgets, local, jobs, charts, recent_request, status_events]
     for handler in handlers:  # the docstrings document the API (the app leaves use_handler_docstrings off)
         handler.description = handler.description or inspect.cleandoc(handler.fn.__doc__ or "")
     api = Router(
         path="/admin/api",
         route_handlers=handlers,
         guards=[admin_only],
-        dependencies={"sampler": Provide(provide_sampler, sync_to_thread=False)},
+        dependencies={
+            "sampler": Provide(provide_sampler, sync_to_thread=False),
+            "console_charts": Provide(provide_charts, sync_to_thread=False),
+        },
         tags=["admin"],
     )
     return [console_page, assets, api]
+
+
+@asynccontextmanager
+async def console_lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Keeps this process's readings for the charts (after the app's own lifespan has built the gateway)."""
+    keeper = Charts(app.state.gateway, app.state.config.console).start()
+    app.state.console_charts = keeper
+    try:
+        yield
+    finally:
+        await keeper.aclose()

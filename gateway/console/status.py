@@ -2,9 +2,10 @@
 
 Providers (up, or cooling down until when, with their recent error rate and latency from
 ``gateway/observability/recent.py``), models and their targets in order, rate-limit use per key (and per
-model and provider, read from the limiter without charging it), each key's budget spent in
-its period, the local backend (the engine's counters, images/s between snapshots), and jobs,
-which say ``available: false`` with the reason until they exist.
+model and provider, read from the limiter through its protocol without charging it), each key's budget
+spent in its period, the backends of the gateway's own as their adapters describe them (the local engine's
+counters and its models' speed options, images/s between snapshots), and jobs, which say
+``available: false`` with the reason until they exist.
 
 The status stream takes a snapshot at most once per ``MIN_INTERVAL_S`` and shares it with every
 open page, so any number of them cost one snapshot a second.
@@ -22,9 +23,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from adapters.local import LocalAdapter
 from gateway.admission.accounting import MICROS, Cost, budget_check
-from gateway.admission.ratelimit import LimitCheck, MemoryLimiter, RedisLimiter, limit_checks
+from gateway.admission.ratelimit import LimitCheck, limit_checks
 from gateway.config import provider_kind
 from gateway.state import Gateway
 from schemas.policy import RateLimit
@@ -39,6 +39,7 @@ __all__ = [
     "NotAvailable",
     "ProviderStatus",
     "RecentRequest",
+    "SpeedOptionsStatus",
     "StatusAnswer",
     "StatusSampler",
 ]
@@ -132,14 +133,11 @@ class StatusSampler:
         checks: list[tuple[str, str, LimitCheck]] = []
         for scope, name, limits in entries:
             checks += [(scope, name, check) for check in limit_checks(limits, scope, name, 1, config.redis.key_prefix)]
-        limiter = self.gateway.admission.limiter
-        aheads: list[float | None] = [None] * len(checks)  # a limiter that cannot be read: use unknown
-        if isinstance(limiter, MemoryLimiter | RedisLimiter):
-            aheads = list(await limiter.ahead_ms([check.key for _, _, check in checks]))
+        aheads = await self.gateway.admission.limiter.ahead_ms([check.key for _, _, check in checks])
         items = []
         for (scope, name, check), ahead in zip(checks, aheads, strict=True):
             # Units not yet drained back: what this period has used of the limit.
-            used = None if ahead is None else min(check.limit, math.ceil(round(ahead / check.interval_ms, 6)))
+            used = min(check.limit, math.ceil(round(ahead / check.interval_ms, 6)))
             items.append(
                 {
                     "scope": scope,
@@ -166,17 +164,14 @@ class StatusSampler:
             if key.budget is not None
             and (found := budget_check(key, Cost(Decimal(0), key.budget.currency), config.redis.key_prefix, now))
         ]
-        limiter = self.gateway.admission.limiter
-        spent: list[int | None] = [None] * len(checks)
-        if isinstance(limiter, MemoryLimiter | RedisLimiter):
-            spent = list(await limiter.spent_micros([check.key for check in checks]))
+        spent = await self.gateway.admission.limiter.spent_micros([check.key for check in checks])
         items = [
             {
                 "key": check.name,
                 "period": check.budget.period,
                 "currency": check.budget.currency,
                 "amount": check.limit / MICROS,
-                "spent": None if used is None else used / MICROS,
+                "spent": used / MICROS,
                 "renews_at": _iso(check.period_end_ms / 1000),
             }
             for check, used in zip(checks, spent, strict=True)
@@ -184,28 +179,16 @@ class StatusSampler:
         return {"available": True, "reason": None, "items": items}
 
     async def local(self) -> list[dict[str, Any]]:
+        """Each backend of the gateway's own, as its adapter tells it (``Adapter.backend_status``): the local
+        provider's engine or workers; every HTTP provider tells nothing beyond its calls."""
         found = []
         for name, adapter in self.gateway.adapters.items():
-            if not isinstance(adapter, LocalAdapter):
+            state = await adapter.backend_status()
+            if state is None:
                 continue
-            if adapter.remote:
-                state = await adapter.ready() or {}
-                found.append({"provider": name, "remote": True, "workers": state.get("workers", {})})
-                continue
-            if adapter.engine is None:
-                found.append({"provider": name, "remote": False, "device": None, "started": False})
-                continue
-            stats = msgspec.to_builtins(adapter.engine.stats())
-            stats["batch_sizes"] = {str(size): count for size, count in stats["batch_sizes"].items()}
-            found.append(
-                {
-                    "provider": name,
-                    "remote": False,
-                    "started": True,
-                    "images_per_s": self._rate(name, stats["images_generated"]),
-                    **stats,
-                }
-            )
+            if "images_generated" in state:
+                state["images_per_s"] = self._rate(name, state["images_generated"])
+            found.append({"provider": name, **state})
         return found
 
     def _rate(self, provider: str, images: int) -> float | None:
@@ -287,9 +270,22 @@ class LimitsAnswer(msgspec.Struct):
     items: list[LimitUse]
 
 
+class SpeedOptionsStatus(msgspec.Struct):
+    """What a loaded model runs with (docs/local_backend.md, "Speed options"): its ``dtype``, a step ``cache``
+    (``first_block:0.05``; null: none), regional ``compile`` (its mode; null: eager), ``fuse_qkv``,
+    ``channels_last``."""
+
+    dtype: str
+    cache: str | None = None
+    compile: str | None = None
+    fuse_qkv: bool = False
+    channels_last: bool = False
+
+
 class LocalBackendStatus(msgspec.Struct, omit_defaults=True):
     """A local provider. In process: its engine's counters (``batch_sizes``: images per pipeline call → calls;
-    ``models``: each model's ``ready`` or why not); on remote workers: each worker URL's health."""
+    ``models``: each model's ``ready`` or why not); on remote workers: each worker URL's health. ``options``:
+    each loaded model's speed options (the workers' as they report them)."""
 
     provider: str
     remote: bool
@@ -304,6 +300,7 @@ class LocalBackendStatus(msgspec.Struct, omit_defaults=True):
     requests_refused: int | None = None
     requests_dropped: int | None = None
     models: dict[str, str] | None = None
+    options: dict[str, SpeedOptionsStatus] | None = None
     workers: dict[str, bool] | None = None
 
 

@@ -19,6 +19,7 @@ from litestar.response import Stream
 
 from gateway.jobs.queue import job_body
 from gateway.jobs.service import JOBS_PATH, Jobs
+from gateway.request import sse
 from gateway.state import Gateway, Injected
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.nebul import NebulError
@@ -90,7 +91,7 @@ async def get_job(
     f"{JOBS_PATH}/{{job_id:str}}/events",
     tags=["jobs"],
     responses=_ERRORS,
-    media_type="text/event-stream",
+    media_type=sse.EVENT_STREAM,
     response_description=(
         "Server-sent events: `status` ({id, status, updated_at}) and `progress` ({step, steps}) as they change, "
         "then one `result` event with the job's whole body, after which the stream ends"
@@ -106,11 +107,7 @@ async def job_events(
     """Follow a job as server-sent events until it ends."""
     key = gateway.admission.authorize(request.headers)
     job, progress = await jobs.find(job_id, key)  # a 404 before the stream starts
-    return Stream(
-        jobs.events(job, progress),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return Stream(jobs.events(job, progress), media_type=sse.EVENT_STREAM, headers=dict(sse.HEADERS))
 
 
 @delete(

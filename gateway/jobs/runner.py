@@ -1,9 +1,9 @@
 """Running jobs: this process's consumers take jobs from the queue and run the request's tail on each.
 
 ``JobRunner`` is the part of ``gateway.jobs.service.Jobs`` that runs: start, stop taking, hand
-back at shutdown, and for each job taken: route ▸ deliver ▸ encode (``Router.generate`` through
-dedup, then ``gateway.request.routes.finish``), the job's end (its record, its budget settled),
-and its webhook.
+back at shutdown, and for each job taken: the tail every request runs (``gateway.request.steps.produce``:
+route through dedup ▸ deliver ▸ encode ▸ price ▸ energy), the job's end (its record, its budget
+settled), and its webhook.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from gateway.jobs.queue import (
     job_body,
 )
 from gateway.observability import metrics
-from gateway.observability.record import RequestRecord
 from gateway.redis_health import resume_cancel
 from gateway.request.mounts import MOUNTS, Mount, mount_at
-from gateway.request.routes import answer_headers, finish
+from gateway.request.steps import Planned, produce, record_of
+from gateway.routing.attempts import Attempts
 from gateway.shutdown import bounded
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Progress, decode_hook
@@ -293,17 +293,20 @@ class JobRunner:
     async def _generate(
         self, job: JobRecord, mount: Mount, canonical: ImageRequest, progress: _ProgressWriter
     ) -> tuple[bytes, dict[str, str], int]:
-        """route ▸ deliver ▸ encode, as ``serve`` would, for the job's request; its images and cost counted."""
-        deadline = time.monotonic() + self.gateway.config.server.request_deadline_s
-        record = RequestRecord(mount.endpoint.dialect, mount.endpoint.operation.value, key=job.key or "none")
-        plan = self.gateway.router.plan(canonical.model)
-        record.model = plan.model.name
-        # As serve does: shared with identical seeded requests, or from the cache (gateway.dedup).
-        dedup = self.gateway.dedup
-        result, cache = await dedup.generate(job.key, canonical, plan, deadline, record.attempts, None, progress)
-        body = await finish(self.gateway, mount.endpoint, canonical, result, job.base_url, record, plan, cache)
+        """The tail every request runs, for the job's request: its body, headers and cost; its images counted."""
+        gateway = self.gateway
+        deadline = time.monotonic() + gateway.config.server.request_deadline_s
+        plan = gateway.router.plan(canonical.model)
+        base_url = gateway.public_base_url or job.base_url
+        planned = Planned(mount.endpoint, canonical, plan, job.key, deadline, base_url)
+        attempts = Attempts()
+        completed = await produce(gateway, planned, attempts, progress=progress)
+        model, provider = plan.model.name, completed.result.provider
+        record = record_of(
+            mount.endpoint, attempts, "ok", model=model, key_name=job.key, provider=provider, completed=completed
+        )
         record.count_images()  # as a plain call's are counted when it ends (the submit counted none)
-        return bytes(body), answer_headers(result, record, cache), record.cost.micros if record.cost is not None else 0
+        return bytes(completed.body), completed.headers(), completed.micros
 
     async def _watch(self, taken: Taken, consumer: int, work: asyncio.Task[Any]) -> None:
         """While the job runs: keep its queue entry (no other process claims it), and stop it when cancelled."""

@@ -1,13 +1,14 @@
 """Async jobs: ``Prefer: respond-async`` on every dialect route, run detached by this process's consumers.
 
-``serve`` (gateway/request/routes.py) does everything before generation at submit (auth, decode,
-admission, rate limits) and hands the canonical request here: ``submit`` stores it and
-answers ``202`` (or, with ``wait=N``, the plain answer when the job ends within N seconds).
-A consumer (``jobs.consumers`` per process) takes the job from the queue
-(``gateway.jobqueue``) and runs the rest of ``serve`` on it: route ▸ deliver ▸ encode
-(``Router.generate`` and ``routes.finish``), storing the body the plain call would have
-answered, or the dialect's error body. The job routes (gateway/jobs/routes.py) read, follow
-and cancel jobs. docs/operations.md, "Async jobs", has the decisions.
+``serve`` (gateway/request/serve.py) does everything before generation at submit (auth, decode,
+admission, rate limits) and hands the admitted request to the job's ``Ticket`` (the job mode of
+gateway/request/admitted.py): ``submit`` stores it and answers ``202`` (or, with ``wait=N``, the
+plain answer when the job ends within N seconds). A consumer (``jobs.consumers`` per process)
+takes the job from the queue (``gateway.jobs.queue``) and runs the tail every request runs on it
+(``gateway.request.steps.produce``: route ▸ deliver ▸ encode), storing the body the plain call
+would have answered, or the dialect's error body. The job routes (gateway/jobs/routes.py) read,
+follow (server-sent events, ``gateway.request.sse``) and cancel jobs. docs/operations.md,
+"Async jobs", has the decisions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 import structlog
+from litestar.types import Receive
 from redis.exceptions import RedisError
 
 from gateway.config import InboundKey
@@ -42,15 +44,14 @@ from gateway.jobs.queue import (
 from gateway.jobs.redis_queue import RedisJobQueue
 from gateway.jobs.runner import POLL_S, JobRunner
 from gateway.jobs.webhooks import WebhookTarget
-from gateway.observability.record import RequestRecord
+from gateway.request import sse
+from gateway.request.admitted import Admitted, Answer
 from gateway.request.idempotency import Claim
 from gateway.request.inbound import ScopeInbound
-from gateway.request.modes import Answer
 from gateway.request.mounts import route_of
 from gateway.routing.failures import current_request_id
 from gateway.state import Gateway
-from schemas.canonical import ErrorCode, GatewayError, ImageRequest, encode_hook
-from schemas.dialect import Endpoint
+from schemas.canonical import ErrorCode, GatewayError, encode_hook
 from schemas.disconnect import unless_client_leaves
 
 __all__ = ["JOBS_PATH", "Jobs", "build_job_queue"]
@@ -87,23 +88,15 @@ async def store_errors() -> AsyncIterator[None]:
 
 
 class Ticket(NamedTuple):
-    """A request that asked to run as a job, checked before its body was read."""
+    """A request that asked to run as a job, checked before its body was read: the job mode of
+    gateway/request/modes.py (its key is the admitted request's)."""
 
     jobs: Jobs
-    key: InboundKey | None
     preferences: Preferences
     webhook: WebhookTarget | None
 
-    async def submit(
-        self,
-        endpoint: Endpoint[Any, Any],
-        canonical: ImageRequest,
-        request: ScopeInbound,
-        record: RequestRecord,
-        rate_headers: dict[str, str],
-        claim: Claim | None = None,
-    ) -> Answer:
-        return await self.jobs.submit(self, endpoint, canonical, request, record, rate_headers, _keeper(claim))
+    async def answer(self, admitted: Admitted, receive: Receive) -> Answer:
+        return await self.jobs.submit(self, admitted, receive, _keeper(admitted.claim))
 
 
 def _keeper(claim: Claim | None) -> Callable[[JobRecord], Awaitable[None]] | None:
@@ -138,54 +131,35 @@ class Jobs(JobRunner):
         key_name = key.name if key is not None else None
         # A named URL's host is resolved: off the event loop.
         webhook = await webhooks.target_async(key_name, url) if url else webhooks.target(key_name, None)
-        return Ticket(self, key, preferences, webhook)
+        return Ticket(self, preferences, webhook)
 
     async def submit(
         self,
         ticket: Ticket,
-        endpoint: Endpoint[Any, Any],
-        canonical: ImageRequest,
-        request: ScopeInbound,
-        record: RequestRecord,
-        rate_headers: dict[str, str],
+        admitted: Admitted,
+        receive: Receive,
         queued: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> Answer:
         """Store and queue a job; ``202`` with its place, or the plain answer when it ends within ``wait``.
 
-        ``queued`` hears of the job as soon as it is queued (an Idempotency-Key keeps it: request/idempotency.py).
+        The admitted request's reservation of the key's budget passes to the job, which settles it when it
+        ends; one that is not queued gives it all back at once. ``queued`` hears of the job as soon as it is
+        queued (an Idempotency-Key keeps it: request/idempotency.py).
         """
         async with store_errors():
-            key, preferences, webhook = ticket.key, ticket.preferences, ticket.webhook
-            if canonical.stream:  # a job's result is the JSON answer; events are at /v1/jobs/{id}/events
-                raise GatewayError(
-                    ErrorCode.INVALID_REQUEST,
-                    "`stream` cannot be combined with `Prefer: respond-async`; follow the job's events instead",
-                    param="stream",
-                    public=True,
-                )
-            if await self.queue.waiting() >= self.settings.max_queued:
-                raise GatewayError(ErrorCode.OVERLOADED, "too many jobs are waiting; try again later", public=True)
-            now = int(time.time())
-            job = JobRecord(
-                id=secrets.token_urlsafe(24),
-                key=key.name if key is not None else None,
-                route=route_of(endpoint),
-                status=QUEUED,
-                created_at=now,
-                updated_at=now,
-                request_id=current_request_id(),
-                base_url=self.gateway.public_base_url or request.base_url(),
-            )
-            job.webhook = webhook
-            job.reservation = record.reservation  # of the key's budget: the job settles it when it ends
-            await self._put(job, msgspec.msgpack.encode(canonical, enc_hook=encode_hook))
-            record.reservation = None
+            try:
+                job = await self._queue(ticket, admitted)
+            except BaseException:
+                if admitted.reservation is not None:
+                    await self.gateway.admission.settle(admitted.reservation, 0)
+                raise
+            preferences, rate_headers = ticket.preferences, admitted.rate_headers
             self._transition(job, "submitted")
             if queued is not None:
                 await queued(job)
             if preferences.wait:  # a client that hangs up while it waits leaves the job running
                 waited = self.wait(job.id, min(preferences.wait, self.settings.max_wait_s))
-                done = await unless_client_leaves(request.receive, waited)
+                done = await unless_client_leaves(receive, waited)
                 if done is not None and done.status == SUCCEEDED and done.result is not None:
                     return Answer(done.result.encode(), {**done.headers, **rate_headers})
                 if done is not None and done.status == FAILED and done.failure is not None:
@@ -201,6 +175,34 @@ class Jobs(JobRunner):
             body = msgspec.json.encode({"id": job.id, "status": QUEUED, "created_at": job.created_at})
             headers = {"Location": f"{JOBS_PATH}/{job.id}", "Preference-Applied": "respond-async", **rate_headers}
             return Answer(body, headers, 202)
+
+    async def _queue(self, ticket: Ticket, admitted: Admitted) -> JobRecord:
+        """The job of an admitted request, stored and queued with its reservation."""
+        planned = admitted.planned
+        if planned.canonical.stream:  # a job's result is the JSON answer; events are at /v1/jobs/{id}/events
+            raise GatewayError(
+                ErrorCode.INVALID_REQUEST,
+                "`stream` cannot be combined with `Prefer: respond-async`; follow the job's events instead",
+                param="stream",
+                public=True,
+            )
+        if await self.queue.waiting() >= self.settings.max_queued:
+            raise GatewayError(ErrorCode.OVERLOADED, "too many jobs are waiting; try again later", public=True)
+        now = int(time.time())
+        job = JobRecord(
+            id=secrets.token_urlsafe(24),
+            key=planned.key_name,
+            route=route_of(planned.endpoint),
+            status=QUEUED,
+            created_at=now,
+            updated_at=now,
+            request_id=current_request_id(),
+            base_url=planned.base_url,
+        )
+        job.webhook = ticket.webhook
+        job.reservation = admitted.reservation  # of the key's budget: the job settles it when it ends
+        await self._put(job, msgspec.msgpack.encode(planned.canonical, enc_hook=encode_hook))
+        return job
 
     async def _put(self, job: JobRecord, payload: bytes) -> None:
         """Queue the job; past the bytes its key may queue a ``rate_limited`` (429), past all of them an
@@ -283,8 +285,8 @@ class Jobs(JobRunner):
             if job.status in TERMINAL:
                 yield _event(number + 1, "result", job_body(job, progress))
                 return
-            if time.monotonic() - quiet_since >= 15:
-                yield b": keep-alive\n\n"  # proxies keep a quiet stream open
+            if time.monotonic() - quiet_since >= sse.KEEPALIVE_S:
+                yield sse.KEEPALIVE  # proxies keep a quiet stream open
                 quiet_since = time.monotonic()
             await asyncio.sleep(POLL_S)
             found = await self.queue.get(job.id)
@@ -294,4 +296,4 @@ class Jobs(JobRunner):
 
 
 def _event(number: int, kind: str, data: dict[str, Any]) -> bytes:
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (number, kind.encode(), msgspec.json.encode(data))
+    return sse.frame(msgspec.json.encode(data), kind, number)

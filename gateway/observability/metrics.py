@@ -213,6 +213,13 @@ JOBS = Counter(
     ["status"],
     namespace=NAMESPACE,
 )
+JOBS_WAITING = Gauge(
+    "jobs_waiting",
+    "Async jobs queued or running in the job queue (every replica's, with Redis), as this process last read it "
+    "(every 15 s, gateway/console/charts.py).",
+    namespace=NAMESPACE,
+    multiprocess_mode="mostrecent",
+)
 JOBS_RUNNING = Gauge(
     "jobs_running", "Async jobs this process is running now.", namespace=NAMESPACE, multiprocess_mode="livesum"
 )

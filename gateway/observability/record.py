@@ -1,13 +1,17 @@
-"""What one request did: the values its steps returned, for its metrics, its one log line and the console."""
+"""What one request did: the values its steps returned, for its metrics, its one log line and the console.
+
+A ``RequestRecord`` is made once, when the request ends (``gateway.request.serve``), or when a
+job's run ends (``gateway.jobs.runner``), from what the steps returned: nothing writes into it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import structlog
 
-from gateway.admission.accounting import Cost, Reservation
+from gateway.admission.accounting import Cost
 from gateway.observability import metrics
 from gateway.routing.attempts import Attempts
 from schemas.canonical import Energy
@@ -17,8 +21,7 @@ __all__ = ["RequestRecord"]
 log = structlog.get_logger("gateway.request")
 
 
-@dataclass
-class RequestRecord:
+class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
     """What one request did, for its metrics and its one log line."""
 
     dialect: str
@@ -27,11 +30,9 @@ class RequestRecord:
     provider: str = "none"
     outcome: str = "internal"
     images: int = 0
-    prompt: str | None = None
-    attempts: Attempts = field(default_factory=Attempts)
+    attempts: Attempts = msgspec.field(default_factory=Attempts)
     key: str = "none"  # the inbound key's name
     cost: Cost | None = None  # of an answered request; None: unpriced (gateway/admission/accounting.py)
-    reservation: Reservation | None = None  # of the key's budget, settled when the request ends
     energy: Energy | None = None
 
     def summary(self, seconds: float) -> dict[str, Any]:
@@ -60,7 +61,9 @@ class RequestRecord:
         else:
             metrics.child(metrics.UNPRICED_IMAGES, self.model, self.provider, self.key).inc(self.images)
 
-    def finish(self, seconds: float) -> None:
+    def finish(self, seconds: float, prompt: str | None = None) -> None:
+        """Count the request and write its one log line (the prompt goes there only: the record never holds it,
+        so the console's last few hundred records never keep a client's megabytes)."""
         metrics.child(metrics.REQUESTS, self.dialect, self.operation, self.model, self.provider, self.outcome).inc()
         metrics.child(metrics.REQUEST_DURATION, self.dialect, self.outcome).observe(seconds)
         self.count_images()
@@ -78,7 +81,7 @@ class RequestRecord:
             retries=self.attempts.retries,
             fallbacks=self.attempts.fallbacks,
             duration_ms=round(seconds * 1000, 2),
-            prompt=self.prompt,
+            prompt=prompt,
             energy_kwh=self.energy.kwh if self.energy else None,
             energy_method=self.energy.method if self.energy else None,
         )

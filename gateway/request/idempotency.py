@@ -28,7 +28,7 @@ draft-ietf-httpapi-idempotency-key-header, on every dialect route and on job sub
   and a retry may succeed (the draft allows either).
 - **A client that hangs up.** A claimed request's generation runs in a task of its own
   (``Idempotency.detach``): the proxy timeout that made the client retry does not cancel it,
-  and the retry gets its answer. Its budget is settled when it ends (gateway/request/routes.py).
+  and the retry gets its answer. Its budget is settled when it ends (gateway/request/modes.py).
 - **Streams.** A repeat of a ``stream: true`` request waits like any other and gets the first
   result as the stream's final events (no partial images). A stream whose client leaves
   frees its key.

@@ -9,7 +9,7 @@ Litestar, for ``make bench`` to compare the two; docs/benchmarks.md.)
 Per request, in one place: the request id (taken from ``X-Request-ID`` or made, bound to
 every log line, echoed back), the method check (a 405 with ``Allow``), the body limits
 (``gateway.request.inbound``), the 499 for a client that hung up, and the rendering of any
-failure in the client's own envelope. The steps in between are ``gateway.request.routes``.
+failure in the client's own envelope. The steps in between are ``gateway.request.serve``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gateway.observability.logs import (
 from gateway.request.errors import render
 from gateway.request.inbound import BodyPace, ScopeInbound
 from gateway.request.mounts import DIALECT_ROUTES, DialectRoute, Mount, find_route
-from gateway.request.routes import JSON, serve_recorded
+from gateway.request.serve import JSON, serve_recorded
 from gateway.request.streams import StreamedAnswer
 from gateway.state import Gateway
 from schemas.canonical import ErrorCode, GatewayError

@@ -4,10 +4,12 @@ The events are exactly those of the OpenAI Images API (the SDK's ``ImageGenStrea
 ``ImageEditStreamEvent``): up to ``partial_images`` ``image_generation.partial_image`` (or
 ``image_edit.partial_image``) events as the backend draws previews, then one
 ``image_generation.completed`` (``image_edit.completed``) with the final image. Each is
-``event: <type>`` and ``data: <JSON>`` followed by a blank line.
+``event: <type>`` and ``data: <JSON>`` followed by a blank line (``gateway.request.sse``).
 
-``gateway.routes.serve`` answers a ``StreamedAnswer`` once the request is authorized,
-decoded and admitted: every refusal before that is a plain JSON error. What fails after the
+``gateway.request.serve`` answers a ``StreamedAnswer`` once the request is authorized,
+decoded and admitted (``gateway.request.modes.Streamed``): every refusal before that is a
+plain JSON error. The final event is made by the tail every mode runs
+(``gateway.request.steps.produce``). What fails after the
 first byte was sent is an ``error`` event in the dialect's own envelope
 (``{"type": "error", "error": {...}}``, which the SDK raises as ``APIError``), never a cut
 connection. A client that hangs up cancels the generation (``schemas.disconnect``).
@@ -18,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import structlog
 from litestar.types import HTTPResponseStartEvent, Receive, Send
 
 from gateway.observability import metrics
+from gateway.request.sse import EVENT_STREAM, KEEPALIVE, KEEPALIVE_S, asgi_headers, frame
 from schemas.canonical import (
     ErrorCode,
     GatewayError,
@@ -39,9 +42,13 @@ from schemas.dialect import Endpoint, ErrorTable, error_answer
 from schemas.disconnect import ClientGone, unless_client_leaves
 from schemas.openai import OpenAIUsage, produced, usage_of
 
+if TYPE_CHECKING:
+    from gateway.request.admitted import Completed
+
 __all__ = [
     "EVENT_STREAM",
     "STREAM_EVENT_TYPES",
+    "Final",
     "StreamedAnswer",
     "completed_event",
     "partial_image_event",
@@ -50,17 +57,23 @@ __all__ = [
 
 log = structlog.get_logger("gateway.streams")
 
-EVENT_STREAM = "text/event-stream"
-# Seconds without an event after which a comment line (``: keep-alive``, which SSE clients skip) is sent,
-# so that a proxy's idle timeout does not cut a slow generation.
-KEEPALIVE_S = 15.0
-_KEEPALIVE = b": keep-alive\n\n"
+# KEEPALIVE_S (gateway.request.sse): seconds without an event after which a comment line is sent, so that a
+# proxy's idle timeout does not cut a slow generation. Read here at each wait (a test may shorten it).
 # The event type prefix of each operation that streams; variations do not (their endpoints refuse `stream`).
 _PREFIX = {Operation.GENERATE: "image_generation", Operation.EDIT: "image_edit"}
 _EVENT_DEFAULTS = {"size": "auto", "quality": "auto", "background": "auto", "output_format": "png"}
 
-# What the router is asked to do for a stream: generate, reporting progress to the callback.
-Generation = Callable[[Callable[[Progress], None]], Awaitable[ImageResult]]
+
+class Final(NamedTuple):
+    """The end of a stream's generation: its final event, and the tail's value (None: a replay, which
+    generated nothing)."""
+
+    event: bytes
+    completed: Completed | None = None
+
+
+# What a stream runs: generate, reporting progress to the callback, then make the final event.
+Generation = Callable[[Callable[[Progress], None]], Awaitable[Final]]
 
 
 class _ImageEvent(msgspec.Struct, kw_only=True):
@@ -108,10 +121,6 @@ def _settings(request: ImageRequest, image: GeneratedImage) -> dict[str, Any]:
     return {"created_at": int(time.time()), **_EVENT_DEFAULTS, **produced(request, [image])}
 
 
-def _sse(event_type: str, data: bytes) -> bytes:
-    return b"event: " + event_type.encode() + b"\ndata: " + data + b"\n\n"
-
-
 def partial_image_event(request: ImageRequest, progress: Progress) -> bytes | None:
     """The ``*.partial_image`` event for a progress report that carries a preview; None for a bare step."""
     preview = progress.preview
@@ -121,7 +130,7 @@ def partial_image_event(request: ImageRequest, progress: Progress) -> bytes | No
     event = PartialImageEvent(
         type=event_type, b64_json=b64, partial_image_index=progress.index, **_settings(request, preview)
     )
-    return _sse(event_type, msgspec.json.encode(event))
+    return frame(msgspec.json.encode(event), event_type)
 
 
 def completed_event(request: ImageRequest, result: ImageResult) -> bytes:
@@ -132,14 +141,14 @@ def completed_event(request: ImageRequest, result: ImageResult) -> bytes:
     usage = usage_of(result.usage)
     event_type = f"{_PREFIX[request.operation]}.completed"
     event = CompletedEvent(type=event_type, b64_json=b64, usage=usage, **_settings(request, image))
-    return _sse(event_type, msgspec.json.encode(event))
+    return frame(msgspec.json.encode(event), event_type)
 
 
 def error_event(error: GatewayError, errors: ErrorTable) -> bytes:
     """The dialect's error envelope as an ``error`` event: ``{"type": "error", "error": {...}}``."""
     envelope = msgspec.json.decode(error_answer(error, errors).body)
     inner = envelope.get("error", envelope) if isinstance(envelope, dict) else envelope
-    return _sse("error", msgspec.json.encode({"type": "error", "error": inner}))
+    return frame(msgspec.json.encode({"type": "error", "error": inner}), "error")
 
 
 async def _next(events: asyncio.Queue[bytes | None]) -> bytes | None:
@@ -148,18 +157,18 @@ async def _next(events: asyncio.Queue[bytes | None]) -> bytes | None:
         async with asyncio.timeout(KEEPALIVE_S):  # a cancelled get() leaves its event in the queue
             return await events.get()
     except TimeoutError:
-        return _KEEPALIVE
+        return KEEPALIVE
 
 
-async def _nothing(outcome: str, error: GatewayError | None) -> None:
+async def _nothing(outcome: str, error: GatewayError | None, completed: Completed | None) -> None:
     """The default ``finish``: nothing to record."""
 
 
 class StreamedAnswer:
     """``serve``'s answer to a request with ``stream: true``: sent by ``gateway.pipeline`` as server-sent events.
 
-    ``finish(outcome)`` is called once when the stream ends (``serve_recorded`` counts and
-    logs the request then, not when the headers go out).
+    ``finish(outcome, error, completed)`` is called once when the stream ends (``serve_recorded``
+    counts and logs the request then, not when the headers go out), after ``closing``.
     """
 
     def __init__(
@@ -175,18 +184,13 @@ class StreamedAnswer:
         self.receive = receive
         self.headers = headers
         self.generation = generation
-        self.finish: Callable[[str, GatewayError | None], Awaitable[None]] = _nothing
+        self.finish: Callable[[str, GatewayError | None, Completed | None], Awaitable[None]] = _nothing
         self.closing: list[Callable[[], Awaitable[None]]] = []  # run when the stream ends, however it ends
+        self.completed: Completed | None = None  # the tail's value, once the final event is made
 
     async def send(self, send: Send, extra_headers: list[tuple[bytes, bytes]], errors: ErrorTable) -> None:
         """Send the headers, then each event as it comes; the end of the stream ends the request."""
-        raw_headers = [
-            (b"content-type", EVENT_STREAM.encode()),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),  # proxies that buffer answers (nginx) pass each event on at once
-            *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in self.headers.items()),
-            *extra_headers,
-        ]
+        raw_headers = [*asgi_headers(self.headers), *extra_headers]
         events: asyncio.Queue[bytes | None] = asyncio.Queue()
         outcome: list[tuple[str, GatewayError | None]] = []
         metrics.STREAMS_OPEN.inc()
@@ -209,7 +213,7 @@ class StreamedAnswer:
             metrics.STREAMS_OPEN.dec()
             for closing in self.closing:
                 await closing()
-            await self.finish(*(outcome[0] if outcome else ("client_gone", None)))
+            await self.finish(*(outcome[0] if outcome else ("client_gone", None)), self.completed)
 
     async def _produce(
         self, events: asyncio.Queue[bytes | None], errors: ErrorTable, outcome: list[tuple[str, GatewayError | None]]
@@ -227,11 +231,11 @@ class StreamedAnswer:
                 events.put_nowait(event)
 
         try:
-            result = await unless_client_leaves(self.receive, self.generation(progress))
-            final = completed_event(request, result)
+            final = await unless_client_leaves(self.receive, self.generation(progress))
+            self.completed = final.completed
             metrics.child(metrics.STREAM_EVENTS, "completed").inc()
             outcome.append(("ok", None))
-            events.put_nowait(final)
+            events.put_nowait(final.event)
         except ClientGone:
             outcome.append(("client_gone", None))
         except Exception as exc:  # after the first byte, a failure is an event in the stream

@@ -13,6 +13,9 @@ class Attempts:
         self.durations_ms: list[float] = []  # of each call made, in order (skipped targets have none)
         self.retries = 0
         self.fallbacks = 0
+        # The provider whose result the request got (a shared or cached result's too): the record names it
+        # when what follows the generation fails (the image store, say).
+        self.answered: str | None = None
 
     def record(self, provider: str, outcome: str, duration_ms: float | None = None) -> None:
         self.tried.append((provider, outcome))

@@ -3,7 +3,7 @@
 Concurrent requests (in one process) whose canonical requests are identical and carry an
 explicit seed share one ``Router.generate``: the first is the leader (``X-Gateway-Cache:
 miss``), those that arrive while it runs follow it (``shared``). Each client gets its own
-copy of the result, delivered and encoded in its own form and dialect by ``routes.serve``.
+copy of the result, delivered and encoded in its own form and dialect by ``gateway.request.steps``.
 The generation runs in a task of its own: a client that hangs up stops waiting, and the
 generation is cancelled only when the last client waiting for it has gone. A failure
 reaches every client, each with its own copy of the error (rendered in its own dialect).

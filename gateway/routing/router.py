@@ -120,6 +120,11 @@ class Router:
             plan = Plan(model, routes)
             for name in (model.name, *model.aliases):
                 self._models[name] = plan
+        # Each provider's counters exist at 0 from the start: a series born at 1 shows no increase() in
+        # Prometheus, so the alerts on them would miss a process's first cooldown or refused credential.
+        for provider in config.providers:
+            metrics.COOLDOWNS.labels(provider)
+            metrics.UPSTREAM_AUTH_FAILURES.labels(provider)
 
     @staticmethod
     def _route(target: TargetConfig, provider: ProviderPolicy, adapters: Mapping[str, Adapter]) -> Route:

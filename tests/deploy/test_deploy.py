@@ -1,4 +1,5 @@
-"""deploy/ and docs/operations.md against the code: parsed, never run (no Docker or Kubernetes here).
+"""deploy/, docs/operations.md and docs/reliability.md's bounds against the code: parsed, never run (no Docker or
+Kubernetes here).
 
 Every check reads what the code serves or accepts now (the app's /metrics and routes, the
 config Structs, the CLI parser), so adding a metric, a config field or a route without
@@ -13,7 +14,7 @@ import shlex
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 OPERATIONS = ROOT / "docs" / "operations.md"
+RELIABILITY = ROOT / "docs" / "reliability.md"
 GATEWAY_CONFIG = DEPLOY / "config" / "gateway.yaml"
 WORKER_CONFIG = DEPLOY / "config" / "worker.yaml"
 GATEWAY_PORT, WORKER_PORT = 8080, 8090
@@ -296,7 +298,15 @@ def alert_exprs() -> list[str]:
 
 # --- config fields ---
 
-Field = tuple[Any, bool]  # (default, required); a default of ... means "a block with its own fields"
+
+class Block(NamedTuple):
+    """The default of a block with its own fields; ``overrides``: the fields whose value there differs from
+    the block's own default (a ``kind: local`` provider's ``retry`` is ``attempts: 1``, the block's is 3)."""
+
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+Field = tuple[Any, bool]  # (default, required); a default of Block(...) means "a block with its own fields"
 
 
 def _struct_class(info: Any) -> type | None:
@@ -368,7 +378,33 @@ def _field_default(field: mi.Field) -> Field:
         return (field.default, False)
     if field.default_factory in (list, dict):
         return (field.default_factory(), False)
-    return (..., False)  # a block of its own fields
+    return (Block(_overrides(field.default_factory())), False)
+
+
+def _yaml_or_none(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+
+
+def _overrides(value: Any) -> tuple[tuple[str, Any], ...]:
+    """The fields of a Struct ``value`` that differ from its class's own defaults."""
+    if not isinstance(value, msgspec.Struct):
+        return ()
+    info = mi.type_info(type(value))
+    assert isinstance(info, mi.StructType)
+    found = []
+    for field in info.fields:
+        if field.default is not msgspec.NODEFAULT:
+            default = field.default
+        elif field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        else:
+            continue
+        if getattr(value, field.name) != default:
+            found.append((field.name, getattr(value, field.name)))
+    return tuple(found)
 
 
 # === files parse ===
@@ -730,8 +766,14 @@ def _compose_env(service: str, image: Path) -> set[str]:
     return names | set(dockerfile_env(image))
 
 
-def _k8s_env(deployment: str, image: Path) -> set[str]:
-    (container,) = k8s_object("Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+def _k8s_env(kind: str, name: str, image: Path, container_name: str | None = None) -> set[str]:
+    """The variables a workload's container has: its env and envFrom (each key checked to exist), its image's ENV.
+    The workload's one container, or the one named ``container_name`` (an init container too)."""
+    pod = k8s_object(kind, name)["spec"]["template"]["spec"]
+    if container_name is None:
+        (container,) = pod["containers"]
+    else:
+        (container,) = [c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"] == container_name]
     names = {item["name"] for item in container.get("env", [])} | set(dockerfile_env(image))
     for source in container.get("envFrom", []):
         if "secretRef" in source:
@@ -747,19 +789,29 @@ def _k8s_env(deployment: str, image: Path) -> set[str]:
     return names
 
 
+GATEWAY_IMAGE, WORKER_IMAGE = DEPLOY / "Dockerfile.gateway", DEPLOY / "Dockerfile.worker"
+
+
 @pytest.mark.parametrize(
-    ("config", "service", "deployment", "image"),
+    ("config", "service", "workload", "image"),
     [
-        (GATEWAY_CONFIG, "gateway", "image-gateway", DEPLOY / "Dockerfile.gateway"),
-        (WORKER_CONFIG, WORKER_SERVICE, "image-gateway-worker", DEPLOY / "Dockerfile.worker"),
+        (GATEWAY_CONFIG, "gateway", ("Deployment", "image-gateway", None), GATEWAY_IMAGE),
+        (GATEWAY_CONFIG, "store-setup", ("Job", "image-gateway-store-setup", None), GATEWAY_IMAGE),
+        (WORKER_CONFIG, WORKER_SERVICE, ("Deployment", "image-gateway-worker", None), WORKER_IMAGE),
+        # the init container that places the weights reads the whole worker config (check-config)
+        (WORKER_CONFIG, None, ("Deployment", "image-gateway-worker", "weights"), WORKER_IMAGE),
     ],
 )
-def test_every_config_variable_is_provided(config: Path, service: str, deployment: str, image: Path) -> None:
+def test_every_config_variable_is_provided(
+    config: Path, service: str | None, workload: tuple[str, str, str | None], image: Path
+) -> None:
     wanted = set(env_refs(config.read_text(encoding="utf-8")))
-    missing = wanted - _compose_env(service, image)
-    assert not missing, f"compose service `{service}` (environment, image ENV) does not set {sorted(missing)}"
-    missing = wanted - _k8s_env(deployment, image)
-    assert not missing, f"Deployment {deployment} (env, Secret, ConfigMap) does not set {sorted(missing)}"
+    if service is not None:
+        missing = wanted - _compose_env(service, image)
+        assert not missing, f"compose service `{service}` (environment, image ENV) does not set {sorted(missing)}"
+    kind, name, container_name = workload
+    missing = wanted - _k8s_env(kind, name, image, container_name)
+    assert not missing, f"{workload} (env, Secret, ConfigMap, image ENV) does not set {sorted(missing)}"
 
 
 # === Kubernetes ===
@@ -779,7 +831,8 @@ def test_k8s_manifests_are_namespace_agnostic_and_listed() -> None:
     files = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
     assert listed == files, "kustomization lists every manifest but the example Secret"
     kinds = {obj["kind"] for obj in objects}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret"} <= kinds
+    wanted = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret", "Job"}
+    assert wanted <= kinds
 
 
 def _pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
@@ -981,6 +1034,7 @@ def test_k8s_secret_example_holds_placeholders_only() -> None:
     secrets = yaml_documents(K8S / "secret.example.yaml")
     assert {secret["metadata"]["name"] for secret in secrets} == {
         "image-gateway-secrets",
+        "image-gateway-admin-keys",
         "image-gateway-metrics",
         "image-gateway-worker-metrics",
     }
@@ -1111,8 +1165,9 @@ def test_gateway_config_protects_metrics_with_the_key_prometheus_sends(tmp_path:
 
 
 def test_the_deploy_gateway_stays_ready_without_its_gpu_workers(tmp_path: Path) -> None:
-    """deploy/README's "No GPU? Delete worker.yaml": the shipped config with its workers absent answers /ready 200
-    (the kubelet keeps every replica), with `local-gpu` unready in the body and the gauge, and no worker address."""
+    """deploy/README's "No GPU? Apply k8s-overlays/no-gpu": the shipped config with its workers absent answers
+    /ready 200 (the kubelet keeps every replica), with `local-gpu` unready in the body and the gauge, and no worker
+    address."""
     from tests.servers import free_port
 
     text = GATEWAY_CONFIG.read_text(encoding="utf-8")
@@ -1195,7 +1250,13 @@ def test_docs_describe_every_config_field_with_its_default() -> None:
         cell = rows[path][2]
         if required:
             assert cell.startswith("required"), f"{path}: documented default {cell!r}, but it is required"
-        elif default is not ...:
+        elif isinstance(default, Block):
+            said = [_yaml_or_none(span) for span in code_spans(cell) + code_spans(rows[path][3])]
+            for name, value in default.overrides:  # a block whose default here is not the block's own
+                assert any(isinstance(s, dict) and s.get(name) == value for s in said), (
+                    f"{path}: its default sets `{name}: {value!r}`, unlike the block's own; say so in its row"
+                )
+        else:
             spans = code_spans(cell)
             assert spans, f"{path}: documented default {cell!r}, expected `{default!r}`"
             assert yaml.safe_load(spans[0]) == default, f"{path}: documented default {spans[0]}, code says {default!r}"
@@ -1204,6 +1265,30 @@ def test_docs_describe_every_config_field_with_its_default() -> None:
     documented = {row for row in rows if row.split(".")[0].split("[")[0] in prefixes or row.startswith("<")}
     stale = documented - set(fields)
     assert not stale, f"docs/operations.md describes config fields that do not exist: {sorted(stale)}"
+
+
+_AMOUNT = re.compile(r"(\d+)(?:\N{MULTIPLICATION SIGN}(\d+))?(?: (KiB|MiB|s)\b)?")  # 25 MiB, 4096 by 4096, 120 s
+_UNIT = {None: 1, "s": 1, "KiB": 1024, "MiB": 1024 * 1024}
+
+
+def test_reliability_md_limits_state_the_config_defaults() -> None:
+    """docs/reliability.md's table of bounds ("what | setting | default | answer") says the code's defaults."""
+    fields = config_fields()
+    checked = 0
+    for line in RELIABILITY.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().split("|")[1:-1]]
+        spans = code_spans(cells[1]) if len(cells) == 4 else []
+        if not spans or spans[0] not in fields:
+            assert not spans, f"docs/reliability.md names a setting that does not exist: {spans[0]}"
+            continue
+        amount = _AMOUNT.match(cells[2])
+        assert amount, f"{spans[0]}: cannot read the default {cells[2]!r}"
+        number, times, unit = amount.groups()
+        documented = int(number) * (int(times) if times else 1) * _UNIT[unit]
+        default = fields[spans[0]][0][0]
+        assert documented == default, f"docs/reliability.md: {spans[0]} is {cells[2]!r}, the code says {default!r}"
+        checked += 1
+    assert checked >= 10, "docs/reliability.md's table of bounds was not found"
 
 
 def test_docs_cover_errors_env_commands_and_operations() -> None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from gateway.images.store import DirectoryImageStore, StoreUnavailable
-from gateway.request.routes import deliver
+from gateway.request.steps import deliver
 from schemas.canonical import ErrorCode, GatewayError, GeneratedImage, ImageResult, ResponseFormat
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -39,23 +37,17 @@ class DownStore(DirectoryImageStore):
         raise StoreUnavailable("image store: bucket 'b' is unreachable (timed out)")
 
 
-class Request:
-    def base_url(self) -> str:
-        return "http://gw.test"
+BASE_URL = "http://gw.test"
 
 
 def result(count: int) -> ImageResult:
     return ImageResult(images=[GeneratedImage(data=PNG) for _ in range(count)], created=0, model="m")
 
 
-def gateway(store: DirectoryImageStore) -> Any:
-    return SimpleNamespace(image_store=store, public_base_url="")
-
-
 async def test_the_images_of_a_request_are_stored_at_once(tmp_path: Path) -> None:
     store = GatedStore(tmp_path, expected=3)
     answer = result(3)
-    await asyncio.wait_for(deliver(gateway(store), answer, ResponseFormat.URL, Request()), timeout=10)  # type: ignore[arg-type]
+    await asyncio.wait_for(deliver(store, answer, ResponseFormat.URL, BASE_URL), timeout=10)
     urls = [image.url for image in answer.images]
     assert store.puts == 3 and len(set(urls)) == 3
     for url in urls:
@@ -65,12 +57,12 @@ async def test_the_images_of_a_request_are_stored_at_once(tmp_path: Path) -> Non
 
 async def test_base64_clients_never_reach_the_store(tmp_path: Path) -> None:
     answer = result(2)
-    await deliver(gateway(DownStore(tmp_path, 3600)), answer, ResponseFormat.B64_JSON, Request())  # type: ignore[arg-type]
+    await deliver(DownStore(tmp_path, 3600), answer, ResponseFormat.B64_JSON, BASE_URL)
     assert all(image.url is None for image in answer.images)
 
 
 async def test_a_store_that_cannot_take_the_images_is_upstream_error(tmp_path: Path) -> None:
     with pytest.raises(GatewayError) as raised:
-        await deliver(gateway(DownStore(tmp_path, 3600)), result(2), ResponseFormat.URL, Request())  # type: ignore[arg-type]
+        await deliver(DownStore(tmp_path, 3600), result(2), ResponseFormat.URL, BASE_URL)
     assert raised.value.code is ErrorCode.UPSTREAM_ERROR
     assert "the image could not be stored: image store: bucket 'b' is unreachable" in str(raised.value)

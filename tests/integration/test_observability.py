@@ -155,3 +155,21 @@ def test_request_id_is_made_when_absent_or_insane(observed: GatewayServer, http:
     assert len(made) == 32
     insane = http.get(observed.url + "/health", headers={"X-Request-ID": "bad id with spaces"}).headers["x-request-id"]
     assert insane != "bad id with spaces" and len(insane) == 32
+
+
+def test_the_alerted_counters_exist_at_zero_before_their_first_event(
+    emulators: dict[str, EmulatorServer], tmp_path_factory: pytest.TempPathFactory, http: httpx.Client
+) -> None:
+    """A counter series born at 1 shows no increase() in Prometheus: the cooldown, credentials and rate-limit
+    alerts would miss a process's first event. Each series they read is there at 0 from the start."""
+    providers = {"obs-never-called": {"kind": "melious", "base_url": emulators["melious"].base_url, "api_key": "k"}}
+    models = [{"name": "obs-idle", "targets": [{"provider": "obs-never-called", "model": "flux-schnell"}]}]
+    server = start_gateway(emulators, models, tmp_path_factory.mktemp("store"), extra_providers=providers)
+    try:
+        samples = scrape(http, server)
+    finally:
+        server.stop()
+    for name in ("image_gateway_cooldowns_total", "image_gateway_upstream_auth_failures_total"):
+        assert samples[(name, (("provider", "obs-never-called"),))] == 0.0
+    for scope in ("key", "model", "provider"):
+        assert (("image_gateway_rate_limited_total", (("scope", scope),))) in samples

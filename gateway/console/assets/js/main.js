@@ -1,6 +1,7 @@
 // The console's pages (#playground, #status), the sign-in, and what the gateway says about access.
 
 import { NotServed, Unauthorized, adminJSON, adminKey, forgetAdminKey, setAdminKey } from "./api.js";
+import * as charts from "./charts.js";
 import * as playground from "./playground.js";
 import * as status from "./status.js";
 
@@ -33,6 +34,7 @@ function showOnly(id) {
 
 function askForKey(message) {
   status.stop();
+  charts.stop();
   playground.reset();
   forgetAdminKey();
   showOnly("login");
@@ -63,8 +65,10 @@ async function route() {
   showOnly(page);
   if (page === "status") {
     status.start(askForKey, showAccess);
+    charts.start(askForKey);
   } else {
     status.stop();
+    charts.stop();
     try {
       await playground.load();
     } catch (error) {

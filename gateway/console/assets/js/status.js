@@ -182,6 +182,7 @@ function renderLocal(backends) {
       const facts = [];
       if (backend.remote) {
         for (const [url, up] of Object.entries(backend.workers)) facts.push([url, up ? "healthy" : "unreachable"]);
+        facts.push(...speedFacts(backend.options));
       } else if (!backend.started) {
         facts.push(["state", "not started yet"]);
       } else {
@@ -195,11 +196,13 @@ function renderLocal(backends) {
           ["images/s (last 10 s)", backend.images_per_s == null ? "measuring…" : backend.images_per_s],
           ["images made", backend.images_generated],
           ["models", Object.entries(backend.models).map(([m, s]) => `${m}: ${s}`).join(", ")],
+          ...speedFacts(backend.options),
         );
       }
       const dl = document.createElement("dl");
-      for (const [term, value] of facts) {
+      for (const [term, value, fact] of facts) {
         const group = document.createElement("div");
+        if (fact) group.dataset.fact = fact;
         const dt = document.createElement("dt");
         dt.textContent = term;
         const dd = document.createElement("dd");
@@ -211,4 +214,18 @@ function renderLocal(backends) {
       return box;
     }),
   );
+}
+
+/** One fact per loaded model: what it runs with (docs/local_backend.md, "Speed options"). */
+function speedFacts(options) {
+  return Object.entries(options || {}).map(([model, o]) => [`${model}: speed options`, speedLabel(o), `options-${model}`]);
+}
+
+export function speedLabel(o) {
+  const parts = [o.dtype];
+  parts.push(o.cache ? `step cache ${o.cache}` : "no step cache");
+  parts.push(o.compile ? `compiled (${o.compile})` : "eager");
+  if (o.fuse_qkv) parts.push("fused QKV");
+  if (o.channels_last) parts.push("channels-last");
+  return parts.join(" · ");
 }
