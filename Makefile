@@ -31,6 +31,8 @@ PYTEST_ENV = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREAD
 # (Defined before any rule names them: make expands a rule's prerequisites as it reads the rule.)
 LITELLM_SDK := $(LITELLM_VENV)/.installed-sdk
 LITELLM_PROXY := $(LITELLM_VENV)/.installed-proxy
+# More options for `make bench` / `make bench-quick` (python -m bench.proxy --help), e.g. BENCH_ARGS=--compare-dispatch.
+BENCH_ARGS ?=
 
 .PHONY: install run test lint lock emulators soak bench bench-quick bench-servers bench-portkey bench-local bench-speed bench-gpu clean
 
@@ -115,10 +117,10 @@ $(BENCH_STAMP): requirements/bench.txt pyproject.toml
 
 # The gateway against a bare emulator and LiteLLM's proxy; writes docs/benchmarks.md.
 bench: $(BENCH_STAMP) $(LITELLM_PROXY)
-	$(BIN)/python -m bench.proxy --litellm-python $(LITELLM_VENV)/bin/python --py-spy
+	$(BIN)/python -m bench.proxy --litellm-python $(LITELLM_VENV)/bin/python --py-spy $(BENCH_ARGS)
 
 bench-quick: $(BENCH_STAMP) $(LITELLM_PROXY)
-	$(BIN)/python -m bench.proxy --quick --litellm-python $(LITELLM_VENV)/bin/python
+	$(BIN)/python -m bench.proxy --quick --litellm-python $(LITELLM_VENV)/bin/python $(BENCH_ARGS)
 
 # uvicorn (uvloop+httptools, asyncio+h11), Granian, and two processes, serving the same gateway.
 bench-servers: $(BENCH_STAMP)

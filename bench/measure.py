@@ -82,14 +82,14 @@ class Runner:
     heavy_n: int = 4  # images per heavy answer (4 MiB of base64 each)
 
     def target(self, path: str, heavy: bool) -> Destination:
-        """floor: the emulator itself; gateway and litellm: the proxy in front of it."""
+        """floor: the emulator itself; gateway (or another gateway process, gateway-*) and litellm: the proxy."""
         services = self.stack.services
         emulator = services["emulator_noise" if heavy else "emulator"]
         if path == "floor":
             return Destination(
                 emulator.base_url, {"Authorization": f"Bearer {EMULATOR_KEY}"}, {"emulator": emulator.pid}
             )
-        key = self.stack.gateway_key if path == "gateway" else self.stack.litellm_key
+        key = self.stack.gateway_key if path.startswith("gateway") else self.stack.litellm_key
         watch = {path: services[path].pid, "emulator": emulator.pid}
         return Destination(services[path].base_url, {"Authorization": f"Bearer {key}"}, watch)
 

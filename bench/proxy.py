@@ -18,6 +18,7 @@ latency (closed loop), CPU per request, peak memory, and the same with heavy ans
     python -m bench.proxy                  # the full run, a few minutes
     python -m bench.proxy --quick          # a smoke run (seconds per phase), docs untouched
     python -m bench.proxy --litellm-python /path/to/venv/bin/python --py-spy
+    python -m bench.proxy --compare-dispatch   # also the dialect routes' two dispatches (bench/dispatch.py)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import msgspec
 
 from adapters.upstream import DEFAULT_TRANSPORT, TRANSPORTS
 from bench.assess import assess
+from bench.dispatch import DISPATCH, DispatchComparison, compare, render_dispatch
 from bench.measure import machine_info, measure_idle, rss_tree
 from bench.phases import Plan, ProxyBench, cpu_memory, loadgen_health, log_lines_per_request, machine_shares
 from bench.report import DOCS, render, write_docs
@@ -92,6 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--json", dest="json_out", help="also write every result as JSON here")
     add("--upstream-transport", default=DEFAULT_TRANSPORT, choices=TRANSPORTS, help="the gateway's upstream client")
     add("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
+    add("--compare-dispatch", action="store_true", help="also: Litestar's routing of the dialect routes against "
+        "the direct dispatch, side by side (bench/dispatch.py)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = min(args.duration, 1.5)
@@ -193,6 +197,15 @@ def publish(results: ProxyResults, args: argparse.Namespace) -> None:
         log(f"results written into {args.docs}")
 
 
+def publish_dispatch(result: DispatchComparison, machine: Machine, command: str, args: argparse.Namespace) -> None:
+    """The dispatch comparison: stdout, and its own section of the docs where asked."""
+    block = render_dispatch(result, machine, command)
+    print(block)
+    if not args.no_docs:
+        write_docs(Path(args.docs), block, DISPATCH)
+        log(f"the dispatch comparison written into {args.docs}")
+
+
 @contextlib.contextmanager
 def servers_up(args: argparse.Namespace) -> Iterator[Stack]:
     """The stack the options ask for, started, with where each server listens logged."""
@@ -207,11 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = time.monotonic()
     machine = machine_info()
     log(f"machine: {machine.cpu_model}, {machine.cores} cores, load {machine.loadavg_start[0]:.2f}")
+    dispatch: DispatchComparison | None = None
     with servers_up(args) as stack:
         bench = ProxyBench(stack, plan=plan_of(args), heavy_n=args.heavy_n)
         results = measure(bench, meta_of(args, argv, stack), machine, args.py_spy, 1.0 if args.quick else 5.0)
-    results = finish(results, clock)
+        results = finish(results, clock)
+        if args.compare_dispatch:
+            dispatch = compare(stack, bench.plan, args.heavy_n)
     publish(results, args)
+    if dispatch is not None:
+        publish_dispatch(dispatch, machine, results.meta.command, args)
     log(f"done in {results.meta.elapsed_s / 60:.1f} min")
     return 0
 

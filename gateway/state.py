@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
+
+from litestar.di import Dependency
+from litestar.params import SkipValidationMarker
 
 from adapters.base import Adapter
 from adapters.upstream import UpstreamClient
@@ -20,7 +23,12 @@ from gateway.routing.router import Router
 if TYPE_CHECKING:
     from gateway.request.admitted import JobIntake
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "Injected"]
+
+T = TypeVar("T")
+# A route handler's parameter that Litestar's dependency injection fills (the app's ``dependencies``, by the
+# parameter's name: gateway/app.py), passed as it is: never converted or checked like a request's field.
+Injected: TypeAlias = Annotated[T, Dependency(kind="named"), SkipValidationMarker()]
 
 
 @dataclass

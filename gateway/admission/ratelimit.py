@@ -331,8 +331,9 @@ class RedisLimiter:
     """GCRA in Redis, shared by every replica; when Redis is away, ``on_failure`` decides.
 
     The script runs on its own pipelined connection to ``url`` (the hot path, see
-    ``gateway/admission/redis_script.py``); ``client``, redis-py's, serves cooldowns and ``/ready``.
-    ``aclose`` closes both.
+    ``gateway/admission/redis_script.py``); ``client``, redis-py's, reads the console's figures. The
+    client is shared (cooldowns, dedup, ``/ready``) and belongs to whoever made it (the app's lifespan):
+    ``aclose`` closes the script connections only.
     """
 
     def __init__(
@@ -428,4 +429,3 @@ class RedisLimiter:
     async def aclose(self) -> None:
         await self._script.aclose()
         await self._settle.aclose()
-        await self.client.aclose()

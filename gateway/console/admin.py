@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Response, get
 from litestar.connection import ASGIConnection
-from litestar.datastructures import CacheControlHeader
+from litestar.datastructures import CacheControlHeader, State
+from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath
@@ -49,9 +50,19 @@ from gateway.console.status import (
     StatusAnswer,
     StatusSampler,
 )
+from gateway.state import Gateway, Injected
 from schemas.net import is_loopback
 
-__all__ = ["CONSOLE_DIR", "EVENTS_PER_STREAM", "EVENT_INTERVAL_S", "AdminGate", "admin_handlers", "console_lifespan"]
+__all__ = [
+    "CONSOLE_DIR",
+    "EVENTS_PER_STREAM",
+    "EVENT_INTERVAL_S",
+    "AdminGate",
+    "admin_handlers",
+    "console_lifespan",
+    "gate_of",
+    "provide_admin_gate",
+]
 
 CONSOLE_DIR = Path(__file__).parent
 EVENT_INTERVAL_S = 1.0
@@ -114,12 +125,17 @@ class AdminGate:
             self._auth.authenticate(connection.headers)  # a 401 GatewayError when missing or wrong
 
 
-def gate_of(connection: ASGIConnection[Any, Any, Any, Any]) -> AdminGate:
-    state = connection.app.state
+def provide_admin_gate(state: State) -> AdminGate:
+    """The ``admin_gate`` dependency: one per app, made from its config on first use."""
     gate = state.get("admin_gate")
     if gate is None:
         gate = state["admin_gate"] = AdminGate(state.config)
     return gate  # type: ignore[no-any-return]
+
+
+def gate_of(connection: ASGIConnection[Any, Any, Any, Any]) -> AdminGate:
+    """The app's ``AdminGate``, for the guards (they take a connection, not dependencies)."""
+    return provide_admin_gate(connection.app.state)
 
 
 def console_visible(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -130,12 +146,17 @@ def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandl
     gate_of(connection).admit(connection)
 
 
-def sampler_of(request: Request[Any, Any, Any]) -> StatusSampler:
-    state = request.app.state
+def provide_sampler(state: State) -> StatusSampler:
+    """The ``sampler`` dependency: the status sampler of the app's gateway, shared by every page."""
     sampler = state.get("admin_status")
     if sampler is None or sampler.gateway is not state.gateway:
         sampler = state["admin_status"] = StatusSampler(state.gateway)
     return sampler  # type: ignore[no-any-return]
+
+
+def provide_charts(state: State) -> Charts:
+    """The ``console_charts`` dependency: the readings ``console_lifespan`` keeps."""
+    return state.console_charts  # type: ignore[no-any-return]
 
 
 @get("/console", guards=[console_visible], include_in_schema=False, sync_to_thread=False)
@@ -146,7 +167,7 @@ def console_page() -> Response[bytes]:
 
 
 @get("/status")
-async def status(request: Request[Any, Any, Any]) -> StatusAnswer:
+async def status(admin_gate: Injected[AdminGate], sampler: Injected[StatusSampler]) -> StatusAnswer:
     """Everything the status page shows: ``access`` (how this console is protected:
     ``admin_key`` or ``loopback``), ``providers`` (state ``up`` or ``cooling_down`` with ``cooling_until``,
     and over the last ``recent.window_s`` seconds: calls, errors, error rate, p50/p95 latency in ms),
@@ -154,75 +175,75 @@ async def status(request: Request[Any, Any, Any]) -> StatusAnswer:
     limit: ``used`` of ``limit`` per ``period_s``), ``budgets`` (each key's spent of its budget this period),
     ``local`` (each local backend: device, queue depth, batch
     sizes, images/s, models), ``jobs`` (``available: false`` with the reason until jobs exist)."""
-    return msgspec.convert({"access": gate_of(request).access, **await sampler_of(request).take()}, StatusAnswer)
+    return msgspec.convert({"access": admin_gate.access, **await sampler.take()}, StatusAnswer)
 
 
 @get("/providers")
-async def providers(request: Request[Any, Any, Any]) -> list[ProviderStatus]:
+async def providers(sampler: Injected[StatusSampler]) -> list[ProviderStatus]:
     """Each provider: its kind, ``up`` or ``cooling_down`` (until when), and its recent error rate and latency."""
-    return msgspec.convert(await sampler_of(request).providers(), list[ProviderStatus])
+    return msgspec.convert(await sampler.providers(), list[ProviderStatus])
 
 
 @get("/models")
-async def models(request: Request[Any, Any, Any]) -> ModelsAnswer:
+async def models(config: Injected[GatewayConfig], sampler: Injected[StatusSampler]) -> ModelsAnswer:
     """The models clients may ask for, with their aliases and targets in order; ``auth_open``: whether the
     dialect routes need an inbound key."""
-    answer = {"auth_open": not request.app.state.config.auth.keys, "models": sampler_of(request).models()}
+    answer = {"auth_open": not config.auth.keys, "models": sampler.models()}
     return msgspec.convert(answer, ModelsAnswer)
 
 
 @get("/limits")
-async def limits(request: Request[Any, Any, Any]) -> LimitsAnswer:
+async def limits(sampler: Injected[StatusSampler]) -> LimitsAnswer:
     """Rate-limit use per inbound key (and per model and provider): units used of each configured limit."""
-    return msgspec.convert(await sampler_of(request).limits(), LimitsAnswer)
+    return msgspec.convert(await sampler.limits(), LimitsAnswer)
 
 
 @get("/budgets")
-async def budgets(request: Request[Any, Any, Any]) -> BudgetsAnswer:
+async def budgets(sampler: Injected[StatusSampler]) -> BudgetsAnswer:
     """Each inbound key's budget in its current UTC day or month: spent (and reserved) of the amount, and when
     it renews."""
-    return msgspec.convert(await sampler_of(request).budgets(), BudgetsAnswer)
+    return msgspec.convert(await sampler.budgets(), BudgetsAnswer)
 
 
 @get("/local")
-async def local(request: Request[Any, Any, Any]) -> list[LocalBackendStatus]:
+async def local(sampler: Injected[StatusSampler]) -> list[LocalBackendStatus]:
     """Each local backend: device, queue depth, images in the running batch, batch sizes, images/s, models;
     for remote workers, each worker's health."""
-    return msgspec.convert(await sampler_of(request).local(), list[LocalBackendStatus])
+    return msgspec.convert(await sampler.local(), list[LocalBackendStatus])
 
 
 @get("/jobs")
-async def jobs(request: Request[Any, Any, Any]) -> JobsStatus:
+async def jobs(sampler: Injected[StatusSampler]) -> JobsStatus:
     """Async jobs: the queue, and this process's jobs by status."""
-    return msgspec.convert(await sampler_of(request).jobs(), JobsStatus)
+    return msgspec.convert(await sampler.jobs(), JobsStatus)
 
 
 @get("/charts")
-async def charts(request: Request[Any, Any, Any]) -> ChartsAnswer:
+async def charts(console_charts: Injected[Charts]) -> ChartsAnswer:
     """The status page's charts of the last hour, a point a minute: requests and failed provider calls by
     provider, p95 latency (by provider, and of all requests), images, cost, energy and queue depth. ``source``:
     ``prometheus`` (``console.prometheus_url``: every replica it scrapes) or ``process`` (this process's own
     readings, labelled so in ``note``; ``error`` says why when Prometheus failed). At most 10 s old."""
-    return msgspec.convert(await request.app.state.console_charts.answer(), ChartsAnswer)
+    return msgspec.convert(await console_charts.answer(), ChartsAnswer)
 
 
 @get("/requests/{request_id:str}")
-async def recent_request(request: Request[Any, Any, Any], request_id: FromPath[str]) -> RecentRequest:
+async def recent_request(gateway: Injected[Gateway], request_id: FromPath[str]) -> RecentRequest:
     """One of this process's last dialect requests by its ``X-Request-ID``: the model, the provider that
     answered, the outcome, the images, the cost (as ``X-Gateway-Cost`` writes it) and the energy. A streamed
     answer carries none of these in its headers; the playground reads them here once its stream ends."""
-    found = request.app.state.gateway.recent_requests.get(request_id)
+    found = gateway.recent_requests.get(request_id)
     if found is None:
         raise NotFoundException("no recent request has this id in this process")
     return msgspec.convert(found, RecentRequest)
 
 
 @get("/status/events")
-async def status_events(request: Request[Any, Any, Any]) -> ServerSentEvent:
+async def status_events(admin_gate: Injected[AdminGate], sampler: Injected[StatusSampler]) -> ServerSentEvent:
     """The status (as ``/admin/api/status``) as server-sent events named ``status``, one a second, fifteen of
     them; then the stream ends and the client reconnects. Read it with ``fetch`` to send the admin key as a
     header (``EventSource`` cannot)."""
-    sampler, access = sampler_of(request), gate_of(request).access
+    access = admin_gate.access
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
         for number in range(EVENTS_PER_STREAM):
@@ -252,6 +273,10 @@ def admin_handlers() -> list[Any]:
         path="/admin/api",
         route_handlers=handlers,
         guards=[admin_only],
+        dependencies={
+            "sampler": Provide(provide_sampler, sync_to_thread=False),
+            "console_charts": Provide(provide_charts, sync_to_thread=False),
+        },
         tags=["admin"],
     )
     return [console_page, assets, api]

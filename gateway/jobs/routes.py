@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, delete, get
+from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 from litestar.response import Stream
@@ -19,7 +20,7 @@ from litestar.response import Stream
 from gateway.jobs.queue import job_body
 from gateway.jobs.service import JOBS_PATH, Jobs
 from gateway.request import sse
-from gateway.state import Gateway
+from gateway.state import Gateway, Injected
 from schemas.canonical import ErrorCode, GatewayError
 from schemas.nebul import NebulError
 
@@ -53,21 +54,34 @@ _ERRORS = {
 }
 
 
-def _jobs(request: Request[Any, Any, Any]) -> tuple[Jobs, Gateway]:
-    gateway: Gateway = request.app.state.gateway
+def provide_jobs(gateway: Injected[Gateway]) -> Jobs:
+    """The ``jobs`` dependency (from the app's ``gateway`` one): the process's jobs, a 500 until they run."""
     if not isinstance(gateway.jobs, Jobs):
         raise GatewayError(ErrorCode.INTERNAL, "jobs are not running")
-    return gateway.jobs, gateway
+    return gateway.jobs
+
+
+_DEPENDENCIES = {"jobs": Provide(provide_jobs, sync_to_thread=False)}
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response[bytes]:
     return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
 
 
-@get(f"{JOBS_PATH}/{{job_id:str}}", tags=["jobs"], responses=_ERRORS, response_description="The job")
-async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[JobBody]:
+@get(
+    f"{JOBS_PATH}/{{job_id:str}}",
+    tags=["jobs"],
+    responses=_ERRORS,
+    response_description="The job",
+    dependencies=_DEPENDENCIES,
+)
+async def get_job(
+    request: Request[Any, Any, Any],
+    job_id: FromPath[str],
+    jobs: Injected[Jobs],
+    gateway: Injected[Gateway],
+) -> Response[JobBody]:
     """A job submitted with ``Prefer: respond-async``: its status, progress, and result or error."""
-    jobs, gateway = _jobs(request)
     key = gateway.admission.authorize(request.headers)
     job, progress = await jobs.find(job_id, key)
     return _json(job_body(job, progress))  # type: ignore[return-value]
@@ -82,10 +96,15 @@ async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Res
         "Server-sent events: `status` ({id, status, updated_at}) and `progress` ({step, steps}) as they change, "
         "then one `result` event with the job's whole body, after which the stream ends"
     ),
+    dependencies=_DEPENDENCIES,
 )
-async def job_events(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Stream:
+async def job_events(
+    request: Request[Any, Any, Any],
+    job_id: FromPath[str],
+    jobs: Injected[Jobs],
+    gateway: Injected[Gateway],
+) -> Stream:
     """Follow a job as server-sent events until it ends."""
-    jobs, gateway = _jobs(request)
     key = gateway.admission.authorize(request.headers)
     job, progress = await jobs.find(job_id, key)  # a 404 before the stream starts
     return Stream(jobs.events(job, progress), media_type=sse.EVENT_STREAM, headers=dict(sse.HEADERS))
@@ -100,10 +119,15 @@ async def job_events(request: Request[Any, Any, Any], job_id: FromPath[str]) -> 
         409: ResponseSpec(data_container=NebulError, description="The job has already ended"),
     },
     response_description="The job, canceled",
+    dependencies=_DEPENDENCIES,
 )
-async def cancel_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[JobBody]:
+async def cancel_job(
+    request: Request[Any, Any, Any],
+    job_id: FromPath[str],
+    jobs: Injected[Jobs],
+    gateway: Injected[Gateway],
+) -> Response[JobBody]:
     """Cancel a job: a queued one never runs, a running one has its generation cancelled."""
-    jobs, gateway = _jobs(request)
     key = gateway.admission.authorize(request.headers)
     return _json(await jobs.cancel(job_id, key))  # type: ignore[return-value]
 

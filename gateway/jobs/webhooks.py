@@ -6,7 +6,8 @@ every retry: the receiver's idempotency key), ``webhook-timestamp`` (unix second
 attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``
 keyed with the inbound key's secret (``whsec_<base64>``: the base64 part is the key). An
 attempt that gets no 2xx is retried with exponential backoff up to
-``webhooks.attempts`` / ``webhooks.give_up_after_s``; every attempt is recorded.
+``webhooks.attempts`` / ``webhooks.give_up_after_s`` (tenacity drives the retries, as it drives the
+router's, gateway/routing/router.py); every attempt is recorded.
 
 A webhook is an outbound request whose URL the client chose, so it must never reach the
 operator's own network: the URL's host must be on the key's ``allow_hosts`` (or be the
@@ -39,6 +40,8 @@ import msgspec
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
+from tenacity.stop import stop_base
 
 from gateway.config import GatewayConfig, KeyWebhooks, WebhooksConfig
 from gateway.observability import metrics
@@ -275,6 +278,17 @@ class Webhooks:
         base = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (retry - 1))
         return float(base * random.uniform(0.9, 1.1))
 
+    def _retrying(self) -> AsyncRetrying:
+        """The schedule: ``attempts`` in all, ``_backoff`` between them, none that would start past
+        ``give_up_after_s``; an attempt that ends the deliveries (a 2xx, a refused URL) is the last."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.config.attempts) | _StartsTooLate(self.config.give_up_after_s),
+            wait=lambda state: self._backoff(state.attempt_number),
+            retry=retry_if_result(lambda final: not final),
+            retry_error_callback=lambda state: False,  # given up: not final
+            sleep=asyncio.sleep,
+        )
+
     async def deliver(
         self, target: WebhookTarget, msg_id: str, event_type: str, data: dict[str, Any]
     ) -> list[Delivery]:
@@ -286,27 +300,23 @@ class Webhooks:
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         body = msgspec.json.encode({"type": event_type, "timestamp": stamp, "data": data})
         deliveries: list[Delivery] = []
-        started = time.monotonic()
-        for attempt in range(1, self.config.attempts + 1):
-            if attempt > 1:
-                wait = self._backoff(attempt - 1)
-                if time.monotonic() - started + wait > self.config.give_up_after_s:
-                    break
-                await asyncio.sleep(wait)
-            delivery, final = await self._attempt(target, msg_id, body, attempt)
+
+        async def attempt() -> bool:
+            delivery, final = await self._attempt(target, msg_id, body, len(deliveries) + 1)
             deliveries.append(delivery)
             log.info(
                 "webhook_delivery",
                 webhook_id=msg_id,
                 event_type=event_type,
                 key_name=target.key,
-                attempt=attempt,
+                attempt=delivery.attempt,
                 status=delivery.status,
                 error=delivery.error,
             )
-            if final:
-                return deliveries
-        metrics.child(metrics.WEBHOOK_FAILURES, "exhausted").inc()
+            return final
+
+        if not await self._retrying()(attempt):
+            metrics.child(metrics.WEBHOOK_FAILURES, "exhausted").inc()
         return deliveries
 
     async def _attempt(self, target: WebhookTarget, msg_id: str, body: bytes, attempt: int) -> tuple[Delivery, bool]:
@@ -363,3 +373,13 @@ class Webhooks:
         metrics.child(metrics.WEBHOOK_DELIVERIES, "refused").inc()
         metrics.child(metrics.WEBHOOK_FAILURES, "refused").inc()
         return Delivery(attempt=attempt, at=at, error=f"refused: {why}")
+
+
+class _StartsTooLate(stop_base):
+    """Stop when the next attempt, after its wait, would start more than ``seconds`` after the first began."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return (retry_state.seconds_since_start or 0.0) + retry_state.upcoming_sleep > self.seconds

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
 __all__ = [
+    "OWN_REQUEST_ID",
     "RequestIdMiddleware",
     "bind_inbound_keys",
     "config_secrets",
@@ -288,6 +289,11 @@ def request_id(scope: Scope) -> str:
     return given.decode() if _SANE_ID.match(given) else os.urandom(16).hex()
 
 
+# A route handler's ``opt`` key: the handler binds and echoes the request id itself (the dialect routes,
+# gateway/request/pipeline.py), so RequestIdMiddleware steps aside.
+OWN_REQUEST_ID = "own_request_id"
+
+
 class RequestIdMiddleware:
     """Binds a request id to every log line of the request and echoes it in ``X-Request-ID``."""
 
@@ -295,7 +301,7 @@ class RequestIdMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["route_handler"].opt.get(OWN_REQUEST_ID):
             await self.app(scope, receive, send)
             return
         given_id = request_id(scope)

@@ -1,11 +1,15 @@
 """The one request pipeline: every dialect route, JSON and multipart, served from its ASGI scope.
 
-``GatewayApp`` (gateway/app.py) hands every request whose path is a dialect route here,
-before Litestar routes anything; Litestar keeps health, ready, metrics, stored images and
-docs. Per request, in one place: the request id (taken from ``X-Request-ID`` or made,
-bound to every log line, echoed back), the method check, the body limits
-(``gateway.inbound``), the 499 for a client that hung up, and the rendering of any failure
-in the client's own envelope. The steps in between are ``gateway.routes.serve``.
+Litestar routes a dialect request like any other: ``dialect_handlers`` mounts one ASGI route
+handler at each path of the dialect table (``gateway.request.mounts``), and the handler hands
+the raw scope here, so the body is read by the bounded reader of ``gateway.request.inbound``,
+not by Litestar. (``IMAGE_GATEWAY_DISPATCH=direct`` puts back the dispatch that ran before
+Litestar, for ``make bench`` to compare the two; docs/benchmarks.md.)
+
+Per request, in one place: the request id (taken from ``X-Request-ID`` or made, bound to
+every log line, echoed back), the method check (a 405 with ``Allow``), the body limits
+(``gateway.request.inbound``), the 499 for a client that hung up, and the rendering of any
+failure in the client's own envelope. The steps in between are ``gateway.request.serve``.
 """
 
 from __future__ import annotations
@@ -13,12 +17,20 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+from litestar import asgi
+from litestar.handlers import ASGIRouteHandler
 from litestar.types import HTTPResponseStartEvent, Receive, Scope, Send
 
-from gateway.observability.logs import REQUEST_ID_HEADER, bind_inbound_keys, request_id, unbind_inbound_keys
+from gateway.observability.logs import (
+    OWN_REQUEST_ID,
+    REQUEST_ID_HEADER,
+    bind_inbound_keys,
+    request_id,
+    unbind_inbound_keys,
+)
 from gateway.request.errors import render
 from gateway.request.inbound import BodyPace, ScopeInbound
-from gateway.request.mounts import DialectRoute, Mount, find_route
+from gateway.request.mounts import DIALECT_ROUTES, DialectRoute, Mount, find_route
 from gateway.request.serve import JSON, serve_recorded
 from gateway.request.streams import StreamedAnswer
 from gateway.state import Gateway
@@ -26,7 +38,7 @@ from schemas.canonical import ErrorCode, GatewayError
 from schemas.disconnect import CLIENT_CLOSED_REQUEST, ClientGone
 from schemas.imageforms import Pieces
 
-__all__ = ["serve_dialect_route"]
+__all__ = ["dialect_handlers", "dialect_route_for", "serve_dialect_route"]
 
 _CONTENT_TYPE_JSON = (b"content-type", JSON.encode())
 
@@ -106,3 +118,16 @@ async def _send(send: Send, status: int, headers: dict[str, str], body: bytes | 
 def dialect_route_for(scope: Any) -> DialectRoute | None:
     """The dialect route an ASGI scope asks for, if it is an HTTP request to one."""
     return find_route(scope["path"]) if scope["type"] == "http" else None
+
+
+def dialect_handlers() -> list[ASGIRouteHandler]:
+    """One Litestar ASGI route handler per dialect path: Litestar routes (a trailing slash is the same path,
+    as for every route), the handler serves every method (a wrong one is the dialect's 405 with ``Allow``)."""
+    return [_dialect_handler(path, route) for path, route in DIALECT_ROUTES.items()]
+
+
+def _dialect_handler(path: str, route: DialectRoute) -> ASGIRouteHandler:
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_dialect_route(scope["app"].state.gateway, route, scope, receive, send)
+
+    return asgi(path, name=f"dialect:{path}", copy_scope=False, opt={OWN_REQUEST_ID: True})(serve)

@@ -30,6 +30,7 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
     limiter = RedisLimiter(aioredis.Redis.from_url(url), url, on_failure="closed")
     yield limiter
     await limiter.aclose()
+    await limiter.client.aclose()  # the limiter closes its scripts only: the client is the caller's
 
 
 def check(
@@ -111,6 +112,7 @@ async def test_redis_away_fails_open_onto_memory() -> None:
     assert [(await limiter.check([limit])).allowed for _ in range(3)] == [True, True, False]
     assert not limiter.redis_up
     await limiter.aclose()
+    await limiter.client.aclose()  # the limiter closes its scripts only: the client is the caller's
 
 
 async def test_redis_away_fails_closed_with_overloaded() -> None:
@@ -119,6 +121,7 @@ async def test_redis_away_fails_closed_with_overloaded() -> None:
         await limiter.check([check(2)])
     assert caught.value.code is ErrorCode.OVERLOADED
     await limiter.aclose()
+    await limiter.client.aclose()  # the limiter closes its scripts only: the client is the caller's
 
 
 # --- budgets: reserved in the same check, settled at the end ---
@@ -194,6 +197,7 @@ async def test_redis_budget_counter_expires_after_its_period() -> None:
         await shared.aclose()
     finally:
         await limiter.aclose()
+        await limiter.client.aclose()  # the limiter closes its scripts only: the client is the caller's
 
 
 async def test_redis_away_fails_open_onto_a_memory_budget_settled_there() -> None:
@@ -204,6 +208,7 @@ async def test_redis_away_fails_open_onto_a_memory_budget_settled_there() -> Non
     assert await limiter.settle(first.reservation, 0) == [0]
     assert [(await limiter.check([], [spend])).allowed for _ in range(3)] == [True, True, False]
     await limiter.aclose()
+    await limiter.client.aclose()  # the limiter closes its scripts only: the client is the caller's
 
 
 # --- the RateLimit-Policy and RateLimit fields (draft-ietf-httpapi-ratelimit-headers) ---

@@ -64,6 +64,7 @@ async def redis_limiter() -> AsyncIterator[RedisLimiter]:
     limiter = RedisLimiter(aioredis.Redis.from_url(url), url, on_failure="closed")
     yield limiter
     await limiter.aclose()
+    await limiter.client.aclose()  # the limiter closes its scripts only: the client is the caller's
 
 
 async def test_redis_limiter_use_is_read_from_redis(redis_limiter: RedisLimiter) -> None:
@@ -103,3 +104,5 @@ async def test_budget_spent_is_read_without_charging(kind: str) -> None:
         if isinstance(limiter, RedisLimiter):
             await limiter.client.delete(key)
         await limiter.aclose()
+        if isinstance(limiter, RedisLimiter):
+            await limiter.client.aclose()  # the limiter closes its scripts only: the client is the caller's
