@@ -232,7 +232,8 @@ def prometheus_url(url: str) -> str:
         raise FieldValueError("prometheus_url", f"prometheus_url {url!r} is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FieldValueError(
-            "prometheus_url", "prometheus_url must be an http:// or https:// URL with a host, e.g. http://prometheus:9090"
+            "prometheus_url",
+            "prometheus_url must be an http:// or https:// URL with a host, e.g. http://prometheus:9090",
         )
     if parts.query or parts.fragment:
         raise FieldValueError("prometheus_url", "prometheus_url takes no ?query or #fragment: give the base URL")
