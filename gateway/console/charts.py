@@ -12,7 +12,6 @@ Prometheus fails, the page says why and shows this process's readings instead. O
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from typing import Any, Literal, NamedTuple
@@ -276,6 +275,9 @@ def _number(text: str) -> float | None:
 # --- the charts ---
 
 
+CLOSE_S = 1.0  # at shutdown: how long the readings' task gets to end
+
+
 class Charts:
     """Keeps this process's readings (a task: one a minute, and the job queue's depth every ``TICK_S``) and
     answers the charts, from Prometheus or from them."""
@@ -300,8 +302,7 @@ class Charts:
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=CLOSE_S)  # bounded, as every step of a shutdown
             self._task = None
         if self.prometheus is not None:
             await self.prometheus.aclose()
