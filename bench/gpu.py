@@ -571,9 +571,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, sent)
         try:
             process.wait(timeout=5)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    with contextlib.suppress(ProcessLookupError):  # what the child left behind in its group goes with it
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def read_report(out: Path, elapsed: float, ended: str) -> Report:
