@@ -7,6 +7,7 @@ With ``IMAGE_GATEWAY_SCREENSHOTS=<dir>`` the tests save the charts as PNG there 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -173,11 +174,9 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, (self.home / "prometheus.log").read_text()
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet: look again
                 if done():
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.2)
         raise AssertionError(f"Prometheus was not {what} in {timeout} s: {(self.home / 'prometheus.log').read_text()}")
 
