@@ -33,7 +33,7 @@ from bench.results import Machine, Phase, Pooled
 from bench.stack import ROOT, Stack, free_port, log, start_service
 from gateway.app import DISPATCH_ENV
 
-__all__ = ["DISPATCH", "DispatchComparison", "compare", "render_dispatch"]
+__all__ = ["DIRECT_GATEWAY", "DISPATCH", "Contender", "DispatchComparison", "compare", "render_dispatch"]
 
 DISPATCH = Markers.named("dispatch")
 LITESTAR = "gateway"  # the stack's own gateway: Litestar's route handlers (the default dispatch)
@@ -60,6 +60,17 @@ class DispatchRow(msgspec.Struct, kw_only=True):
     errors: int
 
 
+class Contender(msgspec.Struct, frozen=True, kw_only=True):
+    """The second gateway of a side-by-side comparison: the stack's config, run another way."""
+
+    name: str  # its service's name in the stack (and its rows' ``path``)
+    env: dict[str, str] = {}  # added to its environment
+    tree: str | None = None  # another checkout to run it from (its cwd and PYTHONPATH); None: this one
+
+
+DIRECT_GATEWAY = Contender(name=DIRECT, env={DISPATCH_ENV: "direct"})
+
+
 class DispatchComparison(msgspec.Struct, kw_only=True):
     rate: float
     light_rounds: int
@@ -70,10 +81,17 @@ class DispatchComparison(msgspec.Struct, kw_only=True):
     clients: int
     rows: list[DispatchRow]
     in_process: dict[str, Any]  # bench.dispatch_cpu's figures
+    other: str = DIRECT  # the second gateway's rows' path
 
     def paired_light_extra_ms(self) -> float:
-        """The median over the light rounds of (Litestar's CPU per request - the direct one's), round by round."""
-        pairs = zip(self.row(LITESTAR).light_cpu_ms_rounds, self.row(DIRECT).light_cpu_ms_rounds, strict=True)
+        """The median over the light rounds of (the stack's gateway's CPU per request - the other's), round by round."""
+        return self.paired_extra_ms("light")
+
+    def paired_extra_ms(self, which: str) -> float:
+        """The median over ``which`` rounds (light, closed) of the stack's gateway's CPU per request - the other's."""
+        mine, theirs = self.row(LITESTAR), self.row(self.other)
+        attr = f"{which}_cpu_ms_rounds"
+        pairs = zip(getattr(mine, attr), getattr(theirs, attr), strict=True)
         return statistics.median(a - b for a, b in pairs)
 
     def row(self, path: str) -> DispatchRow:
@@ -82,7 +100,7 @@ class DispatchComparison(msgspec.Struct, kw_only=True):
     @property
     def light_extra_ms(self) -> float:
         """CPU per light request the Litestar handlers add over the direct dispatch (negative: they save)."""
-        return self.row(LITESTAR).light_cpu_ms - self.row(DIRECT).light_cpu_ms
+        return self.row(LITESTAR).light_cpu_ms - self.row(self.other).light_cpu_ms
 
     @property
     def deciding_ms(self) -> float:
@@ -97,48 +115,53 @@ class DispatchComparison(msgspec.Struct, kw_only=True):
 
 
 @contextlib.contextmanager
-def direct_gateway(stack: Stack) -> Iterator[None]:
-    """A second gateway, the stack's config, with the direct dispatch; stopped on the way out."""
+def second_gateway(stack: Stack, contender: Contender) -> Iterator[None]:
+    """A second gateway, the stack's config, run as ``contender`` says; stopped on the way out."""
     port = free_port()
     config = stack.workdir / "gateway.json"
     command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
-    service = start_service(DIRECT, command, f"http://127.0.0.1:{port}", stack.workdir, {DISPATCH_ENV: "direct"})
+    env = dict(contender.env)
+    if contender.tree is not None:  # the other checkout's packages first (this one's are installed editable)
+        env["PYTHONPATH"] = contender.tree
+    url = f"http://127.0.0.1:{port}"
+    service = start_service(contender.name, command, url, stack.workdir, env, cwd=contender.tree)
     try:
         service.wait_ready("/ready", 60)
-        stack.services[DIRECT] = service
+        stack.services[contender.name] = service
         yield
     finally:
-        stack.services.pop(DIRECT, None)
+        stack.services.pop(contender.name, None)
         service.stop()
 
 
-def compare(stack: Stack, plan: Plan, heavy_n: int) -> DispatchComparison:
-    """Every comparison, rounds interleaved between the two dispatches (a runner of its own: the run's
-    other tables never see these phases)."""
+def compare(
+    stack: Stack, plan: Plan, heavy_n: int, contender: Contender = DIRECT_GATEWAY, in_process: bool = True
+) -> DispatchComparison:
+    """Every comparison, rounds interleaved between the stack's gateway and ``contender`` (a runner of its own:
+    the run's other tables never see these phases); ``in_process`` adds the dispatch's own CPU."""
     runner = Runner(stack, heavy_n=heavy_n)
     rate, rounds = plan.rates[0], max(plan.rounds, 2)
     light_rounds = 2 * rounds  # the figure that decides: twice the rounds
-    paths = (LITESTAR, DIRECT)
-    with direct_gateway(stack):
-        log(f"dispatch: {LITESTAR} (Litestar route handlers) against {DIRECT} ({DISPATCH_ENV}=direct)")
-        runner.warm_up(paths, "dispatch: warm-up")
+    paths = (LITESTAR, contender.name)
+    with second_gateway(stack, contender):
+        log(f"side by side: {LITESTAR} (this checkout) against {contender.name} ({contender})")
+        runner.warm_up(paths, "side by side: warm-up")
         light = runner.rounds(
-            ("floor", *paths), f"dispatch {rate:g}/s", light_rounds, rate=rate, duration=plan.duration
+            ("floor", *paths), f"side by side {rate:g}/s", light_rounds, rate=rate, duration=plan.duration
         )
         closed = [
             {
-                path: runner.closed_loop(path, f"dispatch closed round {n + 1}", plan.saturation_connections,
+                path: runner.closed_loop(path, f"side by side closed round {n + 1}", plan.saturation_connections,
                                          plan.duration)
                 for path in paths
             }
             for n in range(rounds)
         ]  # fmt: skip
         heavy = runner.rounds(
-            paths, "dispatch heavy", rounds, heavy=True, rate=plan.heavy_rate, duration=plan.heavy_duration
+            paths, "side by side heavy", rounds, heavy=True, rate=plan.heavy_rate, duration=plan.heavy_duration
         )
     floor = pool([r["floor"] for r in light])
     rows = [_row(path, light, closed, heavy, floor) for path in paths]
-    in_process = dispatch_cpu(stack)
     return DispatchComparison(
         rate=rate,
         light_rounds=light_rounds,
@@ -148,7 +171,8 @@ def compare(stack: Stack, plan: Plan, heavy_n: int) -> DispatchComparison:
         heavy_duration=plan.heavy_duration,
         clients=plan.saturation_connections,
         rows=rows,
-        in_process=in_process,
+        in_process=dispatch_cpu(stack) if in_process else {},
+        other=contender.name,
     )
 
 

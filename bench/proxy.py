@@ -41,6 +41,7 @@ from bench.phases import Plan, ProxyBench, cpu_memory, loadgen_health, log_lines
 from bench.report import DOCS, render, write_docs
 from bench.results import Machine, Meta, ProxyResults, dumps
 from bench.stack import (
+    ROOT,
     Stack,
     StackOptions,
     check_redis,
@@ -50,6 +51,7 @@ from bench.stack import (
     resolve_litellm,
     running_stack,
 )
+from bench.tree import TREE, before_tree, describe, render_tree
 
 __all__ = ["main", "parse_args"]
 
@@ -96,7 +98,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
     add("--compare-dispatch", action="store_true", help="also: Litestar's routing of the dialect routes against "
         "the direct dispatch, side by side (bench/dispatch.py)")  # fmt: skip
+    add("--compare-tree", metavar="DIR", help="also: this checkout's gateway against the one in DIR (another "
+        "checkout, e.g. `git worktree add DIR <commit>`), side by side (bench/tree.py)")  # fmt: skip
+    add("--compare-only", action="store_true", help="with --compare-dispatch or --compare-tree: only the comparisons "
+        "(the run's own tables are not measured, written or printed)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.compare_only and not (args.compare_dispatch or args.compare_tree):
+        parser.error("--compare-only goes with --compare-dispatch or --compare-tree")
     if args.quick:
         args.duration = min(args.duration, 1.5)
         args.rounds = 1
@@ -214,23 +222,42 @@ def servers_up(args: argparse.Namespace) -> Iterator[Stack]:
         yield stack
 
 
+def publish_tree(result: DispatchComparison, machine: Machine, command: str, args: argparse.Namespace) -> None:
+    """The before/after comparison: stdout, and its own section of the docs where asked."""
+    block = render_tree(result, machine, command, after=describe(ROOT), before=describe(args.compare_tree))
+    print(block)
+    if not args.no_docs:
+        write_docs(Path(args.docs), block, TREE)
+        log(f"the before/after comparison written into {args.docs}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_redis(args.redis_url)
+    before = before_tree(args.compare_tree) if args.compare_tree else None
     clock = time.monotonic()
     machine = machine_info()
     log(f"machine: {machine.cpu_model}, {machine.cores} cores, load {machine.loadavg_start[0]:.2f}")
     dispatch: DispatchComparison | None = None
+    tree: DispatchComparison | None = None
+    results: ProxyResults | None = None
     with servers_up(args) as stack:
         bench = ProxyBench(stack, plan=plan_of(args), heavy_n=args.heavy_n)
-        results = measure(bench, meta_of(args, argv, stack), machine, args.py_spy, 1.0 if args.quick else 5.0)
-        results = finish(results, clock)
+        meta = meta_of(args, argv, stack)
+        if not args.compare_only:
+            results = measure(bench, meta, machine, args.py_spy, 1.0 if args.quick else 5.0)
+            results = finish(results, clock)
         if args.compare_dispatch:
             dispatch = compare(stack, bench.plan, args.heavy_n)
-    publish(results, args)
+        if before is not None:
+            tree = compare(stack, bench.plan, args.heavy_n, before, in_process=False)
+    if results is not None:
+        publish(results, args)
     if dispatch is not None:
-        publish_dispatch(dispatch, machine, results.meta.command, args)
-    log(f"done in {results.meta.elapsed_s / 60:.1f} min")
+        publish_dispatch(dispatch, machine, meta.command, args)
+    if tree is not None:
+        publish_tree(tree, machine, meta.command, args)
+    log(f"done in {(time.monotonic() - clock) / 60:.1f} min")
     return 0
 
 

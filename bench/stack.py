@@ -132,13 +132,19 @@ class Service:
 
 
 def start_service(
-    name: str, command: list[str], base_url: str, workdir: Path, env: dict[str, str] | None = None
+    name: str,
+    command: list[str],
+    base_url: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
 ) -> Service:
+    """``command`` started in ``cwd`` (default: this checkout), its output in ``workdir``/``name``.log."""
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
