@@ -11,6 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from litestar import Litestar, Request, Response, get
+from litestar import Router as Routes
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -331,17 +332,25 @@ def create_app(config: GatewayConfig | None = None, dispatch: str | None = None)
     app_class = DirectDispatchApp if (dispatch or dispatch_from_env()) == "direct" else Litestar
     app = app_class(
         route_handlers=[
-            health,
-            ready,
-            prometheus_metrics,
-            stored_image,
-            *JOB_ROUTES,
-            assets_router(),
-            *admin_handlers(),
+            # The request id of every route but the dialect routes, which bind and echo their own: a dialect
+            # route has no middleware at all, so Litestar hands it the request without a layer of its own
+            # (an exception handler it adds only around a route that has middleware).
+            Routes(
+                "/",
+                route_handlers=[
+                    health,
+                    ready,
+                    prometheus_metrics,
+                    stored_image,
+                    *JOB_ROUTES,
+                    assets_router(),
+                    *admin_handlers(),
+                ],
+                middleware=[RequestIdMiddleware],
+            ),
             *dialect_handlers(),
         ],
         dependencies=DEPENDENCIES,
-        middleware=[RequestIdMiddleware],
         lifespan=[lifespan, console_lifespan],  # the console's chart readings, once the gateway is built
         logging_config=None,  # structlog writes every line; Litestar's own config would start a queue thread
         exception_handlers={Exception: handle_exception},
