@@ -27,13 +27,15 @@ from gateway.admission.gate import Admission
 from gateway.admission.ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from gateway.config import CONFIG_ENV, GatewayConfig, load_config, provider_kind
 from gateway.console.admin import AdminGate, admin_handlers, console_lifespan, provide_admin_gate
-from gateway.images import ImageStore, StoreUnavailable, build_image_store
+from gateway.images import StoreUnavailable, build_image_store
+from gateway.images.health import StoreHealth
 from gateway.jobs.routes import JOB_ROUTES
 from gateway.jobs.service import Jobs, build_job_queue
 from gateway.jobs.webhooks import Webhooks
 from gateway.memory import return_large_buffers
 from gateway.observability import metrics, tracing
 from gateway.observability.logs import RequestIdMiddleware, config_secrets, configure_logging
+from gateway.readiness import Readiness
 from gateway.redis_health import check_eviction_policy, start_probe
 from gateway.request.docs_assets import assets_router, render_plugins
 from gateway.request.errors import handle_exception
@@ -91,15 +93,13 @@ def build_limiter(config: GatewayConfig, client: aioredis.Redis | None) -> Limit
     return RedisLimiter(client, config.redis.url, on_failure=config.redis.on_failure, timeout_s=config.redis.timeout_s)
 
 
-async def start_image_store(config: GatewayConfig) -> ImageStore:
-    """The configured image store, checked once: a missing bucket or refused credentials are logged
-    now and keep ``/ready`` at 503, while clients that want base64 are still served."""
-    store = build_image_store(config.image_store)
-    try:
-        await store.check()
-    except StoreUnavailable as exc:
-        log.error("image_store_unavailable", detail=str(exc))
-    return store
+async def start_image_store(config: GatewayConfig) -> StoreHealth:
+    """The configured image store, checked once now and then in the background (gateway/images/health.py): a
+    missing bucket or refused credentials are logged now and keep ``/ready`` at 503 until the store is seen
+    usable, while clients that want base64 are still served."""
+    health = StoreHealth(build_image_store(config.image_store), config.image_store.probe_interval_s)
+    await health.check()
+    return health.start()
 
 
 @asynccontextmanager
@@ -142,8 +142,11 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         auth = Authenticator(config.auth)
         if auth.open:
             log.warning("gateway_open", detail="no inbound API keys configured: every client is admitted")
-        image_store = await start_image_store(config)
+        store_health = await start_image_store(config)
+        image_store = store_health.store
         closes("image_store", image_store.aclose)
+        owned.push_async_callback(lambda: store_health.aclose(shutdown.closing_left(STEP_S)))
+        app.state.readiness = Readiness(store_health, redis_probe.health if redis_probe is not None else None)
         webhooks = Webhooks(config)
         closes("webhooks", webhooks.aclose)
         router = Router(config, adapters, limiter, cooldowns)
@@ -204,6 +207,11 @@ def provide_config(state: State) -> GatewayConfig:
     return state.config  # type: ignore[no-any-return]
 
 
+def provide_readiness(state: State) -> Readiness:
+    """The ``readiness`` dependency: the checks ``/ready`` reads (gateway/readiness.py)."""
+    return state.readiness  # type: ignore[no-any-return]
+
+
 def provide_provider_health(state: State) -> ProviderHealth:
     """The ``provider_health`` dependency: each provider's readiness as the background check last saw it."""
     return state.providers  # type: ignore[no-any-return]
@@ -214,41 +222,29 @@ DEPENDENCIES = {
     "gateway": Provide(provide_gateway, sync_to_thread=False),
     "config": Provide(provide_config, sync_to_thread=False),
     "provider_health": Provide(provide_provider_health, sync_to_thread=False),
+    "readiness": Provide(provide_readiness, sync_to_thread=False),
     "admin_gate": Provide(provide_admin_gate, sync_to_thread=False),
 }
 
 
 @get("/ready", tags=["ops"])
-async def ready(gateway: Injected[Gateway], provider_health: Injected[ProviderHealth]) -> Response[dict[str, Any]]:
-    """Ready for traffic: config loaded, the image store usable, and Redis reachable when one is configured
-    with ``on_failure: closed`` (with ``open`` a lost Redis is degraded, not down).
+async def ready(
+    gateway: Injected[Gateway], provider_health: Injected[ProviderHealth], readiness: Injected[Readiness]
+) -> Response[dict[str, Any]]:
+    """Ready for traffic (200 ``ready``, or ``degraded``), or not (503 ``not ready``): gateway/readiness.py.
+
+    Not ready while the image store has never been usable in this process, or a Redis under ``on_failure:
+    closed`` has never answered; a shared store lost after that is ``degraded`` (the replica still serves
+    what does not need it), so that one store's outage does not take every replica out at once.
 
     A provider that cannot serve (the local models not loaded, no GPU worker answering) is that provider's
     state, shown under ``providers`` as the background check last saw it (gateway/routing/provider_health.py), never
     a 503: the replica still serves every other provider, and a model's next target. The body is public (the
     kubelet's probe): it names no worker address, server path or secret.
     """
-    checks: dict[str, Any] = {"config": "ok"}
-    ok = True
-    if gateway.redis is not None:
-        try:
-            await gateway.redis.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:  # any failure means Redis is away; the reason is reported, never raised
-            checks["redis"] = f"unreachable ({type(exc).__name__}): {gateway.config.redis.on_failure}"
-            ok = gateway.config.redis.on_failure == "open"
-    try:
-        await gateway.image_store.check()
-        checks["image_store"] = "ok"
-    except StoreUnavailable as exc:  # URL answers would fail: not ready
-        checks["image_store"] = exc.public
-        ok = False
-    body = {
-        "status": "ready" if ok else "not ready",
-        "checks": checks,
-        "providers": provider_health.public(),
-        "models": gateway.router.model_names,
-    }
+    ok, body = await readiness.assess(gateway.redis, gateway.config.redis.on_failure)
+    body["providers"] = provider_health.public()
+    body["models"] = gateway.router.model_names
     return Response(body, status_code=200 if ok else 503)
 
 

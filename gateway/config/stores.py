@@ -18,6 +18,9 @@ class _StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
     secret: str = ""
     # The URL prefix clients reach this gateway at; empty: taken from each request.
     public_base_url: str = ""
+    # How often each process checks the store in the background (image_gateway_image_store_ready, /ready's
+    # image_store check); /ready reads the last result and never waits on the store.
+    probe_interval_s: Seconds = 5.0
 
 
 class DirectoryStoreConfig(_StoreConfig, tag="directory"):

@@ -151,6 +151,13 @@ REDIS_UP = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="min",
 )
+IMAGE_STORE_READY = Gauge(
+    "image_store_ready",
+    "1 while the image store answers its check (URL answers can be kept), 0 while it does not (URL answers fail, "
+    "base64 answers are served), and 0 until the first check; checked every image_store.probe_interval_s.",
+    namespace=NAMESPACE,
+    multiprocess_mode="min",
+)
 PROVIDER_READY = Gauge(
     "provider_ready",
     "1 while a provider that reports readiness can serve (the local one: a model loaded, or a worker up), 0 while "

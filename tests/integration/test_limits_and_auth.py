@@ -147,7 +147,8 @@ def test_redis_away_fails_open_then_resumes(
         assert {status for status, _ in hammer(server, http, 3)} == {200}
         assert rate_keys(own_redis.url)
         own_redis.stop()
-        assert http.get(server.url + "/ready").status_code == 200  # degraded, still serving
+        ready = http.get(server.url + "/ready")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"  # still serving
         during = hammer(server, http, 10)
         assert {status for status, _ in during} == {200}  # open: served on the in-memory limiter
         assert max(seconds for _, seconds in during) < 2.0  # and nobody waits on the dead Redis
@@ -170,15 +171,41 @@ def test_redis_away_fails_closed_then_resumes(
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "INFERENCE_OVERLOADED"
         assert response.headers["retry-after"] == "1"
-        assert http.get(server.url + "/ready").status_code == 503
+        # Seen once, then lost: degraded, not unready. Every replica shares that Redis, so taking them all out
+        # would only swap the gateway's own `overloaded` (with Retry-After) for the load balancer's bare 503.
+        ready = http.get(server.url + "/ready")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+        assert ready.json()["checks"]["redis"].startswith("unreachable") and ready.json()["checks"]["redis"].endswith(
+            "closed"
+        )
         during = hammer(server, http, 5)
         assert {status for status, _ in during} == {503}
         assert max(seconds for _, seconds in during) < 2.0
         own_redis.start()
         wait_for(lambda: hammer(server, http, 1)[0][0] == 200)
-        assert http.get(server.url + "/ready").status_code == 200
+        ready = http.get(server.url + "/ready")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
     finally:
         server.stop()
+
+
+def test_redis_never_reached_under_closed_keeps_the_replica_unready(
+    emulators: dict[str, EmulatorServer], http: httpx.Client, tmp_path: Path
+) -> None:
+    """`closed` with a Redis this replica has never reached (a wrong URL, a network policy): not ready, so a
+    rollout stops on it; ready once that Redis answers."""
+    absent = OwnRedis(tmp_path)  # its port chosen, nothing listening yet
+    server = limited_gateway(emulators, tmp_path, absent.url, "closed")
+    try:
+        ready = http.get(server.url + "/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+        assert ready.json()["checks"]["redis"].startswith("unreachable")
+        absent.start()
+        wait_for(lambda: http.get(server.url + "/ready").status_code == 200)
+        assert http.get(server.url + "/ready").json()["status"] == "ready"
+    finally:
+        server.stop()
+        absent.stop()
 
 
 # --- inbound keys ---

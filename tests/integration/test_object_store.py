@@ -1,12 +1,14 @@
 """The image store on S3-compatible storage, end to end: gateways in front of the emulators and a
 real SeaweedFS. Every dialect's URL answer is fetched from storage (presigned) and through another
 gateway process (gateway mode: no shared disk, one bucket); a missing bucket or refused
-credentials show at start and in /ready; storage gone mid-run fails URL clients only."""
+credentials show at start and keep /ready at 503; storage gone mid-run fails URL clients only, and
+/ready stays 200 `degraded` (a shared store's outage takes no replica out of rotation)."""
 
 from __future__ import annotations
 
 import base64
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import melious
 from schemas.canonical import ErrorCode
@@ -89,7 +92,7 @@ def assert_png(fetched: httpx.Response) -> bytes:
 def presigned_gateway(
     emulators: dict[str, EmulatorServer], seaweedfs: SeaweedFS, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayServer]:
-    store = seaweedfs.store_config(new_bucket(seaweedfs), timeout_s=2)
+    store = seaweedfs.store_config(new_bucket(seaweedfs), timeout_s=2, probe_interval_s=0.5)
     server = start_gateway(emulators, MODELS, tmp_path_factory.mktemp("unused"), image_store=store)
     yield server
     server.stop()
@@ -183,8 +186,9 @@ def test_a_store_that_cannot_be_used_shows_at_start_and_in_ready(
     try:
         process.wait_ready("/health")
         ready = http.get(process.url + "/ready")
-        assert ready.status_code == 503
+        assert ready.status_code == 503 and ready.json()["status"] == "not ready"
         assert expected in ready.json()["checks"]["image_store"]
+        assert store_ready(http, process.url) == 0
         b64 = {"model": MODEL, "prompt": PROMPT, "size": "512x512", "response_format": "b64_json"}
         assert http.post(process.url + "/melious/v1/images/generations", json=b64).status_code == 200
     finally:
@@ -203,7 +207,7 @@ def test_storage_down_fails_url_clients_clearly_and_spares_b64_clients(
     try:
         down = http.post(presigned_gateway.url + path, json={**b64, "response_format": "url"})
         answered = http.post(presigned_gateway.url + path, json=b64)
-        ready = http.get(presigned_gateway.url + "/ready")
+        ready = wait_for_ready(http, presigned_gateway.url, "degraded")  # the background check saw it
     finally:
         seaweedfs.resume()
     assert down.status_code == 502, down.text
@@ -213,6 +217,52 @@ def test_storage_down_fails_url_clients_clearly_and_spares_b64_clients(
     assert answered.status_code == 200
     image = base64.b64decode(answered.json()["data"][0]["b64_json"])
     assert image_dimensions(image) == (512, 512)
-    assert ready.status_code == 503 and "image store" in ready.json()["checks"]["image_store"]
+    assert ready.status_code == 200 and "unreachable" in ready.json()["checks"]["image_store"]
     (url,) = url_answer(http, presigned_gateway.url, "openai-root")  # back: URLs again
     assert_png(http.get(url))
+    assert wait_for_ready(http, presigned_gateway.url, "ready").json()["checks"]["image_store"] == "ok"
+
+
+def store_ready(http: httpx.Client, url: str) -> float:
+    """``image_gateway_image_store_ready`` as the gateway process at ``url`` reports it."""
+    for family in text_string_to_metric_families(http.get(url + "/metrics").text):
+        if family.name == "image_gateway_image_store_ready":
+            return float(family.samples[0].value)
+    raise AssertionError("no image_gateway_image_store_ready")
+
+
+def wait_for_ready(http: httpx.Client, url: str, status: str, timeout: float = 30.0) -> httpx.Response:
+    """``/ready``'s answer once its ``status`` is ``status`` (the store is checked in the background)."""
+    deadline = time.monotonic() + timeout
+    while (ready := http.get(url + "/ready")).json()["status"] != status:
+        assert time.monotonic() < deadline, f"/ready not {status} within {timeout} s: {ready.text}"
+        time.sleep(0.1)
+    return ready
+
+
+def test_a_paused_store_leaves_the_replica_ready_and_degraded(
+    emulators: dict[str, EmulatorServer], seaweedfs: SeaweedFS, tmp_path: Path, http: httpx.Client
+) -> None:
+    """The store seen usable at start, then paused: /ready stays 200 with `degraded` (every replica shares the
+    store: none would be kept in rotation otherwise), the gauge falls and rises, one log line per change."""
+    section = seaweedfs.store_config(new_bucket(seaweedfs), timeout_s=1, probe_interval_s=0.2)
+    process = GatewayProcess(write_replica_config(tmp_path, emulators, section, "paused"))
+    try:
+        process.wait_ready()
+        assert store_ready(http, process.url) == 1
+        seaweedfs.pause()
+        try:
+            ready = wait_for_ready(http, process.url, "degraded")
+            assert ready.status_code == 200
+            assert "unreachable" in ready.json()["checks"]["image_store"]
+            assert store_ready(http, process.url) == 0
+            time.sleep(1.5)  # a few more failed checks: still one log line
+        finally:
+            seaweedfs.resume()
+        assert wait_for_ready(http, process.url, "ready").status_code == 200
+        assert store_ready(http, process.url) == 1
+    finally:
+        process.stop()
+    events = [json.loads(line) for line in process.log.read_text().splitlines() if line.startswith("{")]
+    changes = [(e["event"], e["level"]) for e in events if e.get("event", "").startswith("image_store_")]
+    assert changes == [("image_store_unavailable", "error"), ("image_store_recovered", "warning")]
