@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from bench.assess import assess, verdict
+from bench.dispatch import DISPATCH
 from bench.report import (
     PORTKEY,
     PROXY,
@@ -172,8 +173,14 @@ def test_each_headline_leads_with_date_machine_command_and_transport() -> None:
 
 def test_the_docs_carry_every_section_the_renderers_write() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
-    for markers in (PROXY, SERVERS, PORTKEY):
+    today, history = text.index("## Today's figures"), text.index("\n## History")
+    for markers in (PROXY, SERVERS, PORTKEY, DISPATCH):
         assert text.count(markers.start) == text.count(markers.end) == 1
+        top = markers.headline
+        assert text.count(top.start) == text.count(top.end) == 1
+        # the headline in "Today's figures", before every section of details; the details before the history
+        assert today < text.index(top.start) < text.index(top.end) < text.index("<!-- proxy:start -->")
+        assert text.index(markers.end) < history
     section = text.split(PROXY.start)[1].split(PROXY.end)[0]
     assert section.lstrip().startswith("## Proxy overhead: image-gateway against LiteLLM (`make bench`)")
 

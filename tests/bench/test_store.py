@@ -42,3 +42,9 @@ def test_the_section_is_rewritten_in_place_and_the_row_at_the_top(tmp_path: Path
     order = [text.index(x) for x in (HEADLINE_START, "| 2026-", HEADLINE_END, "## The image store", BEGIN,
                                      "| obstore | put 2 MB | 1 |", END, "What the rows say", "## History")]  # fmt: skip
     assert order == sorted(order)
+
+
+def test_the_real_docs_carry_both_markers_in_order() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
+    assert text.count(HEADLINE_START) == text.count(HEADLINE_END) == text.count(BEGIN) == text.count(END) == 1
+    assert text.index(HEADLINE_END) < text.index(BEGIN) < text.index("\n## History")
