@@ -10,7 +10,8 @@ the dispatch's own CPU, both apps in one process (``bench.dispatch_cpu``). The f
 the CPU the Litestar handlers add per light request: they stay unless it is more than ``THRESHOLD_MS``.
 It is read in process: on a shared 2-core machine the two server processes' CPU per request moves from
 round to round by several times the threshold, while the requests differ by their dispatch alone.
-The section goes between `<!-- dispatch:start -->` and `<!-- dispatch:end -->` in docs/benchmarks.md.
+The section goes between `<!-- dispatch:start -->` and `<!-- dispatch:end -->` in docs/benchmarks.md,
+its row of "Today's figures" between `<!-- dispatch-headline:start -->` and `<!-- dispatch-headline:end -->`.
 """
 
 from __future__ import annotations
@@ -28,12 +29,20 @@ import msgspec
 
 from bench.measure import Runner, pool
 from bench.phases import Plan
-from bench.report import Markers, ms
+from bench.report import Markers, headline_table, machine_cell, ms
 from bench.results import Machine, Phase, Pooled
 from bench.stack import ROOT, Stack, free_port, log, start_service
 from gateway.app import DISPATCH_ENV
 
-__all__ = ["DIRECT_GATEWAY", "DISPATCH", "Contender", "DispatchComparison", "compare", "render_dispatch"]
+__all__ = [
+    "DIRECT_GATEWAY",
+    "DISPATCH",
+    "Contender",
+    "DispatchComparison",
+    "compare",
+    "render_dispatch",
+    "render_dispatch_headline",
+]
 
 DISPATCH = Markers.named("dispatch")
 LITESTAR = "gateway"  # the stack's own gateway: Litestar's route handlers (the default dispatch)
@@ -297,3 +306,23 @@ def render_dispatch(result: DispatchComparison, machine: Machine, command: str) 
         f"({_signed(result.deciding_ms)} ms), that is {verdict}.",
     ]
     return "\n".join(lines)
+
+
+def render_dispatch_headline(result: DispatchComparison, machine: Machine, command: str, transport: str) -> str:
+    """The comparison in one row of "Today's figures": the figure the rule reads, and what it decided."""
+    litestar, direct = result.row(LITESTAR), result.row(DIRECT)
+    columns, cells = [], []
+    if result.in_process:
+        each = result.in_process["us_per_request"]
+        columns.append("the dispatch alone, in process: Litestar / direct (paired difference)")
+        cells.append(
+            f"{each['litestar']['median']} / {each['direct']['median']} µs "
+            f"({result.in_process['litestar_minus_direct_us']['median']:+.1f} µs)"
+        )
+    columns += ["CPU per light request on the servers: Litestar / direct", f"rule (≤ {THRESHOLD_MS:g} ms added)"]
+    cells += [
+        f"{ms(litestar.light_cpu_ms, 3)} / {ms(direct.light_cpu_ms, 3)} ms",
+        "Litestar route handlers kept" if result.adopted else "over: the direct dispatch would be kept",
+    ]
+    first = [machine.date, machine_cell(machine), f"`{command}`", transport]
+    return headline_table(columns, [first + cells])

@@ -6,7 +6,8 @@ engine formed. Always on the CPU with the tiny model (noise, milliseconds an ima
 also, when torch sees a GPU, with a model of real size (SDXL's architecture, built from
 its config with random weights: no download) in bf16. The table is printed, and the
 measured parts of the "Local backend" section of ``docs/benchmarks.md`` are rewritten
-with the machine and the date.
+with the machine and the date, and the CPU part's row of "Today's figures" at the top of the
+file (between ``<!-- local-backend-headline:start -->`` and its end marker).
 
     python -m bench.local [--images 64] [--no-write] [--gpu-only | --cpu-only]
 """
@@ -20,6 +21,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,6 +37,8 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SECTION = "## Local backend"
 # The section lives between these markers, so other tools can rewrite theirs around it.
 START, END = "<!-- local-backend:start -->", "<!-- local-backend:end -->"
+# Its row of "Today's figures", at the top of the file.
+HEADLINE_START, HEADLINE_END = "<!-- local-backend-headline:start -->", "<!-- local-backend-headline:end -->"
 CONCURRENCY = (1, 4, 16)
 CPU_PART, GPU_PART = "### CPU, tiny model", "### GPU, real-size model"
 GPU_NOT_MEASURED = (
@@ -79,6 +83,7 @@ class Measured(msgspec.Struct, kw_only=True):
     machine: str
     # At the highest concurrency: how much less the engine draws than the bare loop in calls of max_batch_size.
     busy_overhead_percent: float = 0.0
+    when: str = ""  # UTC, to the minute
 
 
 # --- the measurements ---
@@ -189,6 +194,7 @@ async def measure(setup: Setup, repeats: int = 3) -> Measured:
         mean_overhead_ms=1000 / served.images_per_s - bare_ms,
         machine=describe_machine(setup.device),
         busy_overhead_percent=100 * (rows[1].images_per_s - rows[-1].images_per_s) / rows[1].images_per_s,
+        when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     )
 
 
@@ -354,8 +360,38 @@ def render(measured: Measured) -> str:
     return "\n".join(lines)
 
 
-def write_doc(parts: dict[str, str], path: Path = DOC) -> None:
-    """Rewrite the measured parts of the "Local backend" section (between its markers); the rest stays as it is."""
+def headline(measured: Measured, command: str) -> str:
+    """The run in one row of "Today's figures": date, machine, command and transport first, then the figures."""
+    setup, rows = measured.setup, measured.rows
+    where, load = measured.machine.split(";")[0], measured.machine.rsplit("; ", 1)[-1]
+    engine = [row for row in rows if row.path == "engine"]
+    cells = [
+        measured.when,
+        f"{where}; {load}",
+        f"`{command}`",
+        "none (in process)",
+        f"{setup.size}x{setup.size}, {setup.steps} steps",
+        f"{engine[0].images_per_s:.1f} / {engine[-1].images_per_s:.1f}",
+        f"{rows[0].images_per_s:.1f} / {rows[1].images_per_s:.1f}",
+        f"{measured.overhead_percent:+.0f}% ({measured.overhead_ms:+.1f} ms)",
+        f"{measured.busy_overhead_percent:+.1f}%",
+    ]
+    columns = [
+        "date", "machine", "command", "default transport", "images",
+        f"images/s through the engine at concurrency {engine[0].concurrency} / {engine[-1].concurrency}",
+        f"bare loop, images/s in calls of 1 / {setup.max_batch_size}",
+        f"overhead at concurrency {engine[0].concurrency} (median request)",
+        f"overhead at concurrency {engine[-1].concurrency} (against calls of {setup.max_batch_size})",
+    ]  # fmt: skip
+    return "\n".join(
+        ["| " + " | ".join(columns) + " |", "|---|---|---|---|---|" + "---:|" * 4, "| " + " | ".join(cells) + " |"]
+    )
+
+
+def write_doc(parts: dict[str, str], path: Path = DOC, top: str | None = None) -> None:
+    """Rewrite the measured parts of the "Local backend" section (between its markers); the rest stays as it is.
+
+    ``top`` (the `headline`) replaces the row of "Today's figures", where the file has its markers."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     match = re.search(rf"{re.escape(START)}\n.*?{re.escape(END)}\n?", text, re.DOTALL)
     old = match.group(0) if match else ""
@@ -371,6 +407,9 @@ def write_doc(parts: dict[str, str], path: Path = DOC) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         text = text[: match.start()] + section + text[match.end() :]
+    if top is not None and HEADLINE_START in text and HEADLINE_END in text:
+        head, rest = text.split(HEADLINE_START, 1)
+        text = f"{head}{HEADLINE_START}\n{top.rstrip()}\n{HEADLINE_END}{rest.split(HEADLINE_END, 1)[1]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
 
@@ -403,13 +442,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.gpu_only:
         print("no GPU: torch sees no CUDA device")
         return 1
-    parts = {}
+    parts, top = {}, None
+    command = " ".join(["python -m bench.local", *(sys.argv[1:] if argv is None else argv)])
     for heading, setup in setups:
         measured = asyncio.run(measure(setup, args.repeats))
         parts[heading] = render(measured)
         print(f"{heading}\n\n{parts[heading]}")
+        if heading == CPU_PART:
+            top = headline(measured, command)
     if not args.no_write:
-        write_doc(parts)
+        write_doc(parts, top=top)
         print(f"written to {DOC}")
     return 0
 

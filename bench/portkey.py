@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench import options
 from bench.measure import Destination, Runner, machine_info, pool
-from bench.report import PORTKEY, render_portkey, write_docs
+from bench.report import PORTKEY, render_portkey, render_portkey_headline, write_docs
 from bench.results import Pooled, PortkeyResults
 from bench.stack import EMULATOR_KEY, ROOT, Stack, check_redis, free_port, log, running_stack, start_service
 
@@ -108,12 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_redis(args.redis_url)
     machine = machine_info()
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    with running_stack(options.stack_options(args)) as stack:
+    stack_options = options.stack_options(args)
+    with running_stack(stack_options) as stack:
         results = measure(stack, args)
     block = render_portkey(results, args, machine, when)
     print(block)
     if not args.no_docs:
-        write_docs(Path(args.docs), block, PORTKEY)
+        headline = render_portkey_headline(results, machine, when, stack_options.upstream_transport)
+        write_docs(Path(args.docs), block, PORTKEY, headline)
         log(f"results written into {args.docs}")
     return 0
 

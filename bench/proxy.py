@@ -35,10 +35,10 @@ import msgspec
 
 from adapters.upstream import DEFAULT_TRANSPORT, TRANSPORTS
 from bench.assess import assess
-from bench.dispatch import DISPATCH, DispatchComparison, compare, render_dispatch
+from bench.dispatch import DISPATCH, DispatchComparison, compare, render_dispatch, render_dispatch_headline
 from bench.measure import machine_info, measure_idle, rss_tree
 from bench.phases import Plan, ProxyBench, cpu_memory, loadgen_health, log_lines_per_request, machine_shares
-from bench.report import DOCS, render, write_docs
+from bench.report import DOCS, render, render_headline, write_docs
 from bench.results import Machine, Meta, ProxyResults, dumps
 from bench.stack import (
     ROOT,
@@ -148,6 +148,7 @@ def meta_of(args: argparse.Namespace, argv: Sequence[str] | None, stack: Stack) 
         saturation_connections=args.saturation_connections,
         litellm_missing="left out (--no-litellm)" if python is None else "",
         quick=args.quick,
+        upstream_transport=args.upstream_transport,
         litellm_version=litellm_version(python) if python else "",
         litellm_stack=litellm_stack(python) if python else {},
     )
@@ -201,7 +202,7 @@ def publish(results: ProxyResults, args: argparse.Namespace) -> None:
         Path(args.json_out).write_text(dumps(results, indent=1))
         log(f"results as JSON in {args.json_out}")
     if not args.no_docs:
-        write_docs(Path(args.docs), block)
+        write_docs(Path(args.docs), block, headline=render_headline(results))
         log(f"results written into {args.docs}")
 
 
@@ -210,7 +211,8 @@ def publish_dispatch(result: DispatchComparison, machine: Machine, command: str,
     block = render_dispatch(result, machine, command)
     print(block)
     if not args.no_docs:
-        write_docs(Path(args.docs), block, DISPATCH)
+        headline = render_dispatch_headline(result, machine, command, args.upstream_transport)
+        write_docs(Path(args.docs), block, DISPATCH, headline)
         log(f"the dispatch comparison written into {args.docs}")
 
 

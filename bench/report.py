@@ -1,8 +1,10 @@
 """The benchmarks' sections of docs/benchmarks.md, from their typed results.
 
 Each benchmark owns a section between markers (`<!-- proxy:start -->` ... `<!-- proxy:end -->`)
-and rewrites only that one, so a run of one leaves the others' figures alone. The proxy
-section is built from one small function per table; the wording and the tables are those
+and rewrites only that one, so a run of one leaves the others' figures alone. Its headline, the
+table of "Today's figures" at the top of the file, sits between markers of its own
+(`<!-- proxy-headline:start -->` ...) and is rewritten in the same write, where the file has them.
+The proxy section is built from one small function per table; the wording and the tables are those
 of every earlier run, so that two runs compare line by line.
 """
 
@@ -37,12 +39,16 @@ __all__ = [
     "PROXY",
     "SERVERS",
     "Markers",
+    "headline_table",
     "mib",
     "ms",
     "ratio",
     "render",
+    "render_headline",
     "render_portkey",
+    "render_portkey_headline",
     "render_servers",
+    "render_servers_headline",
     "write_docs",
 ]
 
@@ -59,22 +65,51 @@ class Markers(NamedTuple):
     def named(cls, name: str) -> Markers:
         return cls(f"<!-- {name}:start -->", f"<!-- {name}:end -->")
 
+    @property
+    def headline(self) -> Markers:
+        """The markers of the same benchmark's table in "Today's figures" (`<!-- proxy-headline:start -->`)."""
+        return Markers(self.start.replace(":start", "-headline:start"), self.end.replace(":end", "-headline:end"))
+
 
 PROXY, SERVERS, PORTKEY = Markers.named("proxy"), Markers.named("servers"), Markers.named("portkey")
 
 
-def write_docs(path: Path, block: str, markers: Markers = PROXY) -> None:
-    """Replace the section between the markers (or add it at the end), leaving the rest of the file alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = markers.start, markers.end
-    section = f"{start}\n{block.rstrip()}\n{end}"
-    if start in text and end in text and text.index(start) < text.index(end):
-        head, rest = text.split(start, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
+def write_docs(path: Path, block: str, markers: Markers = PROXY, headline: str | None = None) -> None:
+    """Replace the section between the markers (or add it at the end), leaving the rest of the file alone.
+
+    ``headline`` replaces what is between the headline markers, where the file has them (the top of
+    docs/benchmarks.md does); a file without them gets no headline, so nothing moves."""
+    original = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{markers.start}\n{block.rstrip()}\n{markers.end}"
+    text = _replaced(original, markers, section)
+    if text is None:
+        text = original.rstrip() + "\n\n" + section + "\n"
+    if headline is not None:
+        top = markers.headline
+        text = _replaced(text, top, f"{top.start}\n{headline.rstrip()}\n{top.end}") or text
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def _replaced(text: str, markers: Markers, section: str) -> str | None:
+    """``text`` with what the markers hold (them included) replaced by ``section``; None without both markers."""
+    start, end = markers.start, markers.end
+    if start in text and end in text and text.index(start) < text.index(end):
+        head, rest = text.split(start, 1)
+        return head + section + rest.split(end, 1)[1]
+    return None
+
+
+def headline_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table of "Today's figures": date, machine, command and the upstream transport first, then the figures."""
+    head = ["date", "machine", "command", "default transport", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def machine_cell(machine: Machine) -> str:
+    return f"{machine.cpu_model}, {machine.cores} cores (load {machine.loadavg_start[0]:.2f} at the start)"
 
 
 # --------------------------------------------------------------------------- figures
@@ -439,6 +474,64 @@ def _obstacles(results: ProxyResults) -> Iterator[str]:
     yield ""
 
 
+# ----- the headline: "Today's figures" at the top of the file
+
+
+def render_headline(results: ProxyResults) -> str:
+    """The light requests' table and, when the run had them, the heavy answers' table."""
+    meta, machine = results.meta, results.machine
+    first = [machine.date, machine_cell(machine), f"`{meta.command}`", meta.upstream_transport or "not recorded"]
+    key, block = next(iter(results.fixed.items()))
+    floor, gw = block.pooled["floor"].latency_ms, block.pooled["gateway"].latency_ms
+    added = gw.minus(floor)
+    sat = results.steps.saturation.get("gateway")
+    carried = results.steps.gateway.carried
+    cells = [
+        f"{ms(added.p50)} / {ms(added.p99)} ms",
+        f"{ms(block.pooled['gateway'].cpu_ms('gateway'))} ms",
+        f"{carried:g} req/s" if carried else "none",
+        f"{sat.achieved_rate:.0f}/s" if sat else "-",
+    ]
+    columns = [
+        f"added p50 / p99 at {key} req/s",
+        f"CPU per request at {key} req/s",
+        f"highest rate carried (added p99 ≤ {meta.bound_ms:g} ms)",
+        "most answered (closed loop)",
+    ]
+    if "litellm" in block.pooled:
+        columns.append("LiteLLM's added p50 at " + " / ".join(f"{k}" for k in results.fixed) + " req/s")
+        cells.append(" / ".join(_litellm_added(fixed.pooled) for fixed in results.fixed.values()) + " ms")
+    text = headline_table(columns, [first + cells])
+    if results.heavy:
+        text += "\n" + _heavy_headline(results.heavy, meta.heavy_rate, first)
+    return text
+
+
+def _litellm_added(pooled: dict[str, Pooled]) -> str:
+    return ms(pooled["litellm"].latency_ms.minus(pooled["floor"].latency_ms).p50)
+
+
+def _heavy_headline(heavy: Heavy, rate: float, first: list[str]) -> str:
+    floor = heavy.latency["floor"].latency_ms
+    gateway = heavy.latency["gateway"]
+    added = gateway.latency_ms.minus(floor)
+    answer = next((r.answer_bytes for rows in heavy.memory.values() for r in rows), math.nan)
+    rows = sorted(heavy.memory.get("gateway", []), key=lambda row: row.in_flight)
+    memory = " / ".join(f"{row.ratio:.2f}x" for row in rows)
+    in_flight = " / ".join(str(row.in_flight) for row in rows)
+    columns = ["answer", "added p50 / p99", "CPU per request", f"memory per request ÷ answer, {in_flight} in flight"]
+    cells = [
+        f"{mib(answer)} at {rate:g} req/s",
+        f"{ms(added.p50, 1)} / {ms(added.p99, 1)} ms",
+        f"{ms(gateway.cpu_ms('gateway'), 1)} ms",
+        memory or "-",
+    ]
+    if "litellm" in heavy.latency:
+        columns.append("LiteLLM's added p50")
+        cells.append(f"{ms(heavy.latency['litellm'].latency_ms.minus(floor).p50, 1)} ms")
+    return "Heavy answers, the same run:\n\n" + headline_table(columns, [first + cells])
+
+
 # --------------------------------------------------------------------------- side benchmarks
 
 
@@ -535,3 +628,39 @@ def _portkey_ratio(rate: str, pooled: dict[str, Pooled]) -> str:
         f"- {rate}/s: Portkey adds {ms(theirs)} ms at p50, the gateway {ms(ours)} ms: "
         f"{theirs / ours:.1f}x the gateway's."
     )
+
+
+def render_servers_headline(rows: Sequence[ServerRow], machine: Machine, when: str, transport: str) -> str:
+    """`make bench-servers` in one row: which way of serving costs least, and which answers most."""
+    measured = [row for row in rows if not math.isnan(row.cpu_ms)] or list(rows)
+    best = min(measured, key=lambda r: r.cpu_ms)
+    most = max(rows, key=lambda r: r.saturation)
+    others = [row.cpu_ms for row in measured if row is not best]
+    rest = f" (the others {min(others):.2f}-{max(others):.2f} ms)" if others else ""
+    cells = [
+        f"{best.label}: {ms(best.cpu_ms)} ms{rest}",
+        f"{ms(best.added_p50)} ms",
+        f"{most.label}: {most.saturation:.0f}/s",
+        str(sum(row.errors for row in rows)),
+    ]
+    columns = ["least CPU per request", "its added p50", "most answered (closed loop)", "errors"]
+    return headline_table(columns, [[when, f"{machine.cpu_model}, {machine.cores} cores", "`python -m bench.servers`",
+                                     transport, *cells]])  # fmt: skip
+
+
+def render_portkey_headline(results: PortkeyResults, machine: Machine, when: str, transport: str) -> str:
+    """`make bench-portkey` in one row: each proxy's added p50 at each rate, CPU per request, closed loop."""
+    columns, cells = [], []
+    for rate, pooled in results.fixed.items():
+        floor = pooled["floor"].latency_ms
+        added = [ms(pooled[path].latency_ms.minus(floor).p50) for path in ("gateway", "portkey")]
+        columns.append(f"added p50 at {rate}/s: gateway / Portkey")
+        cells.append(" / ".join(added) + " ms")
+    rate, pooled = next(iter(results.fixed.items()))
+    columns.append(f"CPU per request at {rate}/s: gateway / Portkey")
+    cells.append(f"{ms(pooled['gateway'].cpu_ms('gateway'))} / {ms(pooled['portkey'].cpu_ms('portkey'))} ms")
+    sat = results.saturation
+    columns.append("most answered (closed loop): gateway / Portkey")
+    cells.append(f"{sat['gateway'].achieved_rate:.0f} / {sat['portkey'].achieved_rate:.0f}/s")
+    first = [when, f"{machine.cpu_model}, {machine.cores} cores", "`python -m bench.portkey`", transport]
+    return headline_table(columns, [first + cells])

@@ -335,6 +335,7 @@ class Meta(msgspec.Struct, kw_only=True):
     saturation_connections: int
     litellm_missing: str  # why LiteLLM is not in the run ("" when it is)
     quick: bool
+    upstream_transport: str = ""  # the gateway's upstream client ("" in runs recorded before it was kept)
     litellm_version: str = ""
     litellm_stack: dict[str, str] = {}
     log_lines_per_request: float = NAN

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench import options
 from bench.measure import Runner, machine_info, pool
-from bench.report import SERVERS, render_servers, write_docs
+from bench.report import SERVERS, render_servers, render_servers_headline, write_docs
 from bench.results import ServerRow
 from bench.stack import Stack, check_redis, free_port, log, running_stack, start_service
 
@@ -113,14 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_redis(args.redis_url)
     machine = machine_info()
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    with running_stack(options.stack_options(args)) as stack:
+    stack_options = options.stack_options(args)
+    with running_stack(stack_options) as stack:
         runner = Runner(stack)
         config = stack.workdir / "gateway.json"
         rows = [measure_variant(stack, runner, variant, args) for variant in variants(config, free_port())]
     block = render_servers(rows, args, machine, when)
     print(block)
     if not args.no_docs:
-        write_docs(Path(args.docs), block, SERVERS)
+        headline = render_servers_headline(rows, machine, when, stack_options.upstream_transport)
+        write_docs(Path(args.docs), block, SERVERS, headline)
         log(f"results written into {args.docs}")
     return 0
 

@@ -31,6 +31,8 @@ import msgspec
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- store:begin -->", "<!-- store:end -->"
+# Its row of "Today's figures", at the top of the file.
+HEADLINE_START, HEADLINE_END = "<!-- store-headline:start -->", "<!-- store-headline:end -->"
 IMAGE_BYTES = 2 * 1024 * 1024
 BUCKET = "bench-images"
 
@@ -199,14 +201,39 @@ def render(results: list[Measured], puts: int, presigns: int) -> str:
     return "\n".join(lines)
 
 
-def write_docs(section: str, docs: Path) -> None:
-    """Rewrite the section between its markers; append it under its heading the first time."""
+def headline(results: list[Measured]) -> str:
+    """The run in one row of "Today's figures": each operation one at a time, each client's p50 and CPU per call."""
+    alone = sorted((row for row in results if row.concurrency == 1), key=lambda r: (r.operation, r.client))
+    operations = sorted({row.operation for row in alone})
+    columns = [f"{operation}, one at a time: p50 / CPU per call" for operation in operations]
+    cells = [
+        "; ".join(f"{r.client} {r.p50_ms:.3f} / {r.cpu_ms_per_call:.3f} ms" for r in alone if r.operation == operation)
+        for operation in operations
+    ]
+    first = [
+        str(datetime.date.today()),
+        f"{platform.machine()}, {os.cpu_count()} cores, SeaweedFS on the same machine",
+        "`python -m bench.store`",
+        "n/a (S3 through obstore)",
+    ]
+    head = ["date", "machine", "command", "default transport", *columns]
+    rule = "|---|---|---|---|" + "---:|" * len(columns)
+    return "\n".join(["| " + " | ".join(head) + " |", rule, "| " + " | ".join(first + cells) + " |"])
+
+
+def write_docs(section: str, docs: Path, top: str | None = None) -> None:
+    """Rewrite the section between its markers; append it under its heading the first time.
+
+    ``top`` (the `headline`) replaces the row of "Today's figures", where the file has its markers."""
     text = docs.read_text()
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + section + rest.split(END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n## The image store's S3 client (`bench/store.py`)\n\n" + section + "\n"
+    if top is not None and HEADLINE_START in text and HEADLINE_END in text:
+        head, rest = text.split(HEADLINE_START, 1)
+        text = f"{head}{HEADLINE_START}\n{top.rstrip()}\n{HEADLINE_END}{rest.split(HEADLINE_END, 1)[1]}"
     docs.write_text(text)
 
 
@@ -235,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(results, args.puts, args.presigns)
     print(section)
     if not args.no_docs:
-        write_docs(section, Path(args.docs))
+        write_docs(section, Path(args.docs), headline(results))
     return 0
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.dispatch import DIRECT, DISPATCH, LITESTAR, DispatchComparison, DispatchRow, render_dispatch
+from bench.dispatch import (
+    DIRECT,
+    DISPATCH,
+    LITESTAR,
+    DispatchComparison,
+    DispatchRow,
+    render_dispatch,
+    render_dispatch_headline,
+)
 from bench.report import write_docs
 from bench.results import GatewayStack, Machine
 
@@ -83,3 +91,13 @@ def test_without_the_in_process_figure_the_servers_decide(tmp_path: Path) -> Non
     text = docs.read_text()
     assert text.count(DISPATCH.start) == text.count(DISPATCH.end) == 1
     assert "read on the servers (+0.100 ms), that is over the threshold" in text
+
+
+def test_the_headline_row_says_what_the_rule_read_and_decided() -> None:
+    text = render_dispatch_headline(comparison([1.5, 1.9], [1.4, 1.5], in_process_us=20.0), MACHINE, "cmd", "aiohttp")
+    head, _, row = text.splitlines()
+    assert head.startswith("| date | machine | command | default transport |")
+    assert row.startswith("| 2026-12-07 15:00 UTC | a CPU, 2 cores (load 1.00 at the start) | `cmd` | aiohttp |")
+    assert "| 60.0 / 40.0 µs (+20.0 µs) |" in row and row.endswith("| Litestar route handlers kept |")
+    costly = render_dispatch_headline(comparison([1.5], [1.4], in_process_us=None), MACHINE, "cmd", "aiohttp")
+    assert "in process" not in costly and costly.rstrip().endswith("| over: the direct dispatch would be kept |")

@@ -7,7 +7,22 @@ from pathlib import Path
 
 import torch
 
-from bench.local import CPU_PART, END, GPU_NOT_MEASURED, GPU_PART, START, cpu_setup, measure, render, write_doc
+from bench.local import (
+    CPU_PART,
+    END,
+    GPU_NOT_MEASURED,
+    GPU_PART,
+    HEADLINE_END,
+    HEADLINE_START,
+    START,
+    Measured,
+    Row,
+    cpu_setup,
+    headline,
+    measure,
+    render,
+    write_doc,
+)
 from bench.speed import CACHE_THRESHOLDS, batch_sweep, option_rows, suggested_batch_pixels
 from bench.speed import render as render_speed
 
@@ -38,6 +53,53 @@ def test_the_doc_section_is_rewritten_in_place(tmp_path: Path) -> None:
     assert GPU_PART in text and GPU_NOT_MEASURED.strip() in text
     write_doc({GPU_PART: "gpu numbers\n"}, doc)
     assert "second" in doc.read_text() and "gpu numbers" in doc.read_text()  # the CPU part is kept
+
+
+def test_the_headline_row_is_rewritten_at_the_top_and_the_section_stays_where_it_is(tmp_path: Path) -> None:
+    rows = [
+        Row(path="bare pipeline loop, 1 per call", concurrency=1, images_per_s=27.0),
+        Row(path="bare pipeline loop, 4 per call", concurrency=1, images_per_s=88.3),
+        Row(path="engine", concurrency=1, images_per_s=27.0, p50_ms=36.7),
+        Row(path="engine", concurrency=4, images_per_s=70.8, p50_ms=48.3),
+        Row(path="engine", concurrency=16, images_per_s=83.6, p50_ms=189.1),
+    ]
+    machine = (
+        "A CPU, 2 cores, torch t with 2 threads; Python 3.11, Linux x86_64; 2026-12-07; load average 1.29 at the start"
+    )
+    measured = Measured(
+        setup=cpu_setup(64),
+        repeats=3,
+        rows=rows,
+        overhead_ms=-0.3,
+        overhead_percent=-1.1,
+        mean_overhead_ms=0.1,
+        machine=machine,
+        busy_overhead_percent=5.3,
+        when="2026-12-07 17:00 UTC",
+    )
+    top = headline(measured, "python -m bench.local --cpu-only")
+    head, rule, row = top.splitlines()
+    assert head.startswith("| date | machine | command | default transport |")
+    assert head.count("|") == rule.count("|") == row.count("|")
+    assert row.startswith(
+        "| 2026-12-07 17:00 UTC | A CPU, 2 cores, torch t with 2 threads; load average 1.29 at the start | "
+        "`python -m bench.local --cpu-only` | none (in process) | 64x64, 2 steps | 27.0 / 83.6 | 27.0 / 88.3 |"
+    )
+    assert row.endswith("| -1% (-0.3 ms) | +5.3% |")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(
+        f"# Benchmarks\n\n{HEADLINE_START}\nold row\n{HEADLINE_END}\n\nnote\n\n{START}\n## Local backend\nold\n{END}\n"
+        "\n## History\n"
+    )
+    write_doc({CPU_PART: "cpu figures\n"}, doc, top=top)
+    text = doc.read_text()
+    assert "old row" not in text and text.count(HEADLINE_START) == text.count(START) == 1
+    marks = (HEADLINE_START, row, HEADLINE_END, "note", START, "cpu figures", END, "## History")
+    order = [text.index(x) for x in marks]
+    assert order == sorted(order)
+    bare = tmp_path / "bare.md"
+    write_doc({CPU_PART: "cpu figures\n"}, bare, top=top)
+    assert row not in bare.read_text() and HEADLINE_START not in bare.read_text()  # no markers: no headline
 
 
 def test_the_speed_bench_counts_what_each_option_skips_and_finds_the_knee() -> None:

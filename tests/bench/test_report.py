@@ -12,7 +12,22 @@ import msgspec
 import pytest
 
 from bench.assess import assess, verdict
-from bench.report import PORTKEY, PROXY, SERVERS, mib, ms, ratio, render, render_portkey, render_servers, write_docs
+from bench.dispatch import DISPATCH
+from bench.report import (
+    PORTKEY,
+    PROXY,
+    SERVERS,
+    mib,
+    ms,
+    ratio,
+    render,
+    render_headline,
+    render_portkey,
+    render_portkey_headline,
+    render_servers,
+    render_servers_headline,
+    write_docs,
+)
 from bench.results import Machine, PortkeyResults, ProxyResults, ServerRow, loads
 
 RECORDED = Path(__file__).parent / "recorded"
@@ -106,9 +121,78 @@ def test_each_section_is_rewritten_in_place_and_the_rest_left_alone(tmp_path: Pa
     assert order == sorted(order)
 
 
+def test_a_headline_is_rewritten_at_the_top_and_its_section_where_it_is(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    top = PROXY.headline
+    docs.write_text(
+        f"# Benchmarks\n\n## Today's figures\n\n{top.start}\nold row\n{top.end}\n\nhand-written note\n\n"
+        f"{PROXY.start}\nold details\n{PROXY.end}\n\n## History\n\nold runs\n"
+    )
+    for n in (1, 2):
+        write_docs(docs, f"details {n}", PROXY, headline=f"| row {n} |")
+    text = docs.read_text()
+    assert "old row" not in text and "old details" not in text and "| row 1 |" not in text
+    order = [text.index(x) for x in (top.start, "| row 2 |", top.end, "hand-written note", PROXY.start,
+                                     "details 2", "## History", "old runs")]  # fmt: skip
+    assert order == sorted(order)
+    assert all(text.count(marker) == 1 for marker in (*top, *PROXY))
+
+
+def test_a_file_without_headline_markers_gets_no_headline(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    write_docs(docs, "servers", SERVERS, headline="| top |")
+    text = docs.read_text()
+    assert "| top |" not in text and SERVERS.headline.start not in text and SERVERS.start in text
+
+
+def test_each_headline_leads_with_date_machine_command_and_transport() -> None:
+    lead = "| date | machine | command | default transport |"
+    full = recorded("full")
+    text = render_headline(full)
+    tables = [line for line in text.splitlines() if line.startswith("| date ")]
+    assert len(tables) == 2 and all(line.startswith(lead) for line in tables)  # light requests, heavy answers
+    assert f"| {full.machine.date} | AMD EPYC, 2 cores (load 0.22 at the start) | `{full.meta.command}` |" in text
+    assert "| not recorded |" in text  # recorded before the run kept its transport
+    assert "LiteLLM's added p50 at 200 / 50 req/s" in text and "memory per request ÷ answer, 1 / 4 in flight" in text
+    kept = msgspec.structs.replace(full, meta=msgspec.structs.replace(full.meta, upstream_transport="aiohttp"))
+    assert "| aiohttp |" in render_headline(kept)
+    assert "LiteLLM" not in render_headline(recorded("quick"))
+    side = json.loads((RECORDED / "side.json").read_text())
+    machine = msgspec.convert(side["servers"]["machine"], Machine)
+    rows = msgspec.convert(side["servers"]["rows"], list[ServerRow])
+    servers = render_servers_headline(rows, machine, side["servers"]["when"], "aiohttp")
+    portkey = msgspec.convert(side["portkey"]["results"], PortkeyResults)
+    portkey_text = render_portkey_headline(portkey, machine, side["portkey"]["when"], "aiohttp")
+    for table in (servers, portkey_text):
+        head, rule, row = table.splitlines()
+        assert head.startswith(lead) and rule.startswith("|---|---|---|---|") and "| aiohttp |" in row
+        assert head.count("|") == rule.count("|") == row.count("|")
+    best = min(rows, key=lambda r: r.cpu_ms)
+    assert f"| {best.label}: {ms(best.cpu_ms)} ms" in servers
+
+
 def test_the_docs_carry_every_section_the_renderers_write() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
-    for markers in (PROXY, SERVERS, PORTKEY):
+    today, history = text.index("## Today's figures"), text.index("\n## History")
+    for markers in (PROXY, SERVERS, PORTKEY, DISPATCH):
         assert text.count(markers.start) == text.count(markers.end) == 1
+        top = markers.headline
+        assert text.count(top.start) == text.count(top.end) == 1
+        # the headline in "Today's figures", before every section of details; the details before the history
+        assert today < text.index(top.start) < text.index(top.end) < text.index("<!-- proxy:start -->")
+        assert text.index(markers.end) < history
     section = text.split(PROXY.start)[1].split(PROXY.end)[0]
     assert section.lstrip().startswith("## Proxy overhead: image-gateway against LiteLLM (`make bench`)")
+
+
+def test_make_bench_writes_its_headline_with_its_section(tmp_path: Path) -> None:
+    from bench.proxy import publish
+
+    docs = tmp_path / "benchmarks.md"
+    top = PROXY.headline
+    docs.write_text(f"# Benchmarks\n\n{top.start}\n{top.end}\n\n{PROXY.start}\n{PROXY.end}\n")
+    results = recorded("quick")
+    publish(results, Namespace(json_out=None, no_docs=False, docs=str(docs)))
+    text = docs.read_text()
+    assert render_headline(results).strip() in text.split(top.start)[1].split(top.end)[0]
+    assert render(results).strip() in text.split(PROXY.start)[1].split(PROXY.end)[0]
