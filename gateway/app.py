@@ -90,7 +90,14 @@ def build_limiter(config: GatewayConfig, client: aioredis.Redis | None) -> Limit
     """The Redis limiter when a Redis is configured (on the shared ``client``), else the in-memory one."""
     if client is None or not config.redis.url:
         return MemoryLimiter()
-    return RedisLimiter(client, config.redis.url, on_failure=config.redis.on_failure, timeout_s=config.redis.timeout_s)
+    redis = config.redis
+    return RedisLimiter(
+        client,
+        redis.url,
+        on_failure=redis.on_failure,
+        budgets_on_failure=redis.budgets_on_failure,
+        timeout_s=redis.timeout_s,
+    )
 
 
 async def start_image_store(config: GatewayConfig) -> StoreHealth:

@@ -162,11 +162,13 @@ def summary(m: Measured) -> tuple[str, list[Goal]]:
     if over:
         add(
             f"- clients were charged {over / MICROS:.2f} USD past the budget: answers admitted by each replica's "
-            "in-memory limiter while Redis restarted (`redis.on_failure: open`) know nothing of what Redis had spent"
+            "in-memory limiter while Redis restarted (`redis.budgets_on_failure: open`) know nothing of what Redis "
+            "had spent"
         )
     # Exact: Redis's counter is what clients were charged while it was there (give or take the requests whose
     # admission straddled its restart, and reservations a SIGKILLed replica never settled), never past the
-    # budget; only the fail-open fallback may pass it, by no more than it admitted.
+    # budget; only a fail-open fallback for budgets (`redis.budgets_on_failure: open`, not the default) may pass
+    # it, by no more than it admitted.
     budget_exact = (
         m.budget <= allowed
         and abs(m.budget - outside_outage) <= slack

@@ -342,12 +342,14 @@ class RedisLimiter:
         url: str,
         *,
         on_failure: Literal["open", "closed"],
+        budgets_on_failure: Literal["open", "closed"] = "closed",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         fallback: MemoryLimiter | None = None,
         health: RedisHealth | None = None,
     ) -> None:
         self.client = client
         self.on_failure = on_failure
+        self.budgets_on_failure = budgets_on_failure
         self.fallback = fallback or MemoryLimiter()
         self._script = RedisScript(GCRA_SCRIPT, url, timeout_s=timeout_s)
         self._settle = RedisScript(SETTLE_SCRIPT, url, timeout_s=timeout_s)
@@ -395,6 +397,9 @@ class RedisLimiter:
     async def _without_redis(self, checks: Sequence[LimitCheck], budgets: Sequence[BudgetCheck]) -> Decision:
         if self.on_failure == "closed":
             raise GatewayError(ErrorCode.OVERLOADED, "rate limiter unavailable; try again shortly", retry_after=1.0)
+        if budgets and self.budgets_on_failure == "closed":
+            # What Redis had spent is not known here: admitting on this process's count could pass the budget.
+            raise GatewayError(ErrorCode.OVERLOADED, "budget ledger unavailable; try again shortly", retry_after=1.0)
         return await self.fallback.check(checks, budgets)
 
     async def ahead_ms(self, keys: Sequence[str]) -> list[float]:

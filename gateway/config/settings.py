@@ -94,6 +94,10 @@ class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # When a configured Redis is unreachable: "open" keeps serving on the in-memory limiter,
     # "closed" refuses with `overloaded` until it is back.
     on_failure: Literal["open", "closed"] = "open"
+    # Budgets while a configured Redis is unreachable, whatever `on_failure` says of rate limits: "closed" refuses
+    # a budgeted request with `overloaded` (a replica's in-memory limiter cannot know what Redis had spent, so it
+    # could only overspend); "open" admits it on the in-memory limiter (spend past the budget is possible).
+    budgets_on_failure: Literal["open", "closed"] = "closed"
     timeout_s: Seconds = 0.25
     key_prefix: str = "igw:"
     # How often each process pings Redis, so that a lost Redis shows (image_gateway_redis_up, a log line)

@@ -99,11 +99,13 @@ async def test_concurrent_checks_admit_exactly_the_limit(limiter: Limiter) -> No
 AWAY_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
-def away_limiter(on_failure: Literal["open", "closed"]) -> RedisLimiter:
+def away_limiter(
+    on_failure: Literal["open", "closed"], budgets_on_failure: Literal["open", "closed"] = "closed"
+) -> RedisLimiter:
     client = aioredis.Redis.from_url(
         AWAY_URL, socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
     )
-    return RedisLimiter(client, AWAY_URL, on_failure=on_failure, timeout_s=0.2)
+    return RedisLimiter(client, AWAY_URL, on_failure=on_failure, budgets_on_failure=budgets_on_failure, timeout_s=0.2)
 
 
 async def test_redis_away_fails_open_onto_memory() -> None:
@@ -122,6 +124,18 @@ async def test_redis_away_fails_closed_with_overloaded() -> None:
     assert caught.value.code is ErrorCode.OVERLOADED
     await limiter.aclose()
     await limiter.client.aclose()  # the limiter closes its scripts only: the client is the caller's
+
+
+async def test_redis_away_refuses_budgeted_requests_even_when_limits_fail_open() -> None:
+    limiter = away_limiter("open")  # budgets_on_failure: closed, the default
+    spend = budget(100_000, 10_000)
+    with pytest.raises(GatewayError) as caught:
+        await limiter.check([check(5)], [spend])
+    assert caught.value.code is ErrorCode.OVERLOADED and caught.value.retry_after == 1.0
+    assert "budget" in caught.value.message
+    assert (await limiter.check([check(5)])).allowed  # a request with no budget is still served, in memory
+    await limiter.aclose()
+    await limiter.client.aclose()
 
 
 # --- budgets: reserved in the same check, settled at the end ---
@@ -201,7 +215,7 @@ async def test_redis_budget_counter_expires_after_its_period() -> None:
 
 
 async def test_redis_away_fails_open_onto_a_memory_budget_settled_there() -> None:
-    limiter = away_limiter("open")
+    limiter = away_limiter("open", budgets_on_failure="open")
     spend = budget(20_000, 10_000)
     first = await limiter.check([], [spend])
     assert first.reservation is not None and first.reservation.where == "memory"
