@@ -54,8 +54,8 @@ class SpeedOptions(msgspec.Struct, kw_only=True):
     """A loaded model's speed options as its engine reports them (``local_backend.pipelines.SpeedOptions``)."""
 
     dtype: str
-    cache: str | None = None  # a step cache, e.g. ``first_block:0.05``
-    compile: str | None = None  # regional compilation's mode
+    cache: str | None = None  # a step cache, its kind and fields, e.g. ``first_block:0.05``
+    compile: str | None = None  # compilation's mode (``whole:default``: the whole denoiser)
     fuse_qkv: bool = False
     channels_last: bool = False
 

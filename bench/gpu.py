@@ -12,10 +12,11 @@ images per call as the engine draws); the serving overhead of one against the ot
 batching gain (images/s at concurrency 8 over concurrency 1); joules an image from NVML's
 energy counter; the peak GPU memory.
 
-Modes: ``plain`` (exact, eager), ``cache`` (First Block Cache, as ``cache: {threshold: T}`` in
-a model's config), ``compile`` (regional compilation, as ``compile: {}``), ``both`` (the cache,
-and the whole denoiser compiled: the config refuses a cache with regional compilation, whose
-hooks recompile per block). An SD or SDXL UNet has no step cache: its cache modes are n/a.
+Modes: ``plain`` (exact, eager), ``cache`` (First Block Cache, as ``cache: {kind: first_block,
+threshold: T}`` in a model's config), ``compile`` (regional compilation, as ``compile: {}``),
+``both`` (the cache and the whole denoiser compiled, as ``compile: {scope: whole}`` with the cache:
+the config refuses a cache with regional compilation, whose hooks recompile per block). An SD or
+SDXL UNet has no step cache: its cache modes are n/a.
 
 The whole run keeps to ``--budget`` seconds: the measuring runs in a child process, which
 writes each result as it gets it, skips what would not fit, and is stopped at the budget;
@@ -243,19 +244,21 @@ class Plan(msgspec.Struct, kw_only=True):
 
 
 def model_settings(plan: Plan, steps: int) -> dict[str, Any]:
-    """The model's config, as a gateway config would give it (``both``'s compilation is added after)."""
+    """The model's config, as a gateway config would give it."""
     raw: dict[str, Any] = {"path": f"bench:{plan.model}", "max_pixels": max(plan.sizes) ** 2,
                            "default_steps": steps, "max_steps": max(steps, 50)}  # fmt: skip
     if plan.mode in ("cache", "both"):
-        raw["cache"] = {"threshold": plan.cache_threshold}
+        raw["cache"] = {"kind": "first_block", "threshold": plan.cache_threshold}
     if plan.mode == "compile":
         raw["compile"] = {}
+    if plan.mode == "both":  # the whole denoiser: the one scope a step cache combines with
+        raw["compile"] = {"scope": "whole"}
     return raw
 
 
 def make_ready(plan: Plan, steps: int, compile_backend: str) -> tuple[Any, float]:
     """Build the pipeline, apply the mode's options through the engine's own code; the model and its build seconds."""
-    from local_backend.pipelines import denoiser, pick_dtype, prepare_model
+    from local_backend.pipelines import pick_dtype, prepare_model
     from schemas.local import LocalModelSettings
 
     started = time.perf_counter()
@@ -263,11 +266,6 @@ def make_ready(plan: Plan, steps: int, compile_backend: str) -> tuple[Any, float
     settings = msgspec.convert(model_settings(plan, steps), LocalModelSettings)
     dtype = pick_dtype(plan.device, "bfloat16")
     model = prepare_model("bench", settings, pipeline, plan.device, dtype, compile_backend=compile_backend)
-    if plan.mode == "both":
-        # The whole denoiser in one graph: the cache's hooks are traced once, not recompiled per block.
-        mode = {"mode": "default"} if compile_backend == "inductor" else {}
-        denoiser(pipeline).compile(backend=compile_backend, **mode)
-        model.options = msgspec.structs.replace(model.options, compile="default (whole denoiser)")
     _sync(plan.device)
     return model, time.perf_counter() - started
 

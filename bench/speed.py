@@ -61,7 +61,8 @@ def option_sets(family: str, compile: bool = True) -> dict[str, dict[str, Any]]:
     """Each option the family supports, alone (the exact default first); ``compile`` False leaves compilation out."""
     sets: dict[str, dict[str, Any]] = {"exact (default)": {}}
     if family in CACHE_FAMILIES:
-        sets |= {f"cache first_block:{t:g}": {"cache": {"threshold": t}} for t in CACHE_THRESHOLDS}
+        first_block = {f"first_block:{t:g}": {"kind": "first_block", "threshold": t} for t in CACHE_THRESHOLDS}
+        sets |= {f"cache {label}": {"cache": cache} for label, cache in first_block.items()}
     if compile:
         sets["compile default"] = {"compile": {}}
     sets |= {"fuse_qkv": {"fuse_qkv": True}, "channels_last": {"channels_last": True}}

@@ -8,12 +8,13 @@ engine calls it from its one device thread.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,23 @@ from local_backend.previews import Reporter
 from local_backend.rules import ModelRules, Work
 from local_backend.tiny import BUILTIN_PREFIX, TINY_KINDS, ensure_tiny
 from schemas.canonical import ErrorCode, GatewayError, Operation
-from schemas.local import LocalModelSettings
+from schemas.local import (
+    MAG_RATIOS_FLUX1,
+    CompileSettings,
+    FasterCache,
+    FirstBlockCache,
+    LocalModelSettings,
+    MagCache,
+    PyramidAttentionCache,
+    StepCacheSettings,
+    TaylorSeerCache,
+)
 
 __all__ = [
     "Drawn",
     "LoadedModel",
     "SpeedOptions",
+    "StepCacheRun",
     "denoiser",
     "load_model",
     "pick_device",
@@ -83,8 +95,10 @@ def pick_dtype(device: str, setting: str) -> torch.dtype:
 class SpeedOptions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """The speed options a loaded model runs with: in its engine's stats, and on each result it draws.
 
-    ``cache`` (e.g. ``first_block:0.05``) is set when a step cache may have skipped work on an image:
-    an image drawn with it can differ from a full one (within the bound docs/local_backend.md states).
+    ``cache`` (e.g. ``first_block:0.05``, ``taylor_seer:interval=5,order=1,warmup=3,lite=False``) is set when
+    a step cache is on: an image drawn with it can differ from a full one (within the bounds docs/local_backend.md
+    states) unless its setting is exact. ``compile`` is the mode (``default``: regional compilation of the repeated
+    blocks) or ``whole:`` and the mode (the whole denoiser compiled).
     """
 
     dtype: str
@@ -92,11 +106,6 @@ class SpeedOptions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     compile: str | None = None
     fuse_qkv: bool = False
     channels_last: bool = False
-
-    @property
-    def exact(self) -> bool:
-        """Every step computes every block (a cache at threshold 0 is exact too)."""
-        return self.cache is None or self.cache.endswith(":0")
 
     def label(self) -> str:
         """One line for a result's metadata: ``bfloat16``, ``bfloat16 first_block:0.05 compile:default`` …"""
@@ -126,9 +135,15 @@ class LoadedModel:
     """One model's weights on the device, as the pipelines for generation, image-to-image and inpainting."""
 
     def __init__(
-        self, rules: ModelRules, text_to_image: Pipeline, device: str, options: SpeedOptions | None = None
+        self,
+        rules: ModelRules,
+        text_to_image: Pipeline,
+        device: str,
+        options: SpeedOptions | None = None,
+        step_cache: StepCacheRun | None = None,
     ) -> None:
         self.device = device
+        self.step_cache = step_cache
         self.options = options or SpeedOptions(dtype=str(text_to_image.dtype).removeprefix("torch."))
         self.text_to_image = text_to_image
         self.image_to_image = _derived(AutoPipelineForImage2Image, text_to_image)
@@ -242,18 +257,28 @@ class LoadedModel:
         if listening:
             everyone = len(listening) == len(seeds)  # every image of the call has a reporter that may cancel
             kwargs["callback_on_step_end"] = _step_callback(listening, work, steps, everyone)
-        output = pipeline(
-            prompt=prompts,
-            height=work.height,
-            width=work.width,
-            num_inference_steps=steps,
-            guidance_scale=work.guidance,
-            generator=generators,
-            output_type="pil",
-            **kwargs,
-            **extra,
-        )
+        with self._stepping(pipeline, _steps_run(steps, extra.get("strength"))):
+            output = pipeline(
+                prompt=prompts,
+                height=work.height,
+                width=work.width,
+                num_inference_steps=steps,
+                guidance_scale=work.guidance,
+                generator=generators,
+                output_type="pil",
+                **kwargs,
+                **extra,
+            )
         return list(output.images)
+
+    @contextlib.contextmanager
+    def _stepping(self, pipeline: Pipeline, steps: int) -> Iterator[None]:
+        """Around one pipeline call: the step cache (if any) starts afresh, knows the call's steps and pipeline."""
+        if self.step_cache is None:
+            yield
+            return
+        with self.step_cache.running(pipeline, steps):
+            yield
 
     def family_arguments(self, negatives: list[str | None]) -> dict[str, Any]:
         """The call arguments that depend on the model's family (negative prompts, Flux's token count)."""
@@ -269,15 +294,80 @@ class LoadedModel:
     def warm_up(self) -> None:
         """One step at the default size, so the first request does not pay for lazy initialisation."""
         side = self.rules.default_size
-        self.text_to_image(
-            prompt=["warm-up"],
-            height=side,
-            width=side,
-            num_inference_steps=1,
-            generator=[torch.Generator("cpu").manual_seed(0)],
-            output_type="pil",
-            **self.family_arguments([None]),
-        )
+        with self._stepping(self.text_to_image, 1):
+            self.text_to_image(
+                prompt=["warm-up"],
+                height=side,
+                width=side,
+                num_inference_steps=1,
+                generator=[torch.Generator("cpu").manual_seed(0)],
+                output_type="pil",
+                **self.family_arguments([None]),
+            )
+
+
+def _steps_run(steps: int, strength: float | None) -> int:
+    """The denoiser steps a call of ``steps`` runs: all, or an edit's last ``strength`` of them (diffusers' count)."""
+    if strength is None:
+        return steps
+    return steps - int(max(steps - min(steps * strength, steps), 0))
+
+
+class StepCacheRun:
+    """A step cache on a loaded model's denoiser, as each pipeline call needs it.
+
+    diffusers' cache hooks keep state between the steps of one call: it starts afresh at each call (a call that
+    failed half-way must not leave its state to the next). They read their state under a cache context, which
+    the text-to-image pipeline sets and Flux's image-to-image and inpainting pipelines do not: the call runs
+    under one. Pyramid Attention Broadcast and FasterCache ask the running pipeline for its timestep (the three
+    pipelines share one denoiser); MagCache's ratios are stretched to the steps the call runs.
+    """
+
+    def __init__(self, model: Any, config: Any = None) -> None:
+        self.model = model
+        self.config = config
+        self.pipeline: Pipeline | None = None
+        self.mag_ratios: torch.Tensor | None = None
+        self._timestep: torch.Tensor | None = None
+
+    def watch_timesteps(self) -> None:
+        """Keep the timestep the denoiser is given (for a cache that asks for it, in a pipeline that keeps none)."""
+        self.model.register_forward_pre_hook(self._seen_timestep, with_kwargs=True)
+
+    @torch.compiler.disable
+    def _seen_timestep(self, _module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        timestep = kwargs.get("timestep")
+        if isinstance(timestep, torch.Tensor) and timestep.numel():
+            self._timestep = timestep.flatten()[0] * 1000  # Flux's pipelines pass t / 1000 (kept on the device)
+
+    def timestep(self) -> float | None:
+        """The running call's timestep, 1000 to 0 (what PAB and FasterCache compare with their ranges).
+
+        The pipeline's own ``current_timestep`` where it keeps one (text-to-image), else the one the denoiser
+        was last given (Flux's image-to-image and inpainting keep none).
+        """
+        current = getattr(self.pipeline, "current_timestep", None)
+        if current is None:
+            current = self._timestep
+        if isinstance(current, torch.Tensor):
+            return float(current.flatten()[0])
+        return None if current is None else float(current)
+
+    @contextlib.contextmanager
+    def running(self, pipeline: Pipeline, steps: int) -> Iterator[None]:
+        from diffusers.hooks.mag_cache import nearest_interp
+
+        self.model._reset_stateful_cache()
+        if self.mag_ratios is not None:
+            # MagCache counts the steps of a call against `num_inference_steps`, indexing its ratios by step.
+            self.config.num_inference_steps = steps
+            self.config.mag_ratios = nearest_interp(self.mag_ratios, steps)
+        self.pipeline, self._timestep = pipeline, None
+        try:
+            with self.model.cache_context("cond"):
+                yield
+        finally:
+            self.pipeline = None
 
 
 def _step_callback(
@@ -369,11 +459,13 @@ def prepare_model(
     ``compile_backend`` is torch.compile's (the bench's CPU mode traces with ``eager``, generating no code).
     """
     pipeline.set_progress_bar_config(disable=True)
-    options = _apply_speed_options(name, settings, pipeline, dtype, where or f"local model {name!r}", compile_backend)
+    where = where or f"local model {name!r}"
+    options, step_cache = _apply_speed_options(name, settings, pipeline, dtype, where, compile_backend)
     rules = _rules(name, settings, pipeline)
-    if not options.exact:  # a cache decides for the whole call: an image must not depend on its companions
+    if settings.cache is not None and not settings.cache.exact:
+        # A cache decides for the whole call: an image must not depend on its companions.
         rules = msgspec.structs.replace(rules, batch_alone=True)
-    return LoadedModel(rules, pipeline, device, options)
+    return LoadedModel(rules, pipeline, device, options, step_cache)
 
 
 def denoiser(pipeline: Pipeline) -> Any:
@@ -392,9 +484,8 @@ def _apply_speed_options(
     dtype: torch.dtype,
     where: str,
     compile_backend: str = "inductor",
-) -> SpeedOptions:
-    """Fuse, reformat, cache and compile the denoiser as ``settings`` ask; what it now runs with."""
-    from diffusers import FirstBlockCacheConfig
+) -> tuple[SpeedOptions, StepCacheRun | None]:
+    """Fuse, reformat, cache and compile the denoiser as ``settings`` ask; what it now runs with, and its cache."""
     from diffusers.models.cache_utils import CacheMixin
 
     model = denoiser(pipeline)
@@ -406,36 +497,103 @@ def _apply_speed_options(
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
         pipeline.vae.to(memory_format=torch.channels_last)
-    cache = None
+    step_cache = None
     if settings.cache is not None:
         if not isinstance(model, CacheMixin):
             raise _option_error(where, "cache", f"{kind} has no step cache in diffusers (a Flux transformer has)")
-        model.enable_cache(FirstBlockCacheConfig(threshold=settings.cache.threshold))
-        cache = f"{settings.cache.kind}:{settings.cache.threshold:g}"
+        step_cache = _step_cache(model, settings.cache)
+        try:
+            model.enable_cache(step_cache.config)
+        except (ValueError, TypeError) as exc:  # a kind this transformer's blocks are not registered for
+            raise _option_error(where, "cache", f"{kind} refuses a {settings.cache.kind} cache: {exc}") from exc
     compiled = None
     if settings.compile is not None:
-        if not getattr(model, "_repeated_blocks", None):
-            raise _option_error(where, "compile", f"{kind} names no repeated blocks to compile")
-        options = settings.compile
-        with warnings.catch_warnings():  # torch's own modules still use what torch 2.13 deprecates
-            warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
-            importlib.import_module("torch._inductor.compile_fx")  # what compiling imports (torch.utils.mkldnn)
-        # A mode is inductor's: another backend takes none.
-        mode = {"mode": options.mode} if compile_backend == "inductor" else {}
-        try:
-            model.compile_repeated_blocks(
-                backend=compile_backend, fullgraph=options.fullgraph, dynamic=options.dynamic, **mode
-            )
-        except ValueError as exc:  # its repeated blocks are not in this model
-            raise _option_error(where, "compile", str(exc)) from exc
-        compiled = options.mode
-    return SpeedOptions(
+        compiled = _compile(model, settings.compile, where, compile_backend)
+    options = SpeedOptions(
         dtype=str(dtype).removeprefix("torch."),
-        cache=cache,
+        cache=settings.cache.label() if settings.cache is not None else None,
         compile=compiled,
         fuse_qkv=settings.fuse_qkv,
         channels_last=settings.channels_last,
     )
+    return options, step_cache
+
+
+def _step_cache(model: Any, cache: StepCacheSettings) -> StepCacheRun:
+    """The diffusers cache config ``cache`` asks for, in the run that feeds it each call's steps and timestep."""
+    from diffusers import (
+        FasterCacheConfig,
+        FirstBlockCacheConfig,
+        MagCacheConfig,
+        PyramidAttentionBroadcastConfig,
+        TaylorSeerCacheConfig,
+    )
+    from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
+
+    run = StepCacheRun(model)
+    factors = next(model.parameters()).dtype  # TaylorSeer's factors in the weights' dtype, not always bfloat16
+    if isinstance(cache, FirstBlockCache):
+        run.config = FirstBlockCacheConfig(threshold=cache.threshold)
+    elif isinstance(cache, TaylorSeerCache):
+        run.config = TaylorSeerCacheConfig(
+            cache_interval=cache.interval,
+            disable_cache_before_step=cache.warmup,
+            disable_cache_after_step=cache.until,
+            max_order=cache.order,
+            taylor_factors_dtype=factors,
+            use_lite_mode=cache.lite,
+        )
+    elif isinstance(cache, MagCache):
+        ratios = FLUX_MAG_RATIOS if cache.mag_ratios == MAG_RATIOS_FLUX1 else torch.tensor(cache.mag_ratios)
+        run.mag_ratios = ratios.clone()
+        run.config = MagCacheConfig(
+            threshold=cache.threshold,
+            max_skip_steps=cache.max_skip,
+            retention_ratio=cache.retention,
+            num_inference_steps=len(ratios),
+            mag_ratios=ratios.clone(),
+        )
+    elif isinstance(cache, PyramidAttentionCache):
+        run.watch_timesteps()
+        run.config = PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=cache.skip,
+            spatial_attention_timestep_skip_range=cache.timesteps,
+            current_timestep_callback=run.timestep,
+        )
+    else:
+        assert isinstance(cache, FasterCache)  # diffusers logs that it is experimental (docs/local_backend.md too)
+        run.watch_timesteps()
+        run.config = FasterCacheConfig(
+            spatial_attention_block_skip_range=cache.skip,
+            spatial_attention_timestep_skip_range=cache.timesteps,
+            attention_weight_callback=lambda _module: cache.weight,
+            current_timestep_callback=run.timestep,
+            is_guidance_distilled=True,  # Flux: no unconditional half to skip, only attention
+            tensor_format="BCHW",
+        )
+    return run
+
+
+def _compile(model: Any, options: CompileSettings, where: str, compile_backend: str) -> str:
+    """``torch.compile`` on the repeated blocks (regional) or on the whole denoiser; what the options line says."""
+    with warnings.catch_warnings():  # torch's own modules still use what torch 2.13 deprecates
+        warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+        importlib.import_module("torch._inductor.compile_fx")  # what compiling imports (torch.utils.mkldnn)
+    # A mode is inductor's: another backend takes none.
+    mode = {"mode": options.mode} if compile_backend == "inductor" else {}
+    if options.scope == "whole":
+        # One compiled forward for the whole denoiser, the cache's hooks included (they run outside the graph).
+        model.compile(backend=compile_backend, fullgraph=options.fullgraph, dynamic=options.dynamic, **mode)
+        return f"whole:{options.mode}"
+    if not getattr(model, "_repeated_blocks", None):
+        raise _option_error(where, "compile", f"{type(model).__name__} names no repeated blocks to compile")
+    try:
+        model.compile_repeated_blocks(
+            backend=compile_backend, fullgraph=options.fullgraph, dynamic=options.dynamic, **mode
+        )
+    except ValueError as exc:  # its repeated blocks are not in this model
+        raise _option_error(where, "compile", str(exc)) from exc
+    return options.mode
 
 
 def _source(name: str, path: str) -> str:

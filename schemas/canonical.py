@@ -495,5 +495,5 @@ class ImageResult(msgspec.Struct, kw_only=True):
     environment_impact: EnvironmentImpact | None = None
     energy: Energy | None = None
     # The local backend's speed options the images were drawn with (``bfloat16 first_block:0.05 compile:default``):
-    # a step cache above threshold 0 can change an image, so a cached one can be told from a full one.
+    # a step cache (but at its exact setting) can change an image, so a cached one can be told from a full one.
     speed_options: str | None = None

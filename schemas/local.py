@@ -21,12 +21,19 @@ __all__ = [
     "CACHE_FAMILIES",
     "DEFAULT_BATCH_PIXELS",
     "DEFAULT_MAX_INPUT_PIXELS",
+    "MAG_RATIOS_FLUX1",
     "MAX_INPUT_PIXELS_CEILING",
+    "STEP_CACHE_KINDS",
     "CompileSettings",
     "EnergyMeterSettings",
+    "FasterCache",
+    "FirstBlockCache",
     "LocalBackendSettings",
     "LocalModelSettings",
+    "MagCache",
+    "PyramidAttentionCache",
     "StepCacheSettings",
+    "TaylorSeerCache",
     "WorkerTimeouts",
 ]
 
@@ -55,28 +62,150 @@ CACHE_FAMILIES = frozenset({"flux"})
 _BUILTIN_FAMILIES = {"builtin:tiny-sd": "sd", "builtin:tiny-sdxl": "sdxl", "builtin:tiny-flux": "flux"}
 
 
-class StepCacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A step cache on the model's denoiser: steps whose result is predicted from earlier ones skip work.
+Threshold = Annotated[float, msgspec.Meta(ge=0, le=1)]
+# A range of the scheduler's timesteps (1000 the noisiest, 0 the clean image), both ends excluded.
+TimestepRange = tuple[float, float]
 
-    ``first_block``: diffusers' First Block Cache. Each step runs the first transformer block; when its
-    output moved less than ``threshold`` (mean absolute relative change) since the last full step, the
-    other blocks are skipped and their last residual reused. ``threshold: 0`` never skips (exact).
-    """
 
-    kind: Literal["first_block"] = "first_block"
-    threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+class _StepCache(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
+    """A step cache on the model's denoiser (diffusers' ``transformer.enable_cache``): work whose result is
+    predicted from earlier steps is skipped. ``kind`` names which; each kind has its own fields."""
+
+    @property
+    def exact(self) -> bool:
+        """Whether this setting never skips work (it draws the same image as no cache)."""
+        raise NotImplementedError
+
+    def label(self) -> str:
+        """How a result records it: its kind and fields (``first_block:0.05``, ``faster:skip=2,...``)."""
+        values = {key: value for key, value in msgspec.structs.asdict(self).items() if value is not None}
+        if len(values) == 1:
+            return f"{self.kind}:{_show(next(iter(values.values())))}"
+        return f"{self.kind}:" + ",".join(f"{key}={_show(value)}" for key, value in values.items())
+
+    @property
+    def kind(self) -> str:
+        return str(self.__struct_config__.tag)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "..".join(_show(item) for item in value)
+    if isinstance(value, list):
+        return f"{len(value)}_values"
+    return str(value)
+
+
+class FirstBlockCache(_StepCache, tag="first_block"):
+    """diffusers' First Block Cache (``FirstBlockCacheConfig``). Each step runs the first transformer block; when
+    its output moved less than ``threshold`` (mean absolute relative change) since the last full step, the other
+    blocks are skipped and their last residual reused. ``threshold: 0`` never skips (exact)."""
+
+    threshold: Threshold = 0.05
+
+    @property
+    def exact(self) -> bool:
+        return self.threshold == 0
+
+
+class TaylorSeerCache(_StepCache, tag="taylor_seer"):
+    """TaylorSeer (``TaylorSeerCacheConfig``): every ``interval`` steps the attention layers compute in full; in
+    between their outputs are predicted by a Taylor series of order ``order`` over the last full steps. The first
+    ``warmup`` steps always compute; from step ``until`` on (none: never) every step computes again. ``lite``:
+    skip whole blocks and predict the denoiser's output projection instead (faster, further from the full image).
+    ``interval: 1`` never predicts (exact)."""
+
+    interval: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    order: Annotated[int, msgspec.Meta(ge=1, le=4)] = 1
+    warmup: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    until: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    lite: bool = False
+
+    @property
+    def exact(self) -> bool:
+        return self.interval == 1
+
+
+# The magnitude ratios diffusers publishes for FLUX.1 (dev and schnell), calibrated at 28 steps.
+MAG_RATIOS_FLUX1 = "flux1"
+
+
+class MagCache(_StepCache, kw_only=True, tag="mag"):
+    """MagCache (``MagCacheConfig``): a step is skipped (the blocks' last residual reused) while the error its
+    magnitude ratios predict, summed since the last full step, stays under ``threshold``, at most ``max_skip``
+    steps in a row, never in the first ``retention`` (a fraction) of the steps. ``mag_ratios`` are the model's
+    own, calibrated once (diffusers' ``MagCacheConfig(calibrate=True)``): a list (one per step, stretched to the
+    steps a request asks for), or ``flux1`` for the ratios diffusers publishes for FLUX.1 dev and schnell.
+    Required: a model without its ratios has no MagCache. ``max_skip: 0`` never skips (exact)."""
+
+    threshold: Threshold = 0.06
+    max_skip: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
+    retention: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    mag_ratios: Annotated[list[Annotated[float, msgspec.Meta(gt=0)]], msgspec.Meta(min_length=2)] | Literal["flux1"]
+
+    @property
+    def exact(self) -> bool:
+        return self.max_skip == 0 or self.retention == 1
+
+
+class PyramidAttentionCache(_StepCache, tag="pyramid_attention"):
+    """Pyramid Attention Broadcast (``PyramidAttentionBroadcastConfig``): while the step's timestep lies inside
+    ``timesteps``, each attention layer computes once every ``skip`` steps and reuses its last output in between.
+    ``skip: 1`` never reuses (exact)."""
+
+    skip: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
+    timesteps: TimestepRange = (100.0, 800.0)
+
+    @property
+    def exact(self) -> bool:
+        return self.skip == 1
+
+    def __post_init__(self) -> None:
+        _check_range("timesteps", self.timesteps)
+
+
+class FasterCache(_StepCache, tag="faster"):
+    """FasterCache (``FasterCacheConfig``, for a guidance-distilled model such as Flux): while the step's timestep
+    lies inside ``timesteps``, each attention layer computes once every ``skip`` steps; in between its output is
+    extrapolated from its last two (``last + (last - previous) x weight``). ``skip: 1`` never extrapolates (exact).
+    diffusers marks it experimental."""
+
+    skip: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
+    timesteps: TimestepRange = (-1.0, 681.0)
+    weight: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.5
+
+    @property
+    def exact(self) -> bool:
+        return self.skip == 1
+
+    def __post_init__(self) -> None:
+        _check_range("timesteps", self.timesteps)
+
+
+def _check_range(field: str, bounds: tuple[float, float]) -> None:
+    low, high = bounds
+    if not -1 <= low < high <= 1001:
+        raise ValueError(f"`{field}`: [{low:g}, {high:g}] is not a range of timesteps: want -1 <= low < high <= 1001")
+
+
+StepCacheSettings = FirstBlockCache | TaylorSeerCache | MagCache | PyramidAttentionCache | FasterCache
+STEP_CACHE_KINDS = ("first_block", "taylor_seer", "mag", "pyramid_attention", "faster")
 
 
 class CompileSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Regional compilation: ``torch.compile`` on each repeated block of the denoiser, once at load.
+    """``torch.compile`` on the denoiser, once at load: its repeated blocks (``scope: blocks``, regional
+    compilation) or the whole denoiser in one go (``scope: whole``, the one that combines with a step cache).
 
-    The warm-up before the model reports ready runs the compiled blocks once (at the default size).
+    The warm-up before the model reports ready runs the compiled code once (at the default size).
     """
 
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     fullgraph: bool = False
     # A new image size recompiles for a size-generic graph instead of one graph per size.
     dynamic: bool | None = None
+    scope: Literal["blocks", "whole"] = "blocks"
 
 
 class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -103,9 +232,9 @@ class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     # --- speed options (docs/local_backend.md, "Speed options"); the defaults are exact ---
     # The most pixels one pipeline call draws, its images' summed; a larger image still runs, alone.
     batch_pixels: PositiveInt = DEFAULT_BATCH_PIXELS
-    # A step cache (Flux-family models only); None: every step computes every block.
+    # A step cache (Flux-family models only), one of STEP_CACHE_KINDS; None: every step computes every block.
     cache: StepCacheSettings | None = None
-    # Regional compilation of the denoiser's repeated blocks; None: eager.
+    # The denoiser compiled (its repeated blocks, or all of it); None: eager.
     compile: CompileSettings | None = None
     # One matmul for the query, key and value of each attention (``fuse_qkv_projections``).
     fuse_qkv: bool = False
@@ -123,12 +252,19 @@ class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
                 "remove `cache`"
             )
         if self.cache is not None and self.compile is not None:
-            # diffusers' cache hooks wrap every block's forward in one shared function: regional compilation
-            # recompiles it per block, past torch's recompile limit, and the blocks fall back to eager.
-            raise ValueError(
-                "`compile`: regional compilation does not combine with `cache` (its hooks make every block a "
-                "recompile of one function, past torch.compile's limit, so the blocks run eager); choose one"
-            )
+            if self.compile.scope == "blocks":
+                # diffusers' cache hooks wrap every block's forward in one shared function: regional compilation
+                # recompiles it per block, past torch's recompile limit, and the blocks fall back to eager.
+                raise ValueError(
+                    "`compile`: regional compilation (`scope: blocks`) does not combine with `cache` (its hooks make "
+                    "every block a recompile of one function, past torch.compile's limit, so the blocks run eager); "
+                    "set `compile: {scope: whole}` to compile the whole denoiser once, the cache's hooks included"
+                )
+            if self.compile.fullgraph:
+                raise ValueError(
+                    "`compile.fullgraph`: a step cache's hooks are outside the graph (diffusers excludes them from "
+                    "compilation), so the denoiser cannot be one graph; remove `fullgraph` or `cache`"
+                )
 
 
 def _declared_family(path: str) -> str | None:

@@ -272,8 +272,8 @@ class LimitsAnswer(msgspec.Struct):
 
 class SpeedOptionsStatus(msgspec.Struct):
     """What a loaded model runs with (docs/local_backend.md, "Speed options"): its ``dtype``, a step ``cache``
-    (``first_block:0.05``; null: none), regional ``compile`` (its mode; null: eager), ``fuse_qkv``,
-    ``channels_last``."""
+    (its kind and fields: ``first_block:0.05``, ``mag:threshold=0.06,...``; null: none), ``compile`` (its mode,
+    ``whole:`` before it when the whole denoiser is compiled; null: eager), ``fuse_qkv``, ``channels_last``."""
 
     dtype: str
     cache: str | None = None

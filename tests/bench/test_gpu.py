@@ -32,7 +32,7 @@ from bench.gpu import (
 MEASURED = [("flux-schnell", "plain"), ("sdxl", "plain"), ("flux-schnell", "cache"), ("flux-schnell", "compile"),
             ("flux-schnell", "both"), ("sdxl", "compile")]  # fmt: skip
 OPTIONS = {"plain": "float32", "cache": "float32 first_block:0.05", "compile": "float32 compile:default",
-           "both": "float32 first_block:0.05 compile:default (whole denoiser)"}  # fmt: skip
+           "both": "float32 first_block:0.05 compile:whole:default"}  # fmt: skip
 
 
 def _report(out: Path) -> Report:
@@ -67,7 +67,7 @@ def test_the_cpu_mode_measures_every_model_mode_path_and_concurrency(tmp_path: P
             assert cell.batch_sizes == {cell.images_per_call: cell.images // cell.images_per_call}
     table = (tmp_path / MD_NAME).read_text()
     assert table == render(report)
-    assert "| flux-schnell | both (float32 first_block:0.05 compile:default (whole denoiser), 2 steps) | 64² |" in table
+    assert "| flux-schnell | both (float32 first_block:0.05 compile:whole:default, 2 steps) | 64² |" in table
     assert "- sdxl cache: n/a" in table and "Run finished" in table
 
 

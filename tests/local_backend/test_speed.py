@@ -1,11 +1,12 @@
 """Speed options of a local model: checked at config and model load, exact by default, close when they skip work.
 
-Work skipped is counted through a hook on the denoiser's last block (never timed); images are
+Work skipped is counted through a hook inside the denoiser's last block (never timed); images are
 compared pixel by pixel (PSNR, or the largest difference of a channel out of 255).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
 from pathlib import Path
@@ -15,14 +16,15 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image
 
 from gateway.config import ConfigError, parse_config
-from local_backend.pipelines import LoadedModel, SpeedOptions, denoiser, load_model
+from local_backend.pipelines import LoadedModel, SpeedOptions, denoiser, load_model, prepare_model
 from local_backend.rules import Work, resolve
 from local_backend.tiny import ensure_tiny
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
-from schemas.local import LocalModelSettings
+from schemas.local import STEP_CACHE_KINDS, LocalModelSettings
 from tests.local_backend.engines import local_settings, running_engine
 
 # A step cache at this threshold skips the tail blocks at some steps of the tiny Flux model (8 steps, 64x64).
@@ -30,6 +32,23 @@ WORKING_THRESHOLD = 0.3
 # ... and the image it draws stays this close to the full one (measured: 56 dB, 5 of 8 tail evaluations).
 MIN_PSNR_DB = 40.0
 STEPS = 8
+# Each step-cache kind: a setting that never skips (the same image as no cache), and a working one, with the
+# evaluations of the last block's attention it runs over the 8 steps of a 64x64 image (None: the cache decides
+# from the image itself, so only "fewer than 8" is asserted: it runs 5). Every working one stays above MIN_PSNR_DB
+# (measured on this CPU, in dB: first_block 56, taylor_seer 60, taylor_seer lite 46, mag 50, pyramid 60, faster 63;
+# an edit, 7 steps: 5, 4, 4, 4, 4, 5 evaluations at 59, 61, 46, 52, 60, 60 dB).
+CACHES: dict[str, tuple[dict[str, Any], dict[str, Any], int | None]] = {
+    "first_block": ({"threshold": 0}, {"threshold": WORKING_THRESHOLD}, None),
+    "taylor_seer": ({"interval": 1}, {"interval": 2, "warmup": 2}, 5),
+    "taylor_seer lite": ({"interval": 1, "lite": True}, {"interval": 2, "warmup": 2, "lite": True}, 5),
+    "mag": ({"mag_ratios": "flux1", "max_skip": 0}, {"mag_ratios": "flux1"}, 4),
+    "pyramid_attention": ({"skip": 1}, {"skip": 2, "timesteps": [0, 1000]}, 4),
+    "faster": ({"skip": 1}, {"skip": 2}, 6),
+}
+
+
+def cache(name: str, setting: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": name.split()[0], **setting}
 
 
 def model_settings(path: str, **options: Any) -> LocalModelSettings:
@@ -57,12 +76,16 @@ def worst(a: Image.Image, b: Image.Image) -> int:
 
 
 class TailCounter:
-    """Counts the evaluations of the denoiser's last block: a step cache that skips it skips its inner layers."""
+    """Counts the evaluations of the denoiser's last block: a step cache that skips it skips its inner layers.
+
+    On Flux, the query projection of the last block's attention: skipped by the caches that skip whole blocks
+    (first_block, mag, taylor_seer lite) and by those that reuse or predict attention outputs alike.
+    """
 
     def __init__(self, model: LoadedModel) -> None:
         self.count = 0
         net = denoiser(model.text_to_image)
-        inner = net.single_transformer_blocks[-1].proj_out if hasattr(net, "single_transformer_blocks") else None
+        inner = net.single_transformer_blocks[-1].attn.to_q if hasattr(net, "single_transformer_blocks") else None
         if inner is None:  # a UNet: the last up block's last resnet
             inner = net.up_blocks[-1].resnets[-1].conv2
         inner.register_forward_pre_hook(self._seen)
@@ -78,9 +101,23 @@ def draw(path: str, **options: Any) -> tuple[Image.Image, int]:
     return image, counter.count
 
 
+def edit(model: LoadedModel) -> tuple[Image.Image, int]:
+    """An edit of a plain red image (strength 0.8: 7 of the 8 steps run), and the tail evaluations it ran."""
+    counter = TailCounter(model)
+    source = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(source, "PNG")
+    image = model.draw([work(operation=Operation.EDIT, image=source.getvalue())], max_images=1).images[0][0]
+    return image, counter.count
+
+
 @pytest.fixture(scope="module")
 def full_flux() -> tuple[Image.Image, int]:
     return draw("builtin:tiny-flux")
+
+
+@pytest.fixture(scope="module")
+def full_edit() -> tuple[Image.Image, int]:
+    return edit(load_model("m", model_settings("builtin:tiny-flux"), "cpu", torch.float32))
 
 
 # --- config ---
@@ -109,9 +146,9 @@ models: [{{name: m, targets: [{{provider: gpu, model: m}}]}}]
 @pytest.mark.parametrize("path", ["builtin:tiny-sd", "builtin:tiny-sdxl"])
 def test_a_step_cache_on_a_unet_model_is_refused_at_config_load_naming_the_field(path: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_config(config_text(path, "cache: {threshold: 0.1}"), "gpu.yaml")
+        parse_config(config_text(path, "cache: {kind: first_block, threshold: 0.1}"), "gpu.yaml")
     assert "`cache`" in str(caught.value) and "$.providers.gpu.models.m" in str(caught.value)
-    parse_config(config_text("builtin:tiny-flux", "cache: {threshold: 0.1}"), "gpu.yaml")
+    parse_config(config_text("builtin:tiny-flux", "cache: {kind: first_block, threshold: 0.1}"), "gpu.yaml")
 
 
 def test_a_step_cache_on_a_unet_model_directory_is_refused_from_its_model_index(tmp_path: Path) -> None:
@@ -121,18 +158,52 @@ def test_a_step_cache_on_a_unet_model_directory_is_refused_from_its_model_index(
         parse_config(config_text(str(directory), "cache: {kind: first_block}"), "gpu.yaml")
 
 
-def test_a_step_cache_and_compile_together_are_refused_at_config_load() -> None:
-    option = "cache: {threshold: 0.1}, compile: {mode: default}"
-    with pytest.raises(ConfigError, match=r"`compile`: regional compilation does not combine with `cache`"):
+def test_a_step_cache_with_regional_compilation_is_refused_at_config_load_pointing_to_whole() -> None:
+    option = "cache: {kind: first_block, threshold: 0.1}, compile: {mode: default}"
+    with pytest.raises(ConfigError) as caught:
         parse_config(config_text("builtin:tiny-flux", option), "gpu.yaml")
+    assert "`compile`: regional compilation (`scope: blocks`) does not combine with `cache`" in str(caught.value)
+    assert "set `compile: {scope: whole}`" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"`compile.fullgraph`: a step cache's hooks are outside the graph"):
+        parse_config(config_text("builtin:tiny-flux", option.replace("default", "default, scope: whole, "
+                                                                        "fullgraph: true")), "gpu.yaml")  # fmt: skip
+    config = parse_config(config_text("builtin:tiny-flux", option.replace("default", "default, scope: whole")), "x")
+    settings = config.providers["gpu"].models["m"]  # type: ignore[union-attr]
+    assert settings.compile.scope == "whole" and settings.cache.label() == "first_block:0.1"
+
+
+@pytest.mark.parametrize("kind", STEP_CACHE_KINDS)
+def test_each_cache_kind_reads_from_the_config_with_documented_defaults(kind: str) -> None:
+    option = "cache: {kind: mag, mag_ratios: flux1}" if kind == "mag" else f"cache: {{kind: {kind}}}"
+    config = parse_config(config_text("builtin:tiny-flux", option), "x")
+    setting = config.providers["gpu"].models["m"].cache  # type: ignore[union-attr]
+    assert setting is not None and setting.kind == kind and not setting.exact
+    assert (
+        setting.label()
+        == {
+            "first_block": "first_block:0.05",
+            "taylor_seer": "taylor_seer:interval=5,order=1,warmup=3,lite=False",
+            "mag": "mag:threshold=0.06,max_skip=3,retention=0.2,mag_ratios=flux1",
+            "pyramid_attention": "pyramid_attention:skip=2,timesteps=100..800",
+            "faster": "faster:skip=2,timesteps=-1..681,weight=0.5",
+        }[kind]
+    )
 
 
 @pytest.mark.parametrize(
     ("option", "field"),
     [
-        ("cache: {threshold: -0.1}", "cache.threshold"),
-        ("cache: {kind: faster}", "cache.kind"),
+        ("cache: {kind: first_block, threshold: -0.1}", "cache.threshold"),
+        ("cache: {kind: sea}", "cache.kind"),
+        ("cache: {threshold: 0.1}", "cache.kind"),  # no kind
+        ("cache: {kind: mag}", "cache"),  # no mag_ratios
+        ("cache: {kind: mag, mag_ratios: [1.0]}", "cache.mag_ratios"),
+        ("cache: {kind: taylor_seer, interval: 0}", "cache.interval"),
+        ("cache: {kind: taylor_seer, threshold: 0.1}", "cache"),  # another kind's field
+        ("cache: {kind: pyramid_attention, timesteps: [800, 100]}", "cache"),
+        ("cache: {kind: faster, skip: 0}", "cache.skip"),
         ("compile: {mode: fast}", "compile.mode"),
+        ("compile: {scope: all}", "compile.scope"),
         ("batch_pixels: 0", "batch_pixels"),
         ("dtype: float8", "dtype"),
         ("fuse_qkv: maybe", "fuse_qkv"),
@@ -146,7 +217,7 @@ def test_bad_option_values_name_their_field(option: str, field: str) -> None:
 
 def test_what_config_load_cannot_know_is_refused_at_model_load_naming_the_field(tmp_path: Path) -> None:
     directory = tmp_path / "later"  # not there when the config is read: fetched before the model loads
-    settings = model_settings(str(directory), cache={"threshold": 0.1})
+    settings = model_settings(str(directory), cache={"kind": "first_block", "threshold": 0.1})
     shutil.copytree(ensure_tiny("tiny-sd"), directory)
     with pytest.raises(GatewayError) as caught:
         load_model("m", settings, "cpu", torch.float32, where="$.providers.gpu.models.m")
@@ -156,17 +227,36 @@ def test_what_config_load_cannot_know_is_refused_at_model_load_naming_the_field(
 # --- step cache (Flux) ---
 
 
-def test_a_step_cache_at_threshold_zero_draws_the_full_image(full_flux: tuple[Image.Image, int]) -> None:
-    image, evaluations = draw("builtin:tiny-flux", cache={"threshold": 0})
-    assert evaluations == full_flux[1] == STEPS
+@pytest.mark.parametrize("name", list(CACHES))
+def test_each_cache_kinds_exact_setting_draws_the_full_image(name: str, full_flux: tuple[Image.Image, int]) -> None:
+    model = load_model(
+        "m", model_settings("builtin:tiny-flux", cache=cache(name, CACHES[name][0])), "cpu", torch.float32
+    )
+    assert model.options.cache is not None and model.options.cache.startswith(name.split()[0] + ":")
+    assert not model.rules.batch_alone  # nothing skipped: an image does not depend on its companions
+    counter = TailCounter(model)
+    image = model.draw([work()], max_images=1).images[0][0]
+    assert counter.count == full_flux[1] == STEPS
     assert image.tobytes() == full_flux[0].tobytes()
 
 
-def test_a_step_cache_at_a_working_threshold_skips_steps_and_stays_close(full_flux: tuple[Image.Image, int]) -> None:
-    image, evaluations = draw("builtin:tiny-flux", cache={"threshold": WORKING_THRESHOLD})
-    assert evaluations < STEPS
+@pytest.mark.parametrize("name", list(CACHES))
+def test_each_cache_kind_at_a_working_setting_skips_work_and_stays_close(
+    name: str, full_flux: tuple[Image.Image, int], full_edit: tuple[Image.Image, int]
+) -> None:
+    setting, expected = CACHES[name][1], CACHES[name][2]
+    model = load_model("m", model_settings("builtin:tiny-flux", cache=cache(name, setting)), "cpu", torch.float32)
+    assert model.rules.batch_alone
+    model.warm_up()  # a call of one step before: the cache starts afresh at each call
+    counter = TailCounter(model)
+    image = model.draw([work()], max_images=1).images[0][0]
+    assert counter.count < STEPS if expected is None else counter.count == expected
     assert image.tobytes() != full_flux[0].tobytes()
     assert psnr(image, full_flux[0]) >= MIN_PSNR_DB
+    # An edit runs under the cache too (Flux's image-to-image pipeline sets no cache context of its own).
+    edited, evaluations = edit(model)
+    assert evaluations < full_edit[1] == 7
+    assert psnr(edited, full_edit[0]) >= MIN_PSNR_DB
 
 
 # --- fused QKV and channels-last: the same image within float rounding ---
@@ -185,7 +275,9 @@ def test_fused_qkv_and_channels_last_draw_the_same_image(kind: str, option: str)
 
 async def test_the_engine_reports_each_models_options_and_records_them_on_each_result() -> None:
     settings = local_settings({"sd": "builtin:tiny-sd", "flux": "builtin:tiny-flux"})
-    settings.models["flux"] = model_settings("builtin:tiny-flux", cache={"threshold": 0.2}, fuse_qkv=True)
+    settings.models["flux"] = model_settings(
+        "builtin:tiny-flux", cache={"kind": "first_block", "threshold": 0.2}, fuse_qkv=True
+    )
     async with running_engine(settings) as engine:
         stats = engine.stats()
         assert stats.options == {
@@ -198,10 +290,26 @@ async def test_the_engine_reports_each_models_options_and_records_them_on_each_r
         assert (flux.speed_options, sd.speed_options) == ("float32 first_block:0.2 fuse_qkv", "float32")
 
 
+async def test_a_cached_model_serves_generations_and_edits_through_the_engine_with_its_cache_on_each_result() -> None:
+    settings = local_settings({"flux": "builtin:tiny-flux"})
+    settings.models["flux"] = model_settings("builtin:tiny-flux", cache={"kind": "pyramid_attention"})
+    label = "float32 pyramid_attention:skip=2,timesteps=100..800"
+    source = io.BytesIO()
+    Image.new("RGB", (64, 64), "orange").save(source, "PNG")
+    async with running_engine(settings) as engine:
+        assert engine.stats().options["flux"].cache == "pyramid_attention:skip=2,timesteps=100..800"
+        generated = await engine.generate(ImageRequest(model="flux", prompt="x", seed=1, n=2))
+        edited = await engine.generate(
+            ImageRequest(model="flux", prompt="x", seed=1, operation=Operation.EDIT, images=(source.getvalue(),))
+        )
+        assert (generated.speed_options, edited.speed_options) == (label, label)
+        assert len(generated.images) == 2 and len(edited.images) == 1
+
+
 async def test_an_option_the_model_does_not_support_keeps_it_from_loading_naming_the_field(tmp_path: Path) -> None:
     directory = tmp_path / "later"
     settings = local_settings({"ok": "builtin:tiny-sd"})
-    settings.models["bad"] = model_settings(str(directory), cache={"threshold": 0.1})
+    settings.models["bad"] = model_settings(str(directory), cache={"kind": "first_block", "threshold": 0.1})
     shutil.copytree(ensure_tiny("tiny-sd"), directory)
     async with running_engine(settings) as engine:
         assert engine.stats().models["bad"].startswith("`$.providers.local.models.bad.cache`:")
@@ -212,7 +320,8 @@ async def test_an_option_the_model_does_not_support_keeps_it_from_loading_naming
 
 
 def test_a_cached_model_draws_each_image_in_a_call_of_its_own() -> None:
-    model = load_model("m", model_settings("builtin:tiny-flux", cache={"threshold": 0.2}), "cpu", torch.float32)
+    settings = model_settings("builtin:tiny-flux", cache={"kind": "first_block", "threshold": 0.2})
+    model = load_model("m", settings, "cpu", torch.float32)
     assert model.rules.batch_alone
     resolved = resolve(ImageRequest(model="m", prompt="x", n=3, steps=2), model.rules)
     assert resolved.batch_key is None and resolved.images_per_call(4) == 1
@@ -239,3 +348,34 @@ def test_compiled_blocks_are_compiled_by_the_warm_up_and_draw_the_same_image(kin
     image = compiled.draw([at_default], max_images=1).images[0][0]
     assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled while serving the warmed-up size
     assert worst(image, eager.draw([at_default], max_images=1).images[0][0]) <= 2
+
+
+# --- a step cache with the whole denoiser compiled: the same image as the cache alone ---
+
+
+def test_a_step_cache_with_the_whole_denoiser_compiled_draws_what_the_cache_alone_draws(
+    full_flux: tuple[Image.Image, int],
+) -> None:
+    """Compiled with torch.compile's ``eager`` backend (traced by dynamo, no code generated: seconds on a CPU)."""
+    from torch._dynamo.utils import counters
+
+    def prepared(**options: Any) -> LoadedModel:
+        settings = model_settings("builtin:tiny-flux", cache=cache("first_block", {"threshold": 0.3}), **options)
+        pipeline = DiffusionPipeline.from_pretrained(str(ensure_tiny("tiny-flux")), local_files_only=True)
+        return prepare_model("m", settings, pipeline, "cpu", torch.float32, compile_backend="eager")
+
+    alone = prepared()
+    compiled = prepared(compile={"scope": "whole"})
+    net = denoiser(compiled.text_to_image)
+    assert compiled.options.label() == "float32 first_block:0.3 compile:whole:default"
+    assert net._compiled_call_impl is not None  # the whole denoiser, not its blocks
+    assert not any(module._compiled_call_impl for module in net.modules() if module is not net)
+    before = counters["stats"]["unique_graphs"]
+    compiled.warm_up()
+    assert counters["stats"]["unique_graphs"] > before
+    image = compiled.draw([work()], max_images=1).images[0][0]
+    reference = alone.draw([work()], max_images=1).images[0][0]
+    # (No count here: a hook inside compiled code is not called once per evaluation.) The cache skipped steps
+    # (not the full image), the same ones as without compilation (the cache's image within float rounding).
+    assert image.tobytes() != full_flux[0].tobytes() and reference.tobytes() != full_flux[0].tobytes()
+    assert worst(image, reference) <= 2
