@@ -17,12 +17,11 @@ pytest_plugins = ["tests.fixtures"]
 # last and stretches the run's tail while the other workers sit idle. The rest keep their collection order.
 SLOW_FIRST = [
     "tests/local_backend/test_speed.py",
-    "tests/integration/test_third_party_clients.py",
     "tests/integration/test_jobs_shutdown.py",
     "tests/integration/test_first_run.py",
     "tests/bench/test_gpu.py",
-    "tests/soak/test_soak.py",
     "tests/integration/test_client_faults.py",
+    "tests/soak/test_soak.py",
     "tests/integration/test_object_store.py",
     "tests/integration/test_inbound_bodies.py",
     "tests/integration/test_idempotency.py",
@@ -32,6 +31,7 @@ SLOW_FIRST = [
     "tests/integration/test_faults.py",
     "tests/local_backend/test_engine.py",
     "tests/integration/test_durable_state.py",
+    "tests/integration/test_third_party_clients.py",
     "tests/console/test_browser.py",
     "tests/console/test_charts_browser.py",
     "tests/integration/test_jobs_replicas.py",
