@@ -22,10 +22,12 @@ STAMP := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 LITELLM_VENV ?= bench/.venv-litellm
 # `make test` runs the suite on TEST_WORKERS processes (pytest-xdist), each test module whole on one of them
-# (--dist loadscope: a module's gateways and servers start once); TEST_WORKERS=0 runs it in this process.
+# (--dist loadscope: a module's gateways and servers start once), handed out in collection order, where
+# tests/conftest.py puts the slowest modules first (--no-loadscope-reorder: xdist would otherwise hand out the
+# modules with the most tests first, and a slow module of a few tests last); TEST_WORKERS=0 runs it in this process.
 # The 25 slowest steps are printed at the end (--durations=25). See docs/testing.md.
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 # One OpenMP thread per torch in a worker: four workers' spinning thread pools on two cores starve each other.
 PYTEST_ENV = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1})
 # (Defined before any rule names them: make expands a rule's prerequisites as it reads the rule.)

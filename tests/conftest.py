@@ -12,6 +12,37 @@ API_KEY = "test-key"  # what the emulators want (tests/fixtures.py starts them)
 
 pytest_plugins = ["tests.fixtures"]
 
+# The slowest modules, slowest first (measured with `--durations`, docs/testing.md): they run before every other
+# module, so that on `make test`'s workers (which keep this order: --no-loadscope-reorder) none of them starts
+# last and stretches the run's tail while the other workers sit idle. The rest keep their collection order.
+SLOW_FIRST = [
+    "tests/local_backend/test_speed.py",
+    "tests/integration/test_jobs_shutdown.py",
+    "tests/integration/test_first_run.py",
+    "tests/bench/test_gpu.py",
+    "tests/integration/test_client_faults.py",
+    "tests/soak/test_soak.py",
+    "tests/integration/test_object_store.py",
+    "tests/integration/test_inbound_bodies.py",
+    "tests/integration/test_idempotency.py",
+    "tests/integration/test_secrets_in_logs.py",
+    "tests/integration/test_server_workers.py",
+    "tests/deploy/test_manifests.py",
+    "tests/integration/test_faults.py",
+    "tests/local_backend/test_engine.py",
+    "tests/integration/test_durable_state.py",
+    "tests/integration/test_third_party_clients.py",
+    "tests/console/test_browser.py",
+    "tests/console/test_charts_browser.py",
+    "tests/integration/test_jobs_replicas.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules of ``SLOW_FIRST`` first, in its order; each module's tests in their own order."""
+    rank = {path: index for index, path in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _openai_document() -> Iterator[None]:

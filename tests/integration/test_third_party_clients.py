@@ -4,7 +4,8 @@
   each answer with its own schema, so a `null` field or Nebul's `usage` fails as "Invalid JSON response";
 - LiteLLM's Python SDK (tests/litellm_client.py), in its own virtualenv (requirements/litellm.txt).
 
-Each runs in a process of its own, at the versions the lock files pin, over real loopback HTTP.
+Each runs in a process of its own, at the versions the lock files pin, over real loopback HTTP (LiteLLM's
+cases all in one process: importing it takes seconds).
 """
 
 from __future__ import annotations
@@ -74,9 +75,30 @@ def ai_sdk(gateway: GatewayServer, case: str, *extra: str) -> dict[str, Any]:
     return _run([node, str(JS_DIR / "ai_sdk.mjs"), gateway.url + "/v1", case, *extra])
 
 
-def litellm(gateway: GatewayServer, case: str, *extra: str) -> dict[str, Any]:
+LITELLM_CASES = ["generate-url", "generate-b64", "generate-gpt-image", "edit", "variation"]
+
+
+@pytest.fixture(scope="module")
+def litellm(gateway: GatewayServer, input_png: Path) -> dict[str, dict[str, Any]]:
+    """Every LiteLLM case's answer (tests/litellm_client.py), one process for them all; a case that failed
+    fails the test that reads it."""
     assert LITELLM_PYTHON.exists(), f"{LITELLM_PYTHON} is missing: `make test` builds LiteLLM's virtualenv"
-    return _run([str(LITELLM_PYTHON), str(ROOT / "tests" / "litellm_client.py"), gateway.url + "/v1", case, *extra])
+    script = str(ROOT / "tests" / "litellm_client.py")
+    command = [str(LITELLM_PYTHON), script, gateway.url + "/v1", str(input_png), *LITELLM_CASES]
+    # LiteLLM's own price list, not a fetch of its newest at import (no downloads at run time).
+    env = {**os.environ, "NO_COLOR": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    lines = [json.loads(line) for line in ran.stdout.splitlines() if line.startswith('{"case": ')]
+    assert lines, f"no answer line from {script}:\n{ran.stdout[-2000:]}\n{ran.stderr[-2000:]}"
+    return {answer.pop("case"): answer for answer in lines}
+
+
+def _case(answers: dict[str, dict[str, Any]], case: str) -> dict[str, Any]:
+    answer = answers.get(case)
+    assert answer is not None, f"LiteLLM's process ended before {case!r}; it answered {sorted(answers)}"
+    assert answer["ok"], answer
+    return answer
 
 
 def _pngs(answer: dict[str, Any], count: int) -> list[str]:
@@ -119,17 +141,17 @@ def test_ai_sdk_openai_compatible_model_of_ours_with_seed(gateway: GatewayServer
 # --- LiteLLM's SDK ---
 
 
-def test_litellm_generate_url_and_b64(gateway: GatewayServer) -> None:
-    _pngs(litellm(gateway, "generate-url"), 1)
-    _pngs(litellm(gateway, "generate-b64"), 1)
+def test_litellm_generate_url_and_b64(litellm: dict[str, dict[str, Any]]) -> None:
+    _pngs(_case(litellm, "generate-url"), 1)
+    _pngs(_case(litellm, "generate-b64"), 1)
 
 
-def test_litellm_gpt_image_answers_base64_with_openai_usage(gateway: GatewayServer) -> None:
-    answer = litellm(gateway, "generate-gpt-image")
+def test_litellm_gpt_image_answers_base64_with_openai_usage(litellm: dict[str, dict[str, Any]]) -> None:
+    answer = _case(litellm, "generate-gpt-image")
     _pngs(answer, 1)
     assert answer["usage"]["input_tokens"] == 0 and answer["usage"]["total_tokens"] == 0
 
 
-def test_litellm_edit_and_variation(gateway: GatewayServer, input_png: Path) -> None:
-    _pngs(litellm(gateway, "edit", str(input_png)), 1)
-    _pngs(litellm(gateway, "variation", str(input_png)), 1)
+def test_litellm_edit_and_variation(litellm: dict[str, dict[str, Any]]) -> None:
+    _pngs(_case(litellm, "edit"), 1)
+    _pngs(_case(litellm, "variation"), 1)
