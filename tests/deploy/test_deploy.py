@@ -159,6 +159,11 @@ def docs_rows() -> dict[str, list[str]]:
         first = re.fullmatch(r"`([^`]+)`", cells[0]) if cells else None
         if first:
             rows.setdefault(first.group(1), cells)
+        # A field of some kinds of a tagged block: `path` (`kind`, `kind`), one row for those kinds.
+        of_kinds = re.fullmatch(r"`([^`]+)` \(((?:`[^`]+`(?:, )?)+)\)", cells[0]) if cells else None
+        if of_kinds:
+            for kind in code_spans(of_kinds.group(2)):
+                rows.setdefault(f"{of_kinds.group(1)} ({kind})", cells)
     return rows
 
 
@@ -335,7 +340,7 @@ def config_fields() -> dict[str, list[Field]]:
         fields: dict[str, list[Field]] = {}
         places: dict[type, set[str]] = {}
 
-        def walk(info: Any, prefix: str, key: str) -> None:
+        def walk(info: Any, prefix: str, key: str, kind: str | None = None) -> None:
             if isinstance(info, mi.Metadata):
                 walk(info.type, prefix, key)
             elif isinstance(info, mi.StructType):
@@ -344,7 +349,8 @@ def config_fields() -> dict[str, list[Field]]:
                     fields.setdefault(f"{prefix}.{config.tag_field}", []).append((None, True))
                 for field in info.fields:
                     path = f"{prefix}.{field.name}" if prefix else field.name
-                    fields.setdefault(path, []).append(_field_default(field))
+                    # A kind's own field (a step cache's) is documented as `path` (`kind`): kinds' defaults differ.
+                    fields.setdefault(path if kind is None else f"{path} ({kind})", []).append(_field_default(field))
                     cls = _struct_class(field.type)
                     if cls is not None:
                         places.setdefault(cls, set()).add(path)
@@ -354,8 +360,11 @@ def config_fields() -> dict[str, list[Field]]:
                         walk(field.type, path, "<model>" if field.name == "models" else "<name>")
             elif isinstance(info, mi.UnionType):
                 for member in info.types:
-                    if isinstance(member, mi.StructType) and member.cls.__struct_config__.tag == "local":
+                    tag = member.cls.__struct_config__.tag if isinstance(member, mi.StructType) else None
+                    if tag == "local":
                         walk(member, prefix.removesuffix(".<name>") + ".<local>", key)
+                    elif isinstance(tag, str) and prefix.endswith(".cache"):
+                        walk(member, prefix, key, kind=tag)
                     else:
                         walk(member, prefix, key)
             elif isinstance(info, mi.ListType):
@@ -1259,7 +1268,8 @@ def test_docs_describe_every_config_field_with_its_default() -> None:
         else:
             spans = code_spans(cell)
             assert spans, f"{path}: documented default {cell!r}, expected `{default!r}`"
-            assert yaml.safe_load(spans[0]) == default, f"{path}: documented default {spans[0]}, code says {default!r}"
+            expected = list(default) if isinstance(default, tuple) else default  # YAML has lists, not tuples
+            assert yaml.safe_load(spans[0]) == expected, f"{path}: documented default {spans[0]}, code says {default!r}"
         assert rows[path][3], f"{path}: say what it means"
     prefixes = ("server", "redis", "auth", "image_store", "providers", "models", "<")
     documented = {row for row in rows if row.split(".")[0].split("[")[0] in prefixes or row.startswith("<")}
