@@ -8,8 +8,10 @@ inbound key and Redis rate limiting; the other checkout's packages first on ``PY
 After ``--warmup`` requests, the counters are zeroed (``callgrind_control -z``), ``--requests`` light requests
 (``make bench``'s: n=1, ~8 KB answer) are sent one after another over one kept-alive connection, and the
 counters are dumped (``callgrind_control -d``): their total over the requests is the process's instructions
-per request, its event loop and the kernel's share of a syscall's user side included. CPU time on a 2-core
-machine shared with other sessions moves by more than a change does; this count moves by well under 1%.
+per request, its event loop's share included. CPU time on a 2-core machine shared with other sessions moves by
+more than a change does; this count moves by a few percent from run to run with the load (more or fewer
+events a wake-up), and the ratio of two checkouts counted in the same run by about half a point: compare
+checkouts within one run.
 """
 
 from __future__ import annotations
