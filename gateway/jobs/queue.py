@@ -136,7 +136,7 @@ class JobQueue(ABC):
 
     @abstractmethod
     async def waiting(self) -> int:
-        """Jobs queued or running (for ``jobs.max_queued``)."""
+        """Jobs queued or running (for ``jobs.max_queued``); not one that ended, even while its webhook is told."""
 
     @abstractmethod
     async def take(self, consumer: int) -> Taken:
@@ -185,7 +185,7 @@ class MemoryJobQueue(JobQueue):
         self.held_by_key: Counter[str] = Counter()
         self._jobs: dict[str, _MemoryJob] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._running = 0
+        self._holding = 0  # jobs whose payload is kept: queued or running (an ended job's webhook may still run)
         self._swept = time.monotonic()
 
     def _sweep(self) -> None:
@@ -201,6 +201,7 @@ class MemoryJobQueue(JobQueue):
         if job.payload is None:
             return
         size, job.payload = len(job.payload), None
+        self._holding -= 1
         self.held -= size
         if job.record.key is not None:
             self.held_by_key[job.record.key] -= size
@@ -218,6 +219,7 @@ class MemoryJobQueue(JobQueue):
         if record.key is not None:
             self.held_by_key[record.key] += size
         self._jobs[record.id] = _MemoryJob(msgspec.structs.replace(record), payload)
+        self._holding += 1
         self._queue.put_nowait(record.id)
 
     def _live(self, job_id: str) -> _MemoryJob | None:
@@ -261,18 +263,17 @@ class MemoryJobQueue(JobQueue):
         return job is not None and job.cancel
 
     async def waiting(self) -> int:
-        return self._queue.qsize() + self._running
+        return self._holding
 
     async def take(self, consumer: int) -> Taken:
         job_id = await self._queue.get()
-        self._running += 1
         return Taken(job_id, claimed=False)
 
     async def keep(self, taken: Taken, consumer: int) -> None:
         """A process does not lose its own jobs."""
 
     async def done(self, taken: Taken) -> None:
-        self._running -= 1
+        """The entry is gone with ``take``; what counts (``waiting``) went when the job ended."""
 
     async def aclose(self) -> None:
         """Nothing to release: the jobs go with the process."""

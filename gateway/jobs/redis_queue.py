@@ -176,8 +176,9 @@ class RedisJobQueue(JobQueue):
         return bool(await self.redis.hexists(self._key(job_id), "cancel"))
 
     async def waiting(self) -> int:
-        await self._ensure_group()
-        return int(await self.redis.xlen(self.stream))
+        """Jobs queued or running and not expired: those whose payload is still held. A job that ended gave it
+        back, though its queue entry stays until its webhook is told (which may take the retries' minutes)."""
+        return int(await self.redis.zcount(self.accounting[2], f"({int(time.time())}", "+inf"))
 
     def _consumer(self, consumer: int) -> str:
         return f"{self.name}:{consumer}"
