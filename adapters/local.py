@@ -54,6 +54,7 @@ class SpeedOptions(msgspec.Struct, kw_only=True):
     """A loaded model's speed options as its engine reports them (``local_backend.pipelines.SpeedOptions``)."""
 
     dtype: str
+    quantize: str | None = None  # the denoiser's linear layers in float8 (torchao): ``fp8``, ``fp8_weight_only``
     cache: str | None = None  # a step cache, its kind and fields, e.g. ``first_block:0.05``
     compile: str | None = None  # compilation's mode (``whole:default``: the whole denoiser)
     fuse_qkv: bool = False

@@ -16,7 +16,9 @@ Modes: ``plain`` (exact, eager), ``cache`` (First Block Cache, as ``cache: {kind
 threshold: T}`` in a model's config), ``compile`` (regional compilation, as ``compile: {}``),
 ``both`` (the cache and the whole denoiser compiled, as ``compile: {scope: whole}`` with the cache:
 the config refuses a cache with regional compilation, whose hooks recompile per block). An SD or
-SDXL UNet has no step cache: its cache modes are n/a.
+SDXL UNet has no step cache: its cache modes are n/a. ``fp8``, asked for by name only (``--modes
+plain,fp8``): the denoiser's linear layers in float8 through torchao with regional compilation, as
+``quantize: fp8`` with ``compile: {}`` (a GPU of compute capability 8.9 or newer; n/a on the CPU).
 
 The whole run keeps to ``--budget`` seconds: the measuring runs in a child process, which
 writes each result as it gets it, skips what would not fit, and is stopped at the budget;
@@ -49,7 +51,9 @@ import msgspec
 
 __all__ = ["MODELS", "Report", "main"]
 
-MODES = ("plain", "cache", "compile", "both")
+MODES = ("plain", "cache", "compile", "both", "fp8")
+DEFAULT_MODES = ("plain", "cache", "compile", "both")  # fp8 only when asked for: not yet measured on a GPU
+COMPILED_MODES = ("compile", "both", "fp8")
 MODELS = ("flux-schnell", "sdxl", "flux-dev")
 DEFAULT_MODELS = ("flux-schnell", "sdxl")
 # Steps a request draws, by model: FLUX.1-schnell is distilled for 4, FLUX.1-dev runs 28, SDXL 20 here.
@@ -59,7 +63,8 @@ CACHE_FAMILIES = {"flux-schnell", "flux-dev"}
 # The order in which (model, mode) pairs are measured: what matters most first, so a short budget keeps it.
 PRIORITY = [("plain", "flux-schnell"), ("plain", "sdxl"), ("plain", "flux-dev"), ("cache", "flux-schnell"),
             ("compile", "flux-schnell"), ("both", "flux-schnell"), ("compile", "sdxl"), ("cache", "flux-dev"),
-            ("compile", "flux-dev"), ("both", "flux-dev"), ("cache", "sdxl"), ("both", "sdxl")]  # fmt: skip
+            ("compile", "flux-dev"), ("both", "flux-dev"), ("cache", "sdxl"), ("both", "sdxl"),
+            ("fp8", "flux-schnell"), ("fp8", "sdxl"), ("fp8", "flux-dev")]  # fmt: skip
 MAX_BATCH = 8  # the engine's max_batch_size; the pixel budget per call (batch_pixels) is the engine's default
 CONCURRENCY = (1, 8)
 REPORT_MARGIN_S = 15.0  # kept back from the budget for stopping the child and writing the report
@@ -249,8 +254,10 @@ def model_settings(plan: Plan, steps: int) -> dict[str, Any]:
                            "default_steps": steps, "max_steps": max(steps, 50)}  # fmt: skip
     if plan.mode in ("cache", "both"):
         raw["cache"] = {"kind": "first_block", "threshold": plan.cache_threshold}
-    if plan.mode == "compile":
+    if plan.mode in ("compile", "fp8"):
         raw["compile"] = {}
+    if plan.mode == "fp8":
+        raw["quantize"] = "fp8"
     if plan.mode == "both":  # the whole denoiser: the one scope a step cache combines with
         raw["compile"] = {"scope": "whole"}
     return raw
@@ -361,7 +368,7 @@ class Child:
             model = engine.models["bench"]
             started = time.perf_counter()
             for size in plan.sizes:  # compile (or warm) every shape the measurements use, before timing any
-                await self.warm_up(engine, model, size, compiled=plan.mode in ("compile", "both"))
+                await self.warm_up(engine, model, size, compiled=plan.mode in COMPILED_MODES)
             ready = time.perf_counter() - started
             label = model.options.label()
             self.write(Setup(model=plan.model, mode=plan.mode, options=label, build_s=built["build_s"],
@@ -526,6 +533,9 @@ async def child_main(args: argparse.Namespace) -> int:
         if mode in ("cache", "both") and model not in CACHE_FAMILIES:
             child.write(Skip(model=model, mode=mode, reason="n/a: a UNet has no step cache in diffusers"))
             continue
+        if mode == "fp8" and not args.device.startswith("cuda"):
+            child.write(Skip(model=model, mode=mode, reason="n/a: float8 (torchao) needs a CUDA device"))
+            continue
         if child.left() < minimum:
             child.write(Skip(model=model, mode=mode, reason=f"budget: {max(0, child.left()):.0f} s left"))
             continue
@@ -658,7 +668,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--tiny", action="store_true", help="the built-in tiny models instead (CPU, seconds)")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"of {', '.join(MODELS)}")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"of {', '.join(MODES)}")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"of {', '.join(MODES)}")
     parser.add_argument("--sizes", default=None, help="image sides (default 1024,512; --tiny: 128,64)")
     parser.add_argument("--images", type=int, default=3, help="images at concurrency 1 (default 3)")
     parser.add_argument("--cache-threshold", type=float, default=0.05, help="the step cache's (default 0.05)")

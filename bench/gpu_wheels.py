@@ -38,6 +38,7 @@ PINNED = frozenset({"accelerate", "diffusers", "huggingface-hub", "pillow", "pro
 IMPORTS = """
 import bench.gpu, bench.published, local_backend.engine, local_backend.pipelines, local_backend.energy
 from diffusers import FluxPipeline, StableDiffusionXLPipeline, FirstBlockCacheConfig
+import torchao.quantization  # a model's `quantize: fp8` (imported lazily by the engine; diffusers imports it too)
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel, CLIPTokenizer, T5Tokenizer
 import sys, importlib.metadata as md
 found = md.packages_distributions()

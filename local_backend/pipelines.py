@@ -98,10 +98,12 @@ class SpeedOptions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     ``cache`` (e.g. ``first_block:0.05``, ``taylor_seer:interval=5,order=1,warmup=3,lite=False``) is set when
     a step cache is on: an image drawn with it can differ from a full one (within the bounds docs/local_backend.md
     states) unless its setting is exact. ``compile`` is the mode (``default``: regional compilation of the repeated
-    blocks) or ``whole:`` and the mode (the whole denoiser compiled).
+    blocks) or ``whole:`` and the mode (the whole denoiser compiled). ``quantize`` (``fp8``, ``fp8_weight_only``)
+    is set when the denoiser's linear layers are float8 (torchao): an image drawn so differs from a full-precision one.
     """
 
     dtype: str
+    quantize: str | None = None
     cache: str | None = None
     compile: str | None = None
     fuse_qkv: bool = False
@@ -110,6 +112,8 @@ class SpeedOptions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     def label(self) -> str:
         """One line for a result's metadata: ``bfloat16``, ``bfloat16 first_block:0.05 compile:default`` …"""
         parts = [self.dtype]
+        if self.quantize is not None:
+            parts.append(self.quantize)
         if self.cache is not None:
             parts.append(self.cache)
         if self.compile is not None:
@@ -460,7 +464,7 @@ def prepare_model(
     """
     pipeline.set_progress_bar_config(disable=True)
     where = where or f"local model {name!r}"
-    options, step_cache = _apply_speed_options(name, settings, pipeline, dtype, where, compile_backend)
+    options, step_cache = _apply_speed_options(name, settings, pipeline, device, dtype, where, compile_backend)
     rules = _rules(name, settings, pipeline)
     if settings.cache is not None and not settings.cache.exact:
         # A cache decides for the whole call: an image must not depend on its companions.
@@ -481,11 +485,13 @@ def _apply_speed_options(
     name: str,
     settings: LocalModelSettings,
     pipeline: Pipeline,
+    device: str,
     dtype: torch.dtype,
     where: str,
     compile_backend: str = "inductor",
 ) -> tuple[SpeedOptions, StepCacheRun | None]:
-    """Fuse, reformat, cache and compile the denoiser as ``settings`` ask; what it now runs with, and its cache."""
+    """Fuse, reformat, quantize, cache and compile the denoiser as ``settings`` ask; what it now runs with, and its
+    cache. Quantizing comes after fusing (the fused projections are new linear layers) and before compiling."""
     from diffusers.models.cache_utils import CacheMixin
 
     model = denoiser(pipeline)
@@ -497,6 +503,9 @@ def _apply_speed_options(
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
         pipeline.vae.to(memory_format=torch.channels_last)
+    if settings.quantize is not None:
+        _check_float8(settings.quantize, device, where)
+        quantize_float8(model, settings.quantize)
     step_cache = None
     if settings.cache is not None:
         if not isinstance(model, CacheMixin):
@@ -511,12 +520,44 @@ def _apply_speed_options(
         compiled = _compile(model, settings.compile, where, compile_backend)
     options = SpeedOptions(
         dtype=str(dtype).removeprefix("torch."),
+        quantize=settings.quantize,
         cache=settings.cache.label() if settings.cache is not None else None,
         compile=compiled,
         fuse_qkv=settings.fuse_qkv,
         channels_last=settings.channels_last,
     )
     return options, step_cache
+
+
+# torchao's config for each `quantize` kind: float8 weights with float8 activations (scaled per row at each call,
+# float8 matmuls), or float8 weights alone (dequantized to the model's dtype at each call: memory, not speed).
+_FLOAT8_CONFIGS = {"fp8": "Float8DynamicActivationFloat8WeightConfig", "fp8_weight_only": "Float8WeightOnlyConfig"}
+TORCHAO_INSTALL = "install it with `pip install --no-deps 'torchao>=0.18,<0.19'` (the `local` extra has it)"
+
+
+def _check_float8(kind: str, device: str, where: str) -> None:
+    """torchao importable, a CUDA device, and for float8 matmuls one that has them; else an error naming the field."""
+    try:
+        importlib.import_module("torchao.quantization")
+    except ImportError as exc:
+        message = f"{kind} needs torchao, which does not import ({exc}): {TORCHAO_INSTALL}"
+        raise _option_error(where, "quantize", message) from exc
+    if not device.startswith("cuda"):
+        message = f"{kind} needs a CUDA device (torchao's float8 layers run on a GPU); this model is on {device}"
+        raise _option_error(where, "quantize", message)
+    major, minor = torch.cuda.get_device_capability(device)
+    if kind == "fp8" and (major, minor) < (8, 9):
+        message = (
+            f"fp8 matmuls need compute capability 8.9 or newer (Ada, Hopper); this GPU has {major}.{minor}: "
+            "use `quantize: fp8_weight_only`"
+        )
+        raise _option_error(where, "quantize", message)
+
+
+def quantize_float8(model: Any, kind: str) -> None:
+    """Every linear layer of ``model`` to torchao's float8 (in place), as ``kind`` says; no device check here."""
+    quantization = importlib.import_module("torchao.quantization")
+    quantization.quantize_(model, getattr(quantization, _FLOAT8_CONFIGS[kind])())
 
 
 def _step_cache(model: Any, cache: StepCacheSettings) -> StepCacheRun:

@@ -242,6 +242,9 @@ class LocalModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     channels_last: bool = False
     # This model's dtype on cuda; None: the provider's `dtype`. The CPU always computes in float32.
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    # The denoiser's linear layers in float8 (torchao), on cuda only: `fp8` (float8 weights and activations,
+    # float8 matmuls: compute capability 8.9 or newer), `fp8_weight_only` (float8 weights, computing in `dtype`).
+    quantize: Literal["fp8", "fp8_weight_only"] | None = None
 
     def __post_init__(self) -> None:
         family = _BUILTIN_FAMILIES.get(self.path) or _declared_family(self.path)
@@ -351,3 +354,10 @@ class LocalBackendSettings(ProviderPolicy, kw_only=True, forbid_unknown_fields=T
             if not re.match(r"^https?://[^/\s]+", url):
                 raise ValueError(f"worker {url!r} must be an http:// or https:// URL")
         self.workers = [url.rstrip("/") for url in self.workers]
+        if self.device == "cpu":
+            for name, model in self.models.items():
+                if model.quantize is not None:
+                    raise ValueError(
+                        f"`models.{name}.quantize`: {model.quantize} needs a CUDA device (torchao's float8 layers "
+                        "run on a GPU), and this provider's `device` is cpu; remove `quantize` or set `device`"
+                    )

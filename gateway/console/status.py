@@ -271,11 +271,13 @@ class LimitsAnswer(msgspec.Struct):
 
 
 class SpeedOptionsStatus(msgspec.Struct):
-    """What a loaded model runs with (docs/local_backend.md, "Speed options"): its ``dtype``, a step ``cache``
+    """What a loaded model runs with (docs/local_backend.md, "Speed options"): its ``dtype``, ``quantize`` (``fp8``,
+    ``fp8_weight_only``: the denoiser's linear layers in float8; null: none), a step ``cache``
     (its kind and fields: ``first_block:0.05``, ``mag:threshold=0.06,...``; null: none), ``compile`` (its mode,
     ``whole:`` before it when the whole denoiser is compiled; null: eager), ``fuse_qkv``, ``channels_last``."""
 
     dtype: str
+    quantize: str | None = None
     cache: str | None = None
     compile: str | None = None
     fuse_qkv: bool = False

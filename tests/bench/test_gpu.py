@@ -25,6 +25,7 @@ from bench.gpu import (
     _stop,
     build_pipeline,
     main,
+    parse,
     read_report,
     render,
 )
@@ -69,6 +70,17 @@ def test_the_cpu_mode_measures_every_model_mode_path_and_concurrency(tmp_path: P
     assert table == render(report)
     assert "| flux-schnell | both (float32 first_block:0.05 compile:whole:default, 2 steps) | 64² |" in table
     assert "- sdxl cache: n/a" in table and "Run finished" in table
+
+
+def test_fp8_runs_only_when_asked_for_and_is_not_applicable_on_the_cpu(tmp_path: Path) -> None:
+    assert "fp8" not in parse(["--out", str(tmp_path)]).modes.split(",")  # the default run is the one measured
+    args = ["--out", str(tmp_path), "--device", "cpu", "--tiny", "--sizes", "64", "--modes", "fp8", "--budget", "120"]
+    assert main(args) == 1  # nothing measured
+    report = _report(tmp_path)
+    assert report.cells == [] and report.setups == []
+    assert [(skip.model, skip.mode, skip.reason) for skip in report.skipped] == [
+        (model, "fp8", "n/a: float8 (torchao) needs a CUDA device") for model in ("flux-schnell", "sdxl")
+    ]
 
 
 def test_a_short_budget_ends_the_run_in_time_and_reports_what_was_not_measured(tmp_path: Path) -> None:

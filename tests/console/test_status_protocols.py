@@ -126,7 +126,7 @@ def speedy_settings(**options: Any) -> LocalBackendSettings:
     return msgspec.convert(raw, LocalBackendSettings)
 
 
-SPEEDY = {"dtype": "float32", "cache": None, "compile": None, "fuse_qkv": True, "channels_last": True}
+SPEEDY = {"dtype": "float32", "quantize": None, "cache": None, "compile": None, "fuse_qkv": True, "channels_last": True}
 
 
 async def test_an_in_process_engine_tells_its_models_speed_options(client: UpstreamClient) -> None:

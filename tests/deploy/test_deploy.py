@@ -722,7 +722,7 @@ def test_gateway_image_has_no_torch_and_worker_image_pins_it() -> None:
     assert "pip install ." in runs
     assert "[local]" not in runs and "torch==" not in runs
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    (pin,) = [dep for dep in pyproject["project"]["optional-dependencies"]["local"] if dep.startswith("torch")]
+    (pin,) = [dep for dep in pyproject["project"]["optional-dependencies"]["local"] if dep.startswith("torch==")]
     worker_runs = " ".join(rest for keyword, rest in instructions(DEPLOY / "Dockerfile.worker") if keyword == "RUN")
     assert '".[local]"' in worker_runs and pin in worker_runs
     assert "download.pytorch.org/whl/cu" in (DEPLOY / "Dockerfile.worker").read_text(), "says where CUDA wheels are"

@@ -9,6 +9,9 @@ from __future__ import annotations
 import io
 import math
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from gateway.config import ConfigError, parse_config
-from local_backend.pipelines import LoadedModel, SpeedOptions, denoiser, load_model, prepare_model
+from local_backend.pipelines import LoadedModel, SpeedOptions, denoiser, load_model, prepare_model, quantize_float8
 from local_backend.rules import Work, resolve
 from local_backend.tiny import ensure_tiny
 from schemas.canonical import ErrorCode, GatewayError, ImageRequest, Operation
@@ -31,6 +34,9 @@ from tests.local_backend.engines import local_settings, running_engine
 WORKING_THRESHOLD = 0.3
 # ... and the image it draws stays this close to the full one (measured: 56 dB, 5 of 8 tail evaluations).
 MIN_PSNR_DB = 40.0
+# The tiny Flux model with its linear weights in float8 (weight-only) draws this close to float32 (measured: 38.6 dB,
+# the largest channel difference 33 of 255).
+FLOAT8_MIN_PSNR_DB = 30.0
 STEPS = 8
 # Each step-cache kind: a setting that never skips (the same image as no cache), and a working one, with the
 # evaluations of the last block's attention it runs over the 8 steps of a 64x64 image (None: the cache decides
@@ -132,6 +138,7 @@ def test_defaults_are_exact() -> None:
         False,
         None,
     )
+    assert settings.quantize is None
     assert settings.batch_pixels == 2 * 1024 * 1024
 
 
@@ -207,6 +214,7 @@ def test_each_cache_kind_reads_from_the_config_with_documented_defaults(kind: st
         ("batch_pixels: 0", "batch_pixels"),
         ("dtype: float8", "dtype"),
         ("fuse_qkv: maybe", "fuse_qkv"),
+        ("quantize: fp4", "quantize"),
     ],
 )
 def test_bad_option_values_name_their_field(option: str, field: str) -> None:
@@ -379,3 +387,89 @@ def test_a_step_cache_with_the_whole_denoiser_compiled_draws_what_the_cache_alon
     # (not the full image), the same ones as without compilation (the cache's image within float rounding).
     assert image.tobytes() != full_flux[0].tobytes() and reference.tobytes() != full_flux[0].tobytes()
     assert worst(image, reference) <= 2
+
+
+# --- float8 weights (torchao): a CUDA device only; on the CPU only the conversion itself is checked ---
+
+WHERE = "$.providers.gpu.models.m"
+
+
+def test_float8_on_a_cpu_provider_is_refused_at_config_load_naming_the_field() -> None:
+    text = config_text("builtin:tiny-flux", "quantize: fp8").replace("kind: local,", "kind: local, device: cpu,")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "gpu.yaml")
+    assert "`models.m.quantize`: fp8 needs a CUDA device" in str(caught.value)
+    parse_config(config_text("builtin:tiny-flux", "quantize: fp8"), "gpu.yaml")  # `auto`: known at model load
+
+
+@pytest.mark.parametrize("kind", ["fp8", "fp8_weight_only"])
+def test_float8_on_the_cpu_is_refused_at_model_load_naming_the_field(kind: str) -> None:
+    with pytest.raises(GatewayError) as caught:
+        load_model("m", model_settings("builtin:tiny-flux", quantize=kind), "cpu", torch.float32, where=WHERE)
+    assert caught.value.message.startswith(f"`{WHERE}.quantize`: {kind} needs a CUDA device")
+
+
+async def test_a_float8_model_on_the_cpu_is_unavailable_while_the_others_serve() -> None:
+    settings = local_settings({"ok": "builtin:tiny-sd"})
+    settings.models["fp8"] = model_settings("builtin:tiny-sd", quantize="fp8")
+    async with running_engine(settings) as engine:
+        assert engine.stats().models["fp8"].startswith("`$.providers.local.models.fp8.quantize`: fp8 needs a CUDA")
+        assert engine.stats().models["ok"] == "ready"
+
+
+def test_float8_without_torchao_is_refused_saying_how_to_install_it() -> None:
+    # A fresh interpreter whose path finder does not see torchao, as where it is not installed: `find_spec` finds
+    # nothing (what diffusers asks at import) and importing it raises Python's own ModuleNotFoundError.
+    script = textwrap.dedent(f"""
+        import importlib.machinery, sys
+
+        class WithoutTorchao(importlib.machinery.PathFinder):
+            @classmethod
+            def find_spec(cls, name, path=None, target=None):
+                if name.partition(".")[0] == "torchao":
+                    return None
+                return super().find_spec(name, path, target)
+
+        sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = WithoutTorchao
+        import torch
+        from local_backend.pipelines import load_model
+        from schemas.canonical import GatewayError
+        from schemas.local import LocalModelSettings
+
+        settings = LocalModelSettings(path="builtin:tiny-flux", quantize="fp8")
+        try:
+            load_model("m", settings, "cpu", torch.float32, where="{WHERE}")
+        except GatewayError as exc:
+            print(exc.message)
+        assert "torchao" not in sys.modules
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    message = done.stdout.strip().splitlines()[-1]
+    assert message.startswith(f"`{WHERE}.quantize`: fp8 needs torchao, which does not import (No module named")
+    assert "pip install --no-deps 'torchao>=0.18,<0.19'" in message
+
+
+def test_the_options_line_names_the_float8_kind() -> None:
+    options = SpeedOptions(dtype="bfloat16", quantize="fp8", cache="first_block:0.05", compile="whole:default")
+    assert options.label() == "bfloat16 fp8 first_block:0.05 compile:whole:default"
+    assert msgspec.json.decode(msgspec.json.encode(SpeedOptions(dtype="bfloat16"))) == {"dtype": "bfloat16"}
+
+
+def test_float8_weight_only_converts_every_linear_layer_of_the_tiny_flux_transformer_on_the_cpu(
+    full_flux: tuple[Image.Image, int],
+) -> None:
+    # torchao's weight-only float8 runs on the CPU (its dynamic float8 asserts a GPU of capability 8.9 itself),
+    # so the conversion the engine applies on a GPU is checked here, outside the engine's device check.
+    from torchao.quantization import Float8Tensor
+
+    model = load_model("m", model_settings("builtin:tiny-flux"), "cpu", torch.float32)
+    net = denoiser(model.text_to_image)
+    linears = [module for module in net.modules() if isinstance(module, torch.nn.Linear)]
+    assert linears and not any(isinstance(layer.weight, Float8Tensor) for layer in linears)
+    quantize_float8(net, "fp8_weight_only")
+    assert all(isinstance(layer.weight, Float8Tensor) for layer in linears)
+    assert {layer.weight.qdata.dtype for layer in linears} == {torch.float8_e4m3fn}
+    image = model.draw([work()], max_images=1).images[0][0]
+    assert image.tobytes() != full_flux[0].tobytes()  # float8 weights: no longer exact ...
+    assert psnr(image, full_flux[0]) > FLOAT8_MIN_PSNR_DB  # ... but the same image

@@ -223,6 +223,7 @@ function speedFacts(options) {
 
 export function speedLabel(o) {
   const parts = [o.dtype];
+  if (o.quantize) parts.push(`float8 weights (${o.quantize})`);
   parts.push(o.cache ? `step cache ${o.cache}` : "no step cache");
   parts.push(o.compile ? `compiled (${o.compile})` : "eager");
   if (o.fuse_qkv) parts.push("fused QKV");
