@@ -3,8 +3,8 @@
 The lock files are what every install reads (the Makefile installs them with ``--require-hashes --no-deps``),
 so a fresh machine gets exactly what CI passed with. This script is the only writer:
 
-- ``bench.txt``: the package with its ``local``, ``dev`` and ``bench`` extras (resolved first: the widest set);
-- ``test.txt``: ``local`` and ``dev`` (``make test``), ``serve.txt``: ``local`` (``make run``),
+- ``bench.txt``: the package with its ``local``, ``fp8``, ``dev`` and ``bench`` extras (resolved first: the widest set);
+- ``test.txt``: ``local``, ``fp8`` and ``dev`` (``make test``), ``serve.txt``: ``local`` (``make run``),
   ``gateway.txt``: the package alone (a gateway-only replica) — each held to bench.txt's versions, so the four agree;
 - ``litellm-proxy.txt``: LiteLLM's proxy (``make bench``), and ``litellm.txt``: its SDK alone (the suite), held to
   the proxy's versions; both go in one virtualenv of their own (LiteLLM pins versions of its own).
@@ -36,8 +36,8 @@ FLAGS = [
 ]
 # (output, extras, the lock it is held to, source)
 LOCKS: list[tuple[str, list[str], str | bool, str]] = [
-    ("bench.txt", ["local", "dev", "bench"], False, "pyproject.toml"),
-    ("test.txt", ["local", "dev"], "bench.txt", "pyproject.toml"),
+    ("bench.txt", ["local", "fp8", "dev", "bench"], False, "pyproject.toml"),
+    ("test.txt", ["local", "fp8", "dev"], "bench.txt", "pyproject.toml"),
     ("serve.txt", ["local"], "bench.txt", "pyproject.toml"),
     ("gateway.txt", [], "bench.txt", "pyproject.toml"),
     ("litellm-proxy.txt", [], False, "requirements/litellm-proxy.in"),
