@@ -17,6 +17,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway.observability import metrics
+from gateway.shutdown import cancel_and_wait
 
 __all__ = ["EvictingRedis", "RedisHealth", "RedisProbe", "check_eviction_policy", "resume_cancel", "start_probe"]
 
@@ -114,13 +115,8 @@ class RedisProbe:
     async def aclose(self, timeout_s: float = 1.0) -> None:
         """Stop the probe; waits at most ``timeout_s`` for it, and never swallows the caller's own cancel."""
         task, self._task = self._task, None
-        if task is None:
-            return
         self._stopping = True
-        task.cancel()
-        # asyncio.wait neither raises the task's CancelledError nor hides one aimed at this caller.
-        await asyncio.wait({task}, timeout=timeout_s)
-        if not task.done():
+        if not await cancel_and_wait(task, timeout_s):
             log.error("redis_probe_not_stopped", detail=f"still in a Redis call after {timeout_s:g} s; left behind")
 
 

@@ -131,6 +131,16 @@ class Shutdown:
         os._exit(FORCED_EXIT_STATUS)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any] | None, seconds: float) -> bool:
+    """Cancel a background task and wait at most ``seconds`` for it to end; whether it ended (None: nothing to
+    stop). asyncio.wait neither raises the task's CancelledError nor hides one aimed at the caller."""
+    if task is None:
+        return True
+    task.cancel()
+    await asyncio.wait({task}, timeout=max(0.0, seconds))
+    return task.done()
+
+
 async def bounded(step: Awaitable[Any], seconds: float, what: str) -> None:
     """Await ``step`` for at most ``seconds``; past that it is cancelled and left behind (never awaited
     again, so a step that swallows its cancel cannot hold the caller). The caller's own cancel goes through."""

@@ -24,6 +24,7 @@ import structlog
 from gateway.config import ConsoleConfig
 from gateway.observability import metrics
 from gateway.observability.history import STEP_S, MetricHistory, Source
+from gateway.shutdown import cancel_and_wait
 from gateway.state import Gateway
 
 __all__ = ["CACHE_S", "CHARTS", "MAX_ANSWER_BYTES", "WINDOW_S", "Charts", "ChartsAnswer", "Prometheus"]
@@ -300,10 +301,8 @@ class Charts:
         return self
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=CLOSE_S)  # bounded, as every step of a shutdown
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task, CLOSE_S)  # bounded, as every step of a shutdown
         if self.prometheus is not None:
             await self.prometheus.aclose()
 

@@ -22,6 +22,7 @@ import structlog
 
 from gateway.images.store import ImageStore, StoreUnavailable
 from gateway.observability import metrics
+from gateway.shutdown import cancel_and_wait
 
 __all__ = ["StoreHealth", "StoreState"]
 
@@ -87,7 +88,4 @@ class StoreHealth:
 
     async def aclose(self, timeout_s: float = 1.0) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.wait({task}, timeout=timeout_s)
+        await cancel_and_wait(task, timeout_s)

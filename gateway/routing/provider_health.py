@@ -22,6 +22,7 @@ import structlog
 
 from adapters.base import Adapter
 from gateway.observability import metrics
+from gateway.shutdown import cancel_and_wait
 
 __all__ = ["ProviderHealth", "public_state"]
 
@@ -103,7 +104,4 @@ class ProviderHealth:
 
     async def aclose(self, timeout_s: float = 1.0) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.wait({task}, timeout=timeout_s)
+        await cancel_and_wait(task, timeout_s)
