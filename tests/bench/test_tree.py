@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bench.dispatch import LITESTAR, DispatchComparison
@@ -12,21 +13,13 @@ from bench.proxy import parse_args
 from bench.report import write_docs
 from bench.tree import BEFORE, TREE, before_tree, describe, render_tree
 from tests.bench.test_dispatch import MACHINE, row
+from tests.bench.test_dispatch import comparison as dispatch_comparison
 
 
 def comparison(after: list[float], before: list[float]) -> DispatchComparison:
-    return DispatchComparison(
-        rate=200.0,
-        light_rounds=3,
-        rounds=2,
-        duration=5.0,
-        heavy_rate=2.0,
-        heavy_duration=8.0,
-        clients=32,
-        rows=[row(LITESTAR, after), row(BEFORE, before)],
-        in_process={},
-        other=BEFORE,
-    )
+    """The dispatch comparison's figures, this checkout's gateway against another checkout's."""
+    rows = [row(LITESTAR, after), row(BEFORE, before)]
+    return msgspec.structs.replace(dispatch_comparison(after, before, None), rows=rows, other=BEFORE)
 
 
 def test_the_table_puts_before_and_after_side_by_side_with_their_ratio(tmp_path: Path) -> None:
