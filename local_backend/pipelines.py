@@ -532,7 +532,7 @@ def _apply_speed_options(
 # torchao's config for each `quantize` kind: float8 weights with float8 activations (scaled per row at each call,
 # float8 matmuls), or float8 weights alone (dequantized to the model's dtype at each call: memory, not speed).
 _FLOAT8_CONFIGS = {"fp8": "Float8DynamicActivationFloat8WeightConfig", "fp8_weight_only": "Float8WeightOnlyConfig"}
-TORCHAO_INSTALL = "install it with `pip install --no-deps 'torchao>=0.18,<0.19'` (the `local` extra has it)"
+TORCHAO_INSTALL = "install it with `pip install --no-deps 'torchao>=0.18,<0.19'` (the package's `fp8` extra)"
 
 
 def _check_float8(kind: str, device: str, where: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
@@ -191,7 +191,7 @@ def _check_range(field: str, bounds: tuple[float, float]) -> None:
 
 
 StepCacheSettings = FirstBlockCache | TaylorSeerCache | MagCache | PyramidAttentionCache | FasterCache
-STEP_CACHE_KINDS = ("first_block", "taylor_seer", "mag", "pyramid_attention", "faster")
+STEP_CACHE_KINDS = tuple(str(kind.__struct_config__.tag) for kind in get_args(StepCacheSettings))
 
 
 class CompileSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
